@@ -1,0 +1,48 @@
+"""Application factory: settings in, Flask app out; one database session per request."""
+
+from __future__ import annotations
+
+from flask import Flask, g
+
+from api import batches, errors, files, health
+from api.context import Resources
+from config import Settings, load_settings
+from pipeline.database import make_engine, make_session_factory
+from pipeline.storage import open_store
+
+
+class MethodOverride:
+    """tus clients behind proxies that only pass GET/POST send X-HTTP-Method-Override."""
+
+    def __init__(self, wsgi_app) -> None:  # noqa: ANN001
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):  # noqa: ANN001, ANN204
+        override = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", "").upper()
+        if environ.get("REQUEST_METHOD") == "POST" and override in {"PATCH", "DELETE", "HEAD"}:
+            environ["REQUEST_METHOD"] = override
+        return self.wsgi_app(environ, start_response)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
+    engine = make_engine(settings.database_url)
+    app.extensions["relaypacs"] = Resources(
+        settings=settings,
+        session_factory=make_session_factory(engine),
+        store=open_store(settings.storage_url),
+    )
+
+    @app.teardown_request
+    def _close_session(_exc: BaseException | None) -> None:
+        session = g.pop("session", None)
+        if session is not None:
+            session.close()
+
+    errors.register(app)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(files.blueprint, url_prefix="/api/v1/files")
+    app.register_blueprint(batches.blueprint, url_prefix="/api/v1/batches")
+    return app

@@ -1,0 +1,176 @@
+"""The ``relaypacs`` command line: demo, api, worker, beat, db, users, destinations, upload."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from config import load_settings
+
+
+@click.group()
+def main() -> None:
+    """RelayPACS Gateway: clinic DICOM uploads into hospital PACS."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn processes")
+@click.option("--threads", default=8, show_default=True, type=int, help="threads per process")
+def api(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve the intake API (gunicorn, threaded workers: slow uploads do not block others)."""
+    gunicorn = shutil.which("gunicorn") or str(Path(sys.executable).with_name("gunicorn"))
+    if not Path(gunicorn).exists():
+        from api import create_app
+
+        click.echo("gunicorn not installed; serving with the development server", err=True)
+        create_app().run(host=host, port=port, threaded=True)
+        return
+    os.execv(gunicorn, [  # noqa: S606 - replace this process with gunicorn
+        gunicorn, "--bind", f"{host}:{port}", "--workers", str(workers),
+        "--worker-class", "gthread", "--threads", str(threads), "--timeout", "300",
+        "--graceful-timeout", "30", "api:create_app()",
+    ])
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("-Q", "--queues", default="intake,dicom,pacs", show_default=True)
+@click.option("-c", "--concurrency", default=None, type=int)
+@click.option("--pool", default=None, help="prefork (CPU) or threads (I/O-bound forwarding)")
+@click.argument("extra", nargs=-1, type=click.UNPROCESSED)
+def worker(queues: str, concurrency: int | None, pool: str | None, extra: tuple[str, ...]) -> None:
+    """Run a worker pool for the given queues."""
+    from workers.app import app
+
+    argv = ["worker", "-Q", queues, "--loglevel", "INFO", "-n", f"{queues.replace(',', '-')}@%h"]
+    if concurrency:
+        argv += ["-c", str(concurrency)]
+    if pool:
+        argv += ["--pool", pool]
+    app.worker_main(argv + list(extra))
+
+
+@main.command()
+def beat() -> None:
+    """Run the periodic scheduler (beat_schedule.py)."""
+    from workers.app import app
+
+    settings = load_settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    app.start(["beat", "--loglevel", "INFO", "-s", str(settings.var_dir / "celerybeat-schedule")])
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+def upgrade_database(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    if database_url.startswith("sqlite:///"):
+        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    cfg = Config()
+    cfg.set_main_option("script_location", "pipeline:migrations")
+    cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+@db.command()
+def upgrade() -> None:
+    """Apply Alembic migrations up to the newest."""
+    upgrade_database(load_settings().database_url)
+    click.echo("database is up to date")
+
+
+def _session():  # noqa: ANN202
+    from pipeline.database import make_engine, make_session_factory
+
+    return make_session_factory(make_engine(load_settings().database_url))()
+
+
+@main.group()
+def users() -> None:
+    """API users and tokens."""
+
+
+@users.command("create")
+@click.option("--email", required=True)
+@click.option("--facility", required=True)
+@click.option("--role", required=True, type=click.Choice(["uploader", "qa_manager", "admin"]))
+def users_create(email: str, facility: str, role: str) -> None:
+    """Create a user; the token is printed once, on the last line."""
+    from pipeline.accounts import create_user
+
+    with _session() as session:
+        try:
+            user, token = create_user(session, email, facility, role)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        session.commit()
+        click.echo(f"created user {user.id} ({role}) in facility {facility!r}; token:", err=True)
+    click.echo(token)
+
+
+@main.group()
+def destinations() -> None:
+    """PACS destinations."""
+
+
+@destinations.command("add")
+@click.argument("name")
+@click.option("--stow-url", help="DICOMweb root, e.g. http://pacs/dicom-web")
+@click.option("--user")
+@click.option("--password")
+@click.option("--token", "bearer", help="bearer token for the STOW-RS endpoint")
+@click.option("--dimse", help="AET@HOST:PORT of a C-STORE SCP")
+@click.option("--folder", type=click.Path(file_okay=False), help="local folder (demo)")
+@click.option("--facility", help="only for this facility (default: every facility)")
+def destinations_add(name: str, stow_url: str | None, user: str | None, password: str | None,
+                     bearer: str | None, dimse: str | None, folder: str | None,
+                     facility: str | None) -> None:
+    """Add a destination: exactly one of --stow-url, --dimse, --folder."""
+    from pipeline.destination_registry import DestinationSpecError, add_destination
+
+    with _session() as session:
+        try:
+            dest = add_destination(session, name, stow_url=stow_url, user=user,
+                                   password=password, bearer=bearer, dimse=dimse,
+                                   folder=folder, facility=facility)
+        except DestinationSpecError as exc:
+            raise click.ClickException(str(exc)) from exc
+        session.commit()
+        click.echo(f"destination {dest.id} {dest.name} ({dest.kind}) added")
+
+
+@destinations.command("list")
+def destinations_list() -> None:
+    from sqlalchemy import select
+
+    from pipeline.models import Destination
+
+    with _session() as session:
+        for d in session.scalars(select(Destination).order_by(Destination.id)):
+            where = d.options.get("url") or d.options.get("path") or (
+                f"{d.options.get('aet')}@{d.options.get('host')}:{d.options.get('port')}")
+            click.echo(f"{d.id}\t{d.name}\t{d.kind}\t{where}\t{'enabled' if d.enabled else 'disabled'}")
+
+
+@main.command()
+@click.option("--files", "max_files", default=12, show_default=True, type=int)
+@click.option("--chunk-size", default=16 * 1024, show_default=True, type=int)
+def demo(max_files: int, chunk_size: int) -> None:
+    """The whole pipeline on embedded defaults, no services needed."""
+    from api.demo import run_demo
+
+    sys.exit(run_demo(max_files=max_files, chunk_size=chunk_size))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""tus 1.0.0 at /api/v1/files: creation, creation-with-upload, checksum, termination,
+expiration. The request only validates, streams the body to staging and moves the
+offset; assembly and parsing happen in workers.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from email.utils import format_datetime
+
+from flask import Blueprint, Response, request, url_for
+from werkzeug.exceptions import ClientDisconnected
+
+from api.auth import check_facility, current_user, require
+from api.context import db, resources
+from api.errors import ApiError
+from pipeline import intake
+from pipeline.models import Batch, Role, Upload, UploadState
+from pipeline.tus import (
+    ALLOWED_HEADERS,
+    EXPOSED_HEADERS,
+    EXTENSIONS,
+    OFFSET_CONTENT_TYPE,
+    TUS_VERSION,
+    TusError,
+    check_version,
+    parse_checksum,
+    parse_metadata,
+    parse_non_negative,
+)
+from workers import chains
+
+blueprint = Blueprint("files", __name__)
+WRITERS = (Role.UPLOADER, Role.ADMIN)
+
+
+class BodyStream:
+    """Request body as a file-like whose disconnects look like I/O errors to pipeline/."""
+
+    def __init__(self, stream) -> None:  # noqa: ANN001
+        self.stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.stream.read(size)
+        except ClientDisconnected as exc:
+            raise OSError("client disconnected") from exc
+
+
+@blueprint.after_request
+def _tus_headers(response: Response) -> Response:
+    response.headers["Tus-Resumable"] = TUS_VERSION
+    origins = resources().settings.cors_origins
+    origin = request.headers.get("Origin")
+    if origin and ("*" in origins or origin in origins):
+        response.headers["Access-Control-Allow-Origin"] = origin if "*" not in origins else "*"
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    return response
+
+
+def _headers(upload: Upload, **extra: str) -> dict[str, str]:
+    return {
+        "Upload-Offset": str(upload.offset),
+        "Upload-Expires": format_datetime(upload.expires_at, usegmt=True),
+        "Cache-Control": "no-store",
+        **extra,
+    }
+
+
+def _load(upload_id: str) -> Upload:
+    if not upload_id.isalnum() or len(upload_id) > 32:
+        raise ApiError(404, "no such upload")
+    upload = db().get(Upload, upload_id)
+    if upload is None:
+        raise ApiError(404, "no such upload")
+    check_facility(upload.facility_id)
+    if upload.state == UploadState.TERMINATED:
+        raise ApiError(404, "upload was terminated")
+    if upload.state == UploadState.EXPIRED:
+        raise ApiError(410, "upload expired; start it again")
+    return upload
+
+
+@blueprint.route("", methods=["OPTIONS"])
+@blueprint.route("/<upload_id>", methods=["OPTIONS"])
+def options(upload_id: str | None = None) -> Response:
+    """Discovery and CORS preflight: browsers send it without credentials, so no auth."""
+    settings = resources().settings
+    response = Response(status=204)
+    response.headers.update({
+        "Tus-Version": TUS_VERSION,
+        "Tus-Extension": EXTENSIONS,
+        "Tus-Max-Size": str(settings.max_upload_bytes),
+        "Tus-Checksum-Algorithm": "sha1,sha256",
+        "Access-Control-Allow-Methods": "POST, HEAD, PATCH, DELETE, OPTIONS",
+        "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+        "Access-Control-Max-Age": "86400",
+    })
+    return response
+
+
+@blueprint.route("", methods=["POST"])
+@require(*WRITERS)
+def create() -> Response:
+    check_version(request.headers.get("Tus-Resumable"))
+    settings = resources().settings
+    if request.headers.get("Upload-Defer-Length"):
+        raise TusError(400, "Upload-Defer-Length is not supported; send Upload-Length")
+    length = parse_non_negative(request.headers.get("Upload-Length"), "Upload-Length")
+    if length > settings.max_upload_bytes:
+        raise TusError(413, f"Upload-Length {length} exceeds the limit of "
+                            f"{settings.max_upload_bytes} bytes")
+    metadata = parse_metadata(request.headers.get("Upload-Metadata"))
+    batch_ref = metadata.get("batch_id", "")
+    if not batch_ref.isdigit():
+        raise ApiError(400, "Upload-Metadata must carry batch_id (open one with POST /api/v1/batches)")
+    session = db()
+    batch = session.get(Batch, int(batch_ref))
+    if batch is None:
+        raise ApiError(404, f"batch {batch_ref} not found")
+    check_facility(batch.facility_id)
+    checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+    upload = intake.create_upload(
+        session, batch=batch, user_id=current_user().id, length=length, metadata=metadata,
+        max_bytes=settings.max_upload_bytes,
+        expiry=timedelta(seconds=settings.upload_expiry_seconds),
+    )
+    session.commit()
+    location = url_for("files.head", upload_id=upload.id, _external=True)
+    has_body = request.content_length or request.headers.get("Transfer-Encoding")
+    if has_body and request.content_type == OFFSET_CONTENT_TYPE:
+        # creation-with-upload: the first chunk rides on the POST.
+        upload = _write_chunk(upload, 0, checksum)
+    elif intake.finish_if_complete(session, upload):
+        session.commit()
+        chains.enqueue_upload_chain(upload.id)
+    return Response(status=201, headers=_headers(upload, Location=location))
+
+
+@blueprint.route("/<upload_id>", methods=["HEAD"])
+@require()
+def head(upload_id: str) -> Response:
+    check_version(request.headers.get("Tus-Resumable"))
+    upload = _load(upload_id)
+    return Response(status=200, headers=_headers(upload, **{"Upload-Length": str(upload.length)}))
+
+
+@blueprint.route("/<upload_id>", methods=["PATCH"])
+@require(*WRITERS)
+def patch(upload_id: str) -> Response:
+    check_version(request.headers.get("Tus-Resumable"))
+    if request.content_type != OFFSET_CONTENT_TYPE:
+        raise TusError(415, f"Content-Type must be {OFFSET_CONTENT_TYPE}")
+    offset = parse_non_negative(request.headers.get("Upload-Offset"), "Upload-Offset")
+    checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+    upload = _load(upload_id)
+    if upload.state != UploadState.RECEIVING and upload.offset == upload.length:
+        raise ApiError(409, "upload is already complete", upload_offset=upload.offset)
+    if offset != upload.offset:
+        raise ApiError(409, f"Upload-Offset {offset} does not match the server's {upload.offset}",
+                       upload_offset=upload.offset)
+    upload = _write_chunk(upload, offset, checksum)
+    return Response(status=204, headers=_headers(upload))
+
+
+def _write_chunk(upload: Upload, offset: int, checksum) -> Upload:  # noqa: ANN001
+    settings = resources().settings
+    store = resources().store
+    session = db()
+    upload_id = upload.id
+    lease = intake.acquire_lease(session, upload_id, settings.upload_lock_seconds)
+    session.commit()
+
+    def renew() -> None:
+        intake.renew_lease(session, upload_id, lease, settings.upload_lock_seconds)
+        session.commit()
+
+    try:
+        staged = intake.stage_chunk(
+            store, upload, BodyStream(request.stream), offset=offset, checksum=checksum,
+            spool_dir=settings.var_dir / "spool", renew=renew,
+        )
+        if staged is None:
+            intake.release_lease(session, upload_id, lease)
+            session.commit()
+            return session.get(Upload, upload_id, populate_existing=True)
+        try:
+            upload = intake.record_chunk(session, upload_id, lease, staged)
+            intake.release_lease(session, upload_id, lease)
+            session.commit()
+        except Exception:
+            session.rollback()
+            store.delete(staged.key)
+            raise
+    except BaseException:
+        session.rollback()
+        intake.release_lease(session, upload_id, lease)
+        session.commit()
+        raise
+    if upload.state == UploadState.RECEIVED:
+        chains.enqueue_upload_chain(upload_id)  # after the commit that made it visible
+    return upload
+
+
+@blueprint.route("/<upload_id>", methods=["DELETE"])
+@require(*WRITERS)
+def terminate(upload_id: str) -> Response:
+    check_version(request.headers.get("Tus-Resumable"))
+    upload = _load(upload_id)
+    session = db()
+    keys = intake.terminate(session, upload)
+    session.commit()
+    for key in keys:
+        resources().store.delete(key)
+    return Response(status=204)

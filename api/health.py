@@ -1,0 +1,71 @@
+"""Liveness, readiness, Prometheus metrics and the OpenAPI description."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+from sqlalchemy import func, select, text
+
+from api.auth import require
+from api.context import db, resources
+from api.openapi import openapi_document
+from pipeline.models import Batch, Delivery, Upload
+
+blueprint = Blueprint("health", __name__)
+
+
+@blueprint.route("/healthz")
+def healthz():  # noqa: ANN201
+    return jsonify({"status": "ok"})
+
+
+@blueprint.route("/readyz")
+def readyz():  # noqa: ANN201
+    checks: dict[str, str] = {}
+    try:
+        db().execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        checks["database"] = f"error: {type(exc).__name__}"
+    try:
+        from workers.app import app as celery_app
+
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        checks["broker"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["broker"] = f"error: {type(exc).__name__}"
+    try:
+        resources().store.ping()
+        checks["storage"] = "ok"
+    except Exception as exc:  # noqa: BLE001
+        checks["storage"] = f"error: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    response = jsonify({"ready": ready, "checks": checks})
+    response.status_code = 200 if ready else 503
+    return response
+
+
+def _gauge(lines: list[str], name: str, help_text: str, rows) -> None:  # noqa: ANN001
+    lines.append(f"# HELP {name} {help_text}")
+    lines.append(f"# TYPE {name} gauge")
+    for state, count in rows:
+        lines.append(f'{name}{{state="{state}"}} {count}')
+
+
+@blueprint.route("/metrics")
+def metrics() -> Response:
+    session = db()
+    lines: list[str] = []
+    _gauge(lines, "relaypacs_uploads", "Uploads by state.",
+           session.execute(select(Upload.state, func.count()).group_by(Upload.state)))
+    _gauge(lines, "relaypacs_batches", "Batches by state.",
+           session.execute(select(Batch.state, func.count()).group_by(Batch.state)))
+    _gauge(lines, "relaypacs_deliveries", "Deliveries by state.",
+           session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)))
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+
+
+@blueprint.route("/api/v1/openapi.json")
+@require()
+def openapi():  # noqa: ANN201
+    return jsonify(openapi_document())

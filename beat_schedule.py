@@ -1,0 +1,19 @@
+"""Every periodic job, in one table: task name, schedule (seconds), options."""
+
+BEAT_SCHEDULE: dict[str, dict] = {
+    "forward-quiet-batches": {
+        "task": "pacs.forward_quiet_batches",
+        "schedule": 15.0,
+        "options": {"expires": 14},
+    },
+    "redrive-stuck-work": {
+        "task": "intake.redrive_stuck_work",
+        "schedule": 300.0,
+        "options": {"expires": 290},
+    },
+    "expire-abandoned-uploads": {
+        "task": "intake.expire_abandoned_uploads",
+        "schedule": 3600.0,
+        "options": {"expires": 3500},
+    },
+}

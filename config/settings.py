@@ -1,0 +1,85 @@
+"""Typed settings from the environment; the only module that reads ``os.environ``.
+
+Every variable is optional. Unset, the gateway runs on embedded defaults: a SQLite file
+and a folder of objects under ``./var``, and a broker kept in a SQLite file, so the demo
+and a laptop install need no services at all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+QUEUES = ("intake", "dicom", "pacs", "storage", "analytics", "exports")
+
+
+@dataclass(frozen=True)
+class Settings:
+    var_dir: Path = Path("var")
+    database_url: str = ""
+    broker_url: str = ""
+    redis_url: str | None = None
+    storage_url: str = ""
+    # tus limits: a single DICOM file larger than this is refused with 413.
+    max_upload_bytes: int = 2 * 1024**3
+    # An upload nobody touched for this long expires (tus expiration extension).
+    upload_expiry_seconds: int = 24 * 3600
+    # Lease on an upload while one request writes a chunk; renewed while bytes flow.
+    upload_lock_seconds: int = 120
+    # A batch never completed explicitly is forwarded after this many quiet seconds.
+    batch_quiet_seconds: int = 120
+    # Instances per STOW-RS request (NOTES: 20-50 is the fast range for Orthanc).
+    stow_batch_size: int = 40
+    stow_timeout_seconds: float = 120.0
+    delivery_max_attempts: int = 20
+    # Above the longest task and any ETA, else Redis redelivers running work.
+    visibility_timeout_seconds: int = 6 * 3600
+    cors_origins: tuple[str, ...] = ("*",)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build settings from ``env`` (``os.environ`` by default)."""
+    env = dict(os.environ if env is None else env)
+    var_dir = Path(env.get("RELAYPACS_VAR_DIR", "var")).absolute()
+    database_url = env.get("RELAYPACS_DATABASE_URL") or f"sqlite:///{var_dir / 'relaypacs.sqlite'}"
+    broker_url = env.get("RELAYPACS_BROKER_URL") or f"sqla+sqlite:///{var_dir / 'broker.sqlite'}"
+    storage_url = env.get("RELAYPACS_STORAGE_URL") or f"file://{var_dir / 'objects'}"
+    origins = tuple(
+        o.strip() for o in env.get("RELAYPACS_CORS_ORIGINS", "*").split(",") if o.strip()
+    )
+    return Settings(
+        var_dir=var_dir,
+        database_url=database_url,
+        broker_url=broker_url,
+        redis_url=env.get("RELAYPACS_REDIS_URL") or None,
+        storage_url=storage_url,
+        max_upload_bytes=_int(env, "RELAYPACS_MAX_UPLOAD_BYTES", Settings.max_upload_bytes),
+        upload_expiry_seconds=_int(
+            env, "RELAYPACS_UPLOAD_EXPIRY_SECONDS", Settings.upload_expiry_seconds
+        ),
+        upload_lock_seconds=_int(env, "RELAYPACS_UPLOAD_LOCK_SECONDS", Settings.upload_lock_seconds),
+        batch_quiet_seconds=_int(env, "RELAYPACS_BATCH_QUIET_SECONDS", Settings.batch_quiet_seconds),
+        stow_batch_size=_int(env, "RELAYPACS_STOW_BATCH_SIZE", Settings.stow_batch_size),
+        delivery_max_attempts=_int(
+            env, "RELAYPACS_DELIVERY_MAX_ATTEMPTS", Settings.delivery_max_attempts
+        ),
+        visibility_timeout_seconds=_int(
+            env, "RELAYPACS_VISIBILITY_TIMEOUT_SECONDS", Settings.visibility_timeout_seconds
+        ),
+        cors_origins=origins or ("*",),
+    )

@@ -1,0 +1,257 @@
+"""tus uploads: creating them, staging each PATCH body as its own object, and moving the
+offset forward under a lease that any API process can take.
+
+Why a lease row and not a database lock held for the whole request: a chunk over a slow
+link can take minutes, and holding a transaction (and a pooled connection) open that long
+would starve the pool. The lease is a conditional UPDATE, so it works across processes on
+PostgreSQL and on the embedded SQLite alike, and a crashed holder simply lets it expire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from pipeline.models import Batch, BatchState, Upload, UploadChunk, UploadState, utcnow
+from pipeline.storage import ObjectStore
+from pipeline.tus import Checksum, TusError, clean_filename
+
+READ_BLOCK = 64 * 1024
+RENEW_EVERY_SECONDS = 10.0
+
+
+def upload_prefix(upload_id: str, created_at: datetime) -> str:
+    """Date-partitioned home of one upload: ``YYYY/MM/DD/upload-ID``."""
+    return f"{created_at:%Y/%m/%d}/upload-{upload_id}"
+
+
+def chunk_key(upload: Upload, offset: int) -> str:
+    return f"{upload_prefix(upload.id, upload.created_at)}/chunks/{offset:015d}"
+
+
+def original_key(upload: Upload) -> str:
+    return f"{upload_prefix(upload.id, upload.created_at)}/original.dcm"
+
+
+def create_upload(
+    session: Session,
+    *,
+    batch: Batch,
+    user_id: int,
+    length: int,
+    metadata: dict[str, str],
+    max_bytes: int,
+    expiry: timedelta,
+    now: datetime | None = None,
+) -> Upload:
+    if length > max_bytes:
+        raise TusError(413, f"Upload-Length {length} exceeds the limit of {max_bytes} bytes")
+    if batch.state != BatchState.OPEN:
+        raise TusError(409, f"batch {batch.id} is {batch.state}; open a new batch")
+    now = now or utcnow()
+    declared = metadata.get("checksum") or metadata.get("sha256")
+    if declared and metadata.get("sha256") and not declared.startswith("sha256 "):
+        declared = f"sha256 {declared}"
+    upload = Upload(
+        id=secrets.token_hex(16),
+        batch_id=batch.id,
+        facility_id=batch.facility_id,
+        user_id=user_id,
+        filename=clean_filename(metadata.get("filename")),
+        length=length,
+        offset=0,
+        state=UploadState.RECEIVING,
+        declared_checksum=declared,
+        created_at=now,
+        updated_at=now,
+        expires_at=now + expiry,
+    )
+    session.add(upload)
+    batch.last_activity_at = now
+    session.flush()
+    return upload
+
+
+def acquire_lease(session: Session, upload_id: str, seconds: int, now: datetime | None = None) -> str:
+    """Take the upload's write lease or raise 423; the caller commits to make it visible."""
+    now = now or utcnow()
+    token = secrets.token_hex(8)
+    result = session.execute(
+        update(Upload)
+        .where(
+            Upload.id == upload_id,
+            or_(Upload.lock_token.is_(None), Upload.lock_expires_at < now),
+        )
+        .values(lock_token=token, lock_expires_at=now + timedelta(seconds=seconds))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise TusError(423, "another request is writing to this upload; retry shortly")
+    return token
+
+
+def renew_lease(session: Session, upload_id: str, token: str, seconds: int) -> bool:
+    result = session.execute(
+        update(Upload)
+        .where(Upload.id == upload_id, Upload.lock_token == token)
+        .values(lock_expires_at=utcnow() + timedelta(seconds=seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def release_lease(session: Session, upload_id: str, token: str) -> None:
+    session.execute(
+        update(Upload)
+        .where(Upload.id == upload_id, Upload.lock_token == token)
+        .values(lock_token=None, lock_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+@dataclass(frozen=True)
+class StagedChunk:
+    key: str
+    offset: int
+    length: int
+    sha256: str
+
+
+def stage_chunk(
+    store: ObjectStore,
+    upload: Upload,
+    stream: BinaryIO,
+    *,
+    offset: int,
+    checksum: Checksum | None,
+    spool_dir: Path,
+    renew: Callable[[], None] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> StagedChunk | None:
+    """Copy a PATCH body to staging storage, block by block, never all of it in memory.
+
+    The body is spooled to a local temp file while hashing, then stored as one object.
+    A body cut off by a dropped connection is kept up to where it stopped (so the client
+    resumes from there), unless it carried a checksum we can no longer verify.
+    Returns None when nothing was received.
+    """
+    import time
+
+    clock = clock or time.monotonic
+    remaining = upload.length - offset
+    chunk_hash = hashlib.sha256()
+    tus_hash = checksum.new_hasher() if checksum else None
+    received = 0
+    interrupted: Exception | None = None
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=spool_dir, prefix="chunk-")
+    tmp = Path(tmp_name)
+    try:
+        last_renew = clock()
+        with os.fdopen(fd, "wb") as spool:
+            while True:
+                try:
+                    block = stream.read(READ_BLOCK)
+                except (OSError, ValueError) as exc:  # client went away mid-body
+                    interrupted = exc
+                    break
+                if not block:
+                    break
+                received += len(block)
+                if received > remaining:
+                    raise TusError(
+                        413, f"chunk goes past Upload-Length ({upload.length} bytes)"
+                    )
+                spool.write(block)
+                chunk_hash.update(block)
+                if tus_hash is not None:
+                    tus_hash.update(block)
+                if renew is not None and clock() - last_renew > RENEW_EVERY_SECONDS:
+                    renew()
+                    last_renew = clock()
+        if interrupted is not None and checksum is not None:
+            raise TusError(400, "body interrupted before its checksum could be verified")
+        if tus_hash is not None and tus_hash.digest() != checksum.digest:
+            raise TusError(460, f"{checksum.algorithm} checksum mismatch; chunk discarded")
+        if received == 0:
+            return None
+        key = chunk_key(upload, offset)
+        store.put_file(key, tmp)
+        return StagedChunk(key=key, offset=offset, length=received, sha256=chunk_hash.hexdigest())
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def record_chunk(
+    session: Session, upload_id: str, lease: str, staged: StagedChunk, now: datetime | None = None
+) -> Upload:
+    """Advance the offset for a staged chunk; 409 if the lease was lost meanwhile."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Upload)
+        .where(Upload.id == upload_id, Upload.lock_token == lease, Upload.offset == staged.offset)
+        .values(offset=Upload.offset + staged.length, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise TusError(409, "upload changed while this chunk was written; HEAD and resume")
+    session.add(
+        UploadChunk(
+            upload_id=upload_id,
+            offset=staged.offset,
+            length=staged.length,
+            object_key=staged.key,
+            sha256=staged.sha256,
+        )
+    )
+    upload = session.get(Upload, upload_id, populate_existing=True)
+    assert upload is not None
+    if upload.offset == upload.length:
+        upload.state = UploadState.RECEIVED
+    upload.batch.last_activity_at = now
+    session.flush()
+    return upload
+
+
+def finish_if_complete(session: Session, upload: Upload) -> bool:
+    """A zero-length or creation-with-upload file may be complete at creation."""
+    if upload.state == UploadState.RECEIVING and upload.offset == upload.length:
+        upload.state = UploadState.RECEIVED
+        session.flush()
+    return upload.state == UploadState.RECEIVED
+
+
+def terminate(session: Session, upload: Upload) -> list[str]:
+    """tus termination: forget the upload; returns staged keys for the caller to delete."""
+    if upload.state not in (UploadState.RECEIVING, UploadState.RECEIVED):
+        raise TusError(409, f"upload is already {upload.state}; it can no longer be terminated")
+    keys = [c.object_key for c in upload.chunks]
+    upload.chunks.clear()
+    upload.state = UploadState.TERMINATED
+    session.flush()
+    return keys
+
+
+def expire_abandoned(session: Session, now: datetime | None = None) -> list[str]:
+    """Mark uploads past their expiry as expired; returns staged keys to delete."""
+    now = now or utcnow()
+    uploads = session.scalars(
+        select(Upload).where(Upload.state == UploadState.RECEIVING, Upload.expires_at < now)
+    ).all()
+    keys: list[str] = []
+    for upload in uploads:
+        keys.extend(c.object_key for c in upload.chunks)
+        upload.chunks.clear()
+        upload.state = UploadState.EXPIRED
+    session.flush()
+    return keys

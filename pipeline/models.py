@@ -1,0 +1,252 @@
+"""The database schema: who uploads (facility, user), what arrives (batch, upload, chunk),
+what it is (study, series, instance) and where it goes (destination, delivery).
+
+PostgreSQL is the source of truth in production; the same models run on SQLite for the
+embedded demo. Every row a facility owns carries ``facility_id`` so queries can be scoped.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timestamps always come back timezone-aware in UTC, on PostgreSQL and SQLite alike
+    (SQLite drops the zone; PostgreSQL returns the session's offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:  # noqa: ANN001
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:  # noqa: ANN001
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime}
+
+
+class Role(enum.StrEnum):
+    UPLOADER = "uploader"
+    QA_MANAGER = "qa_manager"
+    ADMIN = "admin"
+
+
+class BatchState(enum.StrEnum):
+    OPEN = "open"
+    COMPLETED = "completed"  # the client said it sent everything
+    FORWARDING = "forwarding"  # studies handed to the pacs queue
+    DONE = "done"
+
+
+class UploadState(enum.StrEnum):
+    RECEIVING = "receiving"
+    RECEIVED = "received"  # last byte in, assembly queued
+    ASSEMBLED = "assembled"
+    PARSED = "parsed"
+    QUARANTINED = "quarantined"
+    TERMINATED = "terminated"
+    EXPIRED = "expired"
+
+
+TERMINAL_UPLOAD_STATES = frozenset(
+    {UploadState.PARSED, UploadState.QUARANTINED, UploadState.TERMINATED, UploadState.EXPIRED}
+)
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # refused for good by the destination; never retried by itself
+
+
+class Facility(Base):
+    __tablename__ = "facilities"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    role: Mapped[str] = mapped_column(String(32))
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"))
+    # sha256 of a 256-bit random token: the token itself is shown once and never stored.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+    facility: Mapped[Facility] = relationship()
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    label: Mapped[str | None] = mapped_column(String(200))
+    template: Mapped[str | None] = mapped_column(String(200))
+    overrides: Mapped[dict | None] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=BatchState.OPEN)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_activity_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]
+    forwarding_started_at: Mapped[datetime | None]
+    uploads: Mapped[list[Upload]] = relationship(back_populates="batch", order_by="Upload.id")
+
+
+class Upload(Base):
+    """One file sent over tus; its bytes live in staging chunks until assembled."""
+
+    __tablename__ = "uploads"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    filename: Mapped[str] = mapped_column(String(255))
+    length: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[str] = mapped_column(String(16), default=UploadState.RECEIVING)
+    # Optional whole-file digest the client declared in Upload-Metadata ("sha256 <b64>").
+    declared_checksum: Mapped[str | None] = mapped_column(String(200))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    object_key: Mapped[str | None] = mapped_column(String(512))
+    quarantine_reason: Mapped[str | None] = mapped_column(String(64))
+    quarantine_detail: Mapped[str | None] = mapped_column(Text)
+    # Lease held while one request appends a chunk; any API process may take it.
+    lock_token: Mapped[str | None] = mapped_column(String(32))
+    lock_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    batch: Mapped[Batch] = relationship(back_populates="uploads")
+    chunks: Mapped[list[UploadChunk]] = relationship(
+        order_by="UploadChunk.offset", cascade="all, delete-orphan"
+    )
+
+
+class UploadChunk(Base):
+    """A staged PATCH body: stored as its own object so any process can serve the next."""
+
+    __tablename__ = "upload_chunks"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    length: Mapped[int] = mapped_column(BigInteger)
+    object_key: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (UniqueConstraint("upload_id", "offset"),)
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    # Patient identifiers are PHI: kept for the PACS and the owning facility, never logged.
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    description: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
+    __table_args__ = (UniqueConstraint("facility_id", "study_instance_uid"),)
+
+
+class Series(Base):
+    __tablename__ = "series"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str | None] = mapped_column(String(16))
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+    __table_args__ = (UniqueConstraint("study_id", "series_instance_uid"),)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"), index=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64))
+    object_key: Mapped[str] = mapped_column(String(512))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    # The batch and upload that last brought this instance in.
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    series: Mapped[Series] = relationship(back_populates="instances")
+    __table_args__ = (UniqueConstraint("facility_id", "sop_instance_uid"),)
+
+
+class Destination(Base):
+    __tablename__ = "destinations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # stowrs | dimse | folder
+    # Kind-specific settings: url/user/password, aet/host/port, path.
+    options: Mapped[dict] = mapped_column(JSON, default=dict)
+    # NULL: serves every facility.
+    facility_id: Mapped[int | None] = mapped_column(ForeignKey("facilities.id"))
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Delivery(Base):
+    """One instance to one destination: delivered exactly once, with every attempt counted."""
+
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"))
+    destination_id: Mapped[int] = mapped_column(ForeignKey("destinations.id"))
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"))
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Who is sending it now: the Celery task id, so a redelivered task reclaims its rows.
+    claim: Mapped[str | None] = mapped_column(String(64))
+    status_code: Mapped[str | None] = mapped_column(String(16))  # HTTP or DICOM status
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    __table_args__ = (
+        UniqueConstraint("instance_id", "destination_id"),
+        Index("ix_deliveries_study_destination_state", "study_id", "destination_id", "state"),
+    )

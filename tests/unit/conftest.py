@@ -1,0 +1,70 @@
+"""Unit tests: no broker, no server. The API runs on a SQLite file and a folder store;
+enqueued tasks go to Celery's in-memory transport and are inspected, not run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Before anything imports workers.app: unit tests never talk to a real broker.
+os.environ.setdefault("RELAYPACS_BROKER_URL", "memory://")
+os.environ.setdefault("RELAYPACS_VAR_DIR", tempfile.mkdtemp(prefix="relaypacs-unit-"))
+
+import pytest  # noqa: E402
+
+from config import load_settings  # noqa: E402
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings({
+        "RELAYPACS_VAR_DIR": str(tmp_path),
+        "RELAYPACS_BROKER_URL": "memory://",
+        "RELAYPACS_MAX_UPLOAD_BYTES": str(4 * 1024 * 1024),
+    })
+
+
+@pytest.fixture
+def app(settings):
+    from api import create_app
+    from api.cli import upgrade_database
+
+    upgrade_database(settings.database_url)
+    return create_app(settings)
+
+
+@pytest.fixture
+def session(app):
+    session = app.extensions["relaypacs"].session_factory()
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def enqueued(monkeypatch):
+    """Record what the API enqueues instead of publishing it."""
+    calls: list[tuple[str, object]] = []
+    from workers import chains
+
+    monkeypatch.setattr(chains, "enqueue_upload_chain", lambda uid: calls.append(("upload", uid)))
+    monkeypatch.setattr(chains, "enqueue_batch_dispatch", lambda bid: calls.append(("batch", bid)))
+    return calls
+
+
+@pytest.fixture
+def make_token(session):
+    from pipeline.accounts import create_user
+
+    counter = iter(range(10_000))
+
+    def make(facility: str = "Clinic A", role: str = "uploader") -> str:
+        _, token = create_user(session, f"user{next(counter)}@{facility}.test", facility, role)
+        session.commit()
+        return token
+
+    return make

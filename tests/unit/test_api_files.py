@@ -1,0 +1,181 @@
+"""The tus endpoints through the Flask test client, on SQLite and a folder store."""
+
+import base64
+import hashlib
+
+import pytest
+
+TUS = {"Tus-Resumable": "1.0.0"}
+OCTET = "application/offset+octet-stream"
+
+
+def b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
+@pytest.fixture
+def uploader(client, make_token):
+    token = make_token("Clinic A")
+    auth = {"Authorization": f"Bearer {token}"}
+    batch = client.post("/api/v1/batches", json={"label": "t"}, headers=auth).get_json()
+    return auth, batch["id"]
+
+
+def create(client, auth, batch_id, length, name="a.dcm", **headers):
+    return client.post("/api/v1/files", headers={
+        **auth, **TUS, "Upload-Length": str(length),
+        "Upload-Metadata": f"filename {b64(name)},batch_id {b64(str(batch_id))}", **headers})
+
+
+def patch(client, auth, location, offset, data, **headers):
+    return client.patch(location, data=data, headers={
+        **auth, **TUS, "Upload-Offset": str(offset), "Content-Type": OCTET, **headers})
+
+
+def test_every_route_needs_a_token(client):
+    for method, url in [("post", "/api/v1/batches"), ("get", "/api/v1/batches/1"),
+                        ("post", "/api/v1/files"), ("head", "/api/v1/files/abc"),
+                        ("patch", "/api/v1/files/abc"), ("delete", "/api/v1/files/abc"),
+                        ("post", "/api/v1/batches/1/complete"), ("get", "/api/v1/openapi.json")]:
+        response = getattr(client, method)(url, headers=TUS)
+        assert response.status_code == 401, (method, url)
+        if method != "head":
+            assert response.get_json()["error"]["status"] == 401
+
+
+def test_upload_in_chunks_and_resume(client, uploader, enqueued, app):
+    auth, batch_id = uploader
+    data = bytes(range(256)) * 40
+    created = create(client, auth, batch_id, len(data))
+    assert created.status_code == 201
+    location = created.headers["Location"]
+    assert patch(client, auth, location, 0, data[:4000]).headers["Upload-Offset"] == "4000"
+    # The client lost the connection and asks where to go on.
+    head = client.head(location, headers={**auth, **TUS})
+    assert head.status_code == 200
+    assert head.headers["Upload-Offset"] == "4000"
+    assert head.headers["Upload-Length"] == str(len(data))
+    assert head.headers["Cache-Control"] == "no-store"
+    assert enqueued == []
+    done = patch(client, auth, location, 4000, data[4000:])
+    assert done.status_code == 204 and done.headers["Upload-Offset"] == str(len(data))
+    upload_id = location.rsplit("/", 1)[1]
+    assert enqueued == [("upload", upload_id)]
+
+
+def test_wrong_offset_is_409_and_changes_nothing(client, uploader, enqueued):
+    auth, batch_id = uploader
+    location = create(client, auth, batch_id, 100).headers["Location"]
+    patch(client, auth, location, 0, b"x" * 10)
+    response = patch(client, auth, location, 5, b"y" * 10)
+    assert response.status_code == 409
+    assert response.get_json()["error"]["upload_offset"] == 10
+    assert client.head(location, headers={**auth, **TUS}).headers["Upload-Offset"] == "10"
+
+
+def test_checksum_mismatch_is_460_and_chunk_discarded(client, uploader, enqueued):
+    auth, batch_id = uploader
+    location = create(client, auth, batch_id, 20).headers["Location"]
+    wrong = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    response = patch(client, auth, location, 0, b"a" * 20, **{"Upload-Checksum": f"sha256 {wrong}"})
+    assert response.status_code == 460
+    assert client.head(location, headers={**auth, **TUS}).headers["Upload-Offset"] == "0"
+    good = base64.b64encode(hashlib.sha1(b"a" * 20).digest()).decode()
+    ok = patch(client, auth, location, 0, b"a" * 20, **{"Upload-Checksum": f"sha1 {good}"})
+    assert ok.status_code == 204
+
+
+def test_unknown_checksum_algorithm_is_400(client, uploader, enqueued):
+    auth, batch_id = uploader
+    location = create(client, auth, batch_id, 20).headers["Location"]
+    response = patch(client, auth, location, 0, b"a" * 20, **{"Upload-Checksum": "md5 AAAA"})
+    assert response.status_code == 400
+
+
+def test_over_size_limit_is_413(client, uploader, settings):
+    auth, batch_id = uploader
+    response = create(client, auth, batch_id, settings.max_upload_bytes + 1)
+    assert response.status_code == 413
+    assert "limit" in response.get_json()["error"]["message"]
+
+
+def test_chunk_past_length_is_413(client, uploader, enqueued):
+    auth, batch_id = uploader
+    location = create(client, auth, batch_id, 10).headers["Location"]
+    assert patch(client, auth, location, 0, b"z" * 11).status_code == 413
+    assert client.head(location, headers={**auth, **TUS}).headers["Upload-Offset"] == "0"
+
+
+def test_protocol_errors(client, uploader):
+    auth, batch_id = uploader
+    no_version = client.post("/api/v1/files", headers={**auth, "Upload-Length": "1"})
+    assert no_version.status_code == 412
+    location = create(client, auth, batch_id, 10).headers["Location"]
+    wrong_type = client.patch(location, data=b"x", headers={
+        **auth, **TUS, "Upload-Offset": "0", "Content-Type": "text/plain"})
+    assert wrong_type.status_code == 415
+    no_batch = client.post("/api/v1/files", headers={**auth, **TUS, "Upload-Length": "1"})
+    assert no_batch.status_code == 400
+    bad_length = client.post("/api/v1/files", headers={**auth, **TUS, "Upload-Length": "-1"})
+    assert bad_length.status_code == 400
+
+
+def test_creation_with_upload(client, uploader, enqueued):
+    auth, batch_id = uploader
+    response = create(client, auth, batch_id, 5, data=None)
+    location = response.headers["Location"]
+    response = client.post("/api/v1/files", data=b"hello", headers={
+        **auth, **TUS, "Upload-Length": "5", "Content-Type": OCTET,
+        "Upload-Metadata": f"batch_id {b64(str(batch_id))}"})
+    assert response.status_code == 201
+    assert response.headers["Upload-Offset"] == "5"
+    assert location != response.headers["Location"]
+    assert len(enqueued) == 1
+
+
+def test_termination(client, uploader, enqueued):
+    auth, batch_id = uploader
+    location = create(client, auth, batch_id, 10).headers["Location"]
+    patch(client, auth, location, 0, b"12345")
+    assert client.delete(location, headers={**auth, **TUS}).status_code == 204
+    assert client.head(location, headers={**auth, **TUS}).status_code == 404
+    assert patch(client, auth, location, 5, b"67890").status_code == 404
+
+
+def test_other_facility_gets_403(client, uploader, make_token):
+    auth, batch_id = uploader
+    location = create(client, auth, batch_id, 10).headers["Location"]
+    other = {"Authorization": f"Bearer {make_token('Clinic B')}"}
+    assert client.get(f"/api/v1/batches/{batch_id}", headers=other).status_code == 403
+    assert client.head(location, headers={**other, **TUS}).status_code == 403
+    assert patch(client, other, location, 0, b"x").status_code == 403
+    assert create(client, other, batch_id, 10).status_code == 403
+
+
+def test_qa_manager_cannot_upload(client, make_token, uploader):
+    _, batch_id = uploader
+    qa = {"Authorization": f"Bearer {make_token('Clinic A', 'qa_manager')}"}
+    assert create(client, qa, batch_id, 10).status_code == 403
+    assert client.get(f"/api/v1/batches/{batch_id}", headers=qa).status_code == 200
+
+
+def test_options_discovery_and_cors(client):
+    response = client.options("/api/v1/files", headers={"Origin": "https://clinic.example"})
+    assert response.status_code == 204
+    assert "checksum" in response.headers["Tus-Extension"]
+    assert "sha256" in response.headers["Tus-Checksum-Algorithm"]
+    assert "Upload-Offset" in response.headers["Access-Control-Expose-Headers"]
+
+
+def test_completed_batch_refuses_new_files(client, uploader, enqueued):
+    auth, batch_id = uploader
+    assert client.post(f"/api/v1/batches/{batch_id}/complete", headers=auth).status_code == 200
+    assert create(client, auth, batch_id, 10).status_code == 409
+    assert ("batch", batch_id) in enqueued
+
+
+def test_bad_batch_body_is_400(client, uploader):
+    auth, _ = uploader
+    assert client.post("/api/v1/batches", data="[1]", headers={
+        **auth, "Content-Type": "application/json"}).status_code == 400
+    assert client.post("/api/v1/batches", json={"nope": 1}, headers=auth).status_code == 400

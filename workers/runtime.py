@@ -1,0 +1,70 @@
+"""Process-wide resources for tasks: settings, engine, session scope, object store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from config import Settings, load_settings
+from pipeline.database import make_engine, make_session_factory
+from pipeline.grouping import spool_dir_for
+from pipeline.storage import ObjectStore, open_store
+
+_override: Settings | None = None
+
+
+@cache
+def settings() -> Settings:
+    return _override or load_settings()
+
+
+@cache
+def engine() -> Engine:
+    return make_engine(settings().database_url)
+
+
+@cache
+def session_factory() -> sessionmaker[Session]:
+    return make_session_factory(engine())
+
+
+@cache
+def store() -> ObjectStore:
+    return open_store(settings().storage_url)
+
+
+def spool_dir():  # noqa: ANN201
+    return spool_dir_for(settings().var_dir)
+
+
+def reset() -> None:
+    """Drop cached resources (after fork: the child must not reuse the parent's sockets)."""
+    if engine.cache_info().currsize:
+        engine().dispose(close=False)
+    for cached in (settings, engine, session_factory, store):
+        cached.cache_clear()
+
+
+def configure(custom: Settings | None) -> None:
+    """Use ``custom`` settings in this process (the embedded demo, tests)."""
+    global _override
+    _override = custom
+    reset()
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """One transaction per task run: commit on success, roll back on any error."""
+    session = session_factory()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
