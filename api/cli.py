@@ -163,13 +163,14 @@ def destinations_list() -> None:
 
 
 @main.command()
-@click.option("--files", "max_files", default=12, show_default=True, type=int)
+@click.option("--synthetic", default=20, show_default=True, type=int,
+              help="instances in the synthetic CT series")
 @click.option("--chunk-size", default=16 * 1024, show_default=True, type=int)
-def demo(max_files: int, chunk_size: int) -> None:
+def demo(synthetic: int, chunk_size: int) -> None:
     """The whole pipeline on embedded defaults, no services needed."""
     from api.demo import run_demo
 
-    sys.exit(run_demo(max_files=max_files, chunk_size=chunk_size))
+    sys.exit(run_demo(synthetic=synthetic, chunk_size=chunk_size))
 
 
 if __name__ == "__main__":

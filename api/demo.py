@@ -15,28 +15,28 @@ from datetime import datetime
 from pathlib import Path
 
 import click
-import pydicom
 
 from config import load_settings
+from pipeline.samples import DEMO_BROKEN, DEMO_SAMPLES, shipped, synthetic_study
 
 TUS = {"Tus-Resumable": "1.0.0"}
 
 
-def sample_files(limit: int) -> list[Path]:
-    """Good sample instances that ship inside pydicom, plus one broken file to quarantine."""
-    folder = Path(pydicom.__file__).parent / "data" / "test_files"
-    names = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "rtdose.dcm", "SC_rgb.dcm",
-             "US1_UNCR.dcm", "JPEG2000.dcm", "emri_small.dcm", "mlut_18.dcm", "vlut_04.dcm",
-             "OBXXXX1A.dcm", "image_dfl.dcm"]
-    files = [folder / n for n in names if (folder / n).is_file()][: max(limit - 1, 1)]
-    return files + [folder / "rtplan_truncated.dcm"]
+def demo_uploads(synthetic: int) -> list[tuple[str, bytes]]:
+    """Real samples shipped in pydicom, a synthetic CT series, and one broken file."""
+    files = [(p.name, p.read_bytes()) for p in shipped(DEMO_SAMPLES)]
+    study = synthetic_study(synthetic, patient_id="DEMO-001")
+    files += [(f"ct-series/{i:03d}.dcm", data) for i, data in enumerate(study, 1)]
+    files += [(p.name, p.read_bytes()) for p in shipped(DEMO_BROKEN)]
+    files.append(("referral-letter.pdf", b"%PDF-1.4 not an image\n" * 20))
+    return files
 
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def run_demo(max_files: int = 12, chunk_size: int = 16 * 1024) -> int:
+def run_demo(synthetic: int = 20, chunk_size: int = 16 * 1024) -> int:
     from celery.contrib.testing.worker import start_worker
 
     from api import create_app
@@ -62,6 +62,7 @@ def run_demo(max_files: int = 12, chunk_size: int = 16 * 1024) -> int:
     session = make_session_factory(make_engine(settings.database_url))()
     _, token = create_user(session, "radiographer@demo.clinic", "Demo Clinic", "uploader")
     pacs_folder = home / "pacs"
+    pacs_folder.mkdir(parents=True)
     add_destination(session, "demo-pacs", folder=str(pacs_folder))
     session.commit()
 
@@ -69,20 +70,21 @@ def run_demo(max_files: int = 12, chunk_size: int = 16 * 1024) -> int:
     celery_app.conf.update(celery_config(settings))
     celery_app.conf.task_routes = None  # one in-process worker consumes every stage
     celery_app.conf.task_default_queue = "intake"
+    celery_app.conf.broker_transport_options = {"polling_interval": 0.05}
     import workers.tasks  # noqa: F401 - register tasks with the app
 
     web = create_app(settings).test_client()
     auth = {"Authorization": f"Bearer {token}"}
-    files = sample_files(max_files)
+    files = demo_uploads(synthetic)
     started = time.monotonic()
     with start_worker(celery_app, pool="threads", concurrency=2, perform_ping_check=False,
                       queues=["intake", "dicom", "pacs"], shutdown_timeout=30):
         batch = web.post("/api/v1/batches", json={"label": "demo"}, headers=auth).get_json()
-        total = sum(f.stat().st_size for f in files)
-        with click.progressbar(length=total, label="uploading over tus") as bar:
-            for path in files:
-                data = path.read_bytes()
-                meta = f"filename {_b64(path.name)},batch_id {_b64(str(batch['id']))}"
+        total = sum(len(data) for _, data in files)
+        click.echo(f"uploading {len(files)} files ({total} bytes) in {chunk_size}-byte chunks")
+        with click.progressbar(length=total, label="tus upload") as bar:
+            for name, data in files:
+                meta = f"filename {_b64(name)},batch_id {_b64(str(batch['id']))}"
                 created = web.post("/api/v1/files", headers={
                     **auth, **TUS, "Upload-Length": str(len(data)), "Upload-Metadata": meta})
                 location = created.headers["Location"]

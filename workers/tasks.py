@@ -73,8 +73,10 @@ def forward_quiet_batches() -> int:
 
 
 def _backoff(retries: int) -> float:
-    # Exponential with full jitter, capped: a PACS outage is waited out, not hammered.
-    return random.uniform(0, min(1800.0, 5.0 * 2**retries))
+    # Exponential, capped, with "equal jitter": never less than half the step, so a PACS
+    # outage is waited out, not hammered, and many workers do not retry in step.
+    step = min(1800.0, 5.0 * 2**retries)
+    return step / 2 + random.uniform(0, step / 2)
 
 
 @app.task(name="pacs.forward_study", bind=True, max_retries=None)
