@@ -43,7 +43,10 @@ def test_compose_file_is_valid():
 
     result = subprocess.run(
         [binary, "-f", str(COMPOSE_FILE), "config", "-q"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert result.returncode == 0, result.stderr
@@ -72,9 +75,7 @@ def test_one_worker_service_per_queue():
 
 
 def test_gunicorn_target_exists():
-    targets = [
-        c[-1] for c in map(_command, _services().values()) if c and c[0] == "gunicorn"
-    ]
+    targets = [c[-1] for c in map(_command, _services().values()) if c and c[0] == "gunicorn"]
     assert targets == ["api:create_app()"]
 
     module, _, call = targets[0].partition(":")
