@@ -7,16 +7,17 @@ is never called because it may download the files that are not shipped.
 
 from __future__ import annotations
 
-import copy
-import io
 import warnings
 from functools import cache
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import generate_uid
 
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+from pipeline.samples import PYDICOM_FILES, synthetic_study
+
+__all__ = ["bad_dicom_files", "pacs_refused_files", "sample_dicom_files", "synthetic_study"]
+
+TEST_FILES = PYDICOM_FILES
 
 # Part-10 files with Study/Series/SOP Instance UIDs that Orthanc 1.10.1 + DICOMweb 1.7 stored
 # when STOW-RS'd one per request into an empty Orthanc (checked one by one). First the small,
@@ -151,29 +152,3 @@ def bad_dicom_files() -> list[Path]:
 def pacs_refused_files() -> list[Path]:
     """Files that look valid to pydicom but that Orthanc refuses over STOW-RS."""
     return list(_valid(ORTHANC_REFUSES, False))
-
-
-@cache
-def _ct_template() -> pydicom.Dataset:
-    return pydicom.dcmread(TEST_FILES / "CT_small.dcm")
-
-
-def synthetic_study(n: int, study_uid: str | None = None, series_uid: str | None = None) -> list[bytes]:
-    """``n`` Part-10 CT instances (copies of CT_small.dcm, ~39 KB each) of one new study and
-    series, each with a new SOPInstanceUID and InstanceNumber 1..n."""
-    study_uid = study_uid or generate_uid()
-    series_uid = series_uid or generate_uid()
-    template = _ct_template()
-    out = []
-    for number in range(1, n + 1):
-        ds = copy.deepcopy(template)
-        sop_uid = generate_uid()
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = sop_uid
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.InstanceNumber = number
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        out.append(buffer.getvalue())
-    return out

@@ -26,13 +26,15 @@ import socket
 import tempfile
 from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom.filereader import read_dataset, read_preamble
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context
 from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AddressInformation, AssociationSocket
 
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20
 MAX_CONTEXTS = 128
+META_HEAD_SIZE = 64 * 1024
 
 # A-ASSOCIATE-AC presentation context results (PS3.8 9.3.3.2).
 _ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
@@ -76,10 +79,13 @@ def read_transfer_syntax(stream: BinaryIO) -> tuple[str | None, str | None]:
 
     Raises ValueError when the stream is not a Part-10 file.
     """
+    # Object-store bodies cannot seek, and pydicom's reader needs to: the meta group is read
+    # from a buffered head of the file (it is a few hundred bytes in practice).
+    head = io.BytesIO(stream.read(META_HEAD_SIZE))
     try:
-        read_preamble(stream, False)
+        read_preamble(head, False)
         meta = read_dataset(
-            stream,
+            head,
             is_implicit_VR=False,
             is_little_endian=True,
             stop_when=lambda tag, vr, length: tag.group != 2,
@@ -123,6 +129,21 @@ def _part10_path(instance: OutgoingInstance) -> Iterator[Path]:
             yield Path(spool.name)
         finally:
             os.unlink(spool.name)
+
+
+@contextmanager
+def _padded_copy(path: Path) -> Iterator[Path]:
+    """A temporary copy of `path` with one trailing NUL byte."""
+    spool = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed before use, removed below
+        prefix="relaypacs-cstore-", suffix=".dcm", delete=False
+    )
+    try:
+        with spool, open(path, "rb") as source:
+            shutil.copyfileobj(source, spool, BLOCK_SIZE)
+            spool.write(b"\x00")
+        yield Path(spool.name)
+    finally:
+        os.unlink(spool.name)
 
 
 def _chunks_of_pairs(
@@ -283,13 +304,29 @@ class DimseSender:
             raise _AssociationLost
         with _part10_path(instance) as path:
             try:
-                status = assoc.send_c_store(path, msg_id=message_id)
-            except (AttributeError, ValueError) as exc:
-                # Missing file meta elements, or meta that disagrees with the negotiated pair.
-                log.warning("C-STORE of one instance not attempted: %s", exc)
+                meta, offset = split_dataset(path)
+            except Exception as exc:
                 return InstanceOutcome(
-                    uid, False, None, f"not sent: file meta unusable ({type(exc).__name__})", False
+                    uid, False, None, f"not a DICOM Part-10 file ({type(exc).__name__})", False
                 )
+            # Every DICOM encoding has an even length. An odd data set is a truncated or corrupt
+            # file, which a DCMTK-based SCP answers by waiting for the missing byte until its
+            # timeout and then aborting; the one legitimate case is a deflated stream whose
+            # mandatory pad byte was left out (PS3.5 A.5), and that pad is added here.
+            odd = (path.stat().st_size - offset) % 2 == 1
+            if odd and meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+                return InstanceOutcome(
+                    uid, False, None, "odd-length data set (truncated or corrupt); not sent", False
+                )
+            with _padded_copy(path) if odd else nullcontext(path) as send_path:
+                try:
+                    status = assoc.send_c_store(send_path, msg_id=message_id)
+                except (AttributeError, ValueError) as exc:
+                    # Missing file meta elements, or meta that disagrees with the negotiated pair.
+                    log.warning("C-STORE of one instance not attempted: %s", exc)
+                    return InstanceOutcome(
+                        uid, False, None, f"not sent: file meta unusable ({type(exc).__name__})", False
+                    )
         if not status or "Status" not in status:
             # Timeout, abort or an unparseable answer: the association is no longer usable.
             raise _AssociationLost
