@@ -173,5 +173,25 @@ def demo(synthetic: int, chunk_size: int) -> None:
     sys.exit(run_demo(synthetic=synthetic, chunk_size=chunk_size))
 
 
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--server", required=True, help="gateway base URL, e.g. https://gateway.example")
+@click.option("--token", required=True, envvar="RELAYPACS_TOKEN", help="API token (or RELAYPACS_TOKEN)")
+@click.option("--jobs", default=4, show_default=True, type=click.IntRange(1, 32), help="parallel files")
+@click.option("--chunk-size", default=1024 * 1024, show_default=True, type=click.IntRange(1024))
+@click.option("--label", help="batch label shown to the hospital")
+@click.option("--state", "state_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="resume file (default: under ~/.local/state/relaypacs)")
+@click.option("--wait", default=600, show_default=True, type=int,
+              help="seconds to follow the batch after upload (0: do not wait)")
+def upload(folder: Path, server: str, token: str, jobs: int, chunk_size: int, label: str | None,
+           state_file: Path | None, wait: int) -> None:
+    """Upload a clinic folder with progress and resume; exit 0 only when all was delivered."""
+    from api.upload_view import run_upload
+
+    sys.exit(run_upload(folder, server, token, jobs=jobs, chunk_size=chunk_size, label=label,
+                        state_file=state_file, wait=wait))
+
+
 if __name__ == "__main__":
     main()
