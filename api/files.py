@@ -185,7 +185,10 @@ def _write_chunk(upload: Upload, offset: int, checksum) -> Upload:  # noqa: ANN0
             session.commit()
             return session.get(Upload, upload_id, populate_existing=True)
         try:
-            upload = intake.record_chunk(session, upload_id, lease, staged)
+            upload = intake.record_chunk(
+                session, upload_id, lease, staged,
+                expiry=timedelta(seconds=settings.upload_expiry_seconds),
+            )
             intake.release_lease(session, upload_id, lease)
             session.commit()
         except Exception:
@@ -212,4 +215,6 @@ def terminate(upload_id: str) -> Response:
     session.commit()
     for key in keys:
         resources().store.delete(key)
+    # The batch may have been waiting only for this file.
+    chains.enqueue_batch_dispatch(upload.batch_id)
     return Response(status=204)

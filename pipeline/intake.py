@@ -193,14 +193,16 @@ def stage_chunk(
 
 
 def record_chunk(
-    session: Session, upload_id: str, lease: str, staged: StagedChunk, now: datetime | None = None
+    session: Session, upload_id: str, lease: str, staged: StagedChunk, *, expiry: timedelta,
+    now: datetime | None = None,
 ) -> Upload:
-    """Advance the offset for a staged chunk; 409 if the lease was lost meanwhile."""
+    """Advance the offset for a staged chunk; 409 if the lease was lost meanwhile.
+    Activity pushes the expiry forward: only idle uploads expire."""
     now = now or utcnow()
     result = session.execute(
         update(Upload)
         .where(Upload.id == upload_id, Upload.lock_token == lease, Upload.offset == staged.offset)
-        .values(offset=Upload.offset + staged.length, updated_at=now)
+        .values(offset=Upload.offset + staged.length, updated_at=now, expires_at=now + expiry)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
@@ -242,8 +244,15 @@ def terminate(session: Session, upload: Upload) -> list[str]:
     return keys
 
 
-def expire_abandoned(session: Session, now: datetime | None = None) -> list[str]:
-    """Mark uploads past their expiry as expired; returns staged keys to delete."""
+@dataclass(frozen=True)
+class Expired:
+    upload_ids: list[str]
+    batch_ids: list[int]
+    staged_keys: list[str]  # for the caller to delete after the commit
+
+
+def expire_abandoned(session: Session, now: datetime | None = None) -> Expired:
+    """tus expiration: uploads idle past ``expires_at`` are dropped with their chunks."""
     now = now or utcnow()
     uploads = session.scalars(
         select(Upload).where(Upload.state == UploadState.RECEIVING, Upload.expires_at < now)
@@ -254,4 +263,4 @@ def expire_abandoned(session: Session, now: datetime | None = None) -> list[str]
         upload.chunks.clear()
         upload.state = UploadState.EXPIRED
     session.flush()
-    return keys
+    return Expired([u.id for u in uploads], sorted({u.batch_id for u in uploads}), keys)

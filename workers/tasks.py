@@ -14,7 +14,16 @@ from sqlalchemy import select
 from pipeline import forwarding, grouping, intake
 from pipeline.assembly import AssemblyError, assemble
 from pipeline.destinations import make_sender
-from pipeline.models import Batch, Delivery, DeliveryState, Destination, Upload, UploadState, utcnow
+from pipeline.models import (
+    Batch,
+    BatchState,
+    Delivery,
+    DeliveryState,
+    Destination,
+    Upload,
+    UploadState,
+    utcnow,
+)
 from workers import chains, runtime
 from workers.app import app
 
@@ -46,7 +55,17 @@ def parse_and_group(upload_id: str) -> None:
             return
         grouping.parse_and_group(session, runtime.store(), upload, runtime.spool_dir())
         batch_id = upload.batch_id
-    chains.enqueue_batch_dispatch(batch_id)
+    _dispatch_if_completed([batch_id])
+
+
+def _dispatch_if_completed(batch_ids: list[int]) -> None:
+    """Read after our own commit: if the client already completed the batch, this change
+    may have been the last one it waited for. (Completion itself also dispatches.)"""
+    with runtime.session_scope() as session:
+        completed = session.scalars(select(Batch.id).where(
+            Batch.id.in_(batch_ids), Batch.state == BatchState.COMPLETED)).all()
+    for batch_id in completed:
+        chains.enqueue_batch_dispatch(batch_id)
 
 
 @app.task(name="pacs.dispatch_batch")
@@ -110,10 +129,11 @@ def forward_study(self, study_id: int, destination_id: int) -> dict:  # noqa: AN
 @app.task(name="intake.expire_abandoned_uploads")
 def expire_abandoned_uploads() -> int:
     with runtime.session_scope() as session:
-        keys = intake.expire_abandoned(session)
-    for key in keys:
+        expired = intake.expire_abandoned(session)
+    for key in expired.staged_keys:
         runtime.store().delete(key)
-    return len(keys)
+    _dispatch_if_completed(expired.batch_ids)
+    return len(expired.upload_ids)
 
 
 @app.task(name="intake.redrive_stuck_work")

@@ -1,0 +1,68 @@
+"""The per-upload lease and tus expiration, on the SQLite schema."""
+
+from datetime import timedelta
+
+import pytest
+
+from pipeline import intake
+from pipeline.models import Batch, UploadState, utcnow
+from pipeline.tus import TusError
+
+
+@pytest.fixture
+def upload(session, make_token):
+    from pipeline.accounts import user_for_token
+
+    user = user_for_token(session, make_token("Clinic A"))
+    batch = Batch(facility_id=user.facility_id, user_id=user.id)
+    session.add(batch)
+    session.flush()
+    created = intake.create_upload(session, batch=batch, user_id=user.id, length=10, metadata={},
+                                   max_bytes=100, expiry=timedelta(hours=1))
+    session.commit()
+    return created
+
+
+def test_second_writer_gets_423_until_the_lease_is_released(session, upload):
+    lease = intake.acquire_lease(session, upload.id, 60)
+    session.commit()
+    with pytest.raises(TusError) as err:
+        intake.acquire_lease(session, upload.id, 60)
+    assert err.value.status == 423
+    intake.release_lease(session, upload.id, lease)
+    session.commit()
+    assert intake.acquire_lease(session, upload.id, 60)
+
+
+def test_a_crashed_holder_lease_expires(session, upload):
+    intake.acquire_lease(session, upload.id, 60, now=utcnow() - timedelta(minutes=5))
+    session.commit()
+    assert intake.acquire_lease(session, upload.id, 60)
+
+
+def test_record_needs_the_lease_and_the_offset(session, upload):
+    lease = intake.acquire_lease(session, upload.id, 60)
+    staged = intake.StagedChunk(key="k", offset=0, length=4, sha256="0" * 64)
+    with pytest.raises(TusError) as err:
+        intake.record_chunk(session, upload.id, "not-mine", staged, expiry=timedelta(hours=1))
+    assert err.value.status == 409
+    moved = intake.record_chunk(session, upload.id, lease, staged, expiry=timedelta(hours=1))
+    assert moved.offset == 4
+    stale = intake.StagedChunk(key="k2", offset=0, length=4, sha256="0" * 64)
+    with pytest.raises(TusError):
+        intake.record_chunk(session, upload.id, lease, stale, expiry=timedelta(hours=1))
+
+
+def test_idle_uploads_expire_and_return_their_chunks(session, upload):
+    lease = intake.acquire_lease(session, upload.id, 60)
+    intake.record_chunk(session, upload.id, lease,
+                        intake.StagedChunk(key="a/b", offset=0, length=4, sha256="0" * 64),
+                        expiry=timedelta(hours=1))
+    session.commit()
+    assert intake.expire_abandoned(session).upload_ids == []
+    expired = intake.expire_abandoned(session, now=utcnow() + timedelta(hours=2))
+    assert expired.upload_ids == [upload.id]
+    assert expired.staged_keys == ["a/b"]
+    assert expired.batch_ids == [upload.batch_id]
+    session.refresh(upload)
+    assert upload.state == UploadState.EXPIRED
