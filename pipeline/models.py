@@ -85,7 +85,9 @@ class DeliveryState(enum.StrEnum):
     PENDING = "pending"
     SENDING = "sending"
     DELIVERED = "delivered"
-    FAILED = "failed"  # refused for good by the destination; never retried by itself
+    # Dead letter: refused for good, or gave up after the retry cap; kept with the reason,
+    # never retried by itself, replayable (relaypacs deliveries retry).
+    FAILED = "failed"
 
 
 class Facility(Base):
@@ -227,6 +229,49 @@ class Destination(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class BreakerState(enum.StrEnum):
+    CLOSED = "closed"  # sending normally
+    OPEN = "open"  # destination down: work waits, only probes go out
+    HALF_OPEN = "half_open"  # a probe answered: one real request decides
+
+
+class DestinationHealth(Base):
+    """The circuit breaker of one destination, shared by every pacs worker."""
+
+    __tablename__ = "destination_health"
+    destination_id: Mapped[int] = mapped_column(ForeignKey("destinations.id"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default=BreakerState.CLOSED)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    opened_at: Mapped[datetime | None]
+    next_probe_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RoutingRule(Base):
+    """Send a facility's studies (optionally of one modality) to a destination.
+
+    A facility with no rule sends everything to every destination that serves it."""
+
+    __tablename__ = "routing_rules"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    facility_id: Mapped[int | None] = mapped_column(ForeignKey("facilities.id"), index=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    destination_id: Mapped[int] = mapped_column(ForeignKey("destinations.id"))
+    enabled: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class QueueCanary(Base):
+    """Proof that a queue's workers consume: a canary task per queue stamps its row."""
+
+    __tablename__ = "queue_canaries"
+    queue: Mapped[str] = mapped_column(String(32), primary_key=True)
+    sent_at: Mapped[datetime | None]
+    consumed_at: Mapped[datetime | None]
+    worker: Mapped[str | None] = mapped_column(String(200))
+
+
 class Delivery(Base):
     """One instance to one destination: delivered exactly once, with every attempt counted."""
 
@@ -246,6 +291,11 @@ class Delivery(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None]
     latency_ms: Mapped[int | None] = mapped_column(Integer)
+    # When a deferred row may be tried again (backoff); NULL: now.
+    next_attempt_at: Mapped[datetime | None]
+    # Which stored bytes went out: the original, or a rewritten rendition of it.
+    sent_object_key: Mapped[str | None] = mapped_column(String(512))
+    sent_sha256: Mapped[str | None] = mapped_column(String(64))
     __table_args__ = (
         UniqueConstraint("instance_id", "destination_id"),
         Index("ix_deliveries_study_destination_state", "study_id", "destination_id", "state"),

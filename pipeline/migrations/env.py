@@ -12,6 +12,13 @@ config = context.config
 url = config.get_main_option("sqlalchemy.url") or load_settings().database_url
 
 
+def render_item(type_: str, obj: object, autogen_context) -> str | bool:  # noqa: ANN001
+    # Migrations must not import app types: UTCDateTime is a plain timestamptz column.
+    if type_ == "type" and type(obj).__name__ == "UTCDateTime":
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def run_offline() -> None:
     context.configure(url=url, target_metadata=Base.metadata, literal_binds=True)
     with context.begin_transaction():
@@ -24,6 +31,7 @@ def run_online() -> None:
         context.configure(
             connection=connection,
             target_metadata=Base.metadata,
+            render_item=render_item,
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
