@@ -16,12 +16,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from pipeline.destinations import (
-    InstanceOutcome,
-    OutgoingInstance,
-    Sender,
-    TransientDestinationError,
-)
+from pipeline import renditions as renditions_for
+from pipeline.destinations import InstanceOutcome, Sender, TransientDestinationError
 from pipeline.models import (
     TERMINAL_UPLOAD_STATES,
     Batch,
@@ -164,17 +160,6 @@ def claim_deliveries(
     )
 
 
-def _outgoing(store: ObjectStore, instance: Instance) -> OutgoingInstance:
-    key = instance.object_key
-    return OutgoingInstance(
-        sop_instance_uid=instance.sop_instance_uid,
-        sop_class_uid=instance.sop_class_uid,
-        transfer_syntax_uid=instance.transfer_syntax_uid,
-        size=instance.size,
-        open=lambda: store.open(key),
-    )
-
-
 def _apply(delivery: Delivery, outcome: InstanceOutcome | None, max_attempts: int, now: datetime,
            created_at: datetime) -> str:
     delivery.attempts += 1
@@ -247,9 +232,11 @@ def forward_study(
                 select(Instance).where(Instance.id.in_([d.instance_id for d in group]))
             )
         }
-        outgoing = [_outgoing(store, instances[d.instance_id]) for d in group]
+        renditions = {
+            d.id: renditions_for.prepare(session, store, instances[d.instance_id]) for d in group
+        }
         try:
-            outcomes = sender.send(study.study_instance_uid, outgoing)
+            outcomes = sender.send(study.study_instance_uid, [r.outgoing for r in renditions.values()])
         except TransientDestinationError as exc:
             release(deliveries[start:], f"destination unavailable: {exc}", max_attempts)
             checkpoint()
@@ -264,6 +251,8 @@ def forward_study(
                 delivery, by_uid.get(instance.sop_instance_uid), max_attempts, now,
                 instance.created_at,
             )
+            delivery.sent_object_key = renditions[delivery.id].object_key
+            delivery.sent_sha256 = renditions[delivery.id].sha256
             setattr(result, verdict, getattr(result, verdict) + 1)
         result.batches.append(len(group))
         checkpoint()
