@@ -70,7 +70,9 @@ class InstanceOutcome:
 
 class TransientDestinationError(Exception):
     """The whole request failed in a way worth retrying later (connection error, timeout, 5xx,
-    429, 503...)."""
+    429, 503...). `retry_after` is the server's Retry-After in seconds, when it gave one."""
+
+    retry_after: float | None
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)

@@ -5,8 +5,9 @@ requests of `batch_size` instances; each request body is a generator that reads 
 time in 1 MiB blocks, so memory stays flat whatever the study size (chunked transfer encoding).
 
 The response is trusted only as far as it goes. Orthanc's DICOMweb plugin 1.7, for one, answers
-400 to a batch in which one part was unparseable although the other parts WERE stored, and lists
-neither the bad part nor always the good ones. Every instance the response does not account for
+400 to a batch in which one part was unparseable although the other parts WERE stored, and does
+not mention the unparseable part at all; other servers answer 200 or 400 with no body, or with
+XML. Every instance the response does not account for
 is therefore looked up with QIDO-RS; when the PACS cannot answer QIDO-RS, each such instance is
 resent alone, whose single-part answer is unambiguous (a duplicate counts as stored).
 """
@@ -306,10 +307,13 @@ class StowRsSender:
                 for i in instances
             ]
         # Each distinct instance goes once; a UID given twice gets the same outcome twice.
-        unique = list({i.sop_instance_uid: i for i in reversed(instances)}.values())[::-1]
+        unique: dict[str, OutgoingInstance] = {}
+        for instance in instances:
+            unique.setdefault(instance.sop_instance_uid, instance)
         results: dict[str, InstanceOutcome] = {}
-        for start in range(0, len(unique), self.batch_size):
-            batch = unique[start : start + self.batch_size]
+        distinct = list(unique.values())
+        for start in range(0, len(distinct), self.batch_size):
+            batch = distinct[start : start + self.batch_size]
             for outcome in self._send_batch(study_instance_uid, batch):
                 results[outcome.sop_instance_uid] = outcome
         return [results[i.sop_instance_uid] for i in instances]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import zlib
 from pathlib import Path
 
 import pydicom
@@ -86,6 +87,11 @@ def split_part10(data: bytes) -> tuple[str, bytes]:
     return syntax, data[offset:]
 
 
+def inflate(data: bytes) -> bytes:
+    stream = zlib.decompressobj(-zlib.MAX_WBITS)
+    return stream.decompress(data) + stream.flush()
+
+
 def outcomes_by_uid(outcomes: list[InstanceOutcome]) -> dict[str, InstanceOutcome]:
     return {o.sop_instance_uid: o for o in outcomes}
 
@@ -121,14 +127,11 @@ def test_stow_three_files_arrive_byte_identical(orthanc, stow, tmp_path):
 
 def test_stow_batch_with_refused_parts_reports_each_instance(orthanc, stow, tmp_path):
     study_uid, good = make_study(tmp_path)
-    # Parseable, yet Orthanc refuses it ("STOW-RS: Missing a mandatory tag"), as observed here
-    # for this RLE RT Dose as long as it keeps its own SeriesInstanceUID.
-    refused = restudied("rtdose_rle.dcm", study_uid, tmp_path, new_series=False)
-    # Unparseable bytes, sent exactly as shipped.
-    truncated = TEST_FILES / "rtplan_truncated.dcm"
-    # Valid, but from another study than the URL says: Orthanc fails it with 0110.
+    # Unparseable (truncated) samples, sent exactly as shipped: Orthanc lists them nowhere.
+    truncated = [TEST_FILES / "rtplan_truncated.dcm", TEST_FILES / "MR_truncated.dcm"]
+    # Valid, but from another study than the URL names: Orthanc fails it with 0110.
     _, [stranger] = make_study(tmp_path, ("MR_small.dcm",))
-    batch = [file_instance(p) for p in [good[0], refused, good[1], truncated, stranger, good[2]]]
+    batch = [file_instance(p) for p in [good[0], truncated[0], good[1], stranger, truncated[1], good[2]]]
 
     got = outcomes_by_uid(stow.send(study_uid, batch))
 
@@ -136,16 +139,15 @@ def test_stow_batch_with_refused_parts_reports_each_instance(orthanc, stow, tmp_
     for path in good:
         outcome = got[file_instance(path).sop_instance_uid]
         # Orthanc answers 400 for the whole batch, yet it stored these.
-        assert outcome.stored, outcome
+        assert (outcome.stored, outcome.status_code) == (True, "400"), outcome
         assert orthanc.instance_bytes(outcome.sop_instance_uid) == path.read_bytes()
-    for path in (refused, truncated):
+    for path in truncated:
         outcome = got[file_instance(path).sop_instance_uid]
         assert (outcome.stored, outcome.retryable, outcome.status_code) == (False, False, "400")
         assert "not found by QIDO-RS" in outcome.reason
     stranger_outcome = got[file_instance(stranger).sop_instance_uid]
     assert (stranger_outcome.stored, stranger_outcome.retryable) == (False, False)
     assert stranger_outcome.status_code == "0110"
-    assert file_instance(refused).sop_instance_uid not in orthanc.instance_uids()
 
 
 def test_stow_duplicates_count_as_stored(orthanc, stow, tmp_path):
@@ -206,17 +208,43 @@ def test_cstore_from_a_stream_without_a_path(orthanc, dimse, tmp_path):
     assert split_part10(orthanc.instance_bytes(outcome.sop_instance_uid))[1] == split_part10(data)[1]
 
 
-def test_cstore_refusal_and_duplicates(orthanc, dimse, tmp_path):
-    study_uid, good = make_study(tmp_path, ("CT_small.dcm",))
-    refused = restudied("rtdose_rle.dcm", study_uid, tmp_path, new_series=False)
-    instances = [file_instance(good[0]), file_instance(refused)]
-    got = outcomes_by_uid(dimse.send(study_uid, instances))
-    assert got[instances[0].sop_instance_uid].stored
-    assert got[instances[1].sop_instance_uid] == InstanceOutcome(
-        instances[1].sop_instance_uid, False, "C000", "refused by the PACS: C000 cannot understand", False
-    )
+def test_cstore_refusals_and_duplicates(orthanc, dimse, tmp_path):
+    study_uid, [good] = make_study(tmp_path, ("CT_small.dcm",))
+    # A SOP class Orthanc does not know: its presentation context is rejected.
+    ds = pydicom.dcmread(good)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.8.498.4242"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    unknown_class = tmp_path / "unknown-class.dcm"
+    ds.save_as(unknown_class, enforce_file_format=True)
+    # Odd length: refused locally instead of stalling the SCP until its timeout.
+    truncated = TEST_FILES / "rtplan_truncated.dcm"
+    instances = [file_instance(p) for p in (good, unknown_class, truncated)]
+
+    outcomes = dimse.send(study_uid, instances)
+
+    assert [(o.stored, o.status_code, o.retryable) for o in outcomes] == [
+        (True, "0000", False),
+        (False, "0122", False),
+        (False, None, False),
+    ]
+    assert "odd-length" in outcomes[2].reason
     [again] = dimse.send(study_uid, instances[:1])
     assert again.stored
+
+
+def test_cstore_pads_an_odd_deflated_data_set(orthanc, dimse, tmp_path):
+    # image_dfl.dcm's deflated stream lacks the pad byte PS3.5 A.5 requires; Orthanc stores the
+    # deflated data set re-encoded, so the comparison is of the inflated content.
+    study_uid, [path] = make_study(tmp_path, ("CT_small.dcm",))
+    sample = TEST_FILES / "image_dfl.dcm"
+    orthanc_had_it = file_instance(sample).sop_instance_uid in orthanc.instance_uids()
+    [outcome] = dimse.send(study_uid, [file_instance(sample)])
+    assert outcome.stored, outcome
+    if not orthanc_had_it:
+        sent_syntax, sent = split_part10(sample.read_bytes())
+        stored_syntax, stored = split_part10(orthanc.instance_bytes(outcome.sop_instance_uid))
+        assert stored_syntax == sent_syntax == "1.2.840.10008.1.2.1.99"
+        assert inflate(stored) == inflate(sent)
 
 
 def test_cstore_socket_has_nagle_off(orthanc):
@@ -261,3 +289,18 @@ class _Body:
 
     def __exit__(self, *exc_info: object) -> None:
         pass
+
+
+def test_cstore_splits_more_than_128_contexts_over_associations(orthanc, dimse, tmp_path):
+    study_uid, [good] = make_study(tmp_path, ("CT_small.dcm",))
+    real = file_instance(good)
+    # 129 distinct SOP classes Orthanc does not know, plus one it does: 130 contexts.
+    unknown = [
+        OutgoingInstance(
+            generate_uid(), f"1.2.826.0.1.3680043.8.498.4242.{n}", real.transfer_syntax_uid, 0, real.open
+        )
+        for n in range(129)
+    ]
+    outcomes = outcomes_by_uid(dimse.send(study_uid, [*unknown, real]))
+    assert outcomes[real.sop_instance_uid].stored
+    assert {outcomes[i.sop_instance_uid].status_code for i in unknown} == {"0122"}
