@@ -11,6 +11,11 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 300.0,
         "options": {"expires": 290},
     },
+    "send-queue-canaries": {
+        "task": "health.send_canaries",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
     "expire-abandoned-uploads": {
         "task": "intake.expire_abandoned_uploads",
         "schedule": 3600.0,

@@ -1,4 +1,4 @@
-"""The ``relaypacs`` command line: demo, api, worker, beat, db, users, destinations, upload."""
+"""The ``relaypacs`` command line: demo, api, worker, beat, scp, db, users, destinations, upload."""
 
 from __future__ import annotations
 
@@ -63,6 +63,18 @@ def beat() -> None:
     settings = load_settings()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     app.start(["beat", "--loglevel", "INFO", "-s", str(settings.var_dir / "celerybeat-schedule")])
+
+
+@main.command()
+@click.option("--aet", required=True, help="this SCP's AE title (modalities call it)")
+@click.option("--port", required=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--facility", help="facility that owns received studies (default: the AE title)")
+def scp(aet: str, port: int, host: str, facility: str | None) -> None:
+    """Run a DICOM Storage SCP: pushed instances take the same chain as uploads."""
+    from api.scp import serve
+
+    serve(load_settings(), ae_title=aet, port=port, host=host, facility=facility or aet)
 
 
 @main.group()
@@ -160,6 +172,107 @@ def destinations_list() -> None:
             where = d.options.get("url") or d.options.get("path") or (
                 f"{d.options.get('aet')}@{d.options.get('host')}:{d.options.get('port')}")
             click.echo(f"{d.id}\t{d.name}\t{d.kind}\t{where}\t{'enabled' if d.enabled else 'disabled'}")
+
+
+@main.group()
+def deliveries() -> None:
+    """Deliveries: list dead letters, replay them."""
+
+
+def _delivery_choice(func):  # noqa: ANN001, ANN202
+    for option in reversed([
+        click.option("--id", "ids", multiple=True, type=int, help="delivery id (repeatable)"),
+        click.option("--batch", "batch_id", type=int),
+        click.option("--destination"),
+    ]):
+        func = option(func)
+    return func
+
+
+@deliveries.command("list")
+@click.option("--status", default="failed", show_default=True)
+@_delivery_choice
+def deliveries_list(status: str, ids: tuple[int, ...], batch_id: int | None,
+                    destination: str | None) -> None:
+    from pipeline.delivery_queries import SelectionError, describe, select_deliveries
+
+    with _session() as session:
+        try:
+            query = select_deliveries(status=status, ids=ids, batch_id=batch_id,
+                                      destination=destination)
+        except SelectionError as exc:
+            raise click.ClickException(str(exc)) from exc
+        rows = describe(session, session.scalars(query.limit(1000)).all())
+    for row in rows:
+        click.echo(f"{row['id']}\tbatch {row['batch_id']}\t{row['destination']}\t{row['state']}\t"
+                   f"attempts {row['attempts']}\t{row['status_code'] or '-'}\t{row['reason'] or ''}")
+    click.echo(f"{len(rows)} deliveries", err=True)
+
+
+@deliveries.command("retry")
+@_delivery_choice
+@click.option("--all", "everything", is_flag=True, help="every failed delivery")
+def deliveries_retry(ids: tuple[int, ...], batch_id: int | None, destination: str | None,
+                     everything: bool) -> None:
+    """Replay failed deliveries (dead letters) by id, batch, destination or all."""
+    from pipeline.batch_progress import reopen_for_replay
+    from pipeline.delivery_queries import SelectionError, select_deliveries
+    from pipeline.forwarding import replay
+    from workers import chains
+
+    with _session() as session:
+        try:
+            query = select_deliveries(status="failed", ids=ids, batch_id=batch_id,
+                                      destination=destination, everything=everything)
+        except SelectionError as exc:
+            raise click.ClickException(str(exc)) from exc
+        chosen = session.scalars(query).all()
+        pairs = replay(session, chosen)
+        reopen_for_replay(session, {d.batch_id for d in chosen})
+        session.commit()
+    chains.enqueue_forwarding(pairs)
+    click.echo(f"replaying {len(chosen)} deliveries in {len(pairs)} study forwards")
+
+
+@main.group()
+def routes() -> None:
+    """Routing rules: which destinations a facility's studies go to."""
+
+
+@routes.command("add")
+@click.option("--destination", required=True)
+@click.option("--facility", help="default: every facility")
+@click.option("--modality", help="default: every modality")
+def routes_add(destination: str, facility: str | None, modality: str | None) -> None:
+    from sqlalchemy import select
+
+    from pipeline.accounts import get_or_create_facility
+    from pipeline.models import Destination
+    from pipeline.routing import add_rule
+
+    with _session() as session:
+        dest = session.scalar(select(Destination).where(Destination.name == destination))
+        if dest is None:
+            raise click.ClickException(f"no destination named {destination!r}")
+        facility_id = get_or_create_facility(session, facility).id if facility else None
+        rule = add_rule(session, destination=dest, facility_id=facility_id, modality=modality)
+        session.commit()
+        click.echo(f"rule {rule.id}: {facility or 'every facility'} / {rule.modality or 'any modality'}"
+                   f" -> {destination}")
+
+
+@routes.command("list")
+def routes_list() -> None:
+    from sqlalchemy import select
+
+    from pipeline.models import Destination, Facility, RoutingRule
+
+    with _session() as session:
+        names = {d.id: d.name for d in session.scalars(select(Destination))}
+        facilities = {f.id: f.name for f in session.scalars(select(Facility))}
+        for rule in session.scalars(select(RoutingRule).order_by(RoutingRule.id)):
+            click.echo(f"{rule.id}\t{facilities.get(rule.facility_id, '*')}\t{rule.modality or '*'}\t"
+                       f"{names.get(rule.destination_id)}\t{'enabled' if rule.enabled else 'disabled'}")
 
 
 @main.command()

@@ -8,7 +8,8 @@ from sqlalchemy import func, select, text
 from api.auth import require
 from api.context import db, resources
 from api.openapi import openapi_document
-from pipeline.models import Batch, Delivery, Upload
+from pipeline import liveness
+from pipeline.models import Batch, BreakerState, Delivery, Destination, DestinationHealth, Upload
 
 blueprint = Blueprint("health", __name__)
 
@@ -39,8 +40,12 @@ def readyz():  # noqa: ANN201
         checks["storage"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["storage"] = f"error: {type(exc).__name__}"
+    queues = liveness.canary_report(db())
+    for queue, state in queues.items():
+        if state["stale"]:
+            checks[f"queue:{queue}"] = "error: canary not consumed"
     ready = all(v == "ok" for v in checks.values())
-    response = jsonify({"ready": ready, "checks": checks})
+    response = jsonify({"ready": ready, "checks": checks, "queues": queues})
     response.status_code = 200 if ready else 503
     return response
 
@@ -62,6 +67,19 @@ def metrics() -> Response:
            session.execute(select(Batch.state, func.count()).group_by(Batch.state)))
     _gauge(lines, "relaypacs_deliveries", "Deliveries by state.",
            session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)))
+    lines.append("# HELP relaypacs_queue_canary_age_seconds Seconds since a canary was consumed.")
+    lines.append("# TYPE relaypacs_queue_canary_age_seconds gauge")
+    for queue, state in liveness.canary_report(session).items():
+        if state["consumed_age_seconds"] is not None:
+            lines.append(f'relaypacs_queue_canary_age_seconds{{queue="{queue}"}} '
+                         f'{state["consumed_age_seconds"]:.1f}')
+    lines.append("# HELP relaypacs_destination_breaker_open 1 when the destination's breaker is open.")
+    lines.append("# TYPE relaypacs_destination_breaker_open gauge")
+    names = dict(session.execute(select(Destination.id, Destination.name)).all())
+    for health in session.scalars(select(DestinationHealth)):
+        name = names.get(health.destination_id)
+        lines.append(f'relaypacs_destination_breaker_open{{destination="{name}"}} '
+                     f'{int(health.state == BreakerState.OPEN)}')
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
 
 

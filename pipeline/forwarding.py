@@ -1,39 +1,41 @@
 """Forwarding: deliver a study's instances to one destination, exactly once each.
 
-Delivery rows are the ledger. A run claims the pending rows of one (study, destination)
-with its claim key (the Celery task id, so a redelivered task takes its own rows back),
-sends them in batches of original bytes, and records each instance's outcome before the
-next batch. A destination that is down leaves the rows pending for a later retry: an
-outage delays work and never loses it.
+Delivery rows are the ledger. A run first asks the destination's circuit breaker; then it
+claims the due pending rows of one (study, destination) with its claim key (the Celery
+task id, so a redelivered task takes its own rows back), and sends them in batches of
+original bytes, recording each instance's outcome before the next batch.
+
+Attempts are counted when a batch is about to go out (and committed first), so a worker
+that dies while sending still spends an attempt: a poison instance that crashes workers
+ends as a dead letter instead of looping. A destination that is down spends nothing: the
+rows wait, and the breaker probes it until it answers.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from pipeline import breaker
 from pipeline import renditions as renditions_for
 from pipeline.destinations import InstanceOutcome, Sender, TransientDestinationError
-from pipeline.models import (
-    TERMINAL_UPLOAD_STATES,
-    Batch,
-    BatchState,
-    Delivery,
-    DeliveryState,
-    Destination,
-    Instance,
-    Study,
-    Upload,
-    utcnow,
-)
-from pipeline.storage import ObjectStore
+from pipeline.models import Delivery, DeliveryState, Instance, Study, utcnow
+from pipeline.storage import ObjectMissing, ObjectStore
 
 # A row claimed this long ago by a run that never finished is taken over by the next run.
 STALE_CLAIM = timedelta(minutes=30)
+
+
+def retry_delay(attempt: int, cap: float = 1800.0) -> float:
+    """Exponential, capped, with "equal jitter": never less than half the step, so an
+    outage is waited out rather than hammered, and many workers do not retry in step."""
+    step = min(cap, 5.0 * 2 ** max(attempt - 1, 0))
+    return step / 2 + random.uniform(0, step / 2)
 
 
 @dataclass
@@ -41,164 +43,180 @@ class ForwardResult:
     delivered: int = 0
     failed: int = 0
     deferred: int = 0
-    transient_error: TransientDestinationError | None = None
+    # Seconds until this (study, destination) should be looked at again; None: nothing left.
+    come_back_after: float | None = None
     batches: list[int] = field(default_factory=list)
-
-
-def destinations_for(session: Session, facility_id: int) -> list[Destination]:
-    return list(
-        session.scalars(
-            select(Destination)
-            .where(
-                Destination.enabled.is_(True),
-                or_(Destination.facility_id.is_(None), Destination.facility_id == facility_id),
-            )
-            .order_by(Destination.id)
-        )
-    )
-
-
-def plan_deliveries(session: Session, batch: Batch) -> list[tuple[int, int]]:
-    """Create the missing delivery rows for the batch's instances; return the (study,
-    destination) pairs that have pending work."""
-    destinations = destinations_for(session, batch.facility_id)
-    instances = session.execute(
-        select(Instance.id, Instance.study_id).where(Instance.batch_id == batch.id)
-    ).all()
-    existing = set(
-        session.execute(
-            select(Delivery.instance_id, Delivery.destination_id).where(
-                Delivery.instance_id.in_([i.id for i in instances])
-            )
-        ).all()
-    ) if instances else set()
-    for destination in destinations:
-        for instance_id, study_id in instances:
-            if (instance_id, destination.id) not in existing:
-                session.add(
-                    Delivery(
-                        instance_id=instance_id,
-                        destination_id=destination.id,
-                        study_id=study_id,
-                        batch_id=batch.id,
-                    )
-                )
-    session.flush()
-    return [
-        (row.study_id, row.destination_id)
-        for row in session.execute(
-            select(Delivery.study_id, Delivery.destination_id)
-            .where(Delivery.batch_id == batch.id, Delivery.state == DeliveryState.PENDING)
-            .group_by(Delivery.study_id, Delivery.destination_id)
-        )
-    ]
-
-
-def uploads_settled(session: Session, batch_id: int) -> bool:
-    """True when no upload of the batch is still being received, assembled or parsed."""
-    busy = session.scalar(
-        select(func.count())
-        .select_from(Upload)
-        .where(Upload.batch_id == batch_id, Upload.state.not_in(list(TERMINAL_UPLOAD_STATES)))
-    )
-    return busy == 0
-
-
-def claim_completed_batch(session: Session, batch_id: int, now: datetime | None = None) -> bool:
-    """Move a completed, settled batch to forwarding exactly once across all processes."""
-    if not uploads_settled(session, batch_id):
-        return False
-    result = session.execute(
-        update(Batch)
-        .where(Batch.id == batch_id, Batch.state == BatchState.COMPLETED)
-        .values(state=BatchState.FORWARDING, forwarding_started_at=now or utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    return result.rowcount == 1
-
-
-def quiet_open_batches(session: Session, quiet: timedelta, now: datetime | None = None) -> list[Batch]:
-    """Open batches idle for ``quiet`` whose uploads are settled: forward what they hold
-    (as Mercure does for series), without closing them to more uploads."""
-    now = now or utcnow()
-    batches = session.scalars(
-        select(Batch).where(Batch.state == BatchState.OPEN, Batch.last_activity_at < now - quiet)
-    ).all()
-    return [b for b in batches if uploads_settled(session, b.id)]
+    waiting_on_breaker: bool = False
 
 
 def claim_deliveries(
-    session: Session, study_id: int, destination_id: int, claim: str, now: datetime | None = None
+    session: Session, study_id: int, destination_id: int, claim: str, max_attempts: int,
+    now: datetime | None = None,
 ) -> list[Delivery]:
+    """Take the due rows; rows that already spent every attempt become dead letters."""
     now = now or utcnow()
+    mine = and_(Delivery.study_id == study_id, Delivery.destination_id == destination_id)
+    claimable = or_(
+        and_(Delivery.state == DeliveryState.PENDING,
+             or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)),
+        and_(Delivery.state == DeliveryState.SENDING, Delivery.claim == claim),
+        and_(Delivery.state == DeliveryState.SENDING, Delivery.updated_at < now - STALE_CLAIM),
+    )
     session.execute(
-        update(Delivery)
-        .where(
-            Delivery.study_id == study_id,
-            Delivery.destination_id == destination_id,
-            or_(
-                Delivery.state == DeliveryState.PENDING,
-                and_(Delivery.state == DeliveryState.SENDING, Delivery.claim == claim),
-                and_(Delivery.state == DeliveryState.SENDING, Delivery.updated_at < now - STALE_CLAIM),
-            ),
-        )
+        update(Delivery).where(mine, claimable)
         .values(state=DeliveryState.SENDING, claim=claim, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    return list(
-        session.scalars(
-            select(Delivery)
-            .where(
-                Delivery.study_id == study_id,
-                Delivery.destination_id == destination_id,
-                Delivery.state == DeliveryState.SENDING,
-                Delivery.claim == claim,
-            )
-            .order_by(Delivery.id)
-            .execution_options(populate_existing=True)
-        )
-    )
+    claimed = list(session.scalars(
+        select(Delivery)
+        .where(mine, Delivery.state == DeliveryState.SENDING, Delivery.claim == claim)
+        .order_by(Delivery.id)
+        .execution_options(populate_existing=True)
+    ))
+    alive = []
+    for delivery in claimed:
+        if delivery.attempts >= max_attempts:
+            _dead_letter(delivery, now, f"gave up after {delivery.attempts} attempts"
+                         + (f"; last: {delivery.reason}" if delivery.reason else ""))
+        else:
+            alive.append(delivery)
+    session.flush()
+    return alive
 
 
-def _apply(delivery: Delivery, outcome: InstanceOutcome | None, max_attempts: int, now: datetime,
-           created_at: datetime) -> str:
-    delivery.attempts += 1
-    delivery.updated_at = now
+def _dead_letter(delivery: Delivery, now: datetime, reason: str, status: str | None = None) -> None:
+    delivery.state = DeliveryState.FAILED
+    delivery.reason = reason[:1000]
     delivery.claim = None
+    delivery.updated_at = now
+    if status is not None:
+        delivery.status_code = status
+
+
+def _defer(delivery: Delivery, now: datetime, reason: str, max_attempts: int) -> float:
+    """Back to pending with a backoff, or a dead letter once the attempts are spent."""
+    if delivery.attempts >= max_attempts:
+        _dead_letter(delivery, now, f"gave up after {delivery.attempts} attempts; last: {reason}")
+        return 0.0
+    delay = retry_delay(delivery.attempts)
+    delivery.state = DeliveryState.PENDING
+    delivery.claim = None
+    delivery.reason = reason[:1000]
+    delivery.updated_at = now
+    delivery.next_attempt_at = now + timedelta(seconds=delay)
+    return delay
+
+
+def _apply(delivery: Delivery, outcome: InstanceOutcome | None, instance: Instance,
+           max_attempts: int, now: datetime) -> tuple[str, float]:
     if outcome is None:
-        outcome = InstanceOutcome("", False, None, "destination reported no outcome", True)
+        outcome = InstanceOutcome(instance.sop_instance_uid, False, None,
+                                  "destination reported no outcome", True)
     delivery.status_code = outcome.status_code
     if outcome.stored:
         delivery.state = DeliveryState.DELIVERED
         delivery.reason = outcome.reason
-        delivery.delivered_at = now
-        if created_at.tzinfo is None:
-            created_at = created_at.replace(tzinfo=now.tzinfo)
-        delivery.latency_ms = int((now - created_at).total_seconds() * 1000)
-        return "delivered"
-    if outcome.retryable and delivery.attempts < max_attempts:
-        delivery.state = DeliveryState.PENDING
-        delivery.reason = outcome.reason
-        return "deferred"
-    delivery.state = DeliveryState.FAILED
-    delivery.reason = (
-        outcome.reason if not outcome.retryable
-        else f"gave up after {delivery.attempts} attempts: {outcome.reason}"
-    )
-    return "failed"
-
-
-def release(deliveries: Sequence[Delivery], reason: str, max_attempts: int) -> None:
-    """Hand claimed rows back after a whole-request failure (counted as an attempt)."""
-    now = utcnow()
-    for delivery in deliveries:
-        delivery.attempts += 1
         delivery.claim = None
         delivery.updated_at = now
-        delivery.reason = reason[:1000]
-        delivery.state = (
-            DeliveryState.PENDING if delivery.attempts < max_attempts else DeliveryState.FAILED
-        )
+        delivery.delivered_at = now
+        delivery.next_attempt_at = None
+        delivery.latency_ms = int((now - instance.created_at).total_seconds() * 1000)
+        return "delivered", 0.0
+    if not outcome.retryable:
+        _dead_letter(delivery, now, outcome.reason or "refused by the destination")
+        return "failed", 0.0
+    delay = _defer(delivery, now, outcome.reason or "retryable failure", max_attempts)
+    return ("deferred", delay) if delivery.state == DeliveryState.PENDING else ("failed", 0.0)
+
+
+def _release(deliveries: Sequence[Delivery], reason: str, max_attempts: int, now: datetime) -> float:
+    delays = [_defer(d, now, reason, max_attempts) for d in deliveries]
+    return max(delays, default=0.0)
+
+
+class _Batcher:
+    """Sends one group and records what became of each instance in it."""
+
+    def __init__(self, session: Session, store: ObjectStore, sender: Sender, study: Study,
+                 destination_id: int, max_attempts: int, result: ForwardResult) -> None:
+        self.session = session
+        self.store = store
+        self.sender = sender
+        self.study = study
+        self.destination_id = destination_id
+        self.max_attempts = max_attempts
+        self.result = result
+
+    def send(self, group: list[Delivery], checkpoint: Callable[[], None]) -> bool:
+        """False when the destination is unavailable and the run should stop."""
+        instances = {i.id: i for i in self.session.scalars(
+            select(Instance).where(Instance.id.in_([d.instance_id for d in group])))}
+        now = utcnow()
+        prepared = {}
+        for delivery in list(group):
+            try:
+                prepared[delivery.id] = renditions_for.prepare(
+                    self.session, self.store, instances[delivery.instance_id])
+            except ObjectMissing:
+                _dead_letter(delivery, now, "stored object is missing", "missing")
+                self.result.failed += 1
+                group.remove(delivery)
+        for delivery in group:
+            delivery.attempts += 1  # spent now, committed before the bytes leave
+        checkpoint()
+        if not group:
+            return True
+        try:
+            outcomes = self.sender.send(self.study.study_instance_uid,
+                                        [prepared[d.id].outgoing for d in group])
+        except TransientDestinationError as exc:
+            now = utcnow()
+            breaker.record_failure(self.session, self.destination_id, str(exc), now)
+            delay = _release(group, f"destination unavailable: {exc}", self.max_attempts, now)
+            self.result.deferred += sum(d.state == DeliveryState.PENDING for d in group)
+            self.result.failed += sum(d.state == DeliveryState.FAILED for d in group)
+            self.result.come_back_after = max(exc.retry_after or 0.0, delay)
+            checkpoint()
+            return False
+        except ObjectMissing:
+            return self._isolate(group, checkpoint, "stored object is missing")
+        except OSError as exc:  # our storage, not the PACS: wait and try again
+            delay = _release(group, f"storage unavailable: {type(exc).__name__}", self.max_attempts,
+                             utcnow())
+            self.result.deferred += len(group)
+            self.result.come_back_after = delay
+            checkpoint()
+            return False
+        except Exception as exc:  # noqa: BLE001 - one poison instance must not block the rest
+            return self._isolate(group, checkpoint, f"{type(exc).__name__} while sending")
+        breaker.record_success(self.session, self.destination_id)
+        by_uid = {o.sop_instance_uid: o for o in outcomes}
+        now = utcnow()
+        for delivery in group:
+            instance = instances[delivery.instance_id]
+            verdict, delay = _apply(delivery, by_uid.get(instance.sop_instance_uid), instance,
+                                    self.max_attempts, now)
+            delivery.sent_object_key = prepared[delivery.id].object_key
+            delivery.sent_sha256 = prepared[delivery.id].sha256
+            setattr(self.result, verdict, getattr(self.result, verdict) + 1)
+            if delay:
+                self.result.come_back_after = max(self.result.come_back_after or 0.0, delay)
+        self.result.batches.append(len(group))
+        checkpoint()
+        return True
+
+    def _isolate(self, group: list[Delivery], checkpoint: Callable[[], None], reason: str) -> bool:
+        """An unexpected error: send one by one, so only the culprit becomes a dead letter."""
+        if len(group) == 1:
+            _dead_letter(group[0], utcnow(), reason)
+            self.result.failed += 1
+            checkpoint()
+            return True
+        for delivery in group:
+            delivery.attempts -= 1  # the failed group try is not the instances' fault
+            if not self.send([delivery], checkpoint):
+                return False
+        return True
 
 
 def forward_study(
@@ -213,67 +231,78 @@ def forward_study(
     max_attempts: int,
     checkpoint: Callable[[], None],
 ) -> ForwardResult:
-    """Send every pending instance of a study to one destination, ``batch_size`` at a time.
+    """Send every due pending instance of a study to one destination, ``batch_size`` at a time.
 
-    ``checkpoint`` commits: called after the claim and after each batch so progress is
-    visible and a crash loses at most one batch of bookkeeping (re-sent as a duplicate,
-    which PACS count as success).
+    ``checkpoint`` commits: after the claim, before each batch goes out and after each batch,
+    so progress is visible and a crash loses at most one batch of bookkeeping (re-sent as a
+    duplicate, which PACS count as success).
     """
+    result = ForwardResult()
+    gate = breaker.gate(session, destination_id)
+    if gate.probe:
+        try:
+            sender.check()
+        except TransientDestinationError as exc:
+            health = breaker.record_failure(session, destination_id, f"probe: {exc}")
+            checkpoint()
+            result.waiting_on_breaker = True
+            result.come_back_after = health.probe_interval_seconds
+            return result
+        breaker.record_probe_success(session, destination_id)
+    elif not gate.send:
+        checkpoint()
+        result.waiting_on_breaker = True
+        result.come_back_after = gate.wait_seconds
+        return result
+    checkpoint()
     study = session.get(Study, study_id)
     assert study is not None
-    deliveries = claim_deliveries(session, study_id, destination_id, claim)
+    deliveries = claim_deliveries(session, study_id, destination_id, claim, max_attempts)
     checkpoint()
-    result = ForwardResult()
+    batcher = _Batcher(session, store, sender, study, destination_id, max_attempts, result)
     for start in range(0, len(deliveries), batch_size):
         group = deliveries[start : start + batch_size]
-        instances = {
-            i.id: i
-            for i in session.scalars(
-                select(Instance).where(Instance.id.in_([d.instance_id for d in group]))
-            )
-        }
-        renditions = {
-            d.id: renditions_for.prepare(session, store, instances[d.instance_id]) for d in group
-        }
-        try:
-            outcomes = sender.send(study.study_instance_uid, [r.outgoing for r in renditions.values()])
-        except TransientDestinationError as exc:
-            release(deliveries[start:], f"destination unavailable: {exc}", max_attempts)
+        if not batcher.send(group, checkpoint):
+            rest = deliveries[start + batch_size :]
+            _unclaim(rest, utcnow())
             checkpoint()
-            result.deferred += len(deliveries) - start
-            result.transient_error = exc
+            result.deferred += len(rest)
             return result
-        by_uid = {o.sop_instance_uid: o for o in outcomes}
-        now = utcnow()
-        for delivery in group:
-            instance = instances[delivery.instance_id]
-            verdict = _apply(
-                delivery, by_uid.get(instance.sop_instance_uid), max_attempts, now,
-                instance.created_at,
-            )
-            delivery.sent_object_key = renditions[delivery.id].object_key
-            delivery.sent_sha256 = renditions[delivery.id].sha256
-            setattr(result, verdict, getattr(result, verdict) + 1)
-        result.batches.append(len(group))
-        checkpoint()
+    # Rows still pending (deferred by a backoff, or planned meanwhile): come back for them.
+    due = [
+        (at - utcnow()).total_seconds() if at else 0.0
+        for at in session.scalars(
+            select(Delivery.next_attempt_at).where(
+                Delivery.study_id == study_id, Delivery.destination_id == destination_id,
+                Delivery.state == DeliveryState.PENDING))
+    ]
+    if due:
+        delay = max(min(due), 0.5)
+        result.come_back_after = min(result.come_back_after or delay, delay)
     return result
 
 
-def settle_batch(session: Session, batch_id: int) -> bool:
-    """A forwarding batch with no pending or in-flight delivery is done."""
-    batch = session.get(Batch, batch_id)
-    if batch is None or batch.state != BatchState.FORWARDING:
-        return False
-    open_rows = session.scalar(
-        select(func.count())
-        .select_from(Delivery)
-        .where(
-            Delivery.batch_id == batch_id,
-            Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING]),
-        )
-    )
-    if open_rows == 0 and uploads_settled(session, batch_id):
-        batch.state = BatchState.DONE
-        session.flush()
-        return True
-    return False
+def _unclaim(deliveries: Sequence[Delivery], now: datetime) -> None:
+    """Rows claimed but not tried in this run go back as they were: no attempt, no backoff."""
+    for delivery in deliveries:
+        delivery.state = DeliveryState.PENDING
+        delivery.claim = None
+        delivery.updated_at = now
+
+
+def replay(session: Session, deliveries: Sequence[Delivery]) -> list[tuple[int, int]]:
+    """Put failed (dead-lettered) deliveries back in the queue with fresh attempts."""
+    now = utcnow()
+    pairs: set[tuple[int, int]] = set()
+    for delivery in deliveries:
+        if delivery.state != DeliveryState.FAILED:
+            continue
+        delivery.state = DeliveryState.PENDING
+        delivery.attempts = 0
+        delivery.next_attempt_at = None
+        delivery.claim = None
+        delivery.reason = f"replayed (was: {delivery.reason})"[:1000]
+        delivery.updated_at = now
+        pairs.add((delivery.study_id, delivery.destination_id))
+    session.flush()
+    return sorted(pairs)

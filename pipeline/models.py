@@ -244,6 +244,8 @@ class DestinationHealth(Base):
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
     opened_at: Mapped[datetime | None]
     next_probe_at: Mapped[datetime | None]
+    # Doubles with every failed probe, up to a cap; reset when the destination answers.
+    probe_interval_seconds: Mapped[float] = mapped_column(default=0.0)
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -300,3 +302,72 @@ class Delivery(Base):
         UniqueConstraint("instance_id", "destination_id"),
         Index("ix_deliveries_study_destination_state", "study_id", "destination_id", "state"),
     )
+
+
+# --- templates, overrides, study organisation (issue 3) ---
+
+
+class UploadTemplate(Base):
+    """A facility's named set of DICOM attribute values for a common kind of exam."""
+
+    __tablename__ = "upload_templates"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str | None] = mapped_column(Text)
+    # {keyword: value or [values]}, validated against the DICOM dictionary.
+    attributes: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    updated_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("facility_id", "name"),)
+
+
+class MetadataChange(Base):
+    """Who changed what in a batch, and when: template applied, patient override, move.
+
+    The template row also keeps the values as they were when applied, so a later edit of
+    the template never changes a batch already under way."""
+
+    __tablename__ = "metadata_changes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # template | override | move
+    subject: Mapped[str | None] = mapped_column(String(200))  # template name, PatientID, study
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class InstanceOrigin(Base):
+    """Identity of an instance as its stored original says: what moves, overrides and
+    problem detection compare against, without reading the object again."""
+
+    __tablename__ = "instance_origins"
+    instance_id: Mapped[int] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    accession_number: Mapped[str | None] = mapped_column(String(16))
+
+
+class InstanceRendition(Base):
+    """A rewritten copy of an instance (a new object; the original is never changed)."""
+
+    __tablename__ = "instance_renditions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    instance_id: Mapped[int] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), index=True
+    )
+    digest: Mapped[str] = mapped_column(String(64))  # of the original and the edits
+    object_key: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    # Keywords set or removed, for the batch report (values stay in the object and the log).
+    changed: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (UniqueConstraint("instance_id", "digest"),)

@@ -14,6 +14,13 @@ def enqueue_upload_chain(upload_id: str) -> None:
     chain(assemble_upload.si(upload_id), parse_and_group.si(upload_id)).apply_async()
 
 
+def enqueue_parse(upload_id: str) -> None:
+    """An upload already stored whole (DIMSE intake) starts its chain at parse_and_group."""
+    from workers.tasks import parse_and_group
+
+    parse_and_group.delay(upload_id)
+
+
 def enqueue_forwarding(pairs: Iterable[tuple[int, int]]) -> int:
     """One pacs task per (study, destination)."""
     from workers.tasks import forward_study

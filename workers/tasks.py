@@ -6,12 +6,14 @@ Task names are stable (``area.verb_noun``): renaming a module must not orphan qu
 from __future__ import annotations
 
 import logging
-import random
+import socket
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
-from pipeline import forwarding, grouping, intake
+from config.settings import QUEUES
+from pipeline import batch_progress, grouping, intake, liveness, routing
+from pipeline import forwarding as forwarding
 from pipeline.assembly import AssemblyError, assemble
 from pipeline.destinations import make_sender
 from pipeline.models import (
@@ -72,12 +74,11 @@ def _dispatch_if_completed(batch_ids: list[int]) -> None:
 def dispatch_batch(batch_id: int) -> int:
     """A completed batch whose uploads are all settled goes to forwarding, exactly once."""
     with runtime.session_scope() as session:
-        if not forwarding.claim_completed_batch(session, batch_id):
+        if not batch_progress.claim_completed_batch(session, batch_id):
             return 0
-        batch = session.get(Batch, batch_id)
-        pairs = forwarding.plan_deliveries(session, batch)
+        pairs = routing.plan_deliveries(session, session.get(Batch, batch_id))
         if not pairs:
-            forwarding.settle_batch(session, batch_id)
+            batch_progress.settle_batch(session, batch_id)
     return chains.enqueue_forwarding(pairs)
 
 
@@ -86,19 +87,12 @@ def forward_quiet_batches() -> int:
     quiet = timedelta(seconds=runtime.settings().batch_quiet_seconds)
     pairs: list[tuple[int, int]] = []
     with runtime.session_scope() as session:
-        for batch in forwarding.quiet_open_batches(session, quiet):
-            pairs.extend(forwarding.plan_deliveries(session, batch))
+        for batch in batch_progress.quiet_open_batches(session, quiet):
+            pairs.extend(routing.plan_deliveries(session, batch))
     return chains.enqueue_forwarding(pairs)
 
 
-def _backoff(retries: int) -> float:
-    # Exponential, capped, with "equal jitter": never less than half the step, so a PACS
-    # outage is waited out, not hammered, and many workers do not retry in step.
-    step = min(1800.0, 5.0 * 2**retries)
-    return step / 2 + random.uniform(0, step / 2)
-
-
-@app.task(name="pacs.forward_study", bind=True, max_retries=None)
+@app.task(name="pacs.forward_study", bind=True, max_retries=None, acks_late=True)
 def forward_study(self, study_id: int, destination_id: int) -> dict:  # noqa: ANN001
     cfg = runtime.settings()
     with runtime.session_scope() as session:
@@ -116,13 +110,12 @@ def forward_study(self, study_id: int, destination_id: int) -> dict:  # noqa: AN
             )
         finally:
             sender.close()
-        batch_ids = set(session.scalars(
-            select(Delivery.batch_id).where(Delivery.study_id == study_id).distinct()))
-        for batch_id in batch_ids:
-            forwarding.settle_batch(session, batch_id)
-    if result.transient_error is not None and result.deferred:
-        retry_after = result.transient_error.retry_after
-        raise self.retry(countdown=max(retry_after or 0, _backoff(self.request.retries)))
+        for batch_id in set(session.scalars(
+                select(Delivery.batch_id).where(Delivery.study_id == study_id).distinct())):
+            batch_progress.settle_batch(session, batch_id)
+    if result.come_back_after is not None:
+        # The same task id comes back later: it reclaims any row it left in flight.
+        raise self.retry(countdown=max(result.come_back_after, 0.5))
     return {"delivered": result.delivered, "failed": result.failed, "deferred": result.deferred}
 
 
@@ -140,15 +133,38 @@ def expire_abandoned_uploads() -> int:
 def redrive_stuck_work() -> dict:
     """Re-enqueue work whose message was lost (broker restart, purge): idempotent tasks
     make a duplicate harmless, so erring on the side of re-sending is safe."""
-    cutoff = utcnow() - timedelta(minutes=10)
+    now = utcnow()
+    cutoff = now - timedelta(minutes=10)
     with runtime.session_scope() as session:
         uploads = session.scalars(select(Upload.id).where(
             Upload.state.in_([UploadState.RECEIVED, UploadState.ASSEMBLED]),
             Upload.updated_at < cutoff)).all()
         pairs = session.execute(select(Delivery.study_id, Delivery.destination_id).where(
-            Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING]),
-            Delivery.updated_at < cutoff).distinct()).all()
+            Delivery.updated_at < cutoff,
+            or_(Delivery.state == DeliveryState.SENDING,
+                (Delivery.state == DeliveryState.PENDING)
+                & or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at < cutoff)),
+        ).distinct()).all()
+        completed = session.scalars(select(Batch.id).where(
+            Batch.state == BatchState.COMPLETED, Batch.completed_at < cutoff)).all()
     for upload_id in uploads:
         chains.enqueue_upload_chain(upload_id)
+    for batch_id in completed:
+        chains.enqueue_batch_dispatch(batch_id)
     chains.enqueue_forwarding([(p.study_id, p.destination_id) for p in pairs])
-    return {"uploads": len(uploads), "forwards": len(pairs)}
+    return {"uploads": len(uploads), "forwards": len(pairs), "batches": len(completed)}
+
+
+@app.task(name="health.send_canaries")
+def send_canaries() -> None:
+    with runtime.session_scope() as session:
+        liveness.record_sent(session, QUEUES)
+    for queue in QUEUES:
+        # Data decides the queue here: one canary per queue, whichever pool serves it.
+        stamp_canary.apply_async(args=(queue,), queue=queue, expires=300)
+
+
+@app.task(name="health.stamp_canary")
+def stamp_canary(queue: str) -> None:
+    with runtime.session_scope() as session:
+        liveness.record_consumed(session, queue, socket.gethostname())

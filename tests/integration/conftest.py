@@ -223,12 +223,16 @@ def make_user(gateway_env: dict[str, str]) -> Callable[..., str]:
 
 @pytest.fixture(scope="session")
 def add_stow_destination(gateway_env: dict[str, str], orthanc: Orthanc) -> Callable[..., str]:
-    """``add_stow_destination(name, stow_url=None) -> name``: a STOW-RS destination pointing at
-    the test Orthanc (``relaypacs destinations add NAME --stow-url URL``)."""
+    """``add_stow_destination(name, stow_url=None, facility=None) -> name``: a STOW-RS
+    destination pointing at the test Orthanc (``relaypacs destinations add NAME --stow-url URL``),
+    serving only ``facility`` when given."""
 
-    def add(name: str, stow_url: str | None = None) -> str:
+    def add(name: str, stow_url: str | None = None, facility: str | None = None) -> str:
+        # Tests share one database: a destination bound to the test's own facility keeps
+        # other modules' destinations out of its deliveries.
+        extra = ["--facility", facility] if facility else []
         run_cli(
-            ["destinations", "add", name, "--stow-url", stow_url or orthanc.dicomweb_url],
+            ["destinations", "add", name, "--stow-url", stow_url or orthanc.dicomweb_url, *extra],
             gateway_env,
         )
         return name

@@ -23,7 +23,7 @@ def token(make_user, worker, add_stow_destination_once, orthanc_clean):
 
 @pytest.fixture(scope="module")
 def add_stow_destination_once(add_stow_destination):
-    add_stow_destination("orthanc-upload-cli")
+    add_stow_destination("orthanc-upload-cli", facility="Clinic West")
 
 
 def write_study(folder, n, sub="study1"):

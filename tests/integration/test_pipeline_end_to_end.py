@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def stow_destination(add_stow_destination):
-    return add_stow_destination("orthanc-it")
+    return add_stow_destination("orthanc-it", facility="Clinic North")
 
 
 @pytest.fixture

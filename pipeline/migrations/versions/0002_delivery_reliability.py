@@ -30,6 +30,7 @@ def upgrade() -> None:
     sa.Column('consecutive_failures', sa.Integer(), nullable=False),
     sa.Column('opened_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('next_probe_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('probe_interval_seconds', sa.Double(), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['destination_id'], ['destinations.id'], ),
