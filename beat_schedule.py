@@ -8,8 +8,8 @@ BEAT_SCHEDULE: dict[str, dict] = {
     },
     "redrive-stuck-work": {
         "task": "intake.redrive_stuck_work",
-        "schedule": 300.0,
-        "options": {"expires": 290},
+        "schedule": 60.0,
+        "options": {"expires": 55},
     },
     "send-queue-canaries": {
         "task": "health.send_canaries",

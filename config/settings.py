@@ -33,6 +33,11 @@ class Settings:
     stow_batch_size: int = 40
     stow_timeout_seconds: float = 120.0
     delivery_max_attempts: int = 20
+    # A delivery in flight this long has a dead sender; another run takes it over.
+    # Keep it above the STOW request timeout.
+    claim_stale_seconds: int = 300
+    # Work untouched this long with no task in flight is re-enqueued by the beat re-drive.
+    redrive_after_seconds: int = 600
     # Above the longest task and any ETA, else Redis redelivers running work.
     visibility_timeout_seconds: int = 6 * 3600
     cors_origins: tuple[str, ...] = ("*",)
@@ -78,6 +83,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         delivery_max_attempts=_int(
             env, "RELAYPACS_DELIVERY_MAX_ATTEMPTS", Settings.delivery_max_attempts
         ),
+        claim_stale_seconds=_int(env, "RELAYPACS_CLAIM_STALE_SECONDS", Settings.claim_stale_seconds),
+        redrive_after_seconds=_int(env, "RELAYPACS_REDRIVE_AFTER_SECONDS", Settings.redrive_after_seconds),
         visibility_timeout_seconds=_int(
             env, "RELAYPACS_VISIBILITY_TIMEOUT_SECONDS", Settings.visibility_timeout_seconds
         ),

@@ -27,8 +27,9 @@ from pipeline.destinations import InstanceOutcome, Sender, TransientDestinationE
 from pipeline.models import Delivery, DeliveryState, Instance, Study, utcnow
 from pipeline.storage import ObjectMissing, ObjectStore
 
-# A row claimed this long ago by a run that never finished is taken over by the next run.
-STALE_CLAIM = timedelta(minutes=30)
+# A row in flight this long has a dead sender (a live one finishes a batch within the
+# request timeout); the next run takes it over. Settings override it.
+STALE_CLAIM = timedelta(minutes=5)
 
 
 def retry_delay(attempt: int, cap: float = 1800.0) -> float:
@@ -50,20 +51,26 @@ class ForwardResult:
 
 
 def claim_deliveries(
-    session: Session, study_id: int, destination_id: int, claim: str, max_attempts: int,
-    now: datetime | None = None,
+    session: Session, study_id: int, destination_id: int, claim: str, max_attempts: int, *,
+    limit: int, stale_after: timedelta = STALE_CLAIM, now: datetime | None = None,
 ) -> list[Delivery]:
-    """Take the due rows; rows that already spent every attempt become dead letters."""
+    """Take up to ``limit`` due rows: our own in-flight rows (a redelivered task),
+    then pending ones, then rows in flight so long that their sender must be dead.
+    Rows that already spent every attempt become dead letters instead."""
     now = now or utcnow()
     mine = and_(Delivery.study_id == study_id, Delivery.destination_id == destination_id)
     claimable = or_(
         and_(Delivery.state == DeliveryState.PENDING,
              or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)),
         and_(Delivery.state == DeliveryState.SENDING, Delivery.claim == claim),
-        and_(Delivery.state == DeliveryState.SENDING, Delivery.updated_at < now - STALE_CLAIM),
+        and_(Delivery.state == DeliveryState.SENDING, Delivery.updated_at < now - stale_after),
     )
+    # Only a batch at a time is ever in flight, so "in flight too long" really means dead.
+    ids = select(Delivery.id).where(mine, claimable).order_by(Delivery.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        ids = ids.with_for_update(skip_locked=True)
     session.execute(
-        update(Delivery).where(mine, claimable)
+        update(Delivery).where(Delivery.id.in_(ids.scalar_subquery()))
         .values(state=DeliveryState.SENDING, claim=claim, updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -230,6 +237,7 @@ def forward_study(
     batch_size: int,
     max_attempts: int,
     checkpoint: Callable[[], None],
+    stale_after: timedelta = STALE_CLAIM,
 ) -> ForwardResult:
     """Send every due pending instance of a study to one destination, ``batch_size`` at a time.
 
@@ -257,16 +265,11 @@ def forward_study(
     checkpoint()
     study = session.get(Study, study_id)
     assert study is not None
-    deliveries = claim_deliveries(session, study_id, destination_id, claim, max_attempts)
-    checkpoint()
     batcher = _Batcher(session, store, sender, study, destination_id, max_attempts, result)
-    for start in range(0, len(deliveries), batch_size):
-        group = deliveries[start : start + batch_size]
+    while group := claim_deliveries(session, study_id, destination_id, claim, max_attempts,
+                                    limit=batch_size, stale_after=stale_after):
+        checkpoint()
         if not batcher.send(group, checkpoint):
-            rest = deliveries[start + batch_size :]
-            _unclaim(rest, utcnow())
-            checkpoint()
-            result.deferred += len(rest)
             return result
     # Rows still pending (deferred by a backoff, or planned meanwhile): come back for them.
     due = [
@@ -280,14 +283,6 @@ def forward_study(
         delay = max(min(due), 0.5)
         result.come_back_after = min(result.come_back_after or delay, delay)
     return result
-
-
-def _unclaim(deliveries: Sequence[Delivery], now: datetime) -> None:
-    """Rows claimed but not tried in this run go back as they were: no attempt, no backoff."""
-    for delivery in deliveries:
-        delivery.state = DeliveryState.PENDING
-        delivery.claim = None
-        delivery.updated_at = now
 
 
 def replay(session: Session, deliveries: Sequence[Delivery]) -> list[tuple[int, int]]:

@@ -107,6 +107,7 @@ def forward_study(self, study_id: int, destination_id: int) -> dict:  # noqa: AN
                 destination_id=destination_id, claim=self.request.id or "local",
                 batch_size=cfg.stow_batch_size, max_attempts=cfg.delivery_max_attempts,
                 checkpoint=session.commit,
+                stale_after=timedelta(seconds=cfg.claim_stale_seconds),
             )
         finally:
             sender.close()
@@ -133,8 +134,7 @@ def expire_abandoned_uploads() -> int:
 def redrive_stuck_work() -> dict:
     """Re-enqueue work whose message was lost (broker restart, purge): idempotent tasks
     make a duplicate harmless, so erring on the side of re-sending is safe."""
-    now = utcnow()
-    cutoff = now - timedelta(minutes=10)
+    cutoff = utcnow() - timedelta(seconds=runtime.settings().redrive_after_seconds)
     with runtime.session_scope() as session:
         uploads = session.scalars(select(Upload.id).where(
             Upload.state.in_([UploadState.RECEIVED, UploadState.ASSEMBLED]),
