@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, g
 
-from api import batches, deliveries, errors, files, health
+from api import batches, deliveries, errors, files, health, study_organisation, templates
 from api.context import Resources
 from config import Settings, load_settings
 from pipeline.database import make_engine, make_session_factory
@@ -45,5 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(files.blueprint, url_prefix="/api/v1/files")
     app.register_blueprint(batches.blueprint, url_prefix="/api/v1/batches")
+    app.register_blueprint(study_organisation.blueprint, url_prefix="/api/v1/batches")
+    app.register_blueprint(templates.blueprint, url_prefix="/api/v1/templates")
     app.register_blueprint(deliveries.blueprint, url_prefix="/api/v1/deliveries")
     return app

@@ -8,7 +8,9 @@ from sqlalchemy import select
 from api.auth import check_facility, current_user, require
 from api.context import db
 from api.errors import ApiError
+from pipeline import batch_edits
 from pipeline.batch_report import batch_report, batch_summary
+from pipeline.dicom_attributes import MetadataError
 from pipeline.models import Batch, BatchState, Role, utcnow
 from workers import chains
 
@@ -53,10 +55,15 @@ def create():  # noqa: ANN201
     if unknown:
         raise ApiError(400, f"unknown fields: {', '.join(sorted(unknown))}")
     user = current_user()
-    batch = Batch(facility_id=user.facility_id, user_id=user.id, label=label,
-                  template=template, overrides=overrides)
+    batch = Batch(facility_id=user.facility_id, user_id=user.id, label=label)
     session = db()
     session.add(batch)
+    session.flush()
+    try:  # the template must exist; keywords and values are checked against the dictionary
+        batch_edits.start_batch(session, batch, user, template_name=template, overrides=overrides)
+    except MetadataError as exc:
+        session.rollback()
+        raise ApiError(400, str(exc)) from exc
     session.commit()
     response = jsonify(batch_summary(batch))
     response.status_code = 201

@@ -20,6 +20,50 @@ def _responses(*codes: int) -> dict:
     return out
 
 
+def _metadata_paths(batch_id: dict) -> dict:
+    """Templates, per-patient overrides, study organisation (issue 3)."""
+    template_id = {"name": "template_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    patient_id = {"name": "patient_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        "/api/v1/templates": {
+            "post": {"summary": "Create an upload template",
+                     "responses": _responses(201, 400, 401, 403, 409)},
+            "get": {"summary": "List templates", "responses": _responses(200, 401)},
+        },
+        "/api/v1/templates/{template_id}": {
+            "get": {"summary": "Read a template", "parameters": [template_id],
+                    "responses": _responses(200, 401, 403, 404)},
+            "patch": {"summary": "Update a template", "parameters": [template_id],
+                      "responses": _responses(200, 400, 401, 403, 404, 409)},
+            "delete": {"summary": "Delete a template", "parameters": [template_id],
+                       "responses": _responses(204, 401, 403, 404)},
+        },
+        "/api/v1/batches/{batch_id}/studies": {
+            "get": {"summary": "The batch's studies with detected problems", "parameters": [batch_id],
+                    "responses": _responses(200, 401, 403, 404)},
+        },
+        "/api/v1/batches/{batch_id}/moves": {
+            "post": {"summary": "Move instances or series into another study or a new one",
+                     "parameters": [batch_id], "responses": _responses(200, 400, 401, 403, 404, 409)},
+        },
+        "/api/v1/batches/{batch_id}/patients": {
+            "get": {"summary": "The batch's patients and their overrides", "parameters": [batch_id],
+                    "responses": _responses(200, 401, 403, 404)},
+        },
+        "/api/v1/batches/{batch_id}/patients/{patient_id}": {
+            "get": {"summary": "A patient's override", "parameters": [batch_id, patient_id],
+                    "responses": _responses(200, 401, 403, 404)},
+            "patch": {"summary": "Merge values into a patient's override (null removes one)",
+                      "parameters": [batch_id, patient_id],
+                      "responses": _responses(200, 400, 401, 403, 404, 409)},
+        },
+        "/api/v1/batches/{batch_id}/changes": {
+            "get": {"summary": "Who changed what in the batch, and when", "parameters": [batch_id],
+                    "responses": _responses(200, 401, 403, 404)},
+        },
+    }
+
+
 def openapi_document() -> dict:
     batch_id = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "integer"}}
     upload_id = {"name": "upload_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -44,6 +88,7 @@ def openapi_document() -> dict:
                 "post": {"summary": "Mark a batch complete; forwarding follows",
                          "parameters": [batch_id], "responses": _responses(200, 401, 403, 404)},
             },
+            **_metadata_paths(batch_id),
             "/api/v1/files": {
                 "post": {"summary": "tus creation (and creation-with-upload)",
                          "responses": _responses(201, 400, 401, 403, 404, 409, 412, 413, 460)},

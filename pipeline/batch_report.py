@@ -8,7 +8,9 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from pipeline.batch_edits import change_log
 from pipeline.models import Batch, Delivery, Destination, Instance, Study, Upload
+from pipeline.study_organisation import batch_studies, problems_of
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -97,6 +99,11 @@ def batch_report(session: Session, batch: Batch) -> dict:
             "status_code": d.status_code,
             "reason": d.reason,
             "delivered_at": _iso(d.delivered_at),
+            # Which bytes went out: the original, or a rewritten rendition of it.
+            "sent_object_key": d.sent_object_key,
+            "sent_sha256": d.sent_sha256,
+            "rewritten": d.sent_object_key is not None
+            and d.sent_object_key != by_id[d.instance_id].object_key,
         }
         for d in deliveries
     ]
@@ -115,4 +122,7 @@ def batch_report(session: Session, batch: Batch) -> dict:
         "files": files,
         "studies": study_rows,
         "deliveries": delivery_rows,
+        # Who changed what (template, overrides, moves), and what still looks wrong.
+        "changes": change_log(session, batch.id),
+        "problems": problems_of(batch_studies(session, batch)),
     }

@@ -34,6 +34,7 @@ class InstanceHeader:
     patient_id: str | None
     study_date: str | None
     study_description: str | None
+    accession_number: str | None = None
 
 
 class Quarantine(Exception):
@@ -114,4 +115,5 @@ def read_header(fp: BinaryIO, size: int) -> InstanceHeader:
         patient_id=_text(ds, "PatientID", 64),
         study_date=_text(ds, "StudyDate", 8),
         study_description=_text(ds, "StudyDescription", 200),
+        accession_number=_text(ds, "AccessionNumber", 16),
     )

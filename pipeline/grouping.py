@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from pipeline.dicom_headers import InstanceHeader, Quarantine, read_header
 from pipeline.models import Delivery, DeliveryState, Instance, Series, Study, Upload, UploadState
 from pipeline.storage import ObjectStore, iter_object
+from pipeline.study_organisation import record_origin
 
 
 def _get_or_create(session: Session, model: type, where: dict, values: dict):  # noqa: ANN202
@@ -106,6 +107,7 @@ def record_instance(session: Session, upload: Upload, header: InstanceHeader) ->
             delivery.state = DeliveryState.PENDING
             delivery.batch_id = upload.batch_id
             delivery.reason = "new version re-sent"
+    record_origin(session, instance, header)
     upload.sop_instance_uid = header.sop_instance_uid
     upload.state = UploadState.PARSED
     session.flush()
