@@ -297,13 +297,18 @@ def demo(synthetic: int, chunk_size: int) -> None:
               help="resume file (default: under ~/.local/state/relaypacs)")
 @click.option("--wait", default=600, show_default=True, type=int,
               help="seconds to follow the batch after upload (0: do not wait)")
+@click.option("--template", help="name of an upload template to apply to the batch")
+@click.option("--override", "override_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="per-patient values: CSV (PatientID + keyword columns) or JSON")
 def upload(folder: Path, server: str, token: str, jobs: int, chunk_size: int, label: str | None,
-           state_file: Path | None, wait: int) -> None:
+           state_file: Path | None, wait: int, template: str | None,
+           override_file: Path | None) -> None:
     """Upload a clinic folder with progress and resume; exit 0 only when all was delivered."""
     from api.upload_view import run_upload
 
     sys.exit(run_upload(folder, server, token, jobs=jobs, chunk_size=chunk_size, label=label,
-                        state_file=state_file, wait=wait))
+                        state_file=state_file, wait=wait, template=template,
+                        override_file=override_file))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,12 @@ from pipeline.folder_scan import scan_folder
 from pipeline.folder_upload import (
     EXIT_UPLOAD_FAILED,
     GatewayClient,
+    OverrideFileError,
     UploadState,
     default_state_path,
     exit_code,
     follow,
+    load_overrides,
     upload_folder,
 )
 
@@ -59,7 +61,13 @@ class ProgressLine:
 
 
 def run_upload(folder: Path, server: str, token: str, *, jobs: int, chunk_size: int,
-               label: str | None, state_file: Path | None, wait: int) -> int:
+               label: str | None, state_file: Path | None, wait: int, template: str | None = None,
+               override_file: Path | None = None) -> int:
+    try:
+        overrides = load_overrides(override_file) if override_file else None
+    except OverrideFileError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_UPLOAD_FAILED
     scan = scan_folder(folder)
     summary = scan.summary()
     click.echo("found: " + ", ".join(f"{v} {k}" for k, v in summary.items()))
@@ -78,10 +86,16 @@ def run_upload(folder: Path, server: str, token: str, *, jobs: int, chunk_size: 
     def count_resumed(n: int) -> None:
         already[0] += n
 
+    if template or overrides:
+        click.echo(f"template: {template or '-'}; overrides for {len(overrides or {})} patient(s)")
+    fields = {"label": label, "template": template, "overrides": overrides}
     try:
         batch_id, failures = upload_folder(client, folder, scan, state, jobs=jobs,
                                            chunk_size=chunk_size, progress=progress.add,
-                                           resumed=count_resumed, batch_fields={"label": label})
+                                           resumed=count_resumed, batch_fields=fields)
+    except RuntimeError as exc:  # the server refused the batch (unknown template, bad override)
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_UPLOAD_FAILED
     finally:
         progress.close()
     if already[0]:
@@ -102,6 +116,8 @@ def run_upload(folder: Path, server: str, token: str, *, jobs: int, chunk_size: 
     for study in report["studies"]:
         deliveries = ", ".join(f"{dest}: {dict(c)}" for dest, c in study["deliveries"].items())
         click.echo(f"{study['study_instance_uid']:<66} {study['instances']:>5}  {deliveries or '-'}")
+    for problem in report.get("problems", []):
+        click.echo(f"  PROBLEM study {problem['study_instance_uid']}: {problem['message']}")
     for f in report["files"]:
         if f["state"] == "quarantined":
             click.echo(f"  quarantined {f['filename']}: {f['quarantine_reason']} ({f['quarantine_detail']})")

@@ -7,6 +7,7 @@ stopped, and no byte the server already has is sent again.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -111,6 +112,38 @@ class GatewayClient:
 
 
 Progress = Callable[[int], None]
+
+
+class OverrideFileError(ValueError):
+    """The --override file is not a mapping of PatientID to attribute values."""
+
+
+def load_overrides(path: Path) -> dict[str, dict[str, object]]:
+    """Per-patient overrides from a file: JSON ``{PatientID: {Keyword: value}}``, or CSV with a
+    ``PatientID`` column and one column per DICOM keyword (empty cells change nothing).
+    The server checks keywords and values; this only checks the shape."""
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise OverrideFileError(f"{path.name}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise OverrideFileError(f"{path.name}: expected {{PatientID: {{Keyword: value}}}}")
+        return data
+    reader = csv.DictReader(text.splitlines())
+    if "PatientID" not in (reader.fieldnames or []):
+        raise OverrideFileError(f"{path.name}: a CSV needs a header row with a PatientID column")
+    overrides: dict[str, dict[str, object]] = {}
+    for number, row in enumerate(reader, 2):
+        patient_id = (row.pop("PatientID") or "").strip()
+        if not patient_id or None in row:
+            raise OverrideFileError(f"{path.name} line {number}: missing PatientID or extra cells")
+        values = {k.strip(): v.strip() for k, v in row.items() if k and v and v.strip()}
+        if patient_id in overrides:
+            raise OverrideFileError(f"{path.name} line {number}: PatientID listed twice")
+        overrides[patient_id] = values
+    return overrides
 
 
 def _upload_one(client: GatewayClient, state: UploadState, batch_id: int, rel: str,
