@@ -1,4 +1,11 @@
-"""Every periodic job, in one table: task name, schedule (seconds), options."""
+"""Every periodic job, in one table: task name, schedule (seconds), options.
+
+Intervals that operators tune come from settings; the rest are fixed here.
+"""
+
+from config import load_settings
+
+_settings = load_settings()
 
 BEAT_SCHEDULE: dict[str, dict] = {
     "forward-quiet-batches": {
@@ -8,8 +15,8 @@ BEAT_SCHEDULE: dict[str, dict] = {
     },
     "redrive-stuck-work": {
         "task": "intake.redrive_stuck_work",
-        "schedule": 60.0,
-        "options": {"expires": 55},
+        "schedule": float(_settings.redrive_every_seconds),
+        "options": {"expires": max(_settings.redrive_every_seconds - 1, 1)},
     },
     "send-queue-canaries": {
         "task": "health.send_canaries",

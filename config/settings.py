@@ -38,6 +38,8 @@ class Settings:
     claim_stale_seconds: int = 300
     # Work untouched this long with no task in flight is re-enqueued by the beat re-drive.
     redrive_after_seconds: int = 600
+    # How often beat looks for such work.
+    redrive_every_seconds: int = 60
     # Above the longest task and any ETA, else Redis redelivers running work.
     visibility_timeout_seconds: int = 6 * 3600
     cors_origins: tuple[str, ...] = ("*",)
@@ -85,6 +87,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         claim_stale_seconds=_int(env, "RELAYPACS_CLAIM_STALE_SECONDS", Settings.claim_stale_seconds),
         redrive_after_seconds=_int(env, "RELAYPACS_REDRIVE_AFTER_SECONDS", Settings.redrive_after_seconds),
+        redrive_every_seconds=_int(env, "RELAYPACS_REDRIVE_EVERY_SECONDS", Settings.redrive_every_seconds),
         visibility_timeout_seconds=_int(
             env, "RELAYPACS_VISIBILITY_TIMEOUT_SECONDS", Settings.visibility_timeout_seconds
         ),

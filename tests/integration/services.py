@@ -413,9 +413,10 @@ def multipart_related(parts: Iterable[bytes], content_type: str = "application/d
 class Orthanc:
     """A private Orthanc with DICOMweb: its own storage folder and ports, loopback only."""
 
-    def __init__(self, workdir: Path, aet: str = "ORTHANC"):
+    def __init__(self, workdir: Path, aet: str = "ORTHANC", extra_config: dict | None = None):
         self.workdir = Path(workdir)
         self.aet = aet
+        self.extra_config = extra_config or {}
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.http_url = f"http://{LOOPBACK}:{self.http_port}"
@@ -442,6 +443,7 @@ class Orthanc:
             "DicomAlwaysAllowStore": True,
             "DicomAlwaysAllowEcho": True,
             "DicomCheckCalledAet": False,
+            **self.extra_config,
         }
         self.config_path.write_text(json.dumps(config, indent=2))
 
@@ -451,6 +453,9 @@ class Orthanc:
             return self
         ensure_orthanc_installed()
         self._write_config()
+        users = self.extra_config.get("RegisteredUsers") if self.extra_config.get(
+            "AuthenticationEnabled") else None
+        self.session.auth = next(iter(users.items())) if users else None
         # DCMTK reads TCP_NODELAY: without it C-STORE stalls on Nagle (~10 instances/s).
         env = {**os.environ, "TCP_NODELAY": "1"}
         shim = loopback_bind_shim()
