@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from flask import Flask, g
 
-from api import batches, deliveries, errors, files, health, study_organisation, templates
+from api import (
+    audit_log,
+    batches,
+    deliveries,
+    errors,
+    files,
+    health,
+    observability,
+    study_organisation,
+    templates,
+)
 from api.context import Resources
+from api.limits import RateLimiter
 from config import Settings, load_settings
+from config.logging import configure_logging
 from pipeline.database import make_engine, make_session_factory
 from pipeline.storage import open_store
 
@@ -26,6 +38,7 @@ class MethodOverride:
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
+    configure_logging()
     app = Flask(__name__)
     app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
     engine = make_engine(settings.database_url)
@@ -33,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings=settings,
         session_factory=make_session_factory(engine),
         store=open_store(settings.storage_url),
+        limiter=RateLimiter(dict(settings.rate_limits), settings.redis_url),
     )
 
     @app.teardown_request
@@ -41,6 +55,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if session is not None:
             session.close()
 
+    observability.register(app)
     errors.register(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(files.blueprint, url_prefix="/api/v1/files")
@@ -48,4 +63,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(study_organisation.blueprint, url_prefix="/api/v1/batches")
     app.register_blueprint(templates.blueprint, url_prefix="/api/v1/templates")
     app.register_blueprint(deliveries.blueprint, url_prefix="/api/v1/deliveries")
+    app.register_blueprint(audit_log.blueprint, url_prefix="/api/v1/audit")
     return app

@@ -8,8 +8,9 @@ from typing import TypeVar
 
 from flask import g, request
 
-from api.context import db
+from api.context import db, resources
 from api.errors import ApiError
+from pipeline import audit
 from pipeline.accounts import user_for_token
 from pipeline.models import Role, User
 
@@ -36,14 +37,28 @@ def require(*roles: Role) -> Callable[[F], F]:
             user = user_for_token(db(), token.strip())
             if user is None:
                 raise ApiError(401, "invalid or revoked token")
+            g.user = user
+            resources().limiter.check(user.id)
+            if audit.record_token_use(db(), actor()):
+                db().commit()
             if Role(user.role) not in allowed:
                 raise ApiError(403, f"role {user.role} may not do this")
-            g.user = user
             return view(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def actor() -> audit.Actor:
+    """The current user as the audit trail names them."""
+    user = g.get("user")
+    return audit.Actor(
+        user_id=user.id if user else None,
+        facility_id=user.facility_id if user else None,
+        remote_addr=(request.remote_addr or "")[:64] or None,
+        request_id=g.get("request_id"),
+    )
 
 
 def check_facility(facility_id: int) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 from sqlalchemy import select
 
-from api.auth import check_facility, current_user, require
+from api.auth import actor, check_facility, current_user, require
 from api.context import db
 from api.errors import ApiError
-from pipeline import batch_edits
+from pipeline import audit, batch_edits
 from pipeline.batch_report import batch_report, batch_summary
 from pipeline.dicom_attributes import MetadataError
 from pipeline.models import Batch, BatchState, Role, utcnow
@@ -64,6 +64,8 @@ def create():  # noqa: ANN201
     except MetadataError as exc:
         session.rollback()
         raise ApiError(400, str(exc)) from exc
+    audit.record(session, actor(), "batch.created", f"batch:{batch.id}",
+                 {"template": template, "override_patients": len(overrides or {})})
     session.commit()
     response = jsonify(batch_summary(batch))
     response.status_code = 201
@@ -100,6 +102,7 @@ def complete(batch_id: int):  # noqa: ANN201
     if batch.state == BatchState.OPEN:
         batch.state = BatchState.COMPLETED
         batch.completed_at = utcnow()
+        audit.record(session, actor(), "batch.completed", f"batch:{batch.id}")
         session.commit()
     chains.enqueue_batch_dispatch(batch.id)  # after the commit that made it visible
     return jsonify(batch_summary(batch))

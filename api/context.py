@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from flask import current_app, g
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.limits import RateLimiter
 from config import Settings
 from pipeline.storage import ObjectStore
 
@@ -16,6 +17,7 @@ class Resources:
     settings: Settings
     session_factory: sessionmaker[Session]
     store: ObjectStore
+    limiter: RateLimiter
 
 
 def resources() -> Resources:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from api.auth import require
+from api.auth import actor, require
 from api.context import db
 from api.errors import ApiError
+from pipeline import audit
 from pipeline.batch_progress import reopen_for_replay
 from pipeline.delivery_queries import SelectionError, describe, select_deliveries
 from pipeline.forwarding import replay
@@ -68,6 +69,9 @@ def retry():  # noqa: ANN201
     chosen = session.scalars(query).all()
     pairs = replay(session, chosen)
     reopen_for_replay(session, {d.batch_id for d in chosen})
+    audit.record(session, actor(), "deliveries.replayed", None,
+                 {"count": len(chosen), "selection": {k: v for k, v in body.items() if k != "ids"},
+                  "ids": [d.id for d in chosen][:1000]})
     session.commit()
     chains.enqueue_forwarding(pairs)  # after the commit that made them pending
     return jsonify({"replayed": len(chosen), "study_forwards": len(pairs)})

@@ -30,7 +30,10 @@ def error_response(status: int, message: str, **extra: object):  # noqa: ANN201
 def register(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):  # noqa: ANN202
-        return error_response(exc.status, exc.message, **exc.extra)
+        response = error_response(exc.status, exc.message, **exc.extra)
+        if "retry_after" in exc.extra:
+            response.headers["Retry-After"] = str(exc.extra["retry_after"])
+        return response
 
     @app.errorhandler(TusError)
     def _tus_error(exc: TusError):  # noqa: ANN202

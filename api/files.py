@@ -9,6 +9,7 @@ from datetime import timedelta
 from email.utils import format_datetime
 
 from flask import Blueprint, Response, request, url_for
+from sqlalchemy import func, select
 from werkzeug.exceptions import ClientDisconnected
 
 from api.auth import check_facility, current_user, require
@@ -120,6 +121,11 @@ def create() -> Response:
         raise ApiError(404, f"batch {batch_ref} not found")
     check_facility(batch.facility_id)
     checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+    open_uploads = session.scalar(select(func.count()).select_from(Upload).where(
+        Upload.user_id == current_user().id, Upload.state == UploadState.RECEIVING))
+    if open_uploads >= settings.max_open_uploads:
+        raise ApiError(429, f"{open_uploads} uploads are open; finish or terminate some first",
+                       retry_after=60)
     upload = intake.create_upload(
         session, batch=batch, user_id=current_user().id, length=length, metadata=metadata,
         max_bytes=settings.max_upload_bytes,

@@ -43,6 +43,10 @@ class Settings:
     # Above the longest task and any ETA, else Redis redelivers running work.
     visibility_timeout_seconds: int = 6 * 3600
     cors_origins: tuple[str, ...] = ("*",)
+    # Requests per token per minute, by class (0: no limit).
+    rate_limits: tuple[tuple[str, int], ...] = (("upload", 3000), ("read", 600), ("write", 120))
+    # tus uploads one user may have open (created, not finished) at once.
+    max_open_uploads: int = 2000
     extra: dict[str, str] = field(default_factory=dict)
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -69,6 +73,13 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     origins = tuple(
         o.strip() for o in env.get("RELAYPACS_CORS_ORIGINS", "*").split(",") if o.strip()
     )
+    rate_limits = dict(Settings.rate_limits)
+    for part in env.get("RELAYPACS_RATE_LIMITS", "").split(","):
+        name, _, value = part.partition("=")
+        if name.strip():
+            if name.strip() not in rate_limits or not value.strip().isdigit():
+                raise ValueError("RELAYPACS_RATE_LIMITS is like upload=3000,read=600,write=120")
+            rate_limits[name.strip()] = int(value)
     return Settings(
         var_dir=var_dir,
         database_url=database_url,
@@ -92,4 +103,6 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             env, "RELAYPACS_VISIBILITY_TIMEOUT_SECONDS", Settings.visibility_timeout_seconds
         ),
         cors_origins=origins or ("*",),
+        rate_limits=tuple(rate_limits.items()),
+        max_open_uploads=_int(env, "RELAYPACS_MAX_OPEN_UPLOADS", Settings.max_open_uploads),
     )

@@ -9,12 +9,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.models import Facility, Role, User
+from pipeline.models import Facility, Role, User, utcnow
 
+# Tokens expire; an admin rotates them (relaypacs users rotate) before they do.
+DEFAULT_TOKEN_LIFETIME = timedelta(days=365)
 TOKEN_PREFIX = "rp_"  # noqa: S105 - a marker, not a secret
 
 
@@ -31,7 +34,8 @@ def get_or_create_facility(session: Session, name: str) -> Facility:
     return facility
 
 
-def create_user(session: Session, email: str, facility_name: str, role: str) -> tuple[User, str]:
+def create_user(session: Session, email: str, facility_name: str, role: str,
+                expires_in: timedelta | None = DEFAULT_TOKEN_LIFETIME) -> tuple[User, str]:
     """Create a user and return it with its new token (the only time the token exists)."""
     try:
         role = Role(role)
@@ -42,7 +46,8 @@ def create_user(session: Session, email: str, facility_name: str, role: str) -> 
         raise ValueError(f"a user with email {email!r} already exists")
     facility = get_or_create_facility(session, facility_name)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    user = User(email=email, role=role.value, facility_id=facility.id, token_hash=hash_token(token))
+    user = User(email=email, role=role.value, facility_id=facility.id, token_hash=hash_token(token),
+                token_expires_at=utcnow() + expires_in if expires_in else None)
     session.add(user)
     session.flush()
     return user, token
@@ -58,4 +63,29 @@ def user_for_token(session: Session, token: str) -> User | None:
         user.token_hash, digest
     ):
         return None
+    if user.token_expires_at is not None and user.token_expires_at <= utcnow():
+        return None
     return user
+
+
+def revoke(session: Session, email: str) -> User:
+    user = session.scalar(select(User).where(User.email == email))
+    if user is None:
+        raise ValueError(f"no user with email {email!r}")
+    user.revoked_at = user.revoked_at or utcnow()
+    session.flush()
+    return user
+
+
+def rotate_token(session: Session, email: str,
+                 expires_in: timedelta | None = DEFAULT_TOKEN_LIFETIME) -> tuple[User, str]:
+    """A new token for an existing user; the old one stops working at once."""
+    user = session.scalar(select(User).where(User.email == email))
+    if user is None:
+        raise ValueError(f"no user with email {email!r}")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    user.token_hash = hash_token(token)
+    user.revoked_at = None
+    user.token_expires_at = utcnow() + expires_in if expires_in else None
+    session.flush()
+    return user, token

@@ -107,6 +107,7 @@ class User(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    token_expires_at: Mapped[datetime | None]
     facility: Mapped[Facility] = relationship()
 
 
@@ -371,3 +372,108 @@ class InstanceRendition(Base):
     changed: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (UniqueConstraint("instance_id", "digest"),)
+
+
+# --- audit log (issue 9) ---
+
+
+class AuditEvent(Base):
+    """Who did what, when, from where. Append-only: the database refuses UPDATE and DELETE
+    (triggers in the migration), so not even the application can rewrite history."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    facility_id: Mapped[int | None] = mapped_column(ForeignKey("facilities.id"), index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(String(200))
+    detail: Mapped[dict | None] = mapped_column(JSON)
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+
+
+# --- analytics (issue 5) ---
+
+# Upper bounds (ms) of the forwarding-latency histogram buckets; the last is open-ended.
+# Histograms, unlike stored percentiles, add up across hours, users and facilities.
+LATENCY_BUCKETS_MS = (250, 500, 1_000, 2_000, 5_000, 10_000, 30_000, 60_000, 300_000, 900_000,
+                      3_600_000, None)
+
+
+class _StatsMetrics:
+    """The measures shared by the hourly and the daily tables (all additive)."""
+
+    uploads: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    studies: Mapped[int] = mapped_column(Integer, default=0)
+    quarantined: Mapped[int] = mapped_column(Integer, default=0)
+    delivered: Mapped[int] = mapped_column(Integer, default=0)
+    pending_deliveries: Mapped[int] = mapped_column(Integer, default=0)
+    failed_deliveries: Mapped[int] = mapped_column(Integer, default=0)
+    latency_sum_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_max_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    lat_b0: Mapped[int] = mapped_column(Integer, default=0)
+    lat_b1: Mapped[int] = mapped_column(Integer, default=0)
+    lat_b2: Mapped[int] = mapped_column(Integer, default=0)
+    lat_b3: Mapped[int] = mapped_column(Integer, default=0)
+    lat_b4: Mapped[int] = mapped_column(Integer, default=0)
+    lat_b5: Mapped[int] = mapped_column(Integer, default=0)
+    lat_b6: Mapped[int] = mapped_column(Integer, default=0)
+    lat_b7: Mapped[int] = mapped_column(Integer, default=0)
+    lat_b8: Mapped[int] = mapped_column(Integer, default=0)
+    lat_b9: Mapped[int] = mapped_column(Integer, default=0)
+    lat_b10: Mapped[int] = mapped_column(Integer, default=0)
+    lat_b11: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class HourlyStats(_StatsMetrics, Base):
+    """Uploads of one hour (by creation), one facility, modality, upload state and user.
+
+    Materialised by the analytics beat job from the raw rows (pipeline/stats.py); ``open``
+    marks rows whose uploads or deliveries may still change, recomputed on every run."""
+
+    __tablename__ = "hourly_stats"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hour: Mapped[datetime]
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"))
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    status: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    open: Mapped[bool] = mapped_column(default=False)
+    __table_args__ = (
+        UniqueConstraint("hour", "facility_id", "modality", "status", "user_id",
+                         name="uq_hourly_stats_key"),
+        Index("ix_hourly_stats_facility_hour", "facility_id", "hour"),
+        Index("ix_hourly_stats_user_hour", "user_id", "hour"),
+        Index("ix_hourly_stats_open", "open"),
+    )
+
+
+class DailyFacilityStats(_StatsMetrics, Base):
+    """One facility's day, rolled up from hourly_stats: the admin overview reads a few
+    hundred of these rows instead of tens of thousands of hourly ones."""
+
+    __tablename__ = "daily_facility_stats"
+    day: Mapped[datetime] = mapped_column(primary_key=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+
+
+class AnalyticsWatermark(Base):
+    """How far the materialisation has looked at row changes (one row per job)."""
+
+    __tablename__ = "analytics_watermarks"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[datetime]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# Raw-row indexes for what stays on raw rows: finding changed rows since the watermark,
+# a facility's or user's recent uploads (listings), and the naive per-modality queries.
+Index("ix_uploads_created_facility", Upload.created_at, Upload.facility_id)
+Index("ix_uploads_updated_at", Upload.updated_at)
+Index("ix_uploads_user_created", Upload.user_id, Upload.created_at)
+Index("ix_studies_created_modality", Study.created_at, Study.modality)
+Index("ix_instances_upload_id", Instance.upload_id)
+Index("ix_deliveries_updated_at", Delivery.updated_at)
+Index("ix_deliveries_instance_state", Delivery.instance_id, Delivery.state)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun, worker_process_init
 
 from beat_schedule import BEAT_SCHEDULE
 from config import load_settings
 from config.celery import celery_config
+from config.logging import configure_logging, request_id
 from workers import runtime
 
 app = Celery("relaypacs")
@@ -21,3 +22,29 @@ app.conf.imports = ["workers.tasks"]  # loaded by workers; the API imports lazil
 def _fresh_connections_after_fork(**_: object) -> None:
     # A forked child must not share the parent's pooled database connections.
     runtime.reset()
+
+
+@setup_logging.connect
+def _json_logs(**_: object) -> None:
+    configure_logging()
+
+
+@before_task_publish.connect
+def _carry_request_id(headers: dict | None = None, **_: object) -> None:
+    # The request (or task) that caused this task: one id follows the work across processes.
+    current = request_id.get()
+    if headers is not None and current and "relaypacs_request_id" not in headers:
+        headers["relaypacs_request_id"] = current
+
+
+@task_prerun.connect
+def _adopt_request_id(task=None, **_: object) -> None:  # noqa: ANN001
+    incoming = getattr(task.request, "relaypacs_request_id", None) if task else None
+    task.request.relaypacs_request_token = request_id.set(incoming or task.request.id)
+
+
+@task_postrun.connect
+def _drop_request_id(task=None, **_: object) -> None:  # noqa: ANN001
+    token = getattr(task.request, "relaypacs_request_token", None) if task else None
+    if token is not None:
+        request_id.reset(token)

@@ -1,0 +1,50 @@
+"""Per-request id, access log lines, and the audit of token use."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+
+from api.errors import ApiError
+from config.logging import request_id
+
+log = logging.getLogger("relaypacs.access")
+# JSON bodies are small; tus PATCH bodies are streamed and bounded by Upload-Length instead.
+MAX_JSON_BYTES = 1024 * 1024
+_VALID_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+
+
+def register(app: Flask) -> None:
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
+        g.request_token = request_id.set(g.request_id)
+        g.started = time.perf_counter()
+        if request.mimetype == "application/json" and (request.content_length or 0) > MAX_JSON_BYTES:
+            raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes")
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        user = g.get("user")
+        log.info("request", extra={
+            "method": request.method,
+            # The route pattern, not the path: ids vary, patterns aggregate.
+            "route": request.url_rule.rule if request.url_rule else "unmatched",
+            "status": response.status_code,
+            "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 1),
+            "user_id": user.id if user is not None else None,
+            "bytes_in": request.content_length or 0,
+        })
+        return response
+
+    @app.teardown_request
+    def _reset(_exc: BaseException | None) -> None:
+        token = g.pop("request_token", None)
+        if token is not None:
+            request_id.reset(token)

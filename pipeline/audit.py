@@ -1,0 +1,67 @@
+"""The audit trail: who did what, when, from where. Rows are only ever added.
+
+Details name ids and counts, never patient data, so the trail can be shown to any admin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline.models import AuditEvent, utcnow
+
+# Token use is recorded once per user per window, not on every chunk of every upload.
+TOKEN_USE_WINDOW = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class Actor:
+    user_id: int | None
+    facility_id: int | None
+    remote_addr: str | None = None
+    request_id: str | None = None
+
+
+def record(session: Session, actor: Actor, action: str, target: str | None = None,
+           detail: dict | None = None, now: datetime | None = None) -> AuditEvent:
+    event = AuditEvent(
+        at=now or utcnow(), user_id=actor.user_id, facility_id=actor.facility_id,
+        action=action, target=target, detail=detail, remote_addr=actor.remote_addr,
+        request_id=actor.request_id,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def record_token_use(session: Session, actor: Actor, now: datetime | None = None) -> bool:
+    """Record ``token.used`` unless this user already has one in the current window."""
+    now = now or utcnow()
+    recent = session.scalar(
+        select(AuditEvent.id).where(
+            AuditEvent.user_id == actor.user_id,
+            AuditEvent.action == "token.used",
+            AuditEvent.at > now - TOKEN_USE_WINDOW,
+        ).limit(1)
+    )
+    if recent is not None:
+        return False
+    record(session, actor, "token.used", now=now)
+    return True
+
+
+def as_dict(event: AuditEvent) -> dict:
+    return {
+        "id": event.id,
+        "at": event.at.isoformat(),
+        "user_id": event.user_id,
+        "facility_id": event.facility_id,
+        "action": event.action,
+        "target": event.target,
+        "detail": event.detail,
+        "remote_addr": event.remote_addr,
+        "request_id": event.request_id,
+    }

@@ -1,0 +1,78 @@
+"""Tokens that expire and can be revoked, the append-only audit trail, rate limits,
+request ids, body bounds."""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DatabaseError
+
+from pipeline import accounts, audit
+from pipeline.models import AuditEvent
+
+
+def auth(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_expired_and_revoked_tokens_are_refused(client, session):
+    _, expired = accounts.create_user(session, "old@a.test", "Clinic A", "uploader",
+                                      expires_in=timedelta(seconds=-1))
+    user, revoked = accounts.create_user(session, "gone@a.test", "Clinic A", "uploader")
+    session.commit()
+    assert client.get("/api/v1/batches", headers=auth(expired)).status_code == 401
+    assert client.get("/api/v1/batches", headers=auth(revoked)).status_code == 200
+    accounts.revoke(session, "gone@a.test")
+    session.commit()
+    assert client.get("/api/v1/batches", headers=auth(revoked)).status_code == 401
+    _, fresh = accounts.rotate_token(session, "gone@a.test")
+    session.commit()
+    assert client.get("/api/v1/batches", headers=auth(fresh)).status_code == 200
+    assert client.get("/api/v1/batches", headers=auth(revoked)).status_code == 401
+
+
+def test_audit_trail_is_append_only(session):
+    event = audit.record(session, audit.Actor(None, None), "test.event")
+    session.commit()
+    for statement in (f"UPDATE audit_events SET action='x' WHERE id={event.id}",
+                      f"DELETE FROM audit_events WHERE id={event.id}"):
+        with pytest.raises(DatabaseError):
+            session.execute(text(statement))
+        session.rollback()
+    assert session.get(AuditEvent, event.id).action == "test.event"
+
+
+def test_actions_are_audited_and_only_admins_read_them(client, make_token):
+    uploader = auth(make_token("Clinic A"))
+    batch = client.post("/api/v1/batches", json={}, headers=uploader).get_json()
+    client.post(f"/api/v1/batches/{batch['id']}/complete", headers=uploader)
+    assert client.get("/api/v1/audit", headers=uploader).status_code == 403
+    admin = auth(make_token("Clinic A", "admin"))
+    events = client.get("/api/v1/audit", headers=admin).get_json()["events"]
+    actions = [e["action"] for e in events]
+    assert "batch.created" in actions and "batch.completed" in actions
+    assert actions.count("token.used") == 2  # once per user per hour, not per request
+
+
+def test_rate_limit_answers_429_with_retry_after(app, client, make_token):
+    app.extensions["relaypacs"].limiter.limits["write"] = 3
+    headers = auth(make_token("Clinic A"))
+    codes = [client.post("/api/v1/batches", json={}, headers=headers).status_code for _ in range(5)]
+    assert codes == [201, 201, 201, 429, 429]
+    limited = client.post("/api/v1/batches", json={}, headers=headers)
+    assert 0 < int(limited.headers["Retry-After"]) <= 61
+    assert "rate limit" in limited.get_json()["error"]["message"]
+    # Reads have their own budget.
+    assert client.get("/api/v1/batches", headers=headers).status_code == 200
+
+
+def test_request_id_is_echoed_or_made(client):
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    made = client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"}).headers["X-Request-ID"]
+    assert made and " " not in made
+
+
+def test_oversized_json_body_is_413(client, make_token):
+    response = client.post("/api/v1/batches", data="{" + " " * (2 * 1024 * 1024) + "}",
+                           headers={**auth(make_token("Clinic A")), "Content-Type": "application/json"})
+    assert response.status_code == 413
