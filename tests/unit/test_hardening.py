@@ -34,10 +34,10 @@ def test_expired_and_revoked_tokens_are_refused(client, session):
 def test_audit_trail_is_append_only(session):
     event = audit.record(session, audit.Actor(None, None), "test.event")
     session.commit()
-    for statement in (f"UPDATE audit_events SET action='x' WHERE id={event.id}",
-                      f"DELETE FROM audit_events WHERE id={event.id}"):
+    for statement in ("UPDATE audit_events SET action='x' WHERE id=:id",
+                      "DELETE FROM audit_events WHERE id=:id"):
         with pytest.raises(DatabaseError):
-            session.execute(text(statement))
+            session.execute(text(statement), {"id": event.id})
         session.rollback()
     assert session.get(AuditEvent, event.id).action == "test.event"
 
