@@ -21,6 +21,7 @@ from config import Settings, load_settings
 from config.logging import configure_logging
 from pipeline.database import make_engine, make_session_factory
 from pipeline.storage import open_store
+from pipeline.telemetry import Telemetry
 
 
 class MethodOverride:
@@ -47,6 +48,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         session_factory=make_session_factory(engine),
         store=open_store(settings.storage_url),
         limiter=RateLimiter(dict(settings.rate_limits), settings.redis_url),
+        telemetry=Telemetry(settings.redis_url),
     )
 
     @app.teardown_request

@@ -8,8 +8,10 @@ from sqlalchemy import func, select, text
 from api.auth import require
 from api.context import db, resources
 from api.openapi import openapi_document
+from config.settings import QUEUES
 from pipeline import liveness
 from pipeline.models import Batch, BreakerState, Delivery, Destination, DestinationHealth, Upload
+from pipeline.telemetry import render
 
 blueprint = Blueprint("health", __name__)
 
@@ -80,7 +82,32 @@ def metrics() -> Response:
         name = names.get(health.destination_id)
         lines.append(f'relaypacs_destination_breaker_open{{destination="{name}"}} '
                      f'{int(health.state == BreakerState.OPEN)}')
+    lines.append("# HELP relaypacs_deliveries_by_destination Deliveries by destination and state.")
+    lines.append("# TYPE relaypacs_deliveries_by_destination gauge")
+    for destination_id, state, count in session.execute(
+            select(Delivery.destination_id, Delivery.state, func.count())
+            .group_by(Delivery.destination_id, Delivery.state)):
+        lines.append(f'relaypacs_deliveries_by_destination{{destination="{names.get(destination_id)}",'
+                     f'state="{state}"}} {count}')
+    lines.extend(_queue_depths())
+    lines.extend(render(resources().telemetry.snapshot()))
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+
+
+def _queue_depths() -> list[str]:
+    """Messages waiting per queue (Redis broker: the queue is a list of that name)."""
+    broker = resources().settings.broker_url
+    if not broker.startswith("redis"):
+        return []
+    import redis
+
+    try:
+        client = redis.Redis.from_url(broker, socket_timeout=1, socket_connect_timeout=1)
+        depths = {queue: client.llen(queue) for queue in QUEUES}
+    except Exception:  # noqa: BLE001 - the broker check belongs to /readyz
+        return []
+    return ["# TYPE relaypacs_queue_depth gauge"] + [
+        f'relaypacs_queue_depth{{queue="{queue}"}} {depth}' for queue, depth in depths.items()]
 
 
 @blueprint.route("/api/v1/openapi.json")

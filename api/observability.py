@@ -9,6 +9,7 @@ import uuid
 
 from flask import Flask, Response, g, request
 
+from api.context import resources
 from api.errors import ApiError
 from config.logging import request_id
 
@@ -32,15 +33,17 @@ def register(app: Flask) -> None:
     def _finish(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
         user = g.get("user")
+        # The route pattern, not the path: ids vary, patterns aggregate.
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        seconds = time.perf_counter() - g.get("started", time.perf_counter())
         log.info("request", extra={
-            "method": request.method,
-            # The route pattern, not the path: ids vary, patterns aggregate.
-            "route": request.url_rule.rule if request.url_rule else "unmatched",
-            "status": response.status_code,
-            "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 1),
-            "user_id": user.id if user is not None else None,
+            "method": request.method, "route": route, "status": response.status_code,
+            "ms": round(seconds * 1000, 1), "user_id": user.id if user is not None else None,
             "bytes_in": request.content_length or 0,
         })
+        if route != "/metrics":
+            resources().telemetry.observe_request(route, request.method, response.status_code,
+                                                  seconds, request.content_length or 0)
         return response
 
     @app.teardown_request

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from celery import Celery
 from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun, worker_process_init
 
@@ -41,10 +43,17 @@ def _carry_request_id(headers: dict | None = None, **_: object) -> None:
 def _adopt_request_id(task=None, **_: object) -> None:  # noqa: ANN001
     incoming = getattr(task.request, "relaypacs_request_id", None) if task else None
     task.request.relaypacs_request_token = request_id.set(incoming or task.request.id)
+    task.request.relaypacs_started = time.perf_counter()
 
 
 @task_postrun.connect
-def _drop_request_id(task=None, **_: object) -> None:  # noqa: ANN001
-    token = getattr(task.request, "relaypacs_request_token", None) if task else None
+def _drop_request_id(task=None, state: str | None = None, **_: object) -> None:  # noqa: ANN001
+    if task is None:
+        return
+    started = getattr(task.request, "relaypacs_started", None)
+    if started is not None:
+        runtime.telemetry().observe_task(task.name, time.perf_counter() - started,
+                                         (state or "UNKNOWN").lower())
+    token = getattr(task.request, "relaypacs_request_token", None)
     if token is not None:
         request_id.reset(token)

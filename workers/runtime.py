@@ -13,6 +13,7 @@ from config import Settings, load_settings
 from pipeline.database import make_engine, make_session_factory
 from pipeline.grouping import spool_dir_for
 from pipeline.storage import ObjectStore, open_store
+from pipeline.telemetry import Telemetry
 
 _override: Settings | None = None
 
@@ -37,6 +38,11 @@ def store() -> ObjectStore:
     return open_store(settings().storage_url)
 
 
+@cache
+def telemetry() -> Telemetry:
+    return Telemetry(settings().redis_url)
+
+
 def spool_dir():  # noqa: ANN201
     return spool_dir_for(settings().var_dir)
 
@@ -45,7 +51,7 @@ def reset() -> None:
     """Drop cached resources (after fork: the child must not reuse the parent's sockets)."""
     if engine.cache_info().currsize:
         engine().dispose(close=False)
-    for cached in (settings, engine, session_factory, store):
+    for cached in (settings, engine, session_factory, store, telemetry):
         cached.cache_clear()
 
 

@@ -1,0 +1,100 @@
+"""Counters and latency histograms shared by every API and worker process.
+
+Each process adds to one Redis hash, so ``/metrics`` on any API process shows the whole
+fleet (a scaled worker pool included) without scraping each process. With no Redis
+(embedded mode) the numbers are this process's own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
+KEY = "relaypacs:metrics"
+SEP = "\x1f"  # field names join labels with a separator no label contains
+
+
+def _field(name: str, **labels: str) -> str:
+    return SEP.join([name, *(f"{k}={v}" for k, v in sorted(labels.items()))])
+
+
+class Telemetry:
+    def __init__(self, redis_url: str | None = None) -> None:
+        self.redis = None
+        if redis_url:
+            import redis
+
+            self.redis = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
+        self._local: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def _add(self, increments: dict[str, float]) -> None:
+        if self.redis is not None:
+            try:
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for field, amount in increments.items():
+                        pipe.hincrbyfloat(KEY, field, amount)
+                    pipe.execute()
+                return
+            except Exception:  # noqa: BLE001 - metrics must never break the work they measure
+                return
+        with self._lock:
+            for field, amount in increments.items():
+                self._local[field] += amount
+
+    def _histogram(self, name: str, seconds: float, **labels: str) -> dict[str, float]:
+        out = {_field(f"{name}_count", **labels): 1.0, _field(f"{name}_sum", **labels): seconds}
+        for bound in BUCKETS:
+            if seconds <= bound:
+                out[_field(f"{name}_bucket", le=str(bound), **labels)] = 1.0
+        out[_field(f"{name}_bucket", le="+Inf", **labels)] = 1.0
+        return out
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float,
+                        bytes_in: int) -> None:
+        labels = {"route": route, "method": method}
+        increments = self._histogram("relaypacs_http_request_duration_seconds", seconds, **labels)
+        increments[_field("relaypacs_http_requests_total", status=str(status), **labels)] = 1.0
+        if bytes_in:
+            increments[_field("relaypacs_http_received_bytes_total", route=route)] = float(bytes_in)
+        self._add(increments)
+
+    def observe_task(self, task: str, seconds: float, outcome: str) -> None:
+        increments = self._histogram("relaypacs_task_duration_seconds", seconds, task=task)
+        increments[_field("relaypacs_tasks_total", task=task, outcome=outcome)] = 1.0
+        self._add(increments)
+
+    def snapshot(self) -> dict[str, float]:
+        if self.redis is not None:
+            try:
+                raw = self.redis.hgetall(KEY)
+                return {k.decode(): float(v) for k, v in raw.items()}
+            except Exception:  # noqa: BLE001
+                return {}
+        with self._lock:
+            return dict(self._local)
+
+
+def render(snapshot: dict[str, float]) -> list[str]:
+    """Prometheus text lines for a snapshot, grouped by metric name."""
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for field in sorted(snapshot):
+        name, *labels = field.split(SEP)
+        label_text = ",".join(f'{k}="{_escape(v)}"' for k, _, v in (p.partition("=") for p in labels))
+        by_name[name].append(f"{name}{{{label_text}}} {snapshot[field]:g}" if labels
+                             else f"{name} {snapshot[field]:g}")
+    lines: list[str] = []
+    families: dict[str, str] = {}
+    for name in by_name:
+        family = name.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
+        kind = "histogram" if family != name else "counter"
+        if family not in families:
+            families[family] = kind
+            lines.append(f"# TYPE {family} {kind}")
+        lines.extend(by_name[name])
+    return lines
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,24 @@
+from pipeline.telemetry import Telemetry, render
+
+
+def test_histogram_and_counters_render_as_prometheus_text():
+    t = Telemetry(None)
+    t.observe_request("/api/v1/batches", "GET", 200, 0.02, 0)
+    t.observe_request("/api/v1/batches", "GET", 429, 0.002, 0)
+    t.observe_task("pacs.forward_study", 1.5, "success")
+    text = "\n".join(render(t.snapshot()))
+    assert "# TYPE relaypacs_http_request_duration_seconds histogram" in text
+    assert ('relaypacs_http_requests_total{method="GET",route="/api/v1/batches",status="429"} 1'
+            in text)
+    assert ('relaypacs_http_request_duration_seconds_bucket{le="0.005",method="GET",'
+            'route="/api/v1/batches"} 1') in text
+    assert 'relaypacs_tasks_total{outcome="success",task="pacs.forward_study"} 1' in text
+    assert 'relaypacs_task_duration_seconds_bucket{le="1.0",task="pacs.forward_study"}' not in text
+
+
+def test_metrics_endpoint_counts_requests(client, make_token):
+    headers = {"Authorization": f"Bearer {make_token('Clinic A')}"}
+    client.get("/api/v1/batches", headers=headers)
+    body = client.get("/metrics").get_data(as_text=True)
+    assert 'relaypacs_http_requests_total{method="GET",route="/api/v1/batches",status="200"}' in body
+    assert "relaypacs_uploads" in body
