@@ -28,4 +28,10 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 3600.0,
         "options": {"expires": 3500},
     },
+    # Hourly stats for dashboards: incremental, so a minute's run touches only what changed.
+    "analytics-refresh-stats": {
+        "task": "analytics.refresh_stats",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
 }

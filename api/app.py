@@ -5,8 +5,10 @@ from __future__ import annotations
 from flask import Flask, g
 
 from api import (
+    analytics,
     audit_log,
     batches,
+    dashboard,
     deliveries,
     errors,
     files,
@@ -66,4 +68,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(templates.blueprint, url_prefix="/api/v1/templates")
     app.register_blueprint(deliveries.blueprint, url_prefix="/api/v1/deliveries")
     app.register_blueprint(audit_log.blueprint, url_prefix="/api/v1/audit")
+    app.register_blueprint(analytics.blueprint, url_prefix="/api/v1/analytics")
+    app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
     return app

@@ -15,6 +15,7 @@ from werkzeug.exceptions import ClientDisconnected
 from api.auth import check_facility, current_user, require
 from api.context import db, resources
 from api.errors import ApiError
+from api.events import chunk_recorded, upload_created
 from pipeline import intake
 from pipeline.models import Batch, Role, Upload, UploadState
 from pipeline.tus import (
@@ -132,6 +133,7 @@ def create() -> Response:
         expiry=timedelta(seconds=settings.upload_expiry_seconds),
     )
     session.commit()
+    upload_created(upload)  # event after the commit (issue 5)
     location = url_for("files.head", upload_id=upload.id, _external=True)
     has_body = request.content_length or request.headers.get("Transfer-Encoding")
     if has_body and request.content_type == OFFSET_CONTENT_TYPE:
@@ -206,6 +208,7 @@ def _write_chunk(upload: Upload, offset: int, checksum) -> Upload:  # noqa: ANN0
         intake.release_lease(session, upload_id, lease)
         session.commit()
         raise
+    chunk_recorded(upload)  # events after the commit (issue 5)
     if upload.state == UploadState.RECEIVED:
         chains.enqueue_upload_chain(upload_id)  # after the commit that made it visible
     return upload

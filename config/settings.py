@@ -43,6 +43,9 @@ class Settings:
     # Above the longest task and any ETA, else Redis redelivers running work.
     visibility_timeout_seconds: int = 6 * 3600
     cors_origins: tuple[str, ...] = ("*",)
+    # Read replicas for analytics and listings (issue 5); one skipped while down or lagging.
+    database_replica_urls: tuple[str, ...] = ()
+    replica_max_lag_seconds: int = 30
     # Requests per token per minute, by class (0: no limit).
     rate_limits: tuple[tuple[str, int], ...] = (("upload", 3000), ("read", 600), ("write", 120))
     # tus uploads one user may have open (created, not finished) at once.
@@ -103,6 +106,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             env, "RELAYPACS_VISIBILITY_TIMEOUT_SECONDS", Settings.visibility_timeout_seconds
         ),
         cors_origins=origins or ("*",),
+        database_replica_urls=tuple(
+            u.strip() for u in env.get("RELAYPACS_DATABASE_REPLICA_URLS", "").split(",") if u.strip()
+        ),
+        replica_max_lag_seconds=_int(
+            env, "RELAYPACS_REPLICA_MAX_LAG_SECONDS", Settings.replica_max_lag_seconds
+        ),
         rate_limits=tuple(rate_limits.items()),
         max_open_uploads=_int(env, "RELAYPACS_MAX_OPEN_UPLOADS", Settings.max_open_uploads),
     )

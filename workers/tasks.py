@@ -26,7 +26,7 @@ from pipeline.models import (
     UploadState,
     utcnow,
 )
-from workers import chains, runtime
+from workers import chains, event_publishing, runtime
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def forward_study(self, study_id: int, destination_id: int) -> dict:  # noqa: AN
         for batch_id in set(session.scalars(
                 select(Delivery.batch_id).where(Delivery.study_id == study_id).distinct())):
             batch_progress.settle_batch(session, batch_id)
+    event_publishing.study_forwarded(study_id, destination_id, result)  # after the commit (issue 5)
     if result.come_back_after is not None:
         # The same task id comes back later: it reclaims any row it left in flight.
         raise self.retry(countdown=max(result.come_back_after, 0.5))

@@ -1,0 +1,26 @@
+"""Publishing events from API requests, after the commit that made the change visible.
+
+Never fails a request: the bus logs and goes on (pipeline/events.py ``publish_safely``).
+"""
+
+from __future__ import annotations
+
+from api.context import resources
+from pipeline import events
+from pipeline.models import Upload, UploadState
+
+
+def _bus() -> events.EventBus:
+    return events.event_bus(resources().settings.redis_url)
+
+
+def upload_created(upload: Upload) -> None:
+    events.publish_safely(_bus(), events.upload_event(events.UPLOAD_INITIATED, upload))
+
+
+def chunk_recorded(upload: Upload) -> None:
+    """upload.chunk_received, and upload.completed when that chunk was the last."""
+    out = [events.upload_event(events.UPLOAD_CHUNK_RECEIVED, upload)]
+    if upload.state == UploadState.RECEIVED:
+        out.append(events.upload_event(events.UPLOAD_COMPLETED, upload))
+    events.publish_safely(_bus(), out)
