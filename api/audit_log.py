@@ -2,34 +2,39 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from api.auth import require
 from api.context import db
-from api.errors import ApiError
+from api.openapi import operation
 from pipeline.audit import as_dict
 from pipeline.models import AuditEvent, Role
 
 blueprint = Blueprint("audit", __name__)
 
 
+class AuditQuery(BaseModel):
+    before_id: int | None = Field(None, ge=1, description="page: events older than this id")
+    user_id: int | None = Field(None, ge=1)
+    facility_id: int | None = Field(None, ge=1)
+    action: str | None = Field(None, max_length=64)
+    limit: int = Field(100, ge=1, le=1000)
+
+
 @blueprint.route("", methods=["GET"])
 @require(Role.ADMIN)
+@operation("The audit trail, newest first", query=AuditQuery)
 def list_events():  # noqa: ANN201
-    query = select(AuditEvent).order_by(AuditEvent.id.desc())
-    for name, column in (("before_id", AuditEvent.id), ("user_id", AuditEvent.user_id),
-                         ("facility_id", AuditEvent.facility_id)):
-        raw = request.args.get(name)
-        if raw is not None:
-            if not raw.isdigit():
-                raise ApiError(400, f"{name} must be a positive integer")
-            query = query.where(column < int(raw) if name == "before_id" else column == int(raw))
-    action = request.args.get("action")
-    if action:
-        query = query.where(AuditEvent.action == action[:64])
-    raw_limit = request.args.get("limit", "100")
-    if not raw_limit.isdigit():
-        raise ApiError(400, "limit must be a positive integer")
-    events = db().scalars(query.limit(min(max(int(raw_limit), 1), 1000))).all()
-    return jsonify({"events": [as_dict(e) for e in events]})
+    q: AuditQuery = g.query
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(q.limit)
+    if q.before_id:
+        query = query.where(AuditEvent.id < q.before_id)
+    if q.user_id:
+        query = query.where(AuditEvent.user_id == q.user_id)
+    if q.facility_id:
+        query = query.where(AuditEvent.facility_id == q.facility_id)
+    if q.action:
+        query = query.where(AuditEvent.action == q.action)
+    return jsonify({"events": [as_dict(e) for e in db().scalars(query)]})

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from typing import Any
+
+from flask import Blueprint, g, jsonify
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from api.auth import actor, check_facility, current_user, require
 from api.context import db
 from api.errors import ApiError
+from api.openapi import operation
 from pipeline import audit, batch_edits
 from pipeline.batch_report import batch_report, batch_summary
 from pipeline.dicom_attributes import MetadataError
@@ -18,15 +22,6 @@ blueprint = Blueprint("batches", __name__)
 WRITERS = (Role.UPLOADER, Role.ADMIN)
 
 
-def _json_body() -> dict:
-    if not request.content_length:
-        return {}
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return body
-
-
 def _load(batch_id: int) -> Batch:
     batch = db().get(Batch, batch_id)
     if batch is None:
@@ -35,25 +30,26 @@ def _load(batch_id: int) -> Batch:
     return batch
 
 
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str | None = Field(None, max_length=200)
+    template: str | None = Field(None, min_length=1, max_length=200,
+                                 description="name of one of the facility's templates")
+    overrides: dict[str, dict[str, Any]] | None = Field(
+        None, description="PatientID -> {DICOM keyword: value}")
+
+
+class BatchListQuery(BaseModel):
+    limit: int = Field(50, ge=1, le=200)
+
+
 @blueprint.route("", methods=["POST"])
 @require(*WRITERS)
+@operation("Open a batch (one clinic session of many files)", body=BatchCreate,
+           responses={201: "the new batch"})
 def create():  # noqa: ANN201
-    body = _json_body()
-    label = body.get("label")
-    if label is not None and (not isinstance(label, str) or len(label) > 200):
-        raise ApiError(400, "label must be a string of at most 200 characters")
-    template = body.get("template")
-    if template is not None and (not isinstance(template, str) or len(template) > 200):
-        raise ApiError(400, "template must be a template name")
-    overrides = body.get("overrides")
-    if overrides is not None and not (
-        isinstance(overrides, dict)
-        and all(isinstance(v, dict) for v in overrides.values())
-    ):
-        raise ApiError(400, "overrides must map PatientID to an object of attribute values")
-    unknown = set(body) - {"label", "template", "overrides"}
-    if unknown:
-        raise ApiError(400, f"unknown fields: {', '.join(sorted(unknown))}")
+    body: BatchCreate = g.body
+    label, template, overrides = body.label, body.template, body.overrides
     user = current_user()
     batch = Batch(facility_id=user.facility_id, user_id=user.id, label=label)
     session = db()
@@ -75,12 +71,10 @@ def create():  # noqa: ANN201
 
 @blueprint.route("", methods=["GET"])
 @require()
+@operation("List batches, newest first", query=BatchListQuery)
 def list_batches():  # noqa: ANN201
     user = current_user()
-    try:
-        limit = min(max(int(request.args.get("limit", 50)), 1), 200)
-    except ValueError as exc:
-        raise ApiError(400, "limit must be an integer") from exc
+    limit = g.query.limit
     query = select(Batch).order_by(Batch.id.desc()).limit(limit)
     if user.role != Role.ADMIN:
         query = query.where(Batch.facility_id == user.facility_id)
@@ -89,6 +83,7 @@ def list_batches():  # noqa: ANN201
 
 @blueprint.route("/<int:batch_id>", methods=["GET"])
 @require()
+@operation("Batch status: every file, study and delivery")
 def show(batch_id: int):  # noqa: ANN201
     batch = _load(batch_id)
     return jsonify(batch_report(db(), batch))
@@ -96,6 +91,7 @@ def show(batch_id: int):  # noqa: ANN201
 
 @blueprint.route("/<int:batch_id>/complete", methods=["POST"])
 @require(*WRITERS)
+@operation("The client sent everything: forward when every file is processed")
 def complete(batch_id: int):  # noqa: ANN201
     batch = _load(batch_id)
     session = db()

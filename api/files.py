@@ -16,6 +16,7 @@ from api.auth import check_facility, current_user, require
 from api.context import db, resources
 from api.errors import ApiError
 from api.events import chunk_recorded, upload_created
+from api.openapi import STANDARD_ERRORS, operation
 from pipeline import intake
 from pipeline.models import Batch, Role, Upload, UploadState
 from pipeline.tus import (
@@ -33,6 +34,7 @@ from pipeline.tus import (
 from workers import chains
 
 blueprint = Blueprint("files", __name__)
+TUS_HEADER = ("Tus-Resumable", True, "1.0.0")
 WRITERS = (Role.UPLOADER, Role.ADMIN)
 
 
@@ -85,6 +87,8 @@ def _load(upload_id: str) -> Upload:
 
 @blueprint.route("", methods=["OPTIONS"])
 @blueprint.route("/<upload_id>", methods=["OPTIONS"])
+@operation("tus discovery and CORS preflight (no credentials)", public=True,
+           responses={204: "tus capabilities"}, errors=())
 def options(upload_id: str | None = None) -> Response:
     """Discovery and CORS preflight: browsers send it without credentials, so no auth."""
     settings = resources().settings
@@ -103,6 +107,11 @@ def options(upload_id: str | None = None) -> Response:
 
 @blueprint.route("", methods=["POST"])
 @require(*WRITERS)
+@operation("tus creation (and creation-with-upload)", responses={201: "created; see Location"},
+           errors=(*STANDARD_ERRORS, 409, 412, 413, 415, 460),
+           headers=(TUS_HEADER, ("Upload-Length", True, "file size in bytes"),
+                    ("Upload-Metadata", True, "filename and batch_id, base64"),
+                    ("Upload-Checksum", False, "sha1|sha256 <base64> of the body")))
 def create() -> Response:
     check_version(request.headers.get("Tus-Resumable"))
     settings = resources().settings
@@ -147,6 +156,7 @@ def create() -> Response:
 
 @blueprint.route("/<upload_id>", methods=["HEAD"])
 @require()
+@operation("tus offset of an upload", headers=(TUS_HEADER,), errors=(*STANDARD_ERRORS, 410, 412))
 def head(upload_id: str) -> Response:
     check_version(request.headers.get("Tus-Resumable"))
     upload = _load(upload_id)
@@ -155,6 +165,10 @@ def head(upload_id: str) -> Response:
 
 @blueprint.route("/<upload_id>", methods=["PATCH"])
 @require(*WRITERS)
+@operation("tus: append a chunk at Upload-Offset", responses={204: "stored; new Upload-Offset"},
+           errors=(*STANDARD_ERRORS, 409, 410, 412, 413, 415, 423, 460),
+           headers=(TUS_HEADER, ("Upload-Offset", True, "where this chunk starts"),
+                    ("Upload-Checksum", False, "sha1|sha256 <base64> of the body")))
 def patch(upload_id: str) -> Response:
     check_version(request.headers.get("Tus-Resumable"))
     if request.content_type != OFFSET_CONTENT_TYPE:
@@ -216,6 +230,8 @@ def _write_chunk(upload: Upload, offset: int, checksum) -> Upload:  # noqa: ANN0
 
 @blueprint.route("/<upload_id>", methods=["DELETE"])
 @require(*WRITERS)
+@operation("tus termination", responses={204: "terminated"}, headers=(TUS_HEADER,),
+           errors=(*STANDARD_ERRORS, 409, 410, 412))
 def terminate(upload_id: str) -> Response:
     check_version(request.headers.get("Tus-Resumable"))
     upload = _load(upload_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import func, select, text
 
 from api.auth import require
@@ -113,4 +113,5 @@ def _queue_depths() -> list[str]:
 @blueprint.route("/api/v1/openapi.json")
 @require()
 def openapi():  # noqa: ANN201
-    return jsonify(openapi_document())
+    """The OpenAPI 3 description of every /api/v1 route."""
+    return jsonify(openapi_document(current_app))

@@ -13,8 +13,9 @@ from sqlalchemy import func, select
 
 from api import metadata_errors
 from api.auth import current_user, require
-from api.batches import _json_body, _load  # the same body parsing and facility check
+from api.batches import _load  # the same facility check
 from api.context import db
+from api.openapi import json_object_body as _json_body
 from pipeline import batch_edits, study_organisation
 from pipeline.models import Instance, InstanceOrigin, Role
 from workers import chains

@@ -10,9 +10,9 @@ from flask import Blueprint, jsonify
 
 from api import metadata_errors
 from api.auth import check_facility, current_user, require
-from api.batches import _json_body
 from api.context import db
 from api.errors import ApiError
+from api.openapi import json_object_body as _json_body
 from pipeline import templates
 from pipeline.models import Facility, Role, UploadTemplate
 
