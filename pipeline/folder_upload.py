@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from tusclient import client as tus_client
-from tusclient.exceptions import TusCommunicationError
 
 from pipeline.folder_scan import FolderScan, ScannedFile
+from pipeline.tus_upload import upload_file
 
 EXIT_OK = 0
 EXIT_UPLOAD_FAILED = 2
 EXIT_QUARANTINED = 3
 EXIT_DELIVERY_FAILED = 4
 EXIT_NOT_FINISHED = 5
+SAVE_INTERVAL = 1.0
 
 
 def default_state_path(folder: Path, server: str) -> Path:
@@ -39,12 +39,16 @@ def default_state_path(folder: Path, server: str) -> Path:
 
 @dataclass
 class UploadState:
-    """What survives an interruption; written atomically after every change."""
+    """What survives an interruption; written atomically, at most every SAVE_INTERVAL
+    seconds while files stream in (the whole file each time: saving after every one of
+    thousands of files costs more CPU than the upload), and always at the end or on Ctrl-C.
+    A change lost to a hard kill only costs a HEAD (or a small file sent again)."""
 
     path: Path
     batch_id: int | None = None
     files: dict[str, dict] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    saved_at: float = field(default=float("-inf"), repr=False)
 
     @classmethod
     def load(cls, path: Path) -> UploadState:
@@ -55,8 +59,11 @@ class UploadState:
             state.files = data.get("files", {})
         return state
 
-    def save(self) -> None:
+    def save(self, force: bool = True) -> None:
         with self.lock:
+            if not force and time.monotonic() - self.saved_at < SAVE_INTERVAL:
+                return
+            self.saved_at = time.monotonic()
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"batch_id": self.batch_id, "files": self.files}, indent=1))
@@ -80,6 +87,16 @@ class GatewayClient:
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {token}"
         self.timeout = timeout
+        self.local = threading.local()
+
+    def thread_http(self) -> requests.Session:
+        """A keep-alive session for the calling upload thread (Sessions are not shared
+        across threads)."""
+        http = getattr(self.local, "http", None)
+        if http is None:
+            http = self.local.http = requests.Session()
+            http.headers["Authorization"] = self.http.headers["Authorization"]
+        return http
 
     def _json(self, response: requests.Response) -> dict:
         if response.status_code >= 400:
@@ -101,14 +118,6 @@ class GatewayClient:
     def complete(self, batch_id: int) -> dict:
         return self._json(self.http.post(f"{self.server}/api/v1/batches/{batch_id}/complete",
                                          timeout=self.timeout))
-
-    def tus(self) -> tus_client.TusClient:
-        return tus_client.TusClient(f"{self.server}/api/v1/files",
-                                    headers={"Authorization": self.http.headers["Authorization"]})
-
-    def upload_exists(self, url: str) -> bool:
-        response = self.http.head(url, headers={"Tus-Resumable": "1.0.0"}, timeout=self.timeout)
-        return response.status_code == 200
 
 
 Progress = Callable[[int], None]
@@ -153,26 +162,17 @@ def _upload_one(client: GatewayClient, state: UploadState, batch_id: int, rel: s
         progress(scanned.size)
         resumed(scanned.size)
         return
-    url = entry["url"]
-    if url and not client.upload_exists(url):
-        url = None  # expired or terminated on the server: start this file over
-    uploader = client.tus().uploader(
-        file_path=str(scanned.path), url=url, chunk_size=chunk_size, upload_checksum=True,
-        retries=5, retry_delay=2,
-        metadata={"filename": rel, "batch_id": str(batch_id)},
-    )
-    if entry["url"] != uploader.url:
-        entry["url"] = uploader.url
-        state.save()
-    progress(uploader.offset)  # what the server already had
-    resumed(uploader.offset)
-    size = uploader.get_file_size()
-    while uploader.offset < size:
-        before = uploader.offset
-        uploader.upload_chunk()
-        progress(uploader.offset - before)
+
+    def created(url: str) -> None:
+        entry["url"] = url
+        state.save(force=False)
+
+    already = upload_file(client.thread_http(), f"{client.server}/api/v1/files", scanned.path,
+                          url=entry["url"], metadata={"filename": rel, "batch_id": str(batch_id)},
+                          chunk_size=chunk_size, on_created=created, progress=progress)
+    resumed(already)
     entry["done"] = True
-    state.save()
+    state.save(force=False)
 
 
 def upload_folder(
@@ -200,7 +200,8 @@ def upload_folder(
         state.save()
     batch_id = state.batch_id
     failures: list[tuple[str, str]] = []
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
         futures = {
             pool.submit(_upload_one, client, state, batch_id, f.path.relative_to(root).as_posix(), f,
                         chunk_size, progress, resumed): f
@@ -209,9 +210,13 @@ def upload_folder(
         for future in as_completed(futures):
             try:
                 future.result()
-            except (TusCommunicationError, requests.RequestException, OSError, RuntimeError) as exc:
+            except (requests.RequestException, OSError, RuntimeError) as exc:
                 rel = futures[future].path.relative_to(root).as_posix()
                 failures.append((rel, str(exc)[:200]))
+    finally:
+        # Ctrl-C: files not started yet are dropped, those under way finish their request.
+        pool.shutdown(wait=True, cancel_futures=True)
+        state.save()
     return batch_id, failures
 
 
