@@ -1,0 +1,106 @@
+"""Forecasting on series whose structure is known: the model must find it, or fall back."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import pytest
+
+from pipeline import forecasting as fc
+
+START = date(2025, 1, 6)  # a Monday
+# One or two small candidates keep the unit suite fast; the default grid is for production.
+GRID = (((1, 0, 0), (0, 1, 1, 7)),)
+
+
+def weekly(n: int, *, trend: float = 0.3, noise: float = 4.0, seed: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    profile = np.array([120, 110, 115, 105, 100, 30, 10], dtype=float)  # quiet weekends
+    return np.maximum(profile[t % 7] + trend * t + rng.normal(0, noise, n), 0)
+
+
+def test_daily_series_fills_missing_days_with_zero():
+    values = {START: 5, START + timedelta(days=3): 7, START - timedelta(days=1): 99}
+    assert fc.daily_series(values, START, START + timedelta(days=4)).tolist() == [5, 0, 0, 7, 0]
+
+
+def test_weekly_cycle_with_trend_beats_seasonal_naive():
+    y = weekly(168)
+    result = fc.forecast_series(y, START, horizon=14, grid=GRID, folds=2)
+    assert result.model == "sarimax", result.fallback_reason
+    assert result.order == [[1, 0, 0], [0, 1, 1, 7]]
+    assert result.aic is not None and result.backtest["model"]["folds"] == 2
+    assert result.backtest["model"]["mase"] < result.backtest["seasonal_naive"]["mase"]
+    points = result.points()
+    assert len(points) == 14 and points[0]["day"] == (START + timedelta(days=168)).isoformat()
+    # The weekly shape survives: a Monday well above the Sunday next to it.
+    assert points[0]["mean"] > 2 * points[6]["mean"]
+    for p in points:
+        assert 0 <= p["lo95"] <= p["lo80"] <= p["mean"] <= p["hi80"] <= p["hi95"]
+    # The trend carries on: next Monday near the last Monday plus a week's growth.
+    assert abs(points[0]["mean"] - (120 + 0.3 * 168)) < 20
+
+
+def test_flat_series_keeps_seasonal_naive():
+    result = fc.forecast_series(np.full(140, 50.0), START, horizon=14, grid=GRID, folds=2)
+    assert result.model == "seasonal_naive"
+    assert result.fallback_reason
+    assert [p["mean"] for p in result.points()] == [50.0] * 14
+    assert all(p["lo95"] == p["hi95"] == 50.0 for p in result.points())
+
+
+def test_short_series_falls_back_and_says_why():
+    y = weekly(30)
+    result = fc.forecast_series(y, START, horizon=10, grid=GRID)
+    assert result.model == "seasonal_naive"
+    assert "short history" in result.fallback_reason
+    means = [p["mean"] for p in result.points()]
+    assert means[:7] == pytest.approx(list(np.round(y[-7:], 4)))
+    assert means[7:] == means[:3]
+    # Intervals widen with the weeks ahead.
+    width = [p["hi95"] - p["lo95"] for p in result.points()]
+    assert width[7] > width[0]
+
+
+def test_closure_week_is_a_regressor_not_a_new_normal():
+    n = 168
+    y = weekly(n, trend=0.0)
+    # Closed two weeks before the end (and once earlier, so the regressor can be estimated
+    # before the first backtest origin): the last holdout is the week after the closure.
+    closed_days = [*range(70, 77), *range(n - 14, n - 7)]
+    y[closed_days] = 0
+    closed = [START + timedelta(days=d) for d in closed_days]
+    result = fc.forecast_series(y, START, horizon=7, grid=GRID, folds=2, closed=closed)
+    assert result.regressors == ["closed"]
+    assert result.model == "sarimax", result.fallback_reason
+    # Seasonal naive copies the closed week into the next one; the model expects a normal week.
+    assert result.backtest["seasonal_naive"]["mae"] > 3 * result.backtest["model"]["mae"]
+    assert result.points()[0]["mean"] > 90
+
+
+def test_known_future_closure_is_zero():
+    y = weekly(140)
+    holiday = START + timedelta(days=142)
+    result = fc.forecast_series(y, START, horizon=7, grid=GRID, folds=1, closed=[holiday])
+    assert result.points()[2]["mean"] == 0.0
+
+
+def test_failed_fit_falls_back(monkeypatch):
+    def broken(*_args, **_kwargs):
+        raise fc.FitFailed("LinAlgError: LU decomposition error")
+
+    monkeypatch.setattr(fc, "fit", broken)
+    result = fc.forecast_series(weekly(140), START, horizon=14, grid=GRID)
+    assert result.model == "seasonal_naive"
+    assert "every fit failed" in result.fallback_reason
+    assert result.candidates[0]["error"].startswith("LinAlgError")
+
+
+def test_pipeline_forecasting_is_pure():
+    from pathlib import Path
+
+    lines = Path(fc.__file__).read_text().splitlines()
+    imports = [line for line in lines if line.startswith(("import ", "from "))]
+    assert not [line for line in imports if any(n in line for n in ("flask", "celery", "sqlalchemy"))]
