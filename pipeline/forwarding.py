@@ -13,9 +13,11 @@ rows wait, and the breaker probes it until it answers.
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, update
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from pipeline import breaker
 from pipeline import renditions as renditions_for
-from pipeline.destinations import InstanceOutcome, Sender, TransientDestinationError
+from pipeline.destinations import InstanceOutcome, OutgoingInstance, Sender, TransientDestinationError
 from pipeline.models import Delivery, DeliveryState, Instance, Study, utcnow
 from pipeline.storage import ObjectMissing, ObjectStore
 
@@ -37,6 +39,43 @@ def retry_delay(attempt: int, cap: float = 1800.0) -> float:
     outage is waited out rather than hammered, and many workers do not retry in step."""
     step = min(cap, 5.0 * 2 ** max(attempt - 1, 0))
     return step / 2 + random.uniform(0, step / 2)
+
+
+# Objects of one batch are read concurrently, up to this many bytes held in memory; bigger
+# ones stream from storage while the request is sent.
+PREFETCH_BYTES = 64 * 1024 * 1024
+PREFETCH_THREADS = 8
+_readers: ThreadPoolExecutor | None = None
+
+
+def _read_all(instance: OutgoingInstance) -> bytes:
+    with instance.open() as body:
+        return body.read()
+
+
+def prefetch(outgoing: list[OutgoingInstance]) -> list[OutgoingInstance]:
+    """Read a batch's objects in parallel before the request: storage latency then overlaps
+    instead of stalling the STOW body one object at a time. A failed read falls back to the
+    lazy open, so its error surfaces where it always did."""
+    global _readers
+    if _readers is None:
+        _readers = ThreadPoolExecutor(max_workers=PREFETCH_THREADS, thread_name_prefix="prefetch")
+    budget = PREFETCH_BYTES
+    futures = {}
+    for instance in outgoing:
+        if instance.size <= budget:
+            budget -= instance.size
+            futures[instance.sop_instance_uid] = _readers.submit(_read_all, instance)
+    ready = []
+    for instance in outgoing:
+        future = futures.get(instance.sop_instance_uid)
+        try:
+            data = future.result() if future is not None else None
+        except Exception:  # noqa: BLE001 - the sender will open it again and report why
+            data = None
+        ready.append(instance if data is None
+                     else replace(instance, open=lambda data=data: io.BytesIO(data)))
+    return ready
 
 
 @dataclass
@@ -158,14 +197,17 @@ class _Batcher:
         """False when the destination is unavailable and the run should stop."""
         instances = {i.id: i for i in self.session.scalars(
             select(Instance).where(Instance.id.in_([d.instance_id for d in group])))}
+        renditions_for.preload(self.session, list(instances))
         now = utcnow()
         prepared = {}
         for delivery in list(group):
             try:
                 prepared[delivery.id] = renditions_for.prepare(
                     self.session, self.store, instances[delivery.instance_id])
-            except ObjectMissing:
-                _dead_letter(delivery, now, "stored object is missing", "missing")
+            except ObjectMissing as exc:
+                # ObjectArchived (issue 6: cold bytes, restore requested) carries its own reason.
+                _dead_letter(delivery, now, getattr(exc, "reason", "stored object is missing"),
+                             getattr(exc, "status", "missing"))
                 self.result.failed += 1
                 group.remove(delivery)
         for delivery in group:
@@ -173,9 +215,9 @@ class _Batcher:
         checkpoint()
         if not group:
             return True
+        outgoing = prefetch([prepared[d.id].outgoing for d in group])
         try:
-            outcomes = self.sender.send(self.study.study_instance_uid,
-                                        [prepared[d.id].outgoing for d in group])
+            outcomes = self.sender.send(self.study.study_instance_uid, outgoing)
         except TransientDestinationError as exc:
             now = utcnow()
             breaker.record_failure(self.session, self.destination_id, str(exc), now)

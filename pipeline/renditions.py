@@ -37,6 +37,7 @@ from pipeline.metadata_rewrite import (
     rewrite_part10,
 )
 from pipeline.models import Instance, InstanceOrigin, InstanceRendition, Series, Study
+from pipeline.restore import require_readable
 from pipeline.storage import ObjectStore, iter_object
 from pipeline.study_organisation import first_instance_id
 
@@ -150,6 +151,13 @@ def _inherited(session: Session, store: ObjectStore, study: Study) -> Edits:
     return inherited
 
 
+def preload(session: Session, instance_ids: list[int]) -> None:
+    """Load a batch's origin rows in one query, so ``prepare`` finds them in the session's
+    identity map instead of asking the database once per instance."""
+    if instance_ids:
+        session.scalars(select(InstanceOrigin).where(InstanceOrigin.instance_id.in_(instance_ids))).all()
+
+
 def planned_edits(session: Session, store: ObjectStore, instance: Instance) -> Edits:
     """Every change the instance needs on its way out (empty: send the original)."""
     origin = session.get(InstanceOrigin, instance.id)
@@ -191,6 +199,9 @@ def prepare(session: Session, store: ObjectStore, instance: Instance) -> Renditi
     Raises ``RenditionError`` when edits apply but the file cannot be rewritten: sending the
     unedited original instead could file images under the wrong patient.
     """
+    # Issue 6: cold bytes (archive class, or inside a bundle) are read through a restore;
+    # this records one and raises ObjectArchived (an ObjectMissing) that says when.
+    require_readable(session, instance)
     edits = planned_edits(session, store, instance)
     if not edits:
         return original(store, instance)
