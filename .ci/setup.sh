@@ -21,6 +21,8 @@ wait_port() {  # PORT NAME
 
 # --- system packages -------------------------------------------------------------------------
 packages=(orthanc orthanc-dicomweb dcmtk docker-compose postgresql redis-server python3-venv)
+# Headless Chromium for the dashboard test (Debian's own browser and driver, no download).
+packages+=(chromium chromium-driver)
 # A C compiler builds the LD_PRELOAD shim that keeps the test Orthanc on loopback.
 command -v cc >/dev/null || packages+=(gcc libc6-dev)
 missing=()

@@ -66,6 +66,16 @@ def beat() -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8001, show_default=True, type=int)
+def events(host: str, port: int) -> None:
+    """Serve GET /api/v1/events (SSE from Redis; asyncio, thousands of open streams)."""
+    from api.event_stream import serve
+
+    serve(load_settings(), host, port)
+
+
+@main.command()
 @click.option("--aet", required=True, help="this SCP's AE title (modalities call it)")
 @click.option("--port", required=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True)

@@ -7,6 +7,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.accounts import create_user
@@ -60,7 +61,8 @@ class Seeder:
         if state == UploadState.PARSED:
             sop = f"2.25.{secrets.randbits(64)}"
             key = (batch.facility_id, study_uid)
-            study = self.studies.get(key)
+            study = self.studies.get(key) or self.session.scalar(select(Study).where(
+                Study.facility_id == batch.facility_id, Study.study_instance_uid == study_uid))
             if study is None:
                 study = Study(facility_id=batch.facility_id, study_instance_uid=study_uid,
                               modality=modality, created_at=at)
