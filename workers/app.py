@@ -24,6 +24,7 @@ app.conf.imports = ["workers.tasks", "workers.analytics_tasks"]  # loaded by wor
 def _fresh_connections_after_fork(**_: object) -> None:
     # A forked child must not share the parent's pooled database connections.
     runtime.reset()
+    runtime.warm_up()
 
 
 @setup_logging.connect
