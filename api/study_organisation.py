@@ -12,11 +12,11 @@ from flask import Blueprint, jsonify
 from sqlalchemy import func, select
 
 from api import metadata_errors
-from api.auth import current_user, require
+from api.auth import actor, current_user, require
 from api.batches import _load  # the same facility check
 from api.context import db
 from api.openapi import json_object_body as _json_body
-from pipeline import batch_edits, study_organisation
+from pipeline import audit, batch_edits, study_organisation
 from pipeline.models import Instance, InstanceOrigin, Role
 from workers import chains
 
@@ -41,6 +41,8 @@ def move(batch_id: int):  # noqa: ANN201
     session = db()
     result = study_organisation.move(session, batch, current_user(), _json_body())
     target_uid = result.target.study_instance_uid
+    audit.record(session, actor(), "batch.instances_moved", f"batch:{batch.id}",
+                 {"instances": result.moved, "change_id": result.change_id})
     session.commit()
     # Deliveries already planned now wait under the target study: send them from there.
     chains.enqueue_forwarding(result.pending)
@@ -82,7 +84,11 @@ def patient(batch_id: int, patient_id: str):  # noqa: ANN201
 def override(batch_id: int, patient_id: str):  # noqa: ANN201
     """Merge attribute values into the patient's override; ``null`` removes one."""
     batch = _load(batch_id)
-    current = batch_edits.set_override(db(), batch, current_user(), patient_id, _json_body())
+    body = _json_body()
+    current = batch_edits.set_override(db(), batch, current_user(), patient_id, body)
+    # Keywords only: the trail is shown to any admin and never holds patient data.
+    audit.record(db(), actor(), "batch.override_changed", f"batch:{batch.id}",
+                 {"attributes": sorted(body)})
     db().commit()
     return jsonify({"patient_id": patient_id, "override": current})
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from api import metadata_errors
-from api.auth import check_facility, current_user, require
+from api.auth import actor, check_facility, current_user, require
 from api.context import db
 from api.errors import ApiError
 from api.openapi import json_object_body as _json_body
-from pipeline import templates
+from pipeline import audit, templates
 from pipeline.models import Facility, Role, UploadTemplate
 
 blueprint = Blueprint("templates", __name__)
@@ -39,6 +39,8 @@ def create():  # noqa: ANN201
         raise ApiError(400, "facility_id must name an existing facility")
     check_facility(facility_id)
     template = templates.create_template(db(), user, facility_id, body)
+    audit.record(db(), actor(), "template.created", f"template:{template.id}",
+                 {"attributes": sorted(template.attributes)})
     db().commit()
     response = jsonify(templates.describe(template))
     response.status_code = 201
@@ -66,6 +68,8 @@ def show(template_id: int):  # noqa: ANN201
 def update(template_id: int):  # noqa: ANN201
     template = _load(template_id)
     templates.update_template(db(), current_user(), template, _json_body())
+    audit.record(db(), actor(), "template.updated", f"template:{template.id}",
+                 {"attributes": sorted(template.attributes)})
     db().commit()
     return jsonify(templates.describe(template))
 
@@ -76,5 +80,6 @@ def delete(template_id: int):  # noqa: ANN201
     # Batches keep the values they applied (in their change log): deleting is always safe.
     template = _load(template_id)
     db().delete(template)
+    audit.record(db(), actor(), "template.deleted", f"template:{template_id}")
     db().commit()
     return "", 204

@@ -147,8 +147,9 @@ def started_deliveries(session: Session, study_ids: Iterable[int] = (),
         return 0
     scope = or_(Delivery.study_id.in_(study_ids), Delivery.instance_id.in_(instance_ids))
     if lock:
-        session.execute(
-            select(Delivery.id).where(scope, Delivery.state == DeliveryState.PENDING).with_for_update()
+        session.execute(  # in id order, so two editors never lock each other's rows crosswise
+            select(Delivery.id).where(scope, Delivery.state == DeliveryState.PENDING)
+            .order_by(Delivery.id).with_for_update()
         )
     return len(session.scalars(
         select(Delivery.id).where(

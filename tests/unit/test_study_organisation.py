@@ -219,6 +219,15 @@ def test_override_and_template_reach_the_rendition_and_moved_instances_follow(
     assert [(c["kind"], c["subject"]) for c in log][:2] == [("override", "P1"), ("override", "P1")]
     assert log[1]["detail"] == {"set": {}, "removed": ["PatientBirthDate"]}
 
+    # The audit trail names keywords and counts, never the patient.
+    from pipeline.models import AuditEvent
+
+    session.expire_all()
+    events = session.query(AuditEvent).filter(AuditEvent.action.in_(
+        ["batch.override_changed", "batch.instances_moved"])).order_by(AuditEvent.id).all()
+    assert [e.action for e in events] == ["batch.override_changed"] * 2 + ["batch.instances_moved"]
+    assert "P1" not in repr([e.detail for e in events]) and "Doe" not in repr([e.detail for e in events])
+
 
 def test_edits_are_refused_once_deliveries_started(client, uploader, clinic_day, session):
     batch_id, uids, series, files = clinic_day
