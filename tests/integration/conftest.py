@@ -223,16 +223,16 @@ def make_user(gateway_env: dict[str, str]) -> Callable[..., str]:
 
 @pytest.fixture(scope="session")
 def add_stow_destination(gateway_env: dict[str, str], orthanc: Orthanc) -> Callable[..., str]:
-    """``add_stow_destination(name, stow_url=None, facility=None) -> name``: a STOW-RS
+    """``add_stow_destination(name, stow_url=None, *, facility) -> name``: a STOW-RS
     destination pointing at the test Orthanc (``relaypacs destinations add NAME --stow-url URL``),
-    serving only ``facility`` when given."""
+    serving only ``facility``."""
 
-    def add(name: str, stow_url: str | None = None, facility: str | None = None) -> str:
+    def add(name: str, stow_url: str | None = None, *, facility: str) -> str:
         # Tests share one database: a destination bound to the test's own facility keeps
-        # other modules' destinations out of its deliveries.
-        extra = ["--facility", facility] if facility else []
+        # other modules' destinations out of its deliveries (so the facility is required).
         run_cli(
-            ["destinations", "add", name, "--stow-url", stow_url or orthanc.dicomweb_url, *extra],
+            ["destinations", "add", name, "--stow-url", stow_url or orthanc.dicomweb_url,
+             "--facility", facility],
             gateway_env,
         )
         return name

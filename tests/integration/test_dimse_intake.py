@@ -84,8 +84,8 @@ def scp(gateway_env, it_dir, facility) -> Iterator[StorageScpProcess]:
 
 
 @pytest.fixture(scope="module")
-def stow_destination(add_stow_destination) -> str:
-    return add_stow_destination("orthanc-dimse-intake")
+def stow_destination(add_stow_destination, facility) -> str:
+    return add_stow_destination("orthanc-dimse-intake", facility=facility)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ TEMPLATE = {
 
 @pytest.fixture(scope="module")
 def stow_destination(add_stow_destination):
-    return add_stow_destination("orthanc-edits")
+    return add_stow_destination("orthanc-edits", facility="Clinic East")
 
 
 @pytest.fixture
