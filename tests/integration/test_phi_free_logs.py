@@ -1,0 +1,63 @@
+"""No patient name, ID, birth date or accession number in any log line, at any level.
+
+Instances carrying unmistakable values go through the whole pipeline (upload, a per-patient
+override, quarantine of a broken copy, forwarding), then every log file the servers wrote
+is scanned for those values.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pydicom
+import pytest
+
+from tests.integration.gateway_client import Gateway
+from tests.sample_data import synthetic_study
+
+pytestmark = pytest.mark.integration
+
+PHI = {
+    "PatientName": "Canaryphi^Ottilie",
+    "PatientID": "PHICANARY4711",
+    "PatientBirthDate": "19230417",
+    "AccessionNumber": "ACCPHI0815",
+}
+
+
+def with_phi(data: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for keyword, value in PHI.items():
+        setattr(ds, keyword, value)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_logs_never_carry_patient_data(api_server, make_user, worker, add_stow_destination,
+                                       orthanc_clean, it_dir):
+    add_stow_destination("orthanc-phi", facility="PHI Clinic")
+    gateway = Gateway(api_server.url, make_user("PHI Clinic", "uploader"))
+    files = [with_phi(d) for d in synthetic_study(4)]
+    batch_id = gateway.open_batch(label="phi scan")
+    response = gateway.http.patch(
+        f"{api_server.url}/api/v1/batches/{batch_id}/patients/{PHI['PatientID']}",
+        json={"InstitutionName": "PHI Test Hospital"}, timeout=10)
+    assert response.status_code < 500
+    for i, data in enumerate(files):
+        gateway.upload(batch_id, data, f"phi{i}.dcm")
+    gateway.upload(batch_id, files[0][:-500], "phi-truncated.dcm")  # quarantined
+    gateway.complete(batch_id)
+    report = gateway.wait_state(batch_id, "done", timeout=90)
+    assert report["totals"]["deliveries_by_state"] == {"delivered": 4}
+
+    logs = sorted(p for p in it_dir.rglob("*.log") if p.is_file())
+    assert any("api" in p.name for p in logs) and any("worker" in p.name for p in logs)
+    findings = []
+    for path in logs:
+        text = path.read_text(errors="replace")
+        for keyword, value in PHI.items():
+            for needle in {value, value.replace("^", " ")}:
+                if needle in text:
+                    findings.append(f"{path.name}: {keyword}")
+    assert findings == []
