@@ -28,6 +28,13 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 3600.0,
         "options": {"expires": 3500},
     },
+    # Scheduled exports (issue 8): schedules live in report_definitions; this tick creates
+    # the due runs (unique per report and slot, so a second beat is harmless).
+    "exports-dispatch-due": {
+        "task": "exports.dispatch_due",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
     # Hourly stats for dashboards: incremental, so a minute's run touches only what changed.
     "analytics-refresh-stats": {
         "task": "analytics.refresh_stats",

@@ -14,6 +14,7 @@ from api import (
     files,
     health,
     observability,
+    reports,
     study_organisation,
     templates,
 )
@@ -69,5 +70,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(deliveries.blueprint, url_prefix="/api/v1/deliveries")
     app.register_blueprint(audit_log.blueprint, url_prefix="/api/v1/audit")
     app.register_blueprint(analytics.blueprint, url_prefix="/api/v1/analytics")
+    app.register_blueprint(reports.blueprint, url_prefix="/api/v1/reports")
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
     return app

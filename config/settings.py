@@ -50,6 +50,16 @@ class Settings:
     rate_limits: tuple[tuple[str, int], ...] = (("upload", 3000), ("read", 600), ("write", 120))
     # tus uploads one user may have open (created, not finished) at once.
     max_open_uploads: int = 2000
+    # Scheduled exports (issue 8): SMTP as smtp://[user:pass@]host:port[?starttls=1].
+    smtp_url: str | None = None
+    mail_from: str = "relaypacs@localhost"
+    # Attachments up to this size in total; above it the mail carries presigned links.
+    export_attachment_limit_bytes: int = 10 * 1024**2
+    export_link_ttl_seconds: int = 7 * 24 * 3600
+    # A run "working" this long has a dead worker: the dispatcher queues it again.
+    export_working_timeout_seconds: int = 1800
+    export_max_attempts: int = 5
+    export_retry_base_seconds: int = 60
     extra: dict[str, str] = field(default_factory=dict)
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -114,4 +124,19 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         rate_limits=tuple(rate_limits.items()),
         max_open_uploads=_int(env, "RELAYPACS_MAX_OPEN_UPLOADS", Settings.max_open_uploads),
+        smtp_url=env.get("RELAYPACS_SMTP_URL") or None,
+        mail_from=env.get("RELAYPACS_MAIL_FROM") or Settings.mail_from,
+        export_attachment_limit_bytes=_int(
+            env, "RELAYPACS_EXPORT_ATTACHMENT_LIMIT_BYTES", Settings.export_attachment_limit_bytes
+        ),
+        export_link_ttl_seconds=_int(
+            env, "RELAYPACS_EXPORT_LINK_TTL_SECONDS", Settings.export_link_ttl_seconds
+        ),
+        export_working_timeout_seconds=_int(
+            env, "RELAYPACS_EXPORT_WORKING_TIMEOUT_SECONDS", Settings.export_working_timeout_seconds
+        ),
+        export_max_attempts=_int(env, "RELAYPACS_EXPORT_MAX_ATTEMPTS", Settings.export_max_attempts),
+        export_retry_base_seconds=_int(
+            env, "RELAYPACS_EXPORT_RETRY_BASE_SECONDS", Settings.export_retry_base_seconds
+        ),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -36,15 +36,18 @@ GROUPINGS = ("hour", "day", "week", "month", "facility", "modality", "user")
 TIME_GROUPINGS = ("hour", "day", "week", "month")
 PERIODS = ("yesterday", "last_week", "last_month", "last_7_days", "last_30_days", "last_365_days")
 FORMATS = ("xlsx", "pdf", "csv")
-_EMAIL = re.compile(r"^[^@\s<>,;]+@[^@\s<>,;]+\.[^@\s<>,;]+$")
+_EMAIL = re.compile(r"^[^@\s<>,;\x00-\x1f]+@[^@\s<>,;\x00-\x1f]+\.[^@\s<>,;\x00-\x1f]+$")
+# Database ids are 32-bit on PostgreSQL; larger numbers are refused here, not by the driver.
+RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Modality = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_]+$")]
 
 
 class ReportFilters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # None: the report's own facility (admins may name others, checked by the API).
-    facility_ids: list[int] | None = None
-    modalities: list[str] | None = None
-    user_ids: list[int] | None = None
+    facility_ids: list[RowId] | None = Field(default=None, max_length=500)
+    modalities: list[Modality] | None = Field(default=None, max_length=50)
+    user_ids: list[RowId] | None = Field(default=None, max_length=500)
     period: Literal[PERIODS] = "last_week"  # type: ignore[valid-type]
 
 
@@ -69,6 +72,8 @@ class ReportSpec(BaseModel):
         value = value.strip()
         if not value:
             raise ValueError("name must not be blank")
+        if any(ord(c) < 32 for c in value):
+            raise ValueError("name must not contain control characters")
         return value
 
     @field_validator("metrics")

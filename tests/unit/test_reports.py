@@ -1,0 +1,178 @@
+"""Report definitions API and the run life cycle on SQLite: validation and scoping, one run
+per slot with two dispatchers, missed slots, stuck runs, build + mail once, download."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from openpyxl import load_workbook
+from sqlalchemy import select
+
+from api import reports as reports_api
+from pipeline import report_delivery, report_runs
+from pipeline.models import AuditEvent, ReportDefinition, ReportRun, ReportRunState
+from pipeline.report_definitions import period_bounds
+from tests.analytics_seed import Seeder
+
+MONDAY = datetime(2026, 3, 30, 5, 0, tzinfo=UTC)  # 07:00 in Berlin, the first summer-time Monday
+BODY = {"name": "Weekly QA", "metrics": ["uploads", "bytes", "quarantined", "delivery_success_rate",
+                                         "delivery_latency_p95", "quarantined_by_reason", "forecast"],
+        "grouping": ["day"], "formats": ["xlsx", "pdf", "csv"], "recipients": ["qa@clinic.test"],
+        "schedule": "weekly", "timezone": "Europe/Berlin", "filters": {"period": "last_week"}}
+
+
+def auth(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def queued(monkeypatch):
+    calls: list[int] = []
+    monkeypatch.setattr(reports_api, "_enqueue", calls.append)
+    return calls
+
+
+@pytest.fixture
+def world(session, make_token):
+    seed = Seeder(session)
+    facility, uploader, _ = seed.user("Reports North")
+    batch = seed.batch(facility, uploader, MONDAY - timedelta(days=5))
+    for i in range(12):
+        seed.upload(batch, MONDAY - timedelta(days=5, hours=-i), modality="=1+1" if i % 2 else "CT",
+                    latencies_ms=(500 + i,))
+    seed.upload(batch, MONDAY - timedelta(days=4), state="quarantined")
+    session.commit()
+    from pipeline import stats
+
+    stats.rebuild_all(session, now=MONDAY)
+    session.commit()
+    return {"facility": facility, "qa": make_token("Reports North", "qa_manager"),
+            "other_qa": make_token("Reports South", "qa_manager"),
+            "uploader": make_token("Reports North", "uploader")}
+
+
+def test_create_validates_and_scopes(client, world):
+    bad = client.post("/api/v1/reports", json={**BODY, "timezone": "Berlin"}, headers=auth(world["qa"]))
+    assert bad.status_code == 400 and "unknown timezone" in bad.get_json()["error"]["message"]
+    bad = client.post("/api/v1/reports", json={**BODY, "schedule": "every monday"}, headers=auth(world["qa"]))
+    assert bad.status_code == 400 and "cron" in bad.get_json()["error"]["message"]
+    assert client.post("/api/v1/reports", json=BODY, headers=auth(world["uploader"])).status_code == 403
+    created = client.post("/api/v1/reports", json=BODY, headers=auth(world["qa"]))
+    assert created.status_code == 201, created.get_json()
+    report = created.get_json()
+    assert report["cron"] == "0 7 * * 1" and report["facility_id"] == world["facility"]
+    assert client.post("/api/v1/reports", json=BODY, headers=auth(world["qa"])).status_code == 409
+    assert client.get(f"/api/v1/reports/{report['id']}", headers=auth(world["other_qa"])).status_code == 403
+    other = client.post("/api/v1/reports", json={**BODY, "filters": {"facility_ids": [world["facility"]]}},
+                        headers=auth(world["other_qa"]))
+    assert other.status_code == 403
+    listing = client.get("/api/v1/reports", headers=auth(world["other_qa"])).get_json()
+    assert listing["reports"] == []
+    assert client.get("/api/v1/reports/catalogue", headers=auth(world["qa"])).status_code == 200
+
+
+def _definition(session, client, world) -> ReportDefinition:
+    report = client.post("/api/v1/reports", json=BODY, headers=auth(world["qa"])).get_json()
+    definition = session.get(ReportDefinition, report["id"])
+    session.refresh(definition)
+    return definition
+
+
+def test_two_dispatchers_one_run_and_missed_slots_run_once(app, session, client, world):
+    definition = _definition(session, client, world)
+    definition.next_due_at = MONDAY - timedelta(weeks=3)  # the beat was down for three weeks
+    session.commit()
+    other = app.extensions["relaypacs"].session_factory()
+    first = report_runs.dispatch_due(session, MONDAY + timedelta(minutes=1))
+    session.commit()
+    # A second beat as of the same minute: its definition row is stale, the run key is not.
+    other.get(ReportDefinition, definition.id).next_due_at = MONDAY - timedelta(weeks=3)
+    second = report_runs.dispatch_due(other, MONDAY + timedelta(minutes=1))
+    other.commit()
+    other.close()
+    runs = session.scalars(select(ReportRun)).all()
+    assert len(first) == 1 and second == [] and len(runs) == 1
+    assert runs[0].due_at == MONDAY and runs[0].run_key == f"report-{definition.id}@2026-03-30T05:00Z"
+    session.refresh(definition)
+    assert definition.next_due_at == MONDAY + timedelta(weeks=1)
+    assert report_runs.dispatch_due(session, MONDAY + timedelta(minutes=2)) == []
+
+
+def test_stuck_working_run_is_recovered_after_timeout(session, client, world):
+    definition = _definition(session, client, world)
+    run = report_runs.run_now(session, definition, MONDAY)
+    session.commit()
+    assert report_runs.claim(session, run.id, MONDAY, 600)
+    assert not report_runs.claim(session, run.id, MONDAY + timedelta(seconds=5), 600)  # a duplicate task
+    session.commit()
+    assert report_runs.recover_stuck(session, MONDAY + timedelta(seconds=300), 600) == []
+    assert report_runs.recover_stuck(session, MONDAY + timedelta(seconds=601), 600) == [run.id]
+    session.commit()
+    session.refresh(run)
+    assert run.state == ReportRunState.QUEUED and "worker lost" in run.error
+    assert report_runs.claim(session, run.id, MONDAY + timedelta(seconds=602), 600)
+
+
+def test_run_builds_mails_once_and_downloads(app, session, client, world, monkeypatch, queued):
+    definition = _definition(session, client, world)
+    accepted = client.post(f"/api/v1/reports/{definition.id}/run", headers=auth(world["qa"]))
+    assert accepted.status_code == 202
+    run = session.get(ReportRun, queued[0])
+    run.due_at = MONDAY  # as if due on Monday: last week holds the seeded uploads
+    run.period_start, run.period_end = period_bounds("last_week", MONDAY, "Europe/Berlin")
+    session.commit()
+    sent: list = []
+    monkeypatch.setattr(report_delivery, "send",
+                        lambda smtp, message: sent.append(message) or ["qa@clinic.test"])
+    store = app.extensions["relaypacs"].store
+    assert report_runs.claim(session, run.id, MONDAY, 600)
+    report_runs.build_artifacts(session, store, run)
+    smtp = report_delivery.Smtp("127.0.0.1", 25)
+    report_runs.deliver(session, store, run, smtp, "gw@test", 10 * 1024**2, 3600, MONDAY)
+    report_runs.deliver(session, store, run, smtp, "gw@test", 10 * 1024**2, 3600, MONDAY)  # a redelivery
+    session.commit()
+    assert len(sent) == 1 and run.state == ReportRunState.SUCCEEDED and run.delivery == "attachment"
+    names = sorted(p.get_filename() for p in sent[0].iter_attachments())
+    assert names[0] == "Weekly-QA_2026-03-23_to_2026-03-29.pdf"
+    assert "Weekly-QA_2026-03-23_to_2026-03-29.xlsx" in names
+    history = client.get(f"/api/v1/reports/{definition.id}/runs", headers=auth(world["qa"])).get_json()
+    assert history["runs"][0]["state"] == "succeeded"
+    xlsx = client.get(f"/api/v1/reports/{definition.id}/runs/{run.id}/files/"
+                      "Weekly-QA_2026-03-23_to_2026-03-29.xlsx", headers=auth(world["qa"]))
+    assert xlsx.status_code == 200
+    wb = load_workbook(io.BytesIO(xlsx.data))
+    assert wb.sheetnames == ["Summary", "Volume", "Quality", "Delivery", "Quarantine reasons"]
+    values = {r[0]: r[1] for r in wb["Summary"].iter_rows(values_only=True) if r and r[0]}
+    assert values["Uploads"] == 13 and values["Quarantined"] == 1
+    assert sum(r[1] for r in wb["Volume"].iter_rows(min_row=2, values_only=True)) == 13
+    assert session.scalar(select(AuditEvent).where(AuditEvent.action == "report.downloaded")) is not None
+    assert client.get(f"/api/v1/reports/{definition.id}/runs/{run.id}/files/nope.xlsx",
+                      headers=auth(world["qa"])).status_code == 404
+
+
+def test_files_over_the_attachment_limit_go_as_links(app, session, client, world, monkeypatch):
+    definition = _definition(session, client, world)
+    run = report_runs.run_now(session, definition, MONDAY)
+    session.commit()
+    sent: list = []
+    monkeypatch.setattr(report_delivery, "send", lambda smtp, message: sent.append(message) or [])
+    store = app.extensions["relaypacs"].store
+    report_runs.build_artifacts(session, store, run)
+    report_runs.deliver(session, store, run, report_delivery.Smtp("127.0.0.1"), "gw@test", 1, 3600, MONDAY)
+    assert run.delivery == "link" and not list(sent[0].iter_attachments())
+    text = sent[0].get_content()
+    assert f"/api/v1/reports/{definition.id}/runs/{run.id}/files/" in text and "1 hours" in text
+
+
+def test_presigned_url_for_s3_stores():
+    class FakeClient:
+        def generate_presigned_url(self, op, Params, ExpiresIn):  # noqa: N803
+            return f"https://s3.test/{Params['Bucket']}/{Params['Key']}?ttl={ExpiresIn}"
+
+    class FakeS3:
+        client, bucket, prefix = FakeClient(), "b", "gw"
+
+    assert report_delivery.presigned_url(FakeS3(), "exports/x.xlsx", 60) == "https://s3.test/b/gw/exports/x.xlsx?ttl=60"
+    assert report_delivery.presigned_url(object(), "k", 60) is None
