@@ -16,7 +16,7 @@ from config.settings import QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-RELAYPACS_SUBCOMMANDS = {"api", "worker", "beat", "db", "demo", "scp"}
+RELAYPACS_SUBCOMMANDS = {"api", "worker", "beat", "db", "demo", "scp", "events"}
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
