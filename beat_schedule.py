@@ -3,6 +3,8 @@
 Intervals that operators tune come from settings; the rest are fixed here.
 """
 
+from celery.schedules import crontab
+
 from config import load_settings
 
 _settings = load_settings()
@@ -40,5 +42,12 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "task": "analytics.refresh_stats",
         "schedule": 60.0,
         "options": {"expires": 55},
+    },
+    # Upload volume forecasts, weekly (Monday before the working day): fans out one task per
+    # facility on the analytics queue.
+    "analytics-forecast-volumes": {
+        "task": "analytics.forecast_all",
+        "schedule": crontab(day_of_week="mon", hour=3, minute=30),
+        "options": {"expires": 6 * 3600},
     },
 }

@@ -12,6 +12,7 @@ from api import (
     deliveries,
     errors,
     files,
+    forecasts,
     health,
     observability,
     reports,
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(deliveries.blueprint, url_prefix="/api/v1/deliveries")
     app.register_blueprint(audit_log.blueprint, url_prefix="/api/v1/audit")
     app.register_blueprint(analytics.blueprint, url_prefix="/api/v1/analytics")
+    app.register_blueprint(forecasts.blueprint, url_prefix="/api/v1/forecasts")
     app.register_blueprint(reports.blueprint, url_prefix="/api/v1/reports")
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
     return app

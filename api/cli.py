@@ -370,5 +370,27 @@ def upload(folder: Path, server: str, token: str, jobs: int, chunk_size: int, la
                         override_file=override_file))
 
 
+@main.command()
+@click.option("--facility", required=True, help="facility name or id, or 'total' for every facility")
+@click.option("--horizon", default=28, show_default=True, type=click.IntRange(7, 366), help="days")
+@click.option("--metric", default="uploads", show_default=True, type=click.Choice(["uploads", "bytes"]))
+def forecast(facility: str, horizon: int, metric: str) -> None:
+    """Forecast one facility's daily volume now and store it (the weekly job does them all)."""
+    import json
+
+    from pipeline import forecast_store
+
+    with _session() as session:
+        facility_id = None
+        if facility != "total":
+            found = forecast_store.facility_by_name_or_id(session, facility)
+            if found is None:
+                raise click.ClickException(f"no facility {facility!r}")
+            facility_id = found.id
+        row = forecast_store.run_forecast(session, facility_id, metric, horizon=horizon)
+        session.commit()
+        click.echo(json.dumps(forecast_store.as_dict(row), indent=2))
+
+
 if __name__ == "__main__":
     main()

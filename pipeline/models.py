@@ -541,3 +541,42 @@ class ReportRun(Base):
     delivery: Mapped[str | None] = mapped_column(String(16))  # attachment | link | none
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (Index("ix_report_runs_state_started", "state", "started_at"),)
+
+
+# --- forecasts (issue 7) ---
+
+
+class FacilityCalendar(Base):
+    """A facility's closures for the forecast regressor: a country's public holidays (the
+    ``holidays`` package) plus the facility's own closed days (ISO dates)."""
+
+    __tablename__ = "facility_calendars"
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
+    country: Mapped[str | None] = mapped_column(String(8))
+    subdivision: Mapped[str | None] = mapped_column(String(16))
+    closed_days: Mapped[list] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UploadForecast(Base):
+    """One forecast run for one facility (``facility_id`` null: every facility together) and
+    one measure (uploads or bytes): the model used, why, its backtest and the daily points."""
+
+    __tablename__ = "upload_forecasts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    facility_id: Mapped[int | None] = mapped_column(ForeignKey("facilities.id"))
+    metric: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    horizon: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(32))  # sarimax | seasonal_naive
+    model_order: Mapped[list | None] = mapped_column(JSON)  # [[p, d, q], [P, D, Q, s]]
+    aic: Mapped[float | None]
+    train_start: Mapped[datetime | None]
+    train_end: Mapped[datetime | None]
+    fallback_reason: Mapped[str | None] = mapped_column(Text)
+    regressors: Mapped[list] = mapped_column(JSON, default=list)
+    candidates: Mapped[list] = mapped_column(JSON, default=list)
+    backtest: Mapped[dict] = mapped_column(JSON, default=dict)
+    points: Mapped[list] = mapped_column(JSON, default=list)
+    __table_args__ = (Index("ix_upload_forecasts_facility_metric_created", "facility_id", "metric",
+                            "created_at"),)

@@ -1,0 +1,136 @@
+"""Forecasts over the materialised stats: read a facility's daily history, run
+``pipeline.forecasting`` on it, store the result, read the latest back.
+
+Reads ``daily_facility_stats`` only (the analytics job keeps it current), never raw uploads.
+Never commits: the task or the command that calls it owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from pipeline import forecasting
+from pipeline.models import DailyFacilityStats, Facility, FacilityCalendar, UploadForecast
+
+METRICS = ("uploads", "bytes")
+# History read per run: the fit window plus the backtest holdouts in front of it.
+HISTORY_DAYS = forecasting.MAX_HISTORY_DAYS + forecasting.DEFAULT_FOLDS * forecasting.DEFAULT_HORIZON
+
+
+def _day(value: datetime) -> date:
+    return value.astimezone(UTC).date() if value.tzinfo else value.date()
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def daily_history(session: Session, facility_id: int | None, metric: str, last_day: date,
+                  max_days: int = HISTORY_DAYS) -> tuple[date, list[float]]:
+    """(first day, one value per day up to ``last_day``): from the facility's first day with
+    stats (at most ``max_days`` back), every day present, a day without rows as zero."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    column = getattr(DailyFacilityStats, metric)
+    window_start = last_day - timedelta(days=max_days - 1)
+    query = (select(DailyFacilityStats.day, func.sum(column))
+             .where(DailyFacilityStats.day >= _midnight(window_start),
+                    DailyFacilityStats.day < _midnight(last_day + timedelta(days=1)))
+             .group_by(DailyFacilityStats.day))
+    if facility_id is not None:
+        query = query.where(DailyFacilityStats.facility_id == facility_id)
+    values: dict[date, float] = {}
+    for day, total in session.execute(query):
+        day = _day(day) if isinstance(day, datetime) else date.fromisoformat(str(day)[:10])
+        values[day] = values.get(day, 0.0) + float(total or 0)
+    if not values:
+        return last_day + timedelta(days=1), []
+    first = min(values)
+    return first, forecasting.daily_series(values, first, last_day).tolist()
+
+
+def closed_days(session: Session, facility_id: int | None, start: date, end: date) -> list[date]:
+    """The facility's closures between ``start`` and ``end``: its country's public holidays
+    and its own closed days. The all-facility total has no calendar."""
+    if facility_id is None:
+        return []
+    calendar = session.get(FacilityCalendar, facility_id)
+    if calendar is None:
+        return []
+    days = {date.fromisoformat(d) for d in calendar.closed_days or []}
+    if calendar.country:
+        import holidays
+
+        years = range(start.year, end.year + 1)
+        days |= set(holidays.country_holidays(calendar.country, subdiv=calendar.subdivision, years=years))
+    return sorted(d for d in days if start <= d <= end)
+
+
+def run_forecast(session: Session, facility_id: int | None, metric: str = "uploads", *,
+                 horizon: int = forecasting.DEFAULT_HORIZON, today: date | None = None,
+                 **options: object) -> UploadForecast:
+    """Forecast ``horizon`` days from ``today`` (UTC) on the complete days before it."""
+    today = today or datetime.now(UTC).date()
+    last_day = today - timedelta(days=1)
+    first_day, series = daily_history(session, facility_id, metric, last_day)
+    closed = closed_days(session, facility_id, first_day, last_day + timedelta(days=horizon))
+    result = forecasting.forecast_series(series, first_day, horizon=horizon, closed=closed,
+                                         **options)  # type: ignore[arg-type]
+    row = UploadForecast(
+        facility_id=facility_id, metric=metric, horizon=horizon, model=result.model,
+        model_order=result.order, aic=result.aic,
+        train_start=_midnight(result.train_start) if result.train_start else None,
+        train_end=_midnight(result.train_end) if result.train_end else None,
+        fallback_reason=result.fallback_reason, regressors=result.regressors,
+        candidates=result.candidates, backtest=result.backtest, points=result.points(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def facilities_with_stats(session: Session) -> list[int]:
+    return list(session.scalars(select(DailyFacilityStats.facility_id).distinct()
+                                .order_by(DailyFacilityStats.facility_id)))
+
+
+def facility_by_name_or_id(session: Session, key: str) -> Facility | None:
+    if key.isdigit():
+        found = session.get(Facility, int(key))
+        if found is not None:
+            return found
+    return session.scalars(select(Facility).where(Facility.name == key)).first()
+
+
+def latest(session: Session, facility_ids: Sequence[int | None] | None, metric: str) -> list[UploadForecast]:
+    """The newest forecast of each facility (``None`` in ``facility_ids``: the total;
+    ``facility_ids`` None: every facility and the total)."""
+    newest = (select(UploadForecast.facility_id, func.max(UploadForecast.id).label("id"))
+              .where(UploadForecast.metric == metric).group_by(UploadForecast.facility_id))
+    if facility_ids is not None:
+        wanted = [f for f in facility_ids if f is not None]
+        condition = UploadForecast.facility_id.in_(wanted)
+        if None in facility_ids:
+            condition = condition | UploadForecast.facility_id.is_(None)
+        newest = newest.where(condition)
+    ids = [row.id for row in session.execute(newest)]
+    if not ids:
+        return []
+    return list(session.scalars(select(UploadForecast).where(UploadForecast.id.in_(ids))
+                                .order_by(UploadForecast.facility_id)))
+
+
+def as_dict(row: UploadForecast) -> dict:
+    return {
+        "id": row.id, "facility_id": row.facility_id, "metric": row.metric,
+        "created_at": row.created_at.isoformat(), "horizon": row.horizon, "model": row.model,
+        "order": row.model_order, "aic": row.aic,
+        "train_start": row.train_start.date().isoformat() if row.train_start else None,
+        "train_end": row.train_end.date().isoformat() if row.train_end else None,
+        "fallback_reason": row.fallback_reason, "regressors": row.regressors,
+        "candidates": row.candidates, "backtest": row.backtest, "points": row.points,
+    }

@@ -1,0 +1,90 @@
+"""The weekly forecast job through a real worker on the analytics queue, on PostgreSQL:
+one task per facility, a failing facility does not stop the others, the API serves the result."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+import requests
+from celery import Celery
+from sqlalchemy import select
+
+from pipeline.database import make_engine, make_session_factory
+from pipeline.models import DailyFacilityStats, Facility, FacilityCalendar, UploadForecast
+
+pytestmark = pytest.mark.integration
+
+NORTH, SHORT, BROKEN = "Forecast IT North", "Forecast IT Short", "Forecast IT Broken"
+
+
+def seed(session, facility_id: int, days: int, seed_value: int) -> None:
+    rng = np.random.default_rng(seed_value)
+    profile = [120, 110, 115, 105, 100, 30, 10]
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    for back in range(days, 0, -1):
+        day = today - timedelta(days=back)
+        if back % 45 == 0:
+            continue  # a day without any row: must count as zero, not be dropped
+        count = max(int(profile[day.weekday()] + 0.2 * (days - back) + rng.normal(0, 5)), 0)
+        session.add(DailyFacilityStats(day=day, facility_id=facility_id, uploads=count,
+                                       bytes=count * 5_000_000))
+
+
+def test_weekly_job_fans_out_per_facility(gateway_env, postgres_url, redis_url, make_user, spawn_worker,
+                                          api_server):
+    token = make_user(NORTH, "qa_manager")
+    make_user(SHORT, "uploader")
+    make_user(BROKEN, "uploader")
+    sessions = make_session_factory(make_engine(postgres_url))
+    with sessions() as session:
+        ids = {f.name: f.id for f in session.scalars(select(Facility).where(
+            Facility.name.in_([NORTH, SHORT, BROKEN])))}
+        seed(session, ids[NORTH], 200, 1)
+        seed(session, ids[SHORT], 20, 2)
+        seed(session, ids[BROKEN], 120, 3)
+        # An unknown country code makes this facility's task fail (holidays raises).
+        session.add(FacilityCalendar(facility_id=ids[BROKEN], country="XX", closed_days=[]))
+        session.commit()
+        started = datetime.now(UTC)
+
+    spawn_worker(queues="analytics", concurrency=2)
+    client = Celery("forecast-tests", broker=redis_url, set_as_current=False)
+    client.send_task("analytics.forecast_all", queue="analytics")
+
+    def fresh(session) -> list[UploadForecast]:  # noqa: ANN001
+        return list(session.scalars(select(UploadForecast).where(UploadForecast.created_at >= started)))
+
+    deadline = time.monotonic() + 240
+    while True:
+        with sessions() as session:
+            rows = fresh(session)
+            done = {(r.facility_id, r.metric) for r in rows}
+            if {(ids[NORTH], "uploads"), (ids[NORTH], "bytes"), (ids[SHORT], "uploads"),
+                (None, "uploads")} <= done:
+                break
+        assert time.monotonic() < deadline, f"forecasts not stored in time: {sorted(done, key=str)}"
+        time.sleep(1)
+
+    by_key = {(r.facility_id, r.metric): r for r in rows}
+    north = by_key[(ids[NORTH], "uploads")]
+    assert north.model in {"sarimax", "seasonal_naive"}
+    assert north.backtest["model"]["folds"] == 3 and north.backtest["seasonal_naive"]["mase"] is not None
+    assert north.model_order and north.aic is not None
+    # The series has a weekly cycle and a trend: the model must beat seasonal naive here.
+    assert north.model == "sarimax", north.fallback_reason
+    assert len(north.points) == 28
+    short = by_key[(ids[SHORT], "uploads")]
+    assert short.model == "seasonal_naive" and "short history" in short.fallback_reason
+    time.sleep(3)  # the broken facility's task has had its turn; it stored nothing
+    with sessions() as session:
+        assert not [r for r in fresh(session) if r.facility_id == ids[BROKEN]]
+
+    response = requests.get(f"{api_server.url}/api/v1/forecasts", timeout=10,
+                            headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    served = response.json()["forecasts"]
+    assert [f["facility_id"] for f in served] == [ids[NORTH]]
+    assert served[0]["points"][0]["lo95"] <= served[0]["points"][0]["hi95"]

@@ -1,0 +1,95 @@
+"""Forecasts over daily_facility_stats: the store reads, fills and records; the API scopes."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from pipeline import forecast_store
+from pipeline.models import DailyFacilityStats, Facility, FacilityCalendar
+
+TODAY = date(2026, 6, 1)
+GRID = (((1, 0, 0), (0, 1, 1, 7)),)
+
+
+def auth(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def facility_id(session, name: str) -> int:
+    return session.scalars(select(Facility.id).where(Facility.name == name)).one()
+
+
+def seed_days(session, fid: int, days: int, *, skip: set[int] = frozenset()) -> None:
+    rng = np.random.default_rng(fid)
+    profile = [120, 110, 115, 105, 100, 30, 10]
+    for back in range(days, 0, -1):
+        if back in skip:
+            continue  # no row at all: a day without uploads
+        day = TODAY - timedelta(days=back)
+        count = int(profile[day.weekday()] + rng.normal(0, 4))
+        session.add(DailyFacilityStats(day=datetime(day.year, day.month, day.day, tzinfo=UTC),
+                                       facility_id=fid, uploads=max(count, 0), bytes=count * 1000))
+    session.commit()
+
+
+@pytest.fixture
+def world(session, make_token):
+    tokens = {"qa_a": make_token("Forecast A", "qa_manager"), "qa_b": make_token("Forecast B", "qa_manager"),
+              "uploader_a": make_token("Forecast A", "uploader"), "admin": make_token("HQ", "admin")}
+    a, b = facility_id(session, "Forecast A"), facility_id(session, "Forecast B")
+    seed_days(session, a, 140, skip={3, 10})
+    seed_days(session, b, 20)
+    return {"a": a, "b": b, **tokens}
+
+
+def test_history_fills_missing_days_with_zero(session, world):
+    first, series = forecast_store.daily_history(session, world["a"], "uploads", TODAY - timedelta(days=1))
+    assert first == TODAY - timedelta(days=140)
+    assert len(series) == 140
+    assert series[-3] == 0 and series[-10] == 0 and series[-1] > 0
+
+
+def test_forecasts_stored_and_scoped(client, session, world):
+    session.add(FacilityCalendar(facility_id=world["a"], country="US",
+                                 closed_days=[(TODAY + timedelta(days=2)).isoformat()]))
+    session.commit()
+    row = forecast_store.run_forecast(session, world["a"], "uploads", horizon=14, today=TODAY, grid=GRID,
+                                      folds=2)
+    forecast_store.run_forecast(session, world["b"], "uploads", horizon=14, today=TODAY)
+    session.commit()
+    assert row.model in {"sarimax", "seasonal_naive"}
+    assert row.backtest["model"]["folds"] == 2
+    assert row.points[2]["mean"] == 0.0  # the facility's own closed day
+
+    mine = client.get("/api/v1/forecasts", headers=auth(world["qa_a"])).get_json()["forecasts"]
+    assert [f["facility_id"] for f in mine] == [world["a"]]
+    assert len(mine[0]["points"]) == 14 and {"lo80", "hi95"} <= set(mine[0]["points"][0])
+    assert mine[0]["backtest"]["seasonal_naive"]["mase"] is not None
+
+    other = f"/api/v1/forecasts?facility={world['b']}"
+    assert client.get(other, headers=auth(world["qa_a"])).status_code == 403
+    assert client.get("/api/v1/forecasts", headers=auth(world["uploader_a"])).status_code == 403
+    assert client.get("/api/v1/forecasts?facility=total", headers=auth(world["qa_a"])).status_code == 403
+    assert client.get("/api/v1/forecasts?metric=pixels", headers=auth(world["admin"])).status_code == 400
+
+    every = client.get("/api/v1/forecasts", headers=auth(world["admin"])).get_json()["forecasts"]
+    by_facility = {f["facility_id"]: f for f in every}
+    assert {world["a"], world["b"]} <= set(by_facility)
+    short = by_facility[world["b"]]
+    assert short["model"] == "seasonal_naive" and "short history" in short["fallback_reason"]
+
+
+def test_cli_forecast(settings, world, monkeypatch):
+    from click.testing import CliRunner
+
+    from api.cli import main
+
+    monkeypatch.setenv("RELAYPACS_DATABASE_URL", settings.database_url)
+    result = CliRunner().invoke(main, ["forecast", "--facility", "Forecast B", "--horizon", "7"])
+    assert result.exit_code == 0, result.output
+    assert '"model": "seasonal_naive"' in result.output
+    assert CliRunner().invoke(main, ["forecast", "--facility", "Nowhere"]).exit_code != 0

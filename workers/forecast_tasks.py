@@ -1,0 +1,28 @@
+"""Forecast tasks (queue ``analytics``): the weekly fan-out and one facility's forecast."""
+
+from __future__ import annotations
+
+from pipeline import forecast_store
+from workers import runtime
+from workers.app import app
+
+
+@app.task(name="analytics.forecast_all", acks_late=False)
+def forecast_all(horizon: int = 28) -> dict:
+    """One task per facility (and one for the total), so a facility's failure, or a slow fit,
+    holds up no other, and the workers' processes share the fits between the cores."""
+    with runtime.session_scope() as session:
+        facility_ids = forecast_store.facilities_with_stats(session)
+    for facility_id in [*facility_ids, None]:
+        forecast_facility.delay(facility_id, horizon)
+    return {"facilities": len(facility_ids)}
+
+
+@app.task(name="analytics.forecast_facility", soft_time_limit=600, time_limit=660)
+def forecast_facility(facility_id: int | None, horizon: int = 28) -> dict:
+    """Upload count and byte forecasts of one facility (None: every facility together).
+    Each run adds new rows and readers take the newest: a redelivery is harmless."""
+    with runtime.session_scope() as session:
+        rows = [forecast_store.run_forecast(session, facility_id, metric, horizon=horizon)
+                for metric in forecast_store.METRICS]
+        return {"facility_id": facility_id, "models": {r.metric: r.model for r in rows}}
