@@ -134,6 +134,35 @@ def _stats_rows(session: Session, spec: ReportSpec, facility_ids: Sequence[int],
     yield from flush()
 
 
+class _StatsRows:
+    """The grouped stats rows, shared by every stats section and format: read from the
+    database once and kept while they stay under ``keep`` rows (a year by day and facility
+    is a few thousand); past that, each reader streams them again instead of holding them."""
+
+    def __init__(self, read: Callable[[], Iterator[tuple]], keep: int = 100_000) -> None:
+        self.read = read
+        self.keep = keep
+        self.rows: list[tuple] | None = None
+
+    def project(self, columns: Sequence[int]) -> Iterator[tuple]:
+        if self.rows is not None:
+            source: Iterator[tuple] = iter(self.rows)
+        else:
+            source = self._read_and_keep()
+        for row in source:
+            yield tuple(row[i] for i in columns)
+
+    def _read_and_keep(self) -> Iterator[tuple]:
+        kept: list[tuple] | None = []
+        for row in self.read():
+            if kept is not None:
+                kept.append(row)
+                if len(kept) > self.keep:
+                    kept = None
+            yield row
+        self.rows = kept
+
+
 def _summary(session: Session, spec: ReportSpec, facility_ids: Sequence[int], start: datetime,
              end: datetime) -> list[tuple[str, object, str | None]]:
     stmt = _stats_filter(select(func.max(HourlyStats.latency_max_ms),
@@ -191,13 +220,16 @@ def build(session: Session, spec: ReportSpec, facility_ids: Sequence[int], start
     for metric in STATS_METRICS:
         if metric in spec.metrics:
             by_section.setdefault(METRICS[metric][1], []).append(metric)
+    wanted = [m for m in STATS_METRICS if m in spec.metrics]
+    shared = _StatsRows(lambda: _stats_rows(session, spec, facility_ids, start, end, tz, wanted))
+    keys = len(spec.grouping)
     for title, metrics in by_section.items():
         columns = group_cols + [Column(METRICS[m][0], METRICS[m][2], max(14, len(METRICS[m][0]) + 2))
                                 for m in metrics]
         series = tuple(range(len(group_cols), len(columns)))
+        picked = [*range(keys), *(keys + wanted.index(m) for m in metrics)]
         data.sections.append(Section(
-            title, columns,
-            lambda metrics=metrics: _stats_rows(session, spec, facility_ids, start, end, tz, metrics),
+            title, columns, lambda picked=picked: shared.project(picked),
             chart=chart, chart_series=series[:1] if title == "Volume" else series))
     if "quarantined_by_reason" in spec.metrics:
         data.sections.append(Section(
