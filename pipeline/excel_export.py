@@ -115,8 +115,18 @@ def write_xlsx(report: ReportData, path: Path) -> dict[str, int]:
         ws.append(_header(ws, [c.label for c in section.columns]))
         rows = 0
         formats = [c.number_format for c in section.columns]
+        # One styled cell per column, reused: a write-only sheet serialises a row inside
+        # append(), so the next row may refill the same cells (no cell or style per value).
+        template = [_cell(ws, 0, fmt) for fmt in formats]
         for row in section.rows():
-            ws.append([_cell(ws, value, fmt) for value, fmt in zip(row, formats, strict=True)])
+            out = []
+            for value, cell in zip(row, template, strict=True):
+                if isinstance(value, str) or value is None:
+                    out.append(_text_cell(ws, value) if value is not None else None)
+                else:
+                    cell.value = value
+                    out.append(cell)
+            ws.append(out)
             rows += 1
         last_col = get_column_letter(len(section.columns))
         ws.auto_filter.ref = f"A1:{last_col}{rows + 1}"
