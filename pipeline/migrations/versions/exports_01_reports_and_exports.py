@@ -1,7 +1,7 @@
 """reports and exports (issue 8): report definitions and their runs
 
 Revision ID: exports_01
-Revises: lifecycle_01
+Revises: analytics_01
 """
 
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = "exports_01"
-down_revision = "lifecycle_01"
+down_revision = "analytics_01"
 branch_labels = None
 depends_on = None
 
