@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -65,8 +66,6 @@ class LiveFeed:
     def _append(self, stream_id: str, payload: str) -> None:
         if events.stream_id_key(stream_id) <= events.stream_id_key(self.last_stream_id):
             return  # already seen (a gap fill overlapping live messages)
-        import json
-
         try:
             parsed = json.loads(payload)
         except ValueError:
@@ -223,8 +222,6 @@ class EventServer:
 
     async def _catch_up(self, response: web.StreamResponse, facility_id: int, is_admin: bool,
                         after: str) -> str:
-        import json
-
         while True:
             rows = await self.replay(after)
             for stream_id, payload in rows:
@@ -253,8 +250,6 @@ class EventServer:
 
 
 def _error(status: int, message: str, **extra: object) -> web.HTTPException:
-    import json
-
     body = json.dumps({"error": {"status": status, "message": message, **extra}})
     kind = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized}[status]
     return kind(text=body, content_type="application/json")

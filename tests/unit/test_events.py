@@ -1,0 +1,102 @@
+"""Events: the contract (ids and counts only), scoping, SSE framing, the in-process bus, the
+API's hooks after commits, and the read-replica router's choices."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from sqlalchemy import create_engine
+
+from beat_schedule import BEAT_SCHEDULE
+from pipeline import events
+from pipeline.read_replicas import ReplicaRouter
+
+
+def test_events_carry_ids_and_counts_only():
+    event = events.Event(events.UPLOAD_COMPLETED, 3, {"upload_id": "abc", "offset": 10, "length": 10})
+    assert '"facility_id":3' in event.to_json()
+    with pytest.raises(ValueError, match="not allowed"):
+        events.Event(events.UPLOAD_COMPLETED, 3, {"filename": "DOE^JOHN.dcm"})
+    with pytest.raises(ValueError, match="unknown event type"):
+        events.Event("upload.renamed", 3)
+
+
+def test_scoping_and_framing():
+    assert events.visible_to({"facility_id": 2}, 2, False)
+    assert not events.visible_to({"facility_id": 2}, 3, False)
+    assert events.visible_to({"facility_id": 2}, 3, True)
+    frame = events.sse_frame("17-0", '{"a":1}', "upload.completed").decode()
+    assert frame == 'id: 17-0\nevent: upload.completed\ndata: {"a":1}\n\n'
+    assert events.stream_id_key("17-2") > events.stream_id_key("17-1") > events.stream_id_key("9-9")
+
+
+def test_in_process_bus_replays_after_an_id_in_order():
+    bus = events.InProcessEventBus()
+    ids = [bus.publish(events.Event(events.UPLOAD_INITIATED, 1, {"upload_id": str(n)})) for n in range(5)]
+    assert len(set(ids)) == 5
+    assert [i for i, _ in bus.read_after(ids[1])] == ids[2:]
+    assert bus.read_after(ids[-1]) == []
+
+
+def test_publishing_never_raises():
+    class Down:
+        def publish(self, event):  # noqa: ANN001, ANN202
+            raise ConnectionError("redis is down")
+
+    events.publish_safely(Down(), events.Event(events.STUDY_FORWARDED, 1, {"study_id": 1}))
+
+
+def test_tus_requests_publish_after_their_commits(client, make_token, enqueued):
+    bus = events.event_bus(None)  # no RELAYPACS_REDIS_URL in unit tests: the in-process bus
+    start = bus.publish(events.Event(events.UPLOAD_INITIATED, 0))
+    headers = {"Authorization": f"Bearer {make_token('Events Unit')}", "Tus-Resumable": "1.0.0"}
+    batch = client.post("/api/v1/batches", json={}, headers=headers).get_json()["id"]
+    b64 = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
+    meta = f"filename {b64('a.dcm')},batch_id {b64(str(batch))}"
+    created = client.post("/api/v1/files", headers={**headers, "Upload-Length": "8", "Upload-Metadata": meta})
+    location = created.headers["Location"]
+    for offset in (0, 4):
+        answer = client.patch(location, data=b"DICM"[:4], headers={
+            **headers, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"})
+        assert answer.status_code == 204
+    seen = [json.loads(payload) for _, payload in bus.read_after(start)]
+    kinds = [e["type"] for e in seen if e.get("batch_id") == batch]
+    assert kinds == ["upload.initiated", "upload.chunk_received", "upload.chunk_received", "upload.completed"]
+    assert seen[-1]["offset"] == seen[-1]["length"] == 8
+
+
+def test_replica_router_skips_what_is_down(tmp_path):
+    good = f"sqlite:///{tmp_path / 'replica.sqlite'}"
+    router = ReplicaRouter([good, "sqlite:////nonexistent/dir/x.sqlite"], check_every=0)
+    for _ in range(4):
+        session = router.read_session()
+        assert session is not None and str(session.get_bind().url) == good
+        session.close()
+    assert [s["ok"] for s in router.status()] == [True, False]
+    assert ReplicaRouter([], check_every=0).read_session() is None
+
+
+def test_replica_router_caches_health_between_checks(tmp_path):
+    calls = []
+    clock = iter(range(100)).__next__
+
+    def engine(url: str):  # noqa: ANN202
+        calls.append(url)
+        return create_engine(url)
+
+    router = ReplicaRouter([f"sqlite:///{tmp_path / 'r.sqlite'}"], check_every=10,
+                           clock=lambda: clock() * 1.0, engine_factory=engine)
+    router.healthy()
+    first = router.replicas[0].health
+    router.healthy()
+    assert router.replicas[0].health is first  # within 10 s: no new check
+
+
+def test_beat_runs_the_stats_refresh_on_the_analytics_queue():
+    from config.celery import TASK_ROUTES
+
+    entry = BEAT_SCHEDULE["analytics-refresh-stats"]
+    assert entry["task"] == "analytics.refresh_stats" and entry["schedule"] <= 300
+    assert TASK_ROUTES["analytics.*"] == {"queue": "analytics"}
