@@ -123,7 +123,23 @@ def _series(session: Session, table, time_col, rng: Range, *where) -> list[dict]
         .where(time_col >= rng.start, time_col < rng.end, *where)
         .group_by(bucket).order_by(bucket)
     ).all()
-    return [{"t": _as_utc(r.bucket).isoformat(), **measures(r)} for r in rows]
+    found = {_as_utc(r.bucket): measures(r) for r in rows}
+    # Every bucket of the range, empty ones as zeros, so a chart's time axis is the range.
+    return [{"t": t.isoformat(), **found.get(t, measures(_Empty()))} for t in bucket_starts(rng)]
+
+
+def bucket_starts(rng: Range) -> list[datetime]:
+    if rng.granularity == "week":
+        first = rng.start - timedelta(days=rng.start.weekday())
+        step = timedelta(weeks=1)
+    else:
+        first = rng.start
+        step = timedelta(hours=1) if rng.granularity == "hour" else timedelta(days=1)
+    out = []
+    while first < rng.end:
+        out.append(first)
+        first += step
+    return out
 
 
 def facilities_overview(session: Session, rng: Range, facility_ids: Sequence[int] | None) -> dict:
@@ -146,6 +162,13 @@ def facilities_overview(session: Session, rng: Range, facility_ids: Sequence[int
         "series": _series(session, table, time_col, rng, *scope),
         "facilities": [{"id": r.id, "name": r.name, **measures(r)} for r in rows],
     }
+
+
+class _Empty:
+    """A group with no rows: every measure zero."""
+
+    def __getattr__(self, name: str) -> int:
+        return 0
 
 
 class _Combined:
