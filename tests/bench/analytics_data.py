@@ -90,7 +90,8 @@ def seed(engine: Engine, uploads: int, end: datetime) -> dict:
 
 
 def add_hour(engine: Engine, at: datetime, count: int, offset: int) -> None:
-    """``count`` new parsed uploads (with instance and delivery) in the hour starting ``at``."""
+    """``count`` new parsed uploads (with instance and delivery) in the hour starting ``at``,
+    written now: for an old hour, late rows. Their UIDs use a root the seed never uses."""
     params = {"at": at, "n": count, "o": offset}
     with engine.begin() as conn:
         conn.execute(text(
@@ -98,18 +99,15 @@ def add_hour(engine: Engine, at: datetime, count: int, offset: int) -> None:
             " created_at, updated_at, expires_at, sop_instance_uid)"
             " SELECT md5('late' || (:o + k)), 1, 1, 1, 'f.dcm', 100000, 100000, 'parsed',"
             " :at + make_interval(secs => k * 3600.0 / :n), now(), :at + interval '1 day',"
-            " '2.25.9' || (:o + k) FROM generate_series(0, :n - 1) k"), params)
+            " '2.999.' || (:o + k) FROM generate_series(0, :n - 1) k"), params)
         conn.execute(text(
-            "INSERT INTO instances (facility_id, series_id, study_id, sop_instance_uid, sop_class_uid,"
-            " object_key, size, sha256, batch_id, upload_id, created_at)"
-            " SELECT 1, 1, 1, '2.25.9' || (:o + k), '1.2.840.10008.5.1.4.1.1.2', 'k', 100000,"
-            " md5('x'), 1, md5('late' || (:o + k)), now() FROM generate_series(0, :n - 1) k"), params)
-        conn.execute(text(
-            "INSERT INTO deliveries (instance_id, destination_id, study_id, batch_id, state, attempts,"
+            "WITH new AS (INSERT INTO instances (facility_id, series_id, study_id, sop_instance_uid,"
+            " sop_class_uid, object_key, size, sha256, batch_id, upload_id, created_at)"
+            " SELECT 1, 1, 1, '2.999.' || (:o + k), '1.2.840.10008.5.1.4.1.1.2', 'k', 100000,"
+            " md5('x'), 1, md5('late' || (:o + k)), now() FROM generate_series(0, :n - 1) k RETURNING id)"
+            " INSERT INTO deliveries (instance_id, destination_id, study_id, batch_id, state, attempts,"
             " created_at, updated_at, delivered_at, latency_ms)"
-            " SELECT id, 1, 1, 1, 'delivered', 1, now(), now(), now(), 1500 FROM instances"
-            " WHERE sop_instance_uid LIKE '2.25.9%' AND id NOT IN (SELECT instance_id FROM deliveries)"),
-            params)
+            " SELECT id, 1, 1, 1, 'delivered', 1, now(), now(), now(), 1500 FROM new"), params)
 
 
 # --------------------------------------------------------------------------- raw baselines
