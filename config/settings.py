@@ -50,6 +50,28 @@ class Settings:
     rate_limits: tuple[tuple[str, int], ...] = (("upload", 3000), ("read", 600), ("write", 120))
     # tus uploads one user may have open (created, not finished) at once.
     max_open_uploads: int = 2000
+    # Storage lifecycle (issue 6); pipeline/lifecycle.py validates the policy and prices.
+    # Tiers as (class, from age in days): STANDARD 0-90 d, GLACIER_IR 90-365 d, then DEEP_ARCHIVE.
+    storage_tiers: tuple[tuple[str, int], ...] = (("STANDARD", 0), ("GLACIER_IR", 90), ("DEEP_ARCHIVE", 365))
+    # "gateway": the nightly job copies objects to colder classes itself; "s3": it writes the
+    # equivalent bucket lifecycle rules instead, for stores that execute them.
+    storage_managed_by: str = "gateway"
+    # USD per GB-month by class, over the built-in us-east-1 list prices.
+    storage_prices: tuple[tuple[str, float], ...] = ()
+    # Instances smaller than this go cold inside their study's bundle (S3 skips < 128 KB).
+    storage_bundle_below_bytes: int = 128 * 1024
+    storage_tier_concurrency: int = 8
+    # A restored archive object stays readable this long; the S3 restore tier asked for.
+    storage_restore_days: int = 7
+    storage_restore_tier: str = "Standard"
+    storage_abort_multipart_days: int = 2
+    # Disaster-recovery copy: a second bucket, optionally on its own endpoint and credentials.
+    dr_storage_url: str | None = None
+    dr_endpoint_url: str | None = None
+    dr_access_key_id: str | None = None
+    dr_secret_access_key: str | None = field(default=None, repr=False)
+    dr_region: str | None = None
+    dr_storage_class: str = "GLACIER_IR"
     # Scheduled exports (issue 8): SMTP as smtp://[user:pass@]host:port[?starttls=1].
     smtp_url: str | None = None
     mail_from: str = "relaypacs@localhost"
@@ -74,6 +96,23 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _pairs(env: dict[str, str], name: str, cast: type, default: tuple) -> tuple:
+    """``A:1,B:2`` (or ``A=1``) as ((A, 1), (B, 2)); meaning is checked by the consumer."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    pairs = []
+    for part in raw.split(","):
+        key, sep, value = part.replace("=", ":").partition(":")
+        try:
+            pairs.append((key.strip().upper(), cast(value.strip())))
+        except ValueError as exc:
+            raise ValueError(f"{name} is like STANDARD:0,GLACIER_IR:90; bad part {part!r}") from exc
+        if not sep or not key.strip():
+            raise ValueError(f"{name} is like STANDARD:0,GLACIER_IR:90; bad part {part!r}")
+    return tuple(pairs)
 
 
 def load_settings(env: dict[str, str] | None = None) -> Settings:
@@ -124,6 +163,26 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         rate_limits=tuple(rate_limits.items()),
         max_open_uploads=_int(env, "RELAYPACS_MAX_OPEN_UPLOADS", Settings.max_open_uploads),
+        storage_tiers=_pairs(env, "RELAYPACS_STORAGE_TIERS", int, Settings.storage_tiers),
+        storage_managed_by=env.get("RELAYPACS_STORAGE_MANAGED_BY") or Settings.storage_managed_by,
+        storage_prices=_pairs(env, "RELAYPACS_STORAGE_PRICES", float, ()),
+        storage_bundle_below_bytes=_int(
+            env, "RELAYPACS_STORAGE_BUNDLE_BELOW_BYTES", Settings.storage_bundle_below_bytes
+        ),
+        storage_tier_concurrency=_int(
+            env, "RELAYPACS_STORAGE_TIER_CONCURRENCY", Settings.storage_tier_concurrency
+        ),
+        storage_restore_days=_int(env, "RELAYPACS_STORAGE_RESTORE_DAYS", Settings.storage_restore_days),
+        storage_restore_tier=env.get("RELAYPACS_STORAGE_RESTORE_TIER") or Settings.storage_restore_tier,
+        storage_abort_multipart_days=_int(
+            env, "RELAYPACS_STORAGE_ABORT_MULTIPART_DAYS", Settings.storage_abort_multipart_days
+        ),
+        dr_storage_url=env.get("RELAYPACS_DR_STORAGE_URL") or None,
+        dr_endpoint_url=env.get("RELAYPACS_DR_ENDPOINT_URL") or None,
+        dr_access_key_id=env.get("RELAYPACS_DR_ACCESS_KEY_ID") or None,
+        dr_secret_access_key=env.get("RELAYPACS_DR_SECRET_ACCESS_KEY") or None,
+        dr_region=env.get("RELAYPACS_DR_REGION") or None,
+        dr_storage_class=env.get("RELAYPACS_DR_STORAGE_CLASS") or Settings.dr_storage_class,
         smtp_url=env.get("RELAYPACS_SMTP_URL") or None,
         mail_from=env.get("RELAYPACS_MAIL_FROM") or Settings.mail_from,
         export_attachment_limit_bytes=_int(

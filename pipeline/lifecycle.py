@@ -1,0 +1,292 @@
+"""Storage lifecycle policy and the decision of what moves to which tier, when.
+
+The decision is ours, not the bucket's: S3-compatible test servers store lifecycle rules but
+never run them, MinIO runs only some of them, and S3 itself skips objects under 128 KB. So the
+nightly job asks the database (never a bucket listing) which kept objects are due for a colder
+class at ``now`` (an argument: tests and the benchmark move the clock), and small instances are
+bundled per study before they go cold.
+
+Pure policy code (``TierPolicy``, class facts, ``parse_*``) has no database; ``plan`` reads the
+catalogue (``StoredObject``) through an explicit session and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, select
+from sqlalchemy.orm import Session
+
+from pipeline.models import ObjectState, StoredObject, StoredObjectKind
+
+KIB = 1024
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class StorageClassFacts:
+    """What S3 documents about a class, as far as tiering and cost depend on it."""
+
+    rank: int  # colder is higher; objects only ever move to a higher rank
+    min_days: int  # minimum storage duration: leaving earlier is billed as if kept this long
+    min_billable_bytes: int  # smaller objects are billed as this size
+    # Archive classes keep 32 KiB of index per object at the class price and 8 KiB of
+    # name and metadata at the STANDARD price.
+    overhead_bytes: int
+    overhead_standard_bytes: int
+    needs_restore: bool  # a GET fails until a restore made a temporary copy
+
+
+CLASSES: dict[str, StorageClassFacts] = {
+    "STANDARD": StorageClassFacts(0, 0, 0, 0, 0, False),
+    "STANDARD_IA": StorageClassFacts(1, 30, 128 * KIB, 0, 0, False),
+    "ONEZONE_IA": StorageClassFacts(2, 30, 128 * KIB, 0, 0, False),
+    "GLACIER_IR": StorageClassFacts(3, 90, 128 * KIB, 0, 0, False),
+    "GLACIER": StorageClassFacts(4, 90, 0, 32 * KIB, 8 * KIB, True),
+    "DEEP_ARCHIVE": StorageClassFacts(5, 180, 0, 32 * KIB, 8 * KIB, True),
+}
+
+# us-east-1 list prices, USD per GB-month (2024); override with RELAYPACS_STORAGE_PRICES.
+DEFAULT_PRICES: dict[str, float] = {
+    "STANDARD": 0.023,
+    "STANDARD_IA": 0.0125,
+    "ONEZONE_IA": 0.01,
+    "GLACIER_IR": 0.004,
+    "GLACIER": 0.0036,
+    "DEEP_ARCHIVE": 0.00099,
+}
+
+# Restore tiers (S3 "GlacierJobParameters.Tier") and how long S3 says they take, in hours.
+RESTORE_HOURS: dict[tuple[str, str], float] = {
+    ("GLACIER", "Expedited"): 5 / 60,
+    ("GLACIER", "Standard"): 5.0,
+    ("GLACIER", "Bulk"): 12.0,
+    ("DEEP_ARCHIVE", "Standard"): 12.0,
+    ("DEEP_ARCHIVE", "Bulk"): 48.0,
+}
+RESTORE_TIERS = ("Expedited", "Standard", "Bulk")
+
+# S3 lifecycle rules cannot move an object to an IA class before it is 30 days old.
+IA_MIN_AGE_DAYS = 30
+
+
+class PolicyError(ValueError):
+    """The tiering policy or the prices cannot be used as configured."""
+
+
+def readable(storage_class: str) -> bool:
+    return not CLASSES[storage_class].needs_restore
+
+
+def restore_hours(storage_class: str, tier: str) -> float:
+    """Hours S3 documents for a restore; a class that needs none answers 0."""
+    if readable(storage_class):
+        return 0.0
+    if (storage_class, tier) not in RESTORE_HOURS:
+        raise PolicyError(f"restore tier {tier!r} is not offered for {storage_class}")
+    return RESTORE_HOURS[(storage_class, tier)]
+
+
+@dataclass(frozen=True)
+class Tier:
+    storage_class: str
+    after_days: int  # age (days since stored) from which objects belong in this class
+
+
+@dataclass(frozen=True)
+class TierPolicy:
+    """Ordered tiers: STANDARD from day 0, then ever colder classes at increasing ages."""
+
+    tiers: tuple[Tier, ...]
+
+    @classmethod
+    def of(cls, pairs: Iterable[tuple[str, int]]) -> TierPolicy:
+        policy = cls(tuple(Tier(c, int(d)) for c, d in pairs))
+        policy.validate()
+        return policy
+
+    def validate(self) -> None:
+        if not self.tiers:
+            raise PolicyError("the tiering policy has no tier")
+        for tier in self.tiers:
+            if tier.storage_class not in CLASSES:
+                known = ", ".join(CLASSES)
+                raise PolicyError(f"unknown storage class {tier.storage_class!r} (known: {known})")
+        first = self.tiers[0]
+        if first.storage_class != "STANDARD" or first.after_days != 0:
+            raise PolicyError("the first tier must be STANDARD from day 0 (new objects land there)")
+        for warmer, colder in zip(self.tiers, self.tiers[1:], strict=False):
+            if colder.after_days <= warmer.after_days:
+                raise PolicyError(
+                    f"days must increase: {colder.storage_class} at {colder.after_days} d comes "
+                    f"after {warmer.storage_class} at {warmer.after_days} d")
+            if CLASSES[colder.storage_class].rank <= CLASSES[warmer.storage_class].rank:
+                raise PolicyError(
+                    f"{colder.storage_class} is not colder than {warmer.storage_class}: objects "
+                    "only move to colder classes")
+            stay = colder.after_days - warmer.after_days
+            minimum = CLASSES[warmer.storage_class].min_days
+            if stay < minimum:
+                raise PolicyError(
+                    f"{warmer.storage_class} is kept {stay} d but its minimum storage duration is "
+                    f"{minimum} d (leaving earlier is billed as {minimum} d)")
+            if colder.storage_class in ("STANDARD_IA", "ONEZONE_IA") and colder.after_days < IA_MIN_AGE_DAYS:
+                raise PolicyError(f"{colder.storage_class} needs objects at least {IA_MIN_AGE_DAYS} d old")
+
+    def class_at(self, age: timedelta) -> str:
+        """The class an object of this age belongs in."""
+        current = self.tiers[0].storage_class
+        for tier in self.tiers:
+            if age >= timedelta(days=tier.after_days):
+                current = tier.storage_class
+        return current
+
+    def first_cold(self) -> Tier | None:
+        return self.tiers[1] if len(self.tiers) > 1 else None
+
+    def describe(self) -> str:
+        parts = []
+        for tier, nxt in zip(self.tiers, [*self.tiers[1:], None], strict=False):
+            until = f"{tier.after_days}-{nxt.after_days} d" if nxt else f"from {tier.after_days} d"
+            parts.append(f"{tier.storage_class} {until}")
+        return ", ".join(parts)
+
+
+def parse_prices(pairs: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """Defaults overridden by ``pairs``; unknown classes and negative prices are refused."""
+    prices = dict(DEFAULT_PRICES)
+    for name, price in pairs:
+        if name not in CLASSES:
+            raise PolicyError(f"price for unknown storage class {name!r}")
+        if price < 0:
+            raise PolicyError(f"price for {name} is negative")
+        prices[name] = float(price)
+    return prices
+
+
+def rank(storage_class: str) -> int:
+    return CLASSES[storage_class].rank
+
+
+# ----------------------------------------------------------------------------- the decision
+
+
+@dataclass(frozen=True)
+class Move:
+    """Copy one kept object onto itself in a colder class."""
+
+    object_id: int
+    object_key: str
+    size: int
+    from_class: str
+    to_class: str
+
+
+@dataclass(frozen=True)
+class BundlePlan:
+    """Small instances of one study that go cold together, as one archive object."""
+
+    facility_id: int
+    study_id: int
+    storage_class: str
+    member_ids: tuple[int, ...]
+
+
+@dataclass
+class Plan:
+    moves: list[Move] = field(default_factory=list)
+    bundles: list[BundlePlan] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        by_class: dict[str, int] = defaultdict(int)
+        bytes_by_class: dict[str, int] = defaultdict(int)
+        for move in self.moves:
+            by_class[move.to_class] += 1
+            bytes_by_class[move.to_class] += move.size
+        return {
+            "moves": len(self.moves),
+            "moves_by_class": dict(by_class),
+            "bytes_by_class": dict(bytes_by_class),
+            "bundles": len(self.bundles),
+            "bundled_instances": sum(len(b.member_ids) for b in self.bundles),
+        }
+
+
+def _tiered_candidates(facility_ids: Sequence[int] | None):  # noqa: ANN202
+    """Objects whose own bytes are tiered: instances kept as themselves, and bundles."""
+    where = [
+        StoredObject.state == ObjectState.KEPT,
+        StoredObject.moving_to.is_(None),
+        StoredObject.bundle_id.is_(None),
+    ]
+    if facility_ids:
+        where.append(StoredObject.facility_id.in_(list(facility_ids)))
+    return and_(*where)
+
+
+def plan(
+    session: Session,
+    policy: TierPolicy,
+    now: datetime,
+    *,
+    bundle_below: int,
+    facility_ids: Sequence[int] | None = None,
+    limit: int | None = None,
+) -> Plan:
+    """What is due at ``now``, from the catalogue: each object goes straight to the class of
+    its age (a run that missed a night does not stop half way), small instances in a bundle.
+
+    Coldest tier first, each a range query on (storage_class, stored_at), so a night's work is
+    found by index, not by reading every row. ``limit`` caps moves plus bundled instances.
+    """
+    result = Plan()
+    budget = limit if limit is not None else float("inf")
+    small: dict[tuple[int, int, str], list[int]] = defaultdict(list)
+    seen: set[int] = set()
+    cold_tiers = list(policy.tiers[1:])
+    for index in range(len(cold_tiers) - 1, -1, -1):
+        tier = cold_tiers[index]
+        if budget <= 0:
+            break
+        warmer = [c for c in CLASSES if rank(c) < rank(tier.storage_class)]
+        older_than = now - timedelta(days=tier.after_days)
+        conditions = [
+            _tiered_candidates(facility_ids),
+            StoredObject.storage_class.in_(warmer),
+            StoredObject.stored_at <= older_than,
+        ]
+        if index + 1 < len(cold_tiers):
+            # Objects old enough for the next colder tier were taken in the previous pass.
+            conditions.append(StoredObject.stored_at > now - timedelta(days=cold_tiers[index + 1].after_days))
+        rows = session.execute(
+            select(StoredObject.id, StoredObject.object_key, StoredObject.size,
+                   StoredObject.storage_class, StoredObject.kind, StoredObject.facility_id,
+                   StoredObject.study_id)
+            .where(*conditions)
+            .order_by(StoredObject.stored_at, StoredObject.id)
+            .limit(None if limit is None else int(budget))
+        ).all()
+        for row in rows:
+            if row.id in seen:
+                continue
+            seen.add(row.id)
+            if (row.kind == StoredObjectKind.INSTANCE and row.size < bundle_below
+                    and row.storage_class == "STANDARD" and row.study_id is not None):
+                # S3 will not transition it (< 128 KB) and a transition request alone costs
+                # more than years of its storage: it goes cold inside its study's bundle.
+                small[(row.facility_id, row.study_id, tier.storage_class)].append(row.id)
+            else:
+                result.moves.append(Move(row.id, row.object_key, row.size, row.storage_class,
+                                         tier.storage_class))
+            budget -= 1
+    for (facility_id, study_id, storage_class), members in sorted(small.items()):
+        result.bundles.append(BundlePlan(facility_id, study_id, storage_class, tuple(sorted(members))))
+    return result
+
+
+def expected_class(policy: TierPolicy, stored_at: datetime, now: datetime) -> str:
+    """The class S3's own lifecycle rules will have put an object in (``managed_by=s3``)."""
+    return policy.class_at(now - stored_at)
