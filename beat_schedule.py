@@ -50,4 +50,21 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(day_of_week="mon", hour=3, minute=30),
         "options": {"expires": 6 * 3600},
     },
+    # Storage lifecycle (queue storage by its route): nightly tiering, resumable and locked,
+    # so a second or a killed run is harmless; restores polled; DR copies hourly.
+    "storage-lifecycle": {
+        "task": "storage.run_lifecycle",
+        "schedule": crontab(hour=2, minute=15),
+        "options": {"expires": 6 * 3600},
+    },
+    "storage-process-restores": {
+        "task": "storage.process_restores",
+        "schedule": 600.0,
+        "options": {"expires": 590},
+    },
+    "storage-replicate": {
+        "task": "storage.replicate",
+        "schedule": 3600.0,
+        "options": {"expires": 3500},
+    },
 }

@@ -19,6 +19,7 @@ from api import (
     study_organisation,
     templates,
 )
+from api import storage as storage_api
 from api.context import Resources
 from api.limits import RateLimiter
 from config import Settings, load_settings
@@ -69,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(study_organisation.blueprint, url_prefix="/api/v1/batches")
     app.register_blueprint(templates.blueprint, url_prefix="/api/v1/templates")
     app.register_blueprint(deliveries.blueprint, url_prefix="/api/v1/deliveries")
+    app.register_blueprint(storage_api.blueprint, url_prefix="/api/v1/storage")
     app.register_blueprint(audit_log.blueprint, url_prefix="/api/v1/audit")
     app.register_blueprint(analytics.blueprint, url_prefix="/api/v1/analytics")
     app.register_blueprint(forecasts.blueprint, url_prefix="/api/v1/forecasts")

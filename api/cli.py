@@ -370,6 +370,11 @@ def upload(folder: Path, server: str, token: str, jobs: int, chunk_size: int, la
                         override_file=override_file))
 
 
+from api.storage_cli import storage  # noqa: E402 - the storage group lives in its own module
+
+main.add_command(storage)
+
+
 @main.command()
 @click.option("--facility", required=True, help="facility name or id, or 'total' for every facility")
 @click.option("--horizon", default=28, show_default=True, type=click.IntRange(7, 366), help="days")

@@ -37,6 +37,7 @@ from pipeline.metadata_rewrite import (
     rewrite_part10,
 )
 from pipeline.models import Instance, InstanceOrigin, InstanceRendition, Series, Study
+from pipeline.restore import require_readable
 from pipeline.storage import ObjectStore, iter_object
 from pipeline.study_organisation import first_instance_id
 
@@ -198,6 +199,9 @@ def prepare(session: Session, store: ObjectStore, instance: Instance) -> Renditi
     Raises ``RenditionError`` when edits apply but the file cannot be rewritten: sending the
     unedited original instead could file images under the wrong patient.
     """
+    # Issue 6: cold bytes (archive class, or inside a bundle) are read through a restore;
+    # this records one and raises ObjectArchived (an ObjectMissing) that says when.
+    require_readable(session, instance)
     edits = planned_edits(session, store, instance)
     if not edits:
         return original(store, instance)

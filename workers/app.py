@@ -17,8 +17,14 @@ app = Celery("relaypacs")
 app.config_from_object(celery_config(load_settings()))
 # beat_schedule.py is data only; loaded here so `celery beat` and `relaypacs beat` agree.
 app.conf.beat_schedule = BEAT_SCHEDULE
-app.conf.imports = ["workers.tasks", "workers.analytics_tasks", "workers.export_tasks"]  # loaded by workers; the API imports lazily
-app.conf.imports = [*app.conf.imports, "workers.forecast_tasks"]  # issue 7
+# Loaded by workers; the API imports lazily.
+app.conf.imports = [
+    "workers.tasks",
+    "workers.analytics_tasks",
+    "workers.storage_tasks",
+    "workers.export_tasks",
+    "workers.forecast_tasks",
+]
 
 
 @worker_process_init.connect
