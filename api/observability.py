@@ -28,6 +28,13 @@ def register(app: Flask) -> None:
         g.started = time.perf_counter()
         if request.mimetype == "application/json" and (request.content_length or 0) > MAX_JSON_BYTES:
             raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes")
+        # PostgreSQL text cannot hold NUL: refuse it at the door rather than fail in a query.
+        if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
+            raise ApiError(400, "NUL characters are not allowed in the URL")
+        if request.mimetype == "application/json" and (
+            b"\\u0000" in request.get_data(cache=True) or b"\x00" in request.get_data(cache=True)
+        ):
+            raise ApiError(400, "NUL characters are not allowed in JSON text")
 
     @app.after_request
     def _finish(response: Response) -> Response:

@@ -76,3 +76,9 @@ def test_oversized_json_body_is_413(client, make_token):
     response = client.post("/api/v1/batches", data="{" + " " * (2 * 1024 * 1024) + "}",
                            headers={**auth(make_token("Clinic A")), "Content-Type": "application/json"})
     assert response.status_code == 413
+
+
+def test_nul_characters_are_a_400_not_a_database_error(client, make_token):
+    headers = auth(make_token("Clinic A"))
+    assert client.post("/api/v1/batches", json={"label": "a\x00b"}, headers=headers).status_code == 400
+    assert client.get("/api/v1/batches?limit=1%00", headers=headers).status_code == 400
