@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.orm import Session
 
 from pipeline.models import Facility, HourlyStats, Upload, UploadState, User
@@ -99,12 +99,24 @@ def _metric_values(sums: list[int], metrics: Sequence[str], max_ms: int) -> list
 def _stats_rows(session: Session, spec: ReportSpec, facility_ids: Sequence[int], start: datetime,
                 end: datetime, tz: ZoneInfo, metrics: Sequence[str]) -> Iterator[tuple]:
     grouping = spec.grouping
-    cols = [getattr(HourlyStats, name) for name in _SUMS]
-    stmt = select(HourlyStats.hour, Facility.name, HourlyStats.modality, User.email,
-                  HourlyStats.latency_max_ms, *cols)
-    stmt = stmt.join(Facility, Facility.id == HourlyStats.facility_id).join(
-        User, User.id == HourlyStats.user_id)
-    stmt = _stats_filter(stmt, spec, facility_ids, start, end).order_by(HourlyStats.hour)
+    # The database sums away the dimensions the report does not group by (status, and
+    # modality or user unless asked), so Python sees one row per hour and group at most.
+    dims: list = [HourlyStats.hour, Facility.name]
+    modality, email = literal(""), literal("")
+    if "modality" in grouping:
+        modality = HourlyStats.modality
+        dims.append(modality)
+    if "user" in grouping:
+        email = User.email
+        dims.append(email)
+    stmt = select(HourlyStats.hour, Facility.name, modality, email,
+                  func.max(HourlyStats.latency_max_ms),
+                  *[func.sum(getattr(HourlyStats, name)) for name in _SUMS])
+    stmt = stmt.join(Facility, Facility.id == HourlyStats.facility_id)
+    if "user" in grouping:
+        stmt = stmt.join(User, User.id == HourlyStats.user_id)
+    stmt = _stats_filter(stmt, spec, facility_ids, start, end).group_by(*dims).order_by(HourlyStats.hour)
+    time_keys: dict[datetime, object] = {}
     time_first = grouping[0] in TIME_GROUPINGS
     groups: dict[tuple, list[int]] = {}
     max_ms: dict[tuple, int] = {}
@@ -119,7 +131,10 @@ def _stats_rows(session: Session, spec: ReportSpec, facility_ids: Sequence[int],
 
     for row in session.execute(stmt.execution_options(yield_per=5000)):
         parts = {"facility": row[1], "modality": row[2] or "", "user": row[3]}
-        key = tuple(_time_key(g, row[0], tz) if g in TIME_GROUPINGS else parts[g] for g in grouping)
+        when = time_keys.get(row[0])
+        if when is None:
+            when = time_keys[row[0]] = {g: _time_key(g, row[0], tz) for g in grouping if g in TIME_GROUPINGS}
+        key = tuple(when[g] if g in TIME_GROUPINGS else parts[g] for g in grouping)
         if time_first and key[0] != current:
             # Hour order makes time buckets arrive in order: emit the finished one.
             yield from flush()

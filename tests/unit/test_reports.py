@@ -176,3 +176,20 @@ def test_presigned_url_for_s3_stores():
 
     assert report_delivery.presigned_url(FakeS3(), "exports/x.xlsx", 60) == "https://s3.test/b/gw/exports/x.xlsx?ttl=60"
     assert report_delivery.presigned_url(object(), "k", 60) is None
+
+
+def test_grouping_by_modality_and_user_sums_in_the_database(session, world):
+    from pipeline import report_data
+    from pipeline.report_definitions import ReportSpec
+
+    spec = ReportSpec(name="Mix", metrics=["uploads", "quarantined"], grouping=["modality", "user"],
+                      timezone="Europe/Berlin")
+    start, end = period_bounds("last_week", MONDAY, "Europe/Berlin")
+    data = report_data.build(session, spec, [world["facility"]], start, end)
+    rows = list(data.sections[0].rows())
+    # One row per modality and user; status and hours summed away (the quarantined upload
+    # has no study, so no modality).
+    assert [(r[0], r[2]) for r in rows] == [("", 1), ("CT", 12)]
+    assert all(r[1].endswith("@Reports North.test") for r in rows)
+    assert [s.title for s in data.sections] == ["Volume", "Quality"]
+    assert [r[2] for r in data.sections[1].rows()] == [1, 0]
