@@ -53,21 +53,21 @@ def daily_history(session: Session, facility_id: int | None, metric: str, last_d
     return first, forecasting.daily_series(values, first, last_day).tolist()
 
 
-def closed_days(session: Session, facility_id: int | None, start: date, end: date) -> list[date]:
-    """The facility's closures between ``start`` and ``end``: its country's public holidays
-    and its own closed days. The all-facility total has no calendar."""
-    if facility_id is None:
-        return []
-    calendar = session.get(FacilityCalendar, facility_id)
+def calendar_days(session: Session, facility_id: int | None, start: date,
+                  end: date) -> tuple[list[date], list[date]]:
+    """(closed days, public holidays) of the facility between ``start`` and ``end``: its own
+    closures and its country's holidays. The all-facility total has no calendar."""
+    calendar = session.get(FacilityCalendar, facility_id) if facility_id is not None else None
     if calendar is None:
-        return []
-    days = {date.fromisoformat(d) for d in calendar.closed_days or []}
+        return [], []
+    closed = {date.fromisoformat(d) for d in calendar.closed_days or []}
+    public: set[date] = set()
     if calendar.country:
         import holidays
 
         years = range(start.year, end.year + 1)
-        days |= set(holidays.country_holidays(calendar.country, subdiv=calendar.subdivision, years=years))
-    return sorted(d for d in days if start <= d <= end)
+        public = set(holidays.country_holidays(calendar.country, subdiv=calendar.subdivision, years=years))
+    return sorted(d for d in closed if start <= d <= end), sorted(d for d in public if start <= d <= end)
 
 
 def run_forecast(session: Session, facility_id: int | None, metric: str = "uploads", *,
@@ -77,9 +77,9 @@ def run_forecast(session: Session, facility_id: int | None, metric: str = "uploa
     today = today or datetime.now(UTC).date()
     last_day = today - timedelta(days=1)
     first_day, series = daily_history(session, facility_id, metric, last_day)
-    closed = closed_days(session, facility_id, first_day, last_day + timedelta(days=horizon))
+    closed, public = calendar_days(session, facility_id, first_day, last_day + timedelta(days=horizon))
     result = forecasting.forecast_series(series, first_day, horizon=horizon, closed=closed,
-                                         **options)  # type: ignore[arg-type]
+                                         holidays=public, **options)  # type: ignore[arg-type]
     row = UploadForecast(
         facility_id=facility_id, metric=metric, horizon=horizon, model=result.model,
         model_order=result.order, aic=result.aic,

@@ -233,11 +233,15 @@ def forecast_series(
     *,
     horizon: int = DEFAULT_HORIZON,
     closed: Iterable[date] = (),
+    holidays: Iterable[date] = (),
     grid: Sequence[tuple[tuple[int, int, int], tuple[int, int, int, int]]] = DEFAULT_GRID,
     folds: int = DEFAULT_FOLDS,
     max_history: int = MAX_HISTORY_DAYS,
 ) -> Forecast:
-    """Forecast ``horizon`` days after the last of ``y`` (``y[0]`` is ``first_day``)."""
+    """Forecast ``horizon`` days after the last of ``y`` (``y[0]`` is ``first_day``).
+
+    ``closed``: days the facility is shut (forecast zero); ``holidays``: days whose effect the
+    regressor estimates from the past ones (both feed the one 0/1 regressor)."""
     y = np.asarray(y, dtype=float)
     n = len(y)
     start = first_day + timedelta(days=n)
@@ -246,13 +250,22 @@ def forecast_series(
         return Forecast("seasonal_naive", start, Prediction(zero, zero, zero, zero, zero),
                         fallback_reason=f"no history ({n} days)")
     days = [first_day + timedelta(days=i) for i in range(n + horizon)]
-    flags = closure_flags(days, closed)
-    # Closed days in the future are known to be closed: the model predicts them from the
-    # regressor; seasonal naive cannot, so they are set to zero for both.
-    future_closed = flags[n:] > 0
+    closed = set(closed)
+    flags = closure_flags(days, closed | set(holidays))
+    shut = closure_flags(days, closed) > 0
+    # A holiday ahead with no past one to learn its effect from is taken as closed (zero);
+    # once the history has some, the regressor estimates the effect instead (a public holiday
+    # may halve the volume rather than stop it). A closed day is zero either way.
+    zero_closed = True
+
+    def ahead_zero(start_index: int, h: int) -> np.ndarray:
+        window = slice(start_index, start_index + h)
+        return (flags[window] > 0) if zero_closed else shut[window]
 
     def naive(history: np.ndarray, h: int, closed_ahead: np.ndarray) -> Prediction:
         return _zero_closed(seasonal_naive(history, h), closed_ahead)
+
+    future_closed = ahead_zero(n, horizon)
 
     if n < MIN_HISTORY_DAYS:
         return Forecast("seasonal_naive", start, naive(y, horizon, future_closed),
@@ -269,6 +282,8 @@ def forecast_series(
     lo = max(0, first_origin - max_history)
     use_exog = _exog_usable(flags[lo:first_origin]) and _exog_usable(flags[max(0, n - max_history):n])
     x = flags.reshape(-1, 1) if use_exog else None
+    zero_closed = not use_exog
+    future_closed = ahead_zero(n, horizon)
     regressors = ["closed"] if use_exog else []
 
     # Order by AIC on the data before the first holdout: the backtest then never saw its holdouts.
@@ -300,7 +315,7 @@ def forecast_series(
         for origin in origins:
             window = slice(max(0, origin - max_history), origin)
             history = y[window]
-            ahead = flags[origin:origin + horizon] > 0
+            ahead = ahead_zero(origin, horizon)
             model_pred = predict(best, history, x[window] if use_exog else None,
                                  x[origin:origin + horizon] if use_exog else None, horizon)
             actuals.append(y[origin:origin + horizon])
