@@ -104,3 +104,16 @@ def test_pipeline_forecasting_is_pure():
     lines = Path(fc.__file__).read_text().splitlines()
     imports = [line for line in lines if line.startswith(("import ", "from "))]
     assert not [line for line in imports if any(n in line for n in ("flask", "celery", "sqlalchemy"))]
+
+
+def test_holiday_effect_is_estimated_not_assumed_closed():
+    n = 168
+    y = weekly(n, trend=0.0)
+    holidays = [START + timedelta(days=d) for d in (15, 50, 85, 120, 155)]
+    for day in holidays:
+        y[(day - START).days] *= 0.5  # a holiday halves the volume; it does not stop it
+    ahead = START + timedelta(days=n)  # a Monday holiday right after the history
+    result = fc.forecast_series(y, START, horizon=7, grid=GRID, folds=2, holidays=[*holidays, ahead])
+    assert result.regressors == ["closed"]
+    monday = result.points()[0]["mean"]
+    assert 30 < monday < 90, monday
