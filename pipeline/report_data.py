@@ -140,12 +140,13 @@ def _stats_rows(session: Session, spec: ReportSpec, facility_ids: Sequence[int],
             yield from flush()
             current = key[0]
         sums = groups.get(key)
+        values = row[5:]
         if sums is None:
-            sums = groups[key] = [0] * len(_SUMS)
-            max_ms[key] = 0
-        for index, value in enumerate(row[5:]):
-            sums[index] += value or 0
-        max_ms[key] = max(max_ms[key], row[4] or 0)
+            groups[key] = [v or 0 for v in values]
+            max_ms[key] = row[4] or 0
+        else:
+            groups[key] = [a + (v or 0) for a, v in zip(sums, values, strict=True)]
+            max_ms[key] = max(max_ms[key], row[4] or 0)
     yield from flush()
 
 
