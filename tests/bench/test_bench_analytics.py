@@ -211,6 +211,8 @@ CALLS = {
     "overview_365d_by_week": ("/api/v1/analytics/facilities?granularity=week&from={from365}", 365, "week",
                               None, None),
     "facility_30d_by_day": ("/api/v1/analytics/facilities/7?granularity=day", 30, "day", 7, None),
+    "facility_365d_by_week": ("/api/v1/analytics/facilities/7?granularity=week&from={from365}", 365, "week",
+                              7, None),
     "facility_7d_by_hour": ("/api/v1/analytics/facilities/7?granularity=hour&from={from7}", 7, "hour", 7,
                             None),
     "user_30d_with_listing": ("/api/v1/analytics/facilities/7/users/32?granularity=day", 30, "day", 7, 32),
