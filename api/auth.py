@@ -10,6 +10,7 @@ from flask import g, request
 
 from api.context import db, resources
 from api.errors import ApiError
+from api.observability import check_request_bounds
 from pipeline import audit
 from pipeline.accounts import user_for_token
 from pipeline.models import Role, User
@@ -43,6 +44,7 @@ def require(*roles: Role) -> Callable[[F], F]:
                 db().commit()
             if Role(user.role) not in allowed:
                 raise ApiError(403, f"role {user.role} may not do this")
+            check_request_bounds()
             return view(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

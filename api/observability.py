@@ -19,6 +19,20 @@ MAX_JSON_BYTES = 1024 * 1024
 _VALID_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 
 
+def check_request_bounds() -> None:
+    """Bounds every authenticated request must keep (checked after authentication, so a
+    caller without a token learns nothing but 401)."""
+    if request.mimetype == "application/json" and (request.content_length or 0) > MAX_JSON_BYTES:
+        raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes")
+    # PostgreSQL text cannot hold NUL: refuse it at the door rather than fail in a query.
+    if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
+        raise ApiError(400, "NUL characters are not allowed in the URL")
+    if request.mimetype == "application/json" and (
+        b"\\u0000" in request.get_data(cache=True) or b"\x00" in request.get_data(cache=True)
+    ):
+        raise ApiError(400, "NUL characters are not allowed in JSON text")
+
+
 def register(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
@@ -26,15 +40,6 @@ def register(app: Flask) -> None:
         g.request_id = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
         g.request_token = request_id.set(g.request_id)
         g.started = time.perf_counter()
-        if request.mimetype == "application/json" and (request.content_length or 0) > MAX_JSON_BYTES:
-            raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes")
-        # PostgreSQL text cannot hold NUL: refuse it at the door rather than fail in a query.
-        if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
-            raise ApiError(400, "NUL characters are not allowed in the URL")
-        if request.mimetype == "application/json" and (
-            b"\\u0000" in request.get_data(cache=True) or b"\x00" in request.get_data(cache=True)
-        ):
-            raise ApiError(400, "NUL characters are not allowed in JSON text")
 
     @app.after_request
     def _finish(response: Response) -> Response:

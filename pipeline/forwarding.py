@@ -210,6 +210,18 @@ class _Batcher:
                              getattr(exc, "status", "missing"))
                 self.result.failed += 1
                 group.remove(delivery)
+            except renditions_for.RenditionError as exc:
+                # Sending the unedited original instead could file it under the wrong patient.
+                _dead_letter(delivery, now, f"cannot apply the metadata changes: {exc}", "rewrite")
+                self.result.failed += 1
+                group.remove(delivery)
+            except OSError as exc:  # storage failing while writing a rendition: wait, retry
+                delay = _release(group, f"storage unavailable: {type(exc).__name__}",
+                                 self.max_attempts, now)
+                self.result.deferred += len(group)
+                self.result.come_back_after = delay
+                checkpoint()
+                return False
         for delivery in group:
             delivery.attempts += 1  # spent now, committed before the bytes leave
         checkpoint()
