@@ -32,6 +32,9 @@ def _fresh_connections_after_fork(**_: object) -> None:
     # A forked child must not share the parent's pooled database connections.
     runtime.reset()
     runtime.warm_up()
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # see pyproject.toml: processes, not BLAS threads
 
 
 @setup_logging.connect
