@@ -178,6 +178,9 @@ class EventServer:
         last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or ""
         if last_id and events.stream_id_key(last_id) == (0, 0) and last_id != "0-0":
             raise _error(400, "Last-Event-ID must be an id this stream sent, like 1711111111111-0")
+        # Where live delivery starts, taken before the client can see the headers: an event
+        # published the moment it does is then in the ring after this position, not lost.
+        position, newest = self.feed.seq, self.feed.last_stream_id
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-store",
             "X-Accel-Buffering": "no",  # a proxy in front must not buffer the stream
@@ -186,7 +189,7 @@ class EventServer:
         await response.write(f"retry: {RETRY_MS}\n: connected\n\n".encode())
         self.streams += 1
         try:
-            await self._stream(response, facility_id, is_admin, last_id)
+            await self._stream(response, facility_id, is_admin, last_id, position, newest)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -194,9 +197,9 @@ class EventServer:
         return response
 
     async def _stream(self, response: web.StreamResponse, facility_id: int, is_admin: bool,
-                      last_id: str) -> None:
-        position = self.feed.seq  # live events from here on; older ones come from the stream
-        sent = last_id or self.feed.last_stream_id
+                      last_id: str, position: int, newest: str) -> None:
+        """Live events after ``position`` in the ring; older ones come from the Redis stream."""
+        sent = last_id or newest
         if last_id:
             sent = await self._catch_up(response, facility_id, is_admin, last_id)
         while True:

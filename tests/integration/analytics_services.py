@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -47,30 +48,41 @@ class EventsServer(ServiceProcess):
 
 
 class SseReader:
-    """Reads one SSE stream on a thread; ``events`` fills as messages arrive."""
+    """Reads one SSE stream on a thread; ``events`` fills as messages arrive.
+
+    A plain socket, not requests: closing it must end a blocked read at once (a streamed
+    requests response waits for its read timeout), and lines must be seen as they arrive."""
 
     def __init__(self, url: str, token: str, last_event_id: str | None = None):
-        headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
-        if last_event_id:
-            headers["Last-Event-ID"] = last_event_id
-        self.response = requests.get(f"{url}/api/v1/events", headers=headers, stream=True, timeout=(5, 60))
-        self.status = self.response.status_code
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        extra = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
+        self.sock.sendall((f"GET /api/v1/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                           f"Authorization: Bearer {token}\r\n"
+                           f"Accept: text/event-stream\r\n{extra}\r\n").encode())
+        self.sock.settimeout(None)
+        self.stream = self.sock.makefile("rb")
+        self.status = int(self.stream.readline().split()[1])
+        while self.stream.readline() not in (b"\r\n", b""):
+            pass  # the rest of the response head
         self.events: list[dict] = []
         self._thread = threading.Thread(target=self._read, daemon=True)
         if self.status == 200:
             self._thread.start()
 
     def _read(self) -> None:
+        # aiohttp sends each event as one chunk: chunk-size lines are not SSE fields, skipped.
         current: dict = {}
-        with contextlib.suppress(Exception):
-            for raw in self.response.iter_lines(decode_unicode=True):
-                if raw == "":
+        with contextlib.suppress(OSError, ValueError):
+            for line in self.stream:
+                text = line.decode().rstrip("\r\n")
+                if text == "":
                     if "data" in current:
                         self.events.append({"id": current.get("id"), "event": current.get("event"),
                                             **json.loads(current["data"])})
                     current = {}
-                elif not raw.startswith(":"):
-                    key, _, value = raw.partition(": ")
+                elif not text.startswith(":") and ": " in text:
+                    key, _, value = text.partition(": ")
                     current[key] = value
 
     def wait_for(self, predicate, what: str, timeout: float = 60.0) -> list[dict]:  # noqa: ANN001
@@ -78,7 +90,11 @@ class SseReader:
         return [e for e in self.events if predicate(e)]
 
     def close(self) -> None:
-        self.response.close()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        if self._thread.is_alive():
+            self._thread.join(5)
 
 
 # --------------------------------------------------------------------------- PostgreSQL replica
