@@ -134,3 +134,14 @@ def test_dashboard_pages_render_after_sign_in(client, world):
     assert client.get("/dashboard/static/dashboard.js").status_code == 200
     offsite = client.post("/dashboard/login", data={"token": world["admin"], "next": "https://evil.test/"})
     assert offsite.headers["Location"] in ("/dashboard", "/dashboard/")
+
+
+def test_qa_manager_dashboard_is_their_facility(client, world):
+    client.post("/dashboard/login", data={"token": world["qa_north"]})
+    landing = client.get("/dashboard")
+    assert landing.status_code == 302
+    assert landing.headers["Location"].endswith(f"/facilities/{world['north']}")
+    assert client.get(landing.headers["Location"]).status_code == 200
+    assert client.get(f"/dashboard/facilities/{world['south']}").status_code == 403
+    client.post("/dashboard/logout")
+    assert client.get(f"/dashboard/facilities/{world['north']}").status_code == 302  # signed out
