@@ -61,3 +61,19 @@ def test_logs_never_carry_patient_data(api_server, make_user, worker, add_stow_d
                 if needle in text:
                     findings.append(f"{path.name}: {keyword}")
     assert findings == []
+
+
+def test_request_id_follows_the_work_into_celery_tasks(it_dir):
+    """The id of the request that finished an upload appears on the tasks it caused."""
+    import json
+
+    api_logs = [p for p in it_dir.rglob("api.log")]
+    worker_text = "\n".join(p.read_text(errors="replace") for p in it_dir.rglob("worker*.log"))
+    finishing = []
+    for path in api_logs:
+        for line in path.read_text(errors="replace").splitlines():
+            if '"route": "/api/v1/files/<upload_id>"' in line and '"status": 204' in line:
+                finishing.append(json.loads(line)["request_id"])
+    assert finishing, "no tus PATCH in the API log"
+    followed = [rid for rid in finishing if f'"request_id": "{rid}"' in worker_text]
+    assert followed, "no task logged the request id of the request that caused it"
