@@ -42,12 +42,14 @@ def run_demo(synthetic: int = 20, chunk_size: int = 16 * 1024) -> int:
     from api import create_app
     from api.cli import upgrade_database
     from config.celery import celery_config
+    from config.logging import configure_logging
     from pipeline.accounts import create_user
     from pipeline.database import make_engine, make_session_factory
     from pipeline.destination_registry import add_destination
     from workers import runtime
     from workers.app import app as celery_app
 
+    configure_logging("WARNING")  # the demo prints its own summary; request logs would drown it
     base = load_settings()
     home = base.var_dir / "demo" / datetime.now().strftime("%Y%m%d-%H%M%S")
     settings = base.with_overrides(
