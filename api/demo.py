@@ -9,6 +9,7 @@ real API, grouped, and forwarded; then the batch report is printed.
 from __future__ import annotations
 
 import base64
+import logging
 import hashlib
 import time
 from datetime import datetime
@@ -50,6 +51,8 @@ def run_demo(synthetic: int = 20, chunk_size: int = 16 * 1024) -> int:
     from workers.app import app as celery_app
 
     configure_logging("WARNING")  # the demo prints its own summary; request logs would drown it
+    # memory:// has no host by design; kombu warns about it on every publish.
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)
     base = load_settings()
     home = base.var_dir / "demo" / datetime.now().strftime("%Y%m%d-%H%M%S")
     settings = base.with_overrides(
