@@ -9,8 +9,8 @@ real API, grouped, and forwarded; then the batch report is printed.
 from __future__ import annotations
 
 import base64
-import logging
 import hashlib
+import logging
 import time
 from datetime import datetime
 from pathlib import Path
