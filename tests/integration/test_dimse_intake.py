@@ -20,13 +20,14 @@ import pytest
 import requests
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.dsutils import create_file_meta, split_dataset
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore
 from sqlalchemy import create_engine, select
 
 from pipeline.models import Upload
 from pipeline.samples import PYDICOM_FILES, synthetic_study
+from tests.dimse_scu import store_files
 from tests.integration.services import LOOPBACK, ServiceProcess, free_port, relaypacs_argv
 
 pytestmark = pytest.mark.integration
@@ -104,12 +105,6 @@ def qa_http(api_server, make_user, facility) -> requests.Session:
     return http
 
 
-@pytest.fixture
-def pynetdicom_raw(monkeypatch):
-    # Send the file's data set bytes as they are (no decode/re-encode by pydicom).
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
-
-
 def _write(folder: Path, files: list[bytes], prefix: str) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -143,15 +138,7 @@ def _storescu(port: int, paths: list[Path], calling: str) -> None:
 
 
 def _pynetdicom_send(port: int, paths: list[Path], calling: str) -> list[int]:
-    ae = AE(ae_title=calling)
-    for sop in (CTImageStorage, MRImageStorage):
-        ae.add_requested_context(sop, ExplicitVRLittleEndian)
-    assoc = ae.associate(LOOPBACK, port, ae_title=SCP_AET)
-    assert assoc.is_established
-    try:
-        return [int(assoc.send_c_store(path).Status) for path in paths]
-    finally:
-        assoc.release()
+    return store_files(LOOPBACK, port, SCP_AET, calling, paths)
 
 
 def _wait_in_orthanc(orthanc, uids: set[str], timeout: float) -> float:
@@ -179,7 +166,7 @@ def _quiet_deadline(gateway_env) -> float:
 
 def test_pushed_studies_reach_orthanc_as_received_after_the_quiet_period(
     scp, worker, beat, stow_destination, orthanc_clean, database, qa_http, api_server,
-    gateway_env, pynetdicom_raw, tmp_path,
+    gateway_env, tmp_path,
 ):
     by_storescu = synthetic_study(6)
     by_pynetdicom = synthetic_study(6)
@@ -230,7 +217,7 @@ def _garbage_instance(path: Path) -> str:
 
 def test_truncated_and_garbage_instances_are_refused_kept_and_never_forwarded(
     scp, worker, beat, stow_destination, orthanc_clean, qa_http, api_server, gateway_env,
-    pynetdicom_raw, tmp_path,
+    tmp_path,
 ):
     good = synthetic_study(1)
     paths = _write(tmp_path, good, "good")

@@ -7,15 +7,15 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore
+from pynetdicom.sop_class import Verification  # type: ignore
 
 from api.scp import StorageScp
 from pipeline.models import Batch, Upload, UploadState
 from pipeline.samples import PYDICOM_FILES, synthetic_study
 from pipeline.storage import FolderStore
+from tests.dimse_scu import store_files
 
 SCP_AET = "RELAYPACS_UT"
 
@@ -27,9 +27,8 @@ class BrokenStore(FolderStore):
 
 @pytest.fixture
 def scp_factory(app, settings, monkeypatch, tmp_path):
-    # pynetdicom's chunked send/receive switches are module globals: restored after the test.
+    # pynetdicom's chunked receive switch is a module global: restored after the test.
     monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", False)
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     resources = app.extensions["relaypacs"]
     started: list[StorageScp] = []
 
@@ -50,17 +49,8 @@ def scp_factory(app, settings, monkeypatch, tmp_path):
         scp.stop(grace=1)
 
 
-def _send(port: int, paths: list[Path], called: str = SCP_AET) -> list[int]:
-    """Send the files' bytes as they are (pynetdicom's chunked mode), one association."""
-    ae = AE(ae_title="CT_ROOM_1")
-    for sop in (CTImageStorage, MRImageStorage):
-        ae.add_requested_context(sop, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title=called)
-    assert assoc.is_established
-    try:
-        return [int(assoc.send_c_store(path).Status) for path in paths]
-    finally:
-        assoc.release()
+def _send(port: int, paths: list[Path]) -> list[int]:
+    return store_files("127.0.0.1", port, SCP_AET, "CT_ROOM_1", paths)
 
 
 def _dataset_bytes(data: bytes, tmp_path: Path) -> bytes:
