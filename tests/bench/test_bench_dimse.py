@@ -19,7 +19,8 @@ same PostgreSQL). The second says how much of the gap to storescu, which reads l
 the object store rather than the sender: moto_server answers GETs from one Python process.
 
 Knobs (environment): BENCH_ROUNDS, BENCH_PACS_CONCURRENCY (4), BENCH_PACS_POOL (prefork),
-BENCH_STUDIES (10) x BENCH_STUDY_SIZE (50), BENCH_DIMSE_WITH_STOW (1); RELAYPACS_STOW_BATCH_SIZE
+BENCH_STUDIES (10) x BENCH_STUDY_SIZE (50), BENCH_DIMSE_WITH_STOW (1), BENCH_DIMSE_RESULTS
+(dimse.json); RELAYPACS_STOW_BATCH_SIZE
 (instances per STOW-RS request, and per C-STORE association) reaches the workers through
 ``gateway_env`` (default 40).
 """
@@ -68,7 +69,8 @@ PACS_POOL = os.environ.get("BENCH_PACS_POOL", "prefork")
 WITH_STOW = os.environ.get("BENCH_DIMSE_WITH_STOW", "1") != "0"
 TARGET_RATIO = 0.8
 BYTE_CHECK_SAMPLE = 20
-RESULTS_FILE = RESULTS_DIR / "dimse.json"
+# Knob experiments write elsewhere (BENCH_DIMSE_RESULTS=dimse-batch50.json) so as not to replace it.
+RESULTS_FILE = RESULTS_DIR / os.environ.get("BENCH_DIMSE_RESULTS", "dimse.json")
 # Data Set Trailing Padding (FFFC,FFFC) OB, explicit VR: the synthetic CT's template ends with it.
 TRAILING_PADDING_TAG = b"\xfc\xff\xfc\xffOB"
 
@@ -205,7 +207,9 @@ class FolderStorageStack:
 def _gateway_round(stack: GatewayStack, kind: str, target: str, files: list[bytes],
                    uids: list[str], orthanc, make_user, rng: random.Random) -> dict:
     orthanc.clear()
-    facility = f"Bench {kind} {rng.randrange(1 << 30):x}"
+    # A new facility per run: its ledger has never seen these instances (and the two tests of a
+    # session, seeded alike, must not meet in one facility).
+    facility = f"Bench {kind} {secrets.token_hex(4)}"
     token = make_user(facility, "uploader")
     destination = _route_to_new_destination(stack.env, facility, kind, target)
     gateway = Gateway(stack.api_url, token)
@@ -358,7 +362,7 @@ def _write_results(key: str, figures: dict) -> None:
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([Path(sys.executable).name, "-m", "pytest", *sys.argv[1:]]),
         "git_commit": _git_commit(),
-        "host": {"cpus": os.cpu_count()},
+        "host": {"cpus": os.cpu_count(), "nice": os.nice(0)},
         "measure": "gateway: POST /complete -> Orthanc count == all (files parsed and queues idle "
                    "before); storescu: one process, one association, TCP_NODELAY=1; "
                    "load_average_1min_before: other processes on the machine",
