@@ -209,6 +209,7 @@ class DimseSender:
     def _associate(self, ae: AE, contexts: list[Any]) -> Association:
         assoc = ae.associate(self.host, self.port, contexts=contexts, ae_title=self.called_aet)
         if assoc.is_established:
+            _keep_own_responses(assoc)
             return assoc
         if assoc.rejected_contexts and not assoc.accepted_contexts:
             # The SCP answered, but accepted none of the contexts, and pynetdicom aborted: that is
@@ -380,6 +381,21 @@ def _context_refused(uid: str, result: int | None) -> InstanceOutcome:
             False,
         )
     return InstanceOutcome(uid, False, None, f"presentation context rejected (result {result})", False)
+
+
+def _keep_own_responses(assoc: Association) -> None:
+    """Work around a pynetdicom race: its reactor thread may take the C-STORE-RSP our thread
+    waits for (the pause handshake is a flag, not a lock), drop it as "unexpected", and leave
+    send_c_store() waiting until the SCP's idle timeout aborts. Put such a response back."""
+    serve = assoc._serve_request
+
+    def serve_or_requeue(msg: Any, context_id: int) -> None:
+        if msg is not None and not msg.is_valid_request and msg.is_valid_response:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]
 
 
 def _finish(assoc: Association) -> None:
