@@ -9,20 +9,43 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from typing import Literal
+
+from flask import Blueprint, g, jsonify
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
-from api.auth import check_facility, current_user, require
+from api.auth import actor, check_facility, current_user, require
 from api.context import db, resources
 from api.errors import ApiError
-from pipeline import lifecycle, restore, storage_report
+from api.openapi import operation
+from pipeline import audit, lifecycle, restore, storage_report
 from pipeline.models import Facility, Instance, RestoreRequest, Role, StoredObject, Study, utcnow
 
 blueprint = Blueprint("storage", __name__)
 
 
+class ReportQuery(BaseModel):
+    facility: str | None = Field(None, max_length=200, description="one facility by name")
+
+
+class RestoreBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    study_id: int | None = Field(None, ge=1)
+    instance_id: int | None = Field(None, ge=1)
+    purpose: Literal["read", "forward"] = "read"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RestoreBody:
+        if (self.study_id is None) == (self.instance_id is None):
+            raise ValueError("give exactly one of study_id and instance_id")
+        return self
+
+
 @blueprint.route("/report", methods=["GET"])
 @require(Role.ADMIN)
+@operation("Objects, bytes and monthly cost per tier and facility; saving against all-STANDARD",
+           query=ReportQuery)
 def report():  # noqa: ANN201
     settings = resources().settings
     try:
@@ -31,11 +54,10 @@ def report():  # noqa: ANN201
         raise ApiError(500, f"storage prices misconfigured: {exc}") from exc
     session = db()
     facility_ids = None
-    name = request.args.get("facility")
-    if name is not None:
-        facility = session.scalar(select(Facility).where(Facility.name == name))
+    if g.query.facility is not None:
+        facility = session.scalar(select(Facility).where(Facility.name == g.query.facility))
         if facility is None:
-            raise ApiError(404, f"no facility named {name!r}")
+            raise ApiError(404, f"no facility named {g.query.facility!r}")
         facility_ids = [facility.id]
     dr_class = settings.dr_storage_class if settings.dr_storage_url else None
     built = storage_report.build(session, prices, facility_ids=facility_ids, dr_storage_class=dr_class)
@@ -48,49 +70,34 @@ def report():  # noqa: ANN201
     return jsonify(body)
 
 
-def _positive(body: dict, name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ApiError(400, f"{name} must be a positive integer")
-    return value
-
-
 @blueprint.route("/restores", methods=["POST"])
 @require(Role.ADMIN, Role.QA_MANAGER)
+@operation("Ask for a cold study or instance back; 202 with each request's expected time",
+           body=RestoreBody, responses={200: "readable as it is", 202: "restoring"})
 def create_restores():  # noqa: ANN201
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, 'body must be a JSON object: {"study_id" or "instance_id", "purpose"}')
-    unknown = set(body) - {"study_id", "instance_id", "purpose"}
-    if unknown:
-        raise ApiError(400, f"unknown fields: {', '.join(sorted(unknown))}")
-    study_id, instance_id = _positive(body, "study_id"), _positive(body, "instance_id")
-    if (study_id is None) == (instance_id is None):
-        raise ApiError(400, "give exactly one of study_id and instance_id")
-    purpose = body.get("purpose", "read")
-    if purpose not in restore.PURPOSES:
-        raise ApiError(400, f"purpose must be one of {', '.join(restore.PURPOSES)}")
-    settings = resources().settings
+    body: RestoreBody = g.body
+    tier = resources().settings.storage_restore_tier
     session = db()
     user = current_user()
-    if study_id is not None:
-        study = session.get(Study, study_id)
+    if body.study_id is not None:
+        study = session.get(Study, body.study_id)
         if study is None:
-            raise ApiError(404, f"no study {study_id}")
+            raise ApiError(404, f"no study {body.study_id}")
         check_facility(study.facility_id)
-        requests = restore.request_for_study(session, study_id, purpose=purpose,
-                                             tier=settings.storage_restore_tier, requested_by=user.id)
+        requests = restore.request_for_study(session, study.id, purpose=body.purpose, tier=tier,
+                                             requested_by=user.id)
     else:
-        instance = session.get(Instance, instance_id)
+        instance = session.get(Instance, body.instance_id)
         if instance is None:
-            raise ApiError(404, f"no instance {instance_id}")
+            raise ApiError(404, f"no instance {body.instance_id}")
         check_facility(instance.facility_id)
         row = session.scalar(select(StoredObject).where(StoredObject.object_key == instance.object_key))
         requests = [] if row is None or restore.instance_readable(session, row, utcnow()) else [
-            restore.request_restore(session, row, purpose=purpose, tier=settings.storage_restore_tier,
-                                    requested_by=user.id)]
+            restore.request_restore(session, row, purpose=body.purpose, tier=tier, requested_by=user.id)]
+    if requests:
+        audit.record(session, actor(), "storage.restore_requested",
+                     f"study:{body.study_id}" if body.study_id else f"instance:{body.instance_id}",
+                     {"purpose": body.purpose, "requests": [r.id for r in requests][:1000]})
     session.commit()
     if requests:
         from workers.storage_tasks import process_restores
@@ -107,6 +114,7 @@ def create_restores():  # noqa: ANN201
 
 @blueprint.route("/restores/<int:request_id>", methods=["GET"])
 @require(Role.ADMIN, Role.QA_MANAGER)
+@operation("One restore request: state and expected time")
 def get_restore(request_id: int):  # noqa: ANN201
     row = db().get(RestoreRequest, request_id)
     if row is None:

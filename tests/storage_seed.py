@@ -11,12 +11,14 @@ import hashlib
 import io
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.orm import Session
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.accounts import get_or_create_facility, hash_token
 from pipeline.intake import original_key
@@ -93,3 +95,24 @@ def seed_study(session: Session, store: ObjectStore | None, *, facility_id: int,
             list(pool.map(lambda kv: store.put_stream(kv[0], io.BytesIO(kv[1])), blobs))
     return SeededStudy(study.id, [i.id for i in instances], [k for k, _ in blobs],
                        dict(blobs) if keep_bytes and store is not None else {})
+
+
+@pytest.fixture(scope="module", name="db")
+def db_fixture(postgres_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on the integration database, for tests that seed and inspect rows directly."""
+    engine = create_engine(postgres_url)
+    try:
+        yield sessionmaker(engine, expire_on_commit=False)
+    finally:
+        engine.dispose()
+
+
+def boto_client(server, pool: int = 32):  # noqa: ANN001, ANN201
+    """A boto3 client for a moto_server with room for seeding threads (boto3 keeps 10)."""
+    import boto3
+    from botocore.config import Config
+
+    env = server.env
+    return boto3.client("s3", endpoint_url=server.endpoint_url, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                        region_name=env["AWS_DEFAULT_REGION"], config=Config(max_pool_connections=pool))

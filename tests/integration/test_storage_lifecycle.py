@@ -18,8 +18,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 from celery import Celery
-from sqlalchemy import create_engine, func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select, update
 
 from pipeline import bundles
 from pipeline.accounts import get_or_create_facility
@@ -38,7 +37,7 @@ from pipeline.storage import ObjectArchived, S3Store
 from tests.integration.gateway_client import Gateway
 from tests.integration.services import MotoS3, WorkerFleet, run_cli, wait_until
 from tests.sample_data import sample_dicom_files
-from tests.storage_seed import facility_user, seed_study
+from tests.storage_seed import boto_client, db_fixture, facility_user, seed_study  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 
@@ -95,15 +94,6 @@ def storage_worker(storage_fleet):
 
 
 @pytest.fixture(scope="module")
-def db(postgres_url) -> Iterator[sessionmaker[Session]]:
-    engine = create_engine(postgres_url)
-    try:
-        yield sessionmaker(engine, expire_on_commit=False)
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture(scope="module")
 def celery_client(redis_url) -> Iterator[Celery]:
     app = Celery("storage-tests", broker=redis_url, set_as_current=False)
     try:
@@ -112,27 +102,16 @@ def celery_client(redis_url) -> Iterator[Celery]:
         app.close()
 
 
-def client_of(server: MotoS3):  # noqa: ANN201
-    """A boto3 client with room for the seeding threads (the default pool holds 10)."""
-    import boto3
-    from botocore.config import Config
-
-    env = server.env
-    return boto3.client("s3", endpoint_url=server.endpoint_url, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                        region_name=env["AWS_DEFAULT_REGION"], config=Config(max_pool_connections=32))
-
-
 @pytest.fixture
 def primary(s3, gateway_env) -> S3Store:
-    store = S3Store(s3.bucket, client=client_of(s3))
+    store = S3Store(s3.bucket, client=boto_client(s3))
     store.ensure_bucket()
     return store
 
 
 @pytest.fixture
 def dr(dr_s3) -> S3Store:
-    store = S3Store(dr_s3.bucket, client=client_of(dr_s3))
+    store = S3Store(dr_s3.bucket, client=boto_client(dr_s3))
     store.ensure_bucket()
     return store
 

@@ -258,3 +258,31 @@ def test_dry_run_changes_nothing(session, store, clinic, tmp_path):
     assert result.plan["moves_by_class"] == {"DEEP_ARCHIVE": 1}
     session.rollback()
     assert session.scalar(select(func.count()).select_from(StoredObject)) == 0
+
+
+# ----------------------------------------------------------------------------- the API
+
+
+def test_report_api_is_for_admins_and_restore_requests_are_validated(client, make_token, session, store,
+                                                                     clinic, tmp_path):
+    assert client.get("/api/v1/storage/report").status_code == 401
+    uploader = {"Authorization": f"Bearer {make_token('Lifecycle Clinic', 'uploader')}"}
+    admin = {"Authorization": f"Bearer {make_token('Lifecycle Clinic', 'admin')}"}
+    assert client.get("/api/v1/storage/report", headers=uploader).status_code == 403
+    _seed(session, store, clinic, days(0), [300 * KIB, 5 * KIB])
+    tiering.run(session, store, _options(tmp_path), days(100), checkpoint=session.commit)
+    body = client.get("/api/v1/storage/report", headers=admin,
+                      query_string={"facility": "Lifecycle Clinic"}).get_json()
+    bundle = session.scalar(select(StoredObject).where(StoredObject.kind == StoredObjectKind.BUNDLE))
+    assert set(body["by_class"]) == {"GLACIER_IR"}
+    assert body["by_class"]["GLACIER_IR"]["objects"] == 2
+    assert body["by_class"]["GLACIER_IR"]["bytes"] == 300 * KIB + bundle.size
+    assert body["all_standard"]["bytes"] == 305 * KIB
+    assert body["policy"].startswith("STANDARD 0-90 d")
+    assert client.get("/api/v1/storage/report", headers=admin,
+                      query_string={"facility": "Nowhere"}).status_code == 404
+    for bad in ({}, {"study_id": 1, "instance_id": 1}, {"study_id": 0}, {"study_id": 1, "purpose": "x"},
+                {"study_id": 1, "colour": "red"}):
+        answer = client.post("/api/v1/storage/restores", json=bad, headers=admin)
+        assert answer.status_code == 400, (bad, answer.get_json())
+    assert client.post("/api/v1/storage/restores", json={"study_id": 1}, headers=uploader).status_code == 403
