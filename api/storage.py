@@ -44,12 +44,14 @@ class RestoreBody(BaseModel):
 
 @blueprint.route("/report", methods=["GET"])
 @require(Role.ADMIN)
-@operation("Objects, bytes and monthly cost per tier and facility; saving against all-STANDARD",
+@operation("Objects, bytes and monthly cost (storage, transition, retrieval and restore fees) per tier "
+           "and facility; saving against all-STANDARD",
            query=ReportQuery)
 def report():  # noqa: ANN201
     settings = resources().settings
     try:
         prices = lifecycle.parse_prices(settings.storage_prices)
+        lifecycle.check_read_fraction(settings.storage_cold_reads_per_month)
     except lifecycle.PolicyError as exc:
         raise ApiError(500, f"storage prices misconfigured: {exc}") from exc
     session = db()
@@ -60,7 +62,9 @@ def report():  # noqa: ANN201
             raise ApiError(404, f"no facility named {g.query.facility!r}")
         facility_ids = [facility.id]
     dr_class = settings.dr_storage_class if settings.dr_storage_url else None
-    built = storage_report.build(session, prices, facility_ids=facility_ids, dr_storage_class=dr_class)
+    built = storage_report.build(session, prices, facility_ids=facility_ids, dr_storage_class=dr_class,
+                                 cold_reads_per_month=settings.storage_cold_reads_per_month,
+                                 restore_days=settings.storage_restore_days)
     body = built.as_dict()
     try:
         body["policy"] = lifecycle.TierPolicy.of(settings.storage_tiers).describe()

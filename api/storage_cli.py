@@ -36,6 +36,8 @@ def _policy():  # noqa: ANN202
     settings = load_settings()
     try:
         policy = lifecycle.TierPolicy.of(settings.storage_tiers)
+        lifecycle.check_rendition_days(policy, settings.storage_rendition_days)
+        lifecycle.check_read_fraction(settings.storage_cold_reads_per_month)
         return policy, lifecycle.parse_prices(settings.storage_prices)
     except lifecycle.PolicyError as exc:
         raise click.ClickException(f"storage policy: {exc}") from exc
@@ -55,6 +57,8 @@ def policy_command() -> None:
     click.echo(f"managed by: {settings.storage_managed_by}; "
                f"bundles below {settings.storage_bundle_below_bytes} B")
     click.echo("prices (USD/GB-month): " + ", ".join(f"{c} {p}" for c, p in prices.items()))
+    click.echo(f"renditions expire after {settings.storage_rendition_days} d; cold reads modelled at "
+               f"{settings.storage_cold_reads_per_month:.1%} of IA/GLACIER_IR bytes a month")
 
 
 @storage.command("report")
@@ -69,7 +73,9 @@ def report_command(facilities: tuple[str, ...], as_json: bool) -> None:
     with _session() as session:
         dr_class = settings.dr_storage_class if settings.dr_storage_url else None
         built = storage_report.build(session, prices, facility_ids=_facility_ids(session, facilities),
-                                     dr_storage_class=dr_class)
+                                     dr_storage_class=dr_class,
+                                     cold_reads_per_month=settings.storage_cold_reads_per_month,
+                                     restore_days=settings.storage_restore_days)
     if as_json:
         click.echo(json.dumps(built.as_dict(), indent=2))
         return
@@ -78,10 +84,16 @@ def report_command(facilities: tuple[str, ...], as_json: bool) -> None:
         click.echo(f"{storage_class:<14}{objects:>12}{size / 1024**3:>14.3f}{cost:>14.2f}")
     click.echo(f"{'total':<14}{built.total.objects:>12}{built.total.bytes / 1024**3:>14.3f}"
                f"{built.total.monthly_cost:>14.2f}")
-    click.echo(f"all STANDARD: {built.baseline.monthly_cost:.2f} USD/month; saving {built.saving:.1%} "
+    fees = built.fees.as_dict()
+    click.echo(f"fees (last 30 days): transitions {fees['transitions']:.2f}, cold reads "
+               f"{fees['cold_reads']:.2f} ({built.cold_reads_per_month:.0%} of IA/GLACIER_IR bytes a month), "
+               f"restores {fees['restores']:.2f} USD")
+    click.echo(f"monthly bill: {built.monthly_cost:.2f} USD")
+    click.echo(f"all STANDARD: {built.baseline_cost:.2f} USD/month; saving {built.saving:.1%} "
                f"({built.bundles} bundles holding {built.bundled_instances} instances)")
     for name, lines in sorted(built.by_facility.items()):
-        cost = sum(line.monthly_cost for line in lines.values())
+        own_fees = built.facility_fees.get(name)
+        cost = sum(line.monthly_cost for line in lines.values()) + (own_fees.total if own_fees else 0.0)
         parts = ", ".join(f"{c} {line.objects}" for c, line in lines.items())
         click.echo(f"  {name}: {cost:.2f} USD/month ({parts})")
 

@@ -51,8 +51,9 @@ class Settings:
     # tus uploads one user may have open (created, not finished) at once.
     max_open_uploads: int = 2000
     # Storage lifecycle (issue 6); pipeline/lifecycle.py validates the policy and prices.
-    # Tiers as (class, from age in days): STANDARD 0-90 d, GLACIER_IR 90-365 d, then DEEP_ARCHIVE.
-    storage_tiers: tuple[tuple[str, int], ...] = (("STANDARD", 0), ("GLACIER_IR", 90), ("DEEP_ARCHIVE", 365))
+    # Tiers as (class, from age in days): STANDARD 0-30 d, GLACIER_IR 30-365 d, then DEEP_ARCHIVE
+    # (pipeline.lifecycle.DEFAULT_TIERS says why 30 and not the issue's 90).
+    storage_tiers: tuple[tuple[str, int], ...] = (("STANDARD", 0), ("GLACIER_IR", 30), ("DEEP_ARCHIVE", 365))
     # "gateway": the nightly job copies objects to colder classes itself; "s3": it writes the
     # equivalent bucket lifecycle rules instead, for stores that execute them.
     storage_managed_by: str = "gateway"
@@ -65,6 +66,10 @@ class Settings:
     storage_restore_days: int = 7
     storage_restore_tier: str = "Standard"
     storage_abort_multipart_days: int = 2
+    # Share of the bytes in IA/GLACIER_IR read back per month: the cost report's retrieval fees.
+    storage_cold_reads_per_month: float = 0.02
+    # Rewritten renditions are deleted after this many days (rebuilt from the original if needed).
+    storage_rendition_days: int = 7
     # Disaster-recovery copy: a second bucket, optionally on its own endpoint and credentials.
     dr_storage_url: str | None = None
     dr_endpoint_url: str | None = None
@@ -96,6 +101,16 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from exc
 
 
 def _pairs(env: dict[str, str], name: str, cast: type, default: tuple) -> tuple:
@@ -177,6 +192,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         storage_abort_multipart_days=_int(
             env, "RELAYPACS_STORAGE_ABORT_MULTIPART_DAYS", Settings.storage_abort_multipart_days
         ),
+        storage_cold_reads_per_month=_float(
+            env, "RELAYPACS_STORAGE_COLD_READS_PER_MONTH", Settings.storage_cold_reads_per_month
+        ),
+        storage_rendition_days=_int(env, "RELAYPACS_STORAGE_RENDITION_DAYS", Settings.storage_rendition_days),
         dr_storage_url=env.get("RELAYPACS_DR_STORAGE_URL") or None,
         dr_endpoint_url=env.get("RELAYPACS_DR_ENDPOINT_URL") or None,
         dr_access_key_id=env.get("RELAYPACS_DR_ACCESS_KEY_ID") or None,

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from pipeline.models import ObjectState, StoredObject, StoredObjectKind
@@ -58,6 +58,57 @@ DEFAULT_PRICES: dict[str, float] = {
     "GLACIER": 0.0036,
     "DEEP_ARCHIVE": 0.00099,
 }
+
+# us-east-1 request and retrieval prices (2024). Not settings: unlike storage prices they
+# are the same in most regions and only scale the fees lines of the report.
+# USD per 1,000 requests that write an object into a class: PUT, COPY, lifecycle transition.
+WRITE_REQUEST_PRICES: dict[str, float] = {
+    "STANDARD": 0.005,
+    "STANDARD_IA": 0.01,
+    "ONEZONE_IA": 0.01,
+    "GLACIER_IR": 0.02,
+    "GLACIER": 0.03,
+    "DEEP_ARCHIVE": 0.05,
+}
+# USD per 1,000 GET requests.
+GET_REQUEST_PRICES: dict[str, float] = {
+    "STANDARD": 0.0004,
+    "STANDARD_IA": 0.001,
+    "ONEZONE_IA": 0.001,
+    "GLACIER_IR": 0.01,
+    "GLACIER": 0.0004,
+    "DEEP_ARCHIVE": 0.0004,
+}
+# USD per GB read straight from a class that needs no restore (STANDARD reads are free).
+RETRIEVAL_PRICES: dict[str, float] = {"STANDARD_IA": 0.01, "ONEZONE_IA": 0.01, "GLACIER_IR": 0.03}
+# Restores of archive classes: (USD per GB, USD per 1,000 restore requests) by restore tier.
+RESTORE_PRICES: dict[tuple[str, str], tuple[float, float]] = {
+    ("GLACIER", "Expedited"): (0.03, 10.0),
+    ("GLACIER", "Standard"): (0.01, 0.05),
+    ("GLACIER", "Bulk"): (0.0, 0.0),
+    ("DEEP_ARCHIVE", "Standard"): (0.02, 0.10),
+    ("DEEP_ARCHIVE", "Bulk"): (0.0025, 0.025),
+}
+
+# The shipped policy. A 30-day hot tier, then GLACIER_IR (millisecond reads like STANDARD,
+# $0.03/GB to read) for the rest of the first year, then DEEP_ARCHIVE. Priors are mostly read
+# within weeks of a study, and the gateway is the archive behind the PACS, not what
+# radiologists read from, so little is read back after day 30. With STANDARD for 90 days a
+# steady intake keeps a quarter of a year's bytes hot on day 365, which caps the one-year
+# saving near 63% (the issue's literal 90/365 policy, still one setting away).
+DEFAULT_TIERS: tuple[tuple[str, int], ...] = (("STANDARD", 0), ("GLACIER_IR", 30), ("DEEP_ARCHIVE", 365))
+ISSUE_TIERS: tuple[tuple[str, int], ...] = (("STANDARD", 0), ("GLACIER_IR", 90), ("DEEP_ARCHIVE", 365))
+
+# Share of the bytes in millisecond-access cold classes (IA, GLACIER_IR) read back per month,
+# for the report's retrieval fees: a modelled rate (re-forwards to a new or rebuilt PACS,
+# exports), since such reads leave no trace in the catalogue. 0.02 = each cold byte read once
+# in about four years. Override with RELAYPACS_STORAGE_COLD_READS_PER_MONTH.
+DEFAULT_COLD_READS_PER_MONTH = 0.02
+
+# Rewritten renditions are deleted this many days after they were made (rebuilt from the
+# original on demand): they must never reach a cold class, where deleting them would bill
+# the class's minimum duration.
+DEFAULT_RENDITION_DAYS = 7
 
 # Restore tiers (S3 "GlacierJobParameters.Tier") and how long S3 says they take, in hours.
 RESTORE_HOURS: dict[tuple[str, str], float] = {
@@ -155,6 +206,25 @@ class TierPolicy:
         return ", ".join(parts)
 
 
+def check_rendition_days(policy: TierPolicy, days: int) -> int:
+    """Renditions expire while still in STANDARD (``managed_by=s3`` moves them by age too)."""
+    if days < 1:
+        raise PolicyError("renditions must be kept at least 1 day (deliveries retry from them)")
+    first = policy.first_cold()
+    if first is not None and days >= first.after_days:
+        raise PolicyError(
+            f"renditions kept {days} d would reach {first.storage_class} at {first.after_days} d; "
+            f"expire them earlier (deleting a cold object bills its minimum duration)")
+    return days
+
+
+def check_read_fraction(fraction: float) -> float:
+    """A share of the cold bytes read per month: 0.02 is 2%; above 1, bytes are read repeatedly."""
+    if not 0 <= fraction <= 10:
+        raise PolicyError(f"cold reads per month must be a share between 0 and 10, not {fraction}")
+    return float(fraction)
+
+
 def parse_prices(pairs: Iterable[tuple[str, float]]) -> dict[str, float]:
     """Defaults overridden by ``pairs``; unknown classes and negative prices are refused."""
     prices = dict(DEFAULT_PRICES)
@@ -227,6 +297,19 @@ def _tiered_candidates(facility_ids: Sequence[int] | None):  # noqa: ANN202
     return and_(*where)
 
 
+def _served_minimum(classes: Sequence[str], now: datetime):  # noqa: ANN202
+    """In one of ``classes`` and kept there its minimum duration. An object that reached a
+    class late (a backlog, a policy change) waits there rather than leave early: leaving
+    bills the rest of the minimum anyway, on top of the colder class. So tiering itself never
+    causes an early-deletion charge."""
+    free = [c for c in classes if CLASSES[c].min_days == 0]
+    since = func.coalesce(StoredObject.tiered_at, StoredObject.stored_at)
+    options = [StoredObject.storage_class.in_(free)] if free else []
+    options += [and_(StoredObject.storage_class == c, since <= now - timedelta(days=CLASSES[c].min_days))
+                for c in classes if CLASSES[c].min_days > 0]
+    return or_(*options)
+
+
 def plan(
     session: Session,
     policy: TierPolicy,
@@ -255,7 +338,7 @@ def plan(
         older_than = now - timedelta(days=tier.after_days)
         conditions = [
             _tiered_candidates(facility_ids),
-            StoredObject.storage_class.in_(warmer),
+            _served_minimum(warmer, now),
             StoredObject.stored_at <= older_than,
         ]
         if index + 1 < len(cold_tiers):

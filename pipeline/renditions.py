@@ -36,7 +36,7 @@ from pipeline.metadata_rewrite import (
     read_header,
     rewrite_part10,
 )
-from pipeline.models import Instance, InstanceOrigin, InstanceRendition, Series, Study
+from pipeline.models import Instance, InstanceOrigin, InstanceRendition, Series, Study, utcnow
 from pipeline.restore import require_readable
 from pipeline.storage import ObjectStore, iter_object
 from pipeline.study_organisation import first_instance_id
@@ -135,6 +135,8 @@ def _inherited(session: Session, store: ObjectStore, study: Study) -> Edits:
     first = session.get(Instance, first_id) if first_id is not None else None
     inherited: Edits = {}
     if first is not None:
+        # Its bytes are read too, and may be cold by now: through the restore gate as well.
+        require_readable(session, first)
         with tempfile.TemporaryDirectory(prefix="relaypacs-rendition-") as tmp:
             path = _spool(store, first.object_key, Path(tmp))
             with open(path, "rb") as fh:
@@ -212,6 +214,9 @@ def prepare(session: Session, store: ObjectStore, instance: Instance) -> Renditi
         return _rendition(store, instance, row.object_key, row.size, row.sha256)
     key = rendition_key(instance.object_key, digest)
     sha256, size = _write(store, instance, edits, key)
+    if row is not None:
+        # Rebuilt after the lifecycle run expired it: its days start again (pipeline/tiering.py).
+        row.created_at = utcnow()
     if row is None:
         row = InstanceRendition(instance_id=instance.id, digest=digest, object_key=key,
                                 sha256=sha256, size=size, changed=sorted(edits))

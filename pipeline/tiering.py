@@ -1,5 +1,11 @@
 """The nightly storage lifecycle run: catalogue new instances, bundle small ones, move what
-is due to a colder class, expire what a move or a restore left behind, clean up staging.
+is due to a colder class, expire what a move or a restore left behind, delete renditions past
+their days, clean up staging.
+
+Renditions (rewritten copies made at forwarding time, pipeline/renditions.py) are not tiered
+but expired: they are needed while their deliveries retry, can be rebuilt from the original
+(the rewrite is deterministic), and a cold rendition deleted later would bill its class's
+minimum duration. So they are deleted while still in STANDARD, before the first cold tier.
 
 Every step is idempotent and resumable, because the run may be killed at any point:
 - a copy is announced first (``moving_to`` committed), so the next run checks those objects
@@ -25,13 +31,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import exists, insert, select, update
 from sqlalchemy.orm import Session
 
 from pipeline import bundles, lifecycle
 from pipeline.lifecycle import BundlePlan, Move, TierPolicy
 from pipeline.models import (
+    Delivery,
+    DeliveryState,
     Instance,
+    InstanceRendition,
     ObjectState,
     StoredObject,
     StoredObjectKind,
@@ -63,10 +72,12 @@ class TieringOptions:
     max_seconds: float | None = None  # stop cleanly between chunks; the caller re-enqueues
     plan_limit: int = 250_000  # objects decided per run: bounds its memory
     facility_ids: tuple[int, ...] | None = None  # scope (tests, per-facility runs)
+    rendition_days: int = lifecycle.DEFAULT_RENDITION_DAYS
 
     def __post_init__(self) -> None:
         if self.managed_by not in ("gateway", "s3"):
             raise lifecycle.PolicyError(f"managed_by must be gateway or s3, not {self.managed_by!r}")
+        lifecycle.check_rendition_days(self.policy, self.rendition_days)
 
 
 @dataclass
@@ -395,6 +406,33 @@ def expire_rehydrated(session: Session, store: TieredStore, now: datetime, *, op
     checkpoint()
 
 
+def expire_renditions(session: Session, store: TieredStore, now: datetime, *, options: TieringOptions,
+                      checkpoint: Callable[[], None], result: RunResult, batch: int = 1000) -> None:
+    """Delete renditions older than ``rendition_days`` (object, every version, then the row;
+    the delivery keeps which key and digest it sent). One whose instance still has a
+    delivery pending or sending is kept for now: it is being retried from."""
+    cutoff = now - timedelta(days=options.rendition_days)
+    busy = exists().where(Delivery.instance_id == InstanceRendition.instance_id,
+                          Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING]))
+    query = (select(InstanceRendition.id, InstanceRendition.object_key)
+             .where(InstanceRendition.created_at <= cutoff, ~busy)
+             .order_by(InstanceRendition.id).limit(batch))
+    if options.facility_ids:
+        query = query.join(Instance, Instance.id == InstanceRendition.instance_id).where(
+            Instance.facility_id.in_(options.facility_ids))
+    last = 0
+    while rows := session.execute(query.where(InstanceRendition.id > last)).all():
+        with ThreadPoolExecutor(max_workers=max(options.concurrency, 1)) as pool:
+            list(pool.map(lambda r: store.delete_all_versions(r.object_key), rows))
+        # A row outlives its object only if the run is killed here: the next run deletes
+        # again (harmless), and a send in between rebuilds the object from the original.
+        session.execute(InstanceRendition.__table__.delete().where(
+            InstanceRendition.id.in_([r.id for r in rows])))
+        result.counts["renditions_expired"] += len(rows)
+        last = rows[-1].id
+        checkpoint()
+
+
 def sweep_staging(session: Session, store: TieredStore, *, today: datetime, options: TieringOptions,
                   result: RunResult) -> None:
     """Staged chunks left behind (a worker died between the commit and the deletes): list
@@ -512,6 +550,7 @@ def run(session: Session, store: TieredStore, options: TieringOptions, now: date
                           result=result, deadline=deadline)
     with result.timed("cleanup"):
         expire_rehydrated(session, store, now, options=options, checkpoint=checkpoint, result=result)
+        expire_renditions(session, store, now, options=options, checkpoint=checkpoint, result=result)
         # Staging and multipart uploads are real, in-flight things: the wall clock, not ``now``.
         wall = utcnow()
         sweep_staging(session, store, today=wall, options=options, result=result)

@@ -43,6 +43,7 @@ def tiering_options(settings: Settings, facility_ids: list[int] | None = None,
     if settings.dr_storage_class not in lifecycle.CLASSES:
         raise lifecycle.PolicyError(f"unknown DR storage class {settings.dr_storage_class!r}")
     lifecycle.parse_prices(settings.storage_prices)
+    lifecycle.check_read_fraction(settings.storage_cold_reads_per_month)
     return tiering.TieringOptions(
         policy=lifecycle.TierPolicy.of(settings.storage_tiers),
         bundle_below=settings.storage_bundle_below_bytes,
@@ -53,6 +54,7 @@ def tiering_options(settings: Settings, facility_ids: list[int] | None = None,
         spool_dir=runtime.spool_dir(),
         max_seconds=max_seconds,
         facility_ids=tuple(facility_ids) if facility_ids else None,
+        rendition_days=settings.storage_rendition_days,
     )
 
 
