@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from api.context import resources
 from pipeline import events
-from pipeline.models import Upload, UploadState
+from pipeline.models import ReportDefinition, ReportRun, Upload, UploadState
 
 
 def _bus() -> events.EventBus:
@@ -24,3 +24,9 @@ def chunk_recorded(upload: Upload) -> None:
     if upload.state == UploadState.RECEIVED:
         out.append(events.upload_event(events.UPLOAD_COMPLETED, upload))
     events.publish_safely(_bus(), out)
+
+
+def report_run_changed(definition: ReportDefinition, run: ReportRun) -> None:
+    """report.status_changed for a run the API queued (run now, replay)."""
+    events.publish_safely(_bus(), events.report_status_changed(definition.facility_id, definition.id,
+                                                               run.id, run.state))

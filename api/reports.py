@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from api.auth import actor, check_facility, current_user, require
 from api.context import db, resources
 from api.errors import ApiError
+from api.events import report_run_changed
 from api.openapi import operation
 from pipeline import audit, report_definitions, report_runs, report_schedule
 from pipeline.models import Facility, ReportDefinition, ReportRun, ReportRunState, Role, utcnow
@@ -155,6 +156,7 @@ def run_now(report_id: int):  # noqa: ANN201
     audit.record(db(), actor(), "report.run_requested", target=f"report:{report_id}",
                  detail={"run_id": run.id})
     db().commit()
+    report_run_changed(definition, run)  # before the worker can move it on to "working"
     _enqueue(run.id)  # after the commit: the worker must find the row
     response = jsonify(report_runs.as_dict(run))
     response.status_code = 202
@@ -188,6 +190,7 @@ def replay(report_id: int, run_id: int):  # noqa: ANN201
     audit.record(db(), actor(), "report.run_replayed", target=f"report:{report_id}",
                  detail={"run_id": run_id})
     db().commit()
+    report_run_changed(db().get_one(ReportDefinition, report_id), run)
     _enqueue(run_id)
     response = jsonify(report_runs.as_dict(run))
     response.status_code = 202

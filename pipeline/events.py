@@ -44,7 +44,11 @@ STREAM_MAXLEN = 100_000
 # Keys an event may carry besides type/facility/at: ids and counts only, by construction.
 ALLOWED_FIELDS = frozenset({"upload_id", "batch_id", "study_id", "destination_id", "user_id",
                             "offset", "length", "delivered", "failed", "deferred", "report_id",
-                            "notification_id", "status"})
+                            "run_id", "notification_id", "status", "kind", "recipients"})
+# What a notification.created is about (``kind``): things an admin or QA manager acts on.
+NOTIFY_REPORT_SENT = "report_sent"  # a scheduled report was mailed to its recipients
+NOTIFY_REPORT_FAILED = "report_failed"  # a report run failed for good (replayable)
+NOTIFY_DEAD_LETTER = "dead_letter"  # instances a destination refused for good
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,30 @@ def study_forwarded(facility_id: int, study_id: int, destination_id: int, *, del
         "study_id": study_id, "destination_id": destination_id, "delivered": delivered,
         "failed": failed, "deferred": deferred,
     })
+
+
+def report_status_changed(facility_id: int, report_id: int, run_id: int, status: str) -> Event:
+    """A report run entered ``status`` (queued, working, retrying, succeeded, failed)."""
+    return Event(REPORT_STATUS_CHANGED, facility_id, {"report_id": report_id, "run_id": run_id,
+                                                      "status": str(status)})
+
+
+def notification(facility_id: int, kind: str, **ids: int) -> Event:
+    """notification.created: ``kind`` (NOTIFY_*) and the ids and counts it is about."""
+    return Event(NOTIFICATION_CREATED, facility_id, {"kind": kind, **ids})
+
+
+def report_run_events(facility_id: int, report_id: int, run_id: int, status: str, *,
+                      recipients_notified: int = 0, notified_now: bool = False) -> list[Event]:
+    """The events for a report run's new state: report.status_changed, plus a
+    notification.created when the run mailed its recipients now or failed for good."""
+    out = [report_status_changed(facility_id, report_id, run_id, status)]
+    ids = {"report_id": report_id, "run_id": run_id}
+    if str(status) == "succeeded" and notified_now:
+        out.append(notification(facility_id, NOTIFY_REPORT_SENT, recipients=recipients_notified, **ids))
+    elif str(status) == "failed":
+        out.append(notification(facility_id, NOTIFY_REPORT_FAILED, **ids))
+    return out
 
 
 def visible_to(payload: dict, facility_id: int, is_admin: bool) -> bool:

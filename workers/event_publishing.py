@@ -6,7 +6,7 @@ import logging
 
 from pipeline import events
 from pipeline.forwarding import ForwardResult
-from pipeline.models import Study
+from pipeline.models import ReportDefinition, ReportRun, Study
 from workers import runtime
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,30 @@ def study_forwarded(study_id: int, destination_id: int, result: ForwardResult) -
             facility_id = study.facility_id if study else None
         if facility_id is None:
             return
-        events.publish_safely(bus(), events.study_forwarded(
-            facility_id, study_id, destination_id, delivered=result.delivered,
-            failed=result.failed, deferred=result.deferred))
+        out = [events.study_forwarded(facility_id, study_id, destination_id, delivered=result.delivered,
+                                      failed=result.failed, deferred=result.deferred)]
+        if result.failed:  # dead letters: someone has to look at the destination or the data
+            out.append(events.notification(facility_id, events.NOTIFY_DEAD_LETTER, study_id=study_id,
+                                           destination_id=destination_id, failed=result.failed))
+        events.publish_safely(bus(), out)
     except Exception as exc:  # noqa: BLE001 - the forwarding is committed; the event is a courtesy
         log.warning("study.forwarded not published: %s", type(exc).__name__)
+
+
+def report_run_changed(run_id: int) -> None:
+    """report.status_changed for the run's committed state (and notification.created when
+    it mailed its recipients just now or failed for good); never raises."""
+    try:
+        with runtime.session_scope() as session:
+            run = session.get(ReportRun, run_id)
+            definition = session.get(ReportDefinition, run.report_id) if run else None
+            if run is None or definition is None:
+                return
+            # deliver() stamps notified_at and finished_at with the same moment when it mails.
+            notified_now = run.notified_at is not None and run.notified_at == run.finished_at
+            out = events.report_run_events(definition.facility_id, definition.id, run.id, run.state,
+                                           recipients_notified=len(run.recipients_notified or []),
+                                           notified_now=notified_now)
+        events.publish_safely(bus(), out)
+    except Exception as exc:  # noqa: BLE001 - the run is committed; the event is a courtesy
+        log.warning("report.status_changed not published: %s", type(exc).__name__)

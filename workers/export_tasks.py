@@ -14,6 +14,7 @@ from pipeline import report_delivery, report_runs
 from pipeline.models import ReportRun, utcnow
 from workers import runtime
 from workers.app import app
+from workers.event_publishing import report_run_changed
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def dispatch_due(now: str | None = None) -> dict:
         recovered = report_runs.recover_stuck(session, moment, settings.export_working_timeout_seconds)
         created = report_runs.dispatch_due(session, moment)
     for run_id in (*created, *recovered):
+        report_run_changed(run_id)  # before the task can move it on to "working"
         run_report.delay(run_id)
     return {"created": created, "recovered": recovered}
 
@@ -49,6 +51,7 @@ def run_report(self, run_id: int) -> dict:  # noqa: ANN001
     with runtime.session_scope() as session:
         if not report_runs.claim(session, run_id, utcnow(), settings.export_working_timeout_seconds):
             return {"run": run_id, "skipped": True}
+    report_run_changed(run_id)
     try:
         with runtime.session_scope() as session:
             run = session.get_one(ReportRun, run_id)
@@ -65,10 +68,12 @@ def run_report(self, run_id: int) -> dict:  # noqa: ANN001
             final = (isinstance(exc, report_delivery.DeliveryFailed)
                      or attempts >= settings.export_max_attempts)
             report_runs.record_failure(session, run_id, f"{type(exc).__name__}: {exc}", utcnow(), final)
+        report_run_changed(run_id)
         log.warning("report run %s attempt %s failed (%s): %s", run_id, attempts,
                     "final" if final else "will retry", exc)
         if final:
             return {"run": run_id, "state": "failed"}
         delay = report_runs.backoff_seconds(attempts, settings.export_retry_base_seconds)
         raise self.retry(countdown=delay + random.uniform(0, delay / 4), exc=exc) from exc
+    report_run_changed(run_id)
     return {"run": run_id, "state": "succeeded"}
