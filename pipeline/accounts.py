@@ -9,10 +9,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable
 from datetime import timedelta
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import inspect, select
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from pipeline.models import Facility, Role, User, utcnow
 
@@ -53,11 +57,14 @@ def create_user(session: Session, email: str, facility_name: str, role: str,
     return user, token
 
 
-def user_for_token(session: Session, token: str) -> User | None:
+def user_for_token(session: Session, token: str, *, fresh: bool = False) -> User | None:
+    """The token's user, or None. ``fresh``: overwrite a copy already in the session (a
+    cached one may be stale) with what the database says now."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     digest = hash_token(token)
-    user = session.scalar(select(User).where(User.token_hash == digest))
+    user = session.scalar(select(User).where(User.token_hash == digest)
+                          .execution_options(populate_existing=fresh))
     # compare_digest keeps the final check constant-time even though lookup was by index.
     if user is None or user.revoked_at is not None or not hmac.compare_digest(
         user.token_hash, digest
@@ -68,18 +75,81 @@ def user_for_token(session: Session, token: str) -> User | None:
     return user
 
 
+class TokenCache:
+    """Per-process memory of recent token lookups, so an authenticated request does not
+    pay a database round trip for its token on every call.
+
+    Keyed by the token's sha256 (the token itself is never kept). An entry is a detached
+    copy of the user's columns, good for ``ttl_seconds``; a hit is attached to the
+    request's session with ``merge(load=False)`` (no query), so callers get a normal
+    ``User``. Revocation and rotation are honoured within ``ttl_seconds`` on every process
+    (the entry is then looked up again and the database says no); expiry is checked on
+    every hit. Unknown tokens are not cached, so a new user's token works at once.
+    ``revoke`` and ``rotate_token`` drop the user's entries in this process at once.
+    """
+
+    def __init__(self, ttl_seconds: float = 5.0, max_entries: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[str, tuple[float, User]] = {}
+        self._lock = threading.Lock()
+        _CACHES.add(self)
+
+    def user(self, session: Session, token: str) -> User | None:
+        if self.ttl_seconds <= 0 or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return user_for_token(session, token)
+        digest = hash_token(token)
+        now = self.clock()
+        entry = self._entries.get(digest)
+        if entry is not None and now - entry[0] < self.ttl_seconds:
+            cached = entry[1]
+            if cached.token_expires_at is not None and cached.token_expires_at <= utcnow():
+                return None
+            return session.merge(cached, load=False)
+        user = user_for_token(session, token, fresh=True)
+        if user is None:
+            with self._lock:
+                self._entries.pop(digest, None)
+            return None
+        columns = {attr.key: getattr(user, attr.key) for attr in inspect(User).column_attrs}
+        detached = User(**columns)
+        make_transient_to_detached(detached)
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[digest] = (now, detached)
+        return user
+
+    def forget_user(self, user_id: int) -> None:
+        with self._lock:
+            for digest in [d for d, (_, u) in self._entries.items() if u.id == user_id]:
+                del self._entries[digest]
+
+
+_CACHES: weakref.WeakSet[TokenCache] = weakref.WeakSet()
+
+
+def _forget_user(user_id: int) -> None:
+    for cache in list(_CACHES):
+        cache.forget_user(user_id)
+
+
 def revoke(session: Session, email: str) -> User:
     user = session.scalar(select(User).where(User.email == email))
     if user is None:
         raise ValueError(f"no user with email {email!r}")
     user.revoked_at = user.revoked_at or utcnow()
     session.flush()
+    _forget_user(user.id)
     return user
 
 
 def rotate_token(session: Session, email: str,
                  expires_in: timedelta | None = DEFAULT_TOKEN_LIFETIME) -> tuple[User, str]:
-    """A new token for an existing user; the old one stops working at once."""
+    """A new token for an existing user; the old one stops working at once in this process
+    and within ``TokenCache.ttl_seconds`` in every other API process."""
     user = session.scalar(select(User).where(User.email == email))
     if user is None:
         raise ValueError(f"no user with email {email!r}")
@@ -88,4 +158,5 @@ def rotate_token(session: Session, email: str,
     user.revoked_at = None
     user.token_expires_at = utcnow() + expires_in if expires_in else None
     session.flush()
+    _forget_user(user.id)
     return user, token

@@ -39,18 +39,26 @@ def record(session: Session, actor: Actor, action: str, target: str | None = Non
 
 def record_token_use(session: Session, actor: Actor, now: datetime | None = None) -> bool:
     """Record ``token.used`` unless this user already has one in the current window."""
+    return token_use_due_after(session, actor, now)[0]
+
+
+def token_use_due_after(session: Session, actor: Actor,
+                        now: datetime | None = None) -> tuple[bool, datetime]:
+    """Record ``token.used`` unless this user already has one in the current window;
+    returns (recorded, when the next one is due), so a caller can skip the check until then."""
     now = now or utcnow()
-    recent = session.scalar(
-        select(AuditEvent.id).where(
+    latest = session.scalar(
+        select(AuditEvent.at).where(
             AuditEvent.user_id == actor.user_id,
             AuditEvent.action == "token.used",
             AuditEvent.at > now - TOKEN_USE_WINDOW,
-        ).limit(1)
+        ).order_by(AuditEvent.at.desc()).limit(1)
     )
-    if recent is not None:
-        return False
+    if latest is not None:
+        latest = latest if latest.tzinfo else latest.replace(tzinfo=now.tzinfo)
+        return False, latest + TOKEN_USE_WINDOW
     record(session, actor, "token.used", now=now)
-    return True
+    return True, now + TOKEN_USE_WINDOW
 
 
 def as_dict(event: AuditEvent) -> dict:
