@@ -73,6 +73,9 @@ def storage_env(gateway_env, dr_s3) -> dict[str, str]:
         "RELAYPACS_DR_REGION": "eu-west-1",
         "RELAYPACS_STORAGE_BUNDLE_BELOW_BYTES": str(BUNDLE_BELOW),
         "RELAYPACS_STORAGE_TIER_CONCURRENCY": "4",
+        # The literal policy, as a setting (the shipped default is 30/365): the
+        # workers and the CLI here must honour what is configured.
+        "RELAYPACS_STORAGE_TIERS": "STANDARD:0,GLACIER_IR:90,DEEP_ARCHIVE:365",
     }
 
 
@@ -524,7 +527,11 @@ def test_cost_report_api_and_cli(db, primary, make_user, api_server, storage_wor
     assert body["all_standard"]["bytes"] == (6 * 100 + 4 * 4) * KIB
     assert 0.5 < body["saving_fraction"] < 1
     assert set(body["by_facility"]) == {facility}
-    assert body["policy"] == "STANDARD 0-90 d, GLACIER_IR 90-365 d, DEEP_ARCHIVE from 365 d"
+    # The API server runs on the shared environment: it reports the shipped default policy.
+    assert body["policy"] == "STANDARD 0-30 d, GLACIER_IR 30-365 d, DEEP_ARCHIVE from 365 d"
+    assert body["monthly_cost"] == pytest.approx(body["total"]["monthly_cost"] + body["fees"]["total"],
+                                                 abs=1e-5)
+    assert body["fees"]["cold_reads"] > 0 and body["cold_reads_per_month"] == 0.02
     out = run_cli(["storage", "report", "--facility", facility], storage_env)
     assert "DEEP_ARCHIVE" in out and f"saving {body['saving_fraction']:.1%}" in out
     dry = run_cli(["storage", "tier", "--dry-run", "--now", at(800), "--facility", facility], storage_env)
