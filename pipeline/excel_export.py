@@ -121,11 +121,17 @@ def write_xlsx(report: ReportData, path: Path) -> dict[str, int]:
         for row in section.rows():
             out = []
             for value, cell in zip(row, template, strict=True):
-                if isinstance(value, str) or value is None:
-                    out.append(_text_cell(ws, value) if value is not None else None)
-                else:
+                if value is None:
+                    out.append(None)
+                elif isinstance(value, str):
+                    # A plain str is a string cell unless it starts with "=" (openpyxl then
+                    # types it as a formula): only those need a cell forced to text.
+                    out.append(_text_cell(ws, value) if value.startswith("=") else value)
+                elif cell.has_style:
                     cell.value = value
                     out.append(cell)
+                else:
+                    out.append(value)
             ws.append(out)
             rows += 1
         last_col = get_column_letter(len(section.columns))

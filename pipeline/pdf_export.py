@@ -2,8 +2,11 @@
 
 openpyxl cannot render its charts to images, so the PDF draws its own: bars or a polyline
 with fpdf2's primitives, no plotting library. A PDF is for reading, not for a year of hourly
-rows: tables stop after ``TABLE_MAX_ROWS`` and say so (the xlsx and csv carry everything);
-charts aggregate to at most ``CHART_MAX_POINTS`` points.
+rows. Its cost follows what it shows, not the row count: the chart comes from the section's
+chart view (the time unit alone, coarsened by the database until it fits, or the first key
+alone), the table from its overview (totals per facility, modality or user over the period)
+or else from its first ``TABLE_MAX_ROWS`` rows, and a note says how many rows the xlsx and csv
+hold (counted by SQL, never read).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pipeline.report_data import ReportData, Section
 from pipeline.report_schedule import zone
 
 TABLE_MAX_ROWS = 200
-CHART_MAX_POINTS = 120
+CHART_MAX_POINTS = 400
 
 
 def _text(value: object, number_format: str | None = None) -> str:
@@ -65,41 +68,86 @@ def _chart(pdf: FPDF, section: Section, points: list[tuple[str, float]]) -> None
     pdf.set_y(y0 + height + 7)
 
 
+def _chart_points(section: Section) -> tuple[str | None, list[tuple[object, float]], int]:
+    """(series label, points, categories in all) for the section's chart: from its chart view
+    (the time unit alone, or the first key alone; a few hundred rows from SQL) when it has
+    one, else from its own first rows."""
+    source = section.chart_view or section
+    if not source.chart_series:
+        return None, [], 0
+    series = source.chart_series[0]
+    points: list[tuple[object, float]] = []
+    total = 0
+    for row in source.rows():
+        total += 1
+        if len(points) < CHART_MAX_POINTS and isinstance(row[series], int | float):
+            points.append((row[0], float(row[series])))
+    return source.columns[series].label, points, total
+
+
+def _table(pdf: FPDF, section: Section, rows: list[tuple]) -> None:
+    pdf.set_font("Helvetica", size=7)
+    widths = [pdf.epw / len(section.columns)] * len(section.columns)
+    with pdf.table(col_widths=widths, text_align="LEFT", line_height=4) as out:
+        out.row([_text(c.label) for c in section.columns])
+        for row in rows:
+            out.row([_text(v, c.number_format) for v, c in zip(row, section.columns, strict=True)])
+
+
+def _note(pdf: FPDF, text: str) -> None:
+    pdf.set_font("Helvetica", "I", 8)
+    pdf.multi_cell(0, 5, _text(text), new_x="LMARGIN", new_y="NEXT")
+
+
+def _first(section: Section, limit: int) -> tuple[list[tuple], int | None]:
+    """Up to ``limit`` rows, and the number of rows in all (counted by SQL when the section
+    can, so the rest is never read; else by reading on)."""
+    rows: list[tuple] = []
+    seen = 0
+    stream = section.rows()
+    for row in stream:
+        seen += 1
+        if len(rows) < limit:
+            rows.append(row)
+        elif section.count is not None:
+            break
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+    if len(rows) < limit or section.count is None:
+        return rows, seen
+    return rows, section.count()
+
+
 def _section(pdf: FPDF, section: Section) -> None:
     pdf.add_page()
     pdf.set_font("Helvetica", "B", 14)
     pdf.cell(0, 9, _text(section.title), new_x="LMARGIN", new_y="NEXT")
     if section.note:
-        pdf.set_font("Helvetica", "I", 8)
-        pdf.cell(0, 5, _text(section.note), new_x="LMARGIN", new_y="NEXT")
-    table: list[tuple] = []
-    total_rows = 0
-    series = section.chart_series[0] if section.chart_series else None
-    # Chart points: per category (first column), summed, then merged down to the cap.
-    chart: dict[object, float] = {}
-    for row in section.rows():
-        total_rows += 1
-        if len(table) < TABLE_MAX_ROWS:
-            table.append(row)
-        if series is not None and isinstance(row[series], int | float):
-            chart[row[0]] = chart.get(row[0], 0.0) + float(row[series])
-    if series is not None and chart:
+        _note(pdf, section.note)
+    label, points, categories = _chart_points(section)
+    if points:
         pdf.set_font("Helvetica", size=9)
-        pdf.cell(0, 6, _text(section.columns[series].label), new_x="LMARGIN", new_y="NEXT")
-        items = list(chart.items())
-        size = max(1, -(-len(items) // CHART_MAX_POINTS))
-        points = [(items[i][0], sum(v for _, v in items[i:i + size])) for i in range(0, len(items), size)]
-        _chart(pdf, section, points)
-    pdf.set_font("Helvetica", size=7)
-    widths = [pdf.epw / len(section.columns)] * len(section.columns)
-    with pdf.table(col_widths=widths, text_align="LEFT", line_height=4) as out:
-        out.row([_text(c.label) for c in section.columns])
-        for row in table:
-            out.row([_text(v, c.number_format) for v, c in zip(row, section.columns, strict=True)])
-    if total_rows > len(table):
-        pdf.set_font("Helvetica", "I", 8)
-        pdf.cell(0, 6, f"First {len(table)} of {total_rows:,} rows; the xlsx and csv hold all of them.",
-                 new_x="LMARGIN", new_y="NEXT")
+        by = section.chart_view.columns[0].label if section.chart_view else section.columns[0].label
+        pdf.cell(0, 6, _text(f"{label} by {by.lower()}"), new_x="LMARGIN", new_y="NEXT")
+        _chart(pdf, section.chart_view or section, points)
+        if categories > len(points):
+            _note(pdf, f"The chart shows the first {len(points)} of {categories:,}.")
+    if section.overview is not None:
+        rows, total = _first(section.overview, TABLE_MAX_ROWS)
+        _table(pdf, section.overview, rows)
+        # The key columns come first; the first charted column is the first measure.
+        width = section.chart_series[0] if section.chart_series else 1
+        keys = " and ".join(c.label.lower() for c in section.columns[:width])
+        everything = section.count() if section.count is not None else None
+        more = f" (first {len(rows)} of {total:,})" if total and total > len(rows) else ""
+        detail = f"all {everything:,} rows" if everything is not None else "every row"
+        _note(pdf, f"Totals over the period{more}; the xlsx and csv hold {detail} by {keys}.")
+        return
+    rows, total = _first(section, TABLE_MAX_ROWS)
+    _table(pdf, section, rows)
+    if total and total > len(rows):
+        _note(pdf, f"First {len(rows)} of {total:,} rows; the xlsx and csv hold all of them.")
 
 
 def write_pdf(report: ReportData, path: Path) -> None:

@@ -4,7 +4,8 @@ per slot with two dispatchers, missed slots, stuck runs, build + mail once, down
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from openpyxl import load_workbook
@@ -143,9 +144,11 @@ def test_run_builds_mails_once_and_downloads(app, session, client, world, monkey
                       "Weekly-QA_2026-03-23_to_2026-03-29.xlsx", headers=auth(world["qa"]))
     assert xlsx.status_code == 200
     wb = load_workbook(io.BytesIO(xlsx.data))
-    assert wb.sheetnames == ["Summary", "Volume", "Quality", "Delivery", "Quarantine reasons"]
+    assert wb.sheetnames == ["Summary", "Volume", "Quality", "Delivery", "Quarantine reasons", "Forecast"]
     values = {r[0]: r[1] for r in wb["Summary"].iter_rows(values_only=True) if r and r[0]}
     assert values["Uploads"] == 13 and values["Quarantined"] == 1
+    # No forecast stored for the facility: no number, and a note saying why.
+    assert values["Uploads forecast, next period"] is None and "do not cover" in values["Forecast note"]
     assert sum(r[1] for r in wb["Volume"].iter_rows(min_row=2, values_only=True)) == 13
     assert session.scalar(select(AuditEvent).where(AuditEvent.action == "report.downloaded")) is not None
     assert client.get(f"/api/v1/reports/{definition.id}/runs/{run.id}/files/nope.xlsx",
@@ -193,3 +196,87 @@ def test_grouping_by_modality_and_user_sums_in_the_database(session, world):
     assert all(r[1].endswith("@Reports North.test") for r in rows)
     assert [s.title for s in data.sections] == ["Volume", "Quality"]
     assert [r[2] for r in data.sections[1].rows()] == [1, 0]
+
+
+def test_forecast_metric_reads_the_newest_stored_forecast(session, world):
+    """The "forecast" metric is issue 7's stored forecast summed over the next period, not a
+    guess of the report's own: the newest row wins, and days it does not cover are said so."""
+    from pipeline import report_data
+    from pipeline.models import UploadForecast
+    from pipeline.report_definitions import ReportSpec
+
+    start, end = period_bounds("last_week", MONDAY, "Europe/Berlin")
+    first = end.astimezone(ZoneInfo("Europe/Berlin")).date()  # Monday 30 March
+
+    def points(days: int, mean: float) -> list[dict]:
+        return [{"day": (first + timedelta(days=i)).isoformat(), "mean": mean, "lo80": 0, "hi80": 0,
+                 "lo95": 0, "hi95": 0} for i in range(days)]
+
+    old = UploadForecast(facility_id=world["facility"], metric="uploads", horizon=28, model="seasonal_naive",
+                         points=points(28, 100.0))
+    session.add(old)
+    session.flush()
+    session.add(UploadForecast(facility_id=world["facility"], metric="uploads", horizon=28, model="sarimax",
+                               points=points(28, 2.5)))
+    # Another measure's forecast is not the uploads forecast.
+    session.add(UploadForecast(facility_id=world["facility"], metric="bytes", horizon=28, model="sarimax",
+                               points=points(28, 1e9)))
+    session.flush()
+    spec = ReportSpec(name="F", metrics=["uploads", "forecast"], grouping=["day"], timezone="Europe/Berlin")
+    data = report_data.build(session, spec, [world["facility"]], start, end)
+    summary = {label: value for label, value, _ in data.summary}
+    assert summary["Uploads forecast, next period"] == round(7 * 2.5)
+    assert "Forecast note" not in summary
+    section = next(s for s in data.sections if s.title == "Forecast")
+    [row] = list(section.rows())
+    assert row[0] == "Reports North" and row[1] == "sarimax" and row[3] == 7 and row[4] == round(7 * 2.5)
+
+    # A forecast covering only 3 of the 7 days: no total, and the note says so.
+    session.add(UploadForecast(facility_id=world["facility"], metric="uploads", horizon=3, model="sarimax",
+                               points=points(3, 4.0)))
+    session.flush()
+    data = report_data.build(session, spec, [world["facility"]], start, end)
+    summary = {label: value for label, value, _ in data.summary}
+    assert summary["Uploads forecast, next period"] is None and "7 days" in summary["Forecast note"]
+    assert next(s for s in data.sections if s.title == "Forecast").rows().__next__()[3:] == (3, 12)
+    session.rollback()
+
+
+def test_time_buckets_are_local_days_and_weeks_in_sql(session, world):
+    """Bucketing happens in the database in the report's zone: 23:30 UTC on Sunday 29 March
+    is already Monday in Berlin (summer time since 01:00 UTC that day), so it counts there."""
+    from pipeline import report_data
+    from pipeline.models import Facility, HourlyStats, User
+    from pipeline.report_definitions import ReportSpec
+
+    facility = Facility(name="Buckets Clinic")
+    session.add(facility)
+    session.flush()
+    user = User(email="b@buckets.test", role="uploader", facility_id=facility.id, token_hash="b" * 64)
+    session.add(user)
+    session.flush()
+    hours = {datetime(2026, 3, 29, 21, 0, tzinfo=UTC): 1,   # Sunday 23:00 Berlin
+             datetime(2026, 3, 29, 22, 0, tzinfo=UTC): 10,  # Monday 00:00 Berlin
+             datetime(2026, 3, 30, 12, 0, tzinfo=UTC): 100}
+    for hour, uploads in hours.items():
+        session.add(HourlyStats(hour=hour, facility_id=facility.id, modality="CT", status="parsed",
+                                user_id=user.id, uploads=uploads, delivered=uploads, lat_b1=uploads,
+                                latency_max_ms=450))
+    session.flush()
+    start, end = datetime(2026, 3, 20, tzinfo=UTC), datetime(2026, 4, 10, tzinfo=UTC)
+    by = {}
+    for unit in ("day", "week", "hour"):
+        spec = ReportSpec(name="B", metrics=["uploads", "delivery_latency_p50"], grouping=[unit, "facility"],
+                          timezone="Europe/Berlin")
+        data = report_data.build(session, spec, [facility.id], start, end)
+        by[unit] = [tuple(r) for r in data.sections[0].rows()]
+        assert data.sections[0].count() == len(by[unit])
+    clinic = "Buckets Clinic"
+    assert by["day"] == [(date(2026, 3, 29), clinic, 1), (date(2026, 3, 30), clinic, 110)]
+    assert by["week"] == [(date(2026, 3, 23), clinic, 1), (date(2026, 3, 30), clinic, 110)]
+    assert [r[0] for r in by["hour"]] == [datetime(2026, 3, 29, 23), datetime(2026, 3, 30, 0),
+                                          datetime(2026, 3, 30, 14)]
+    delivery = [tuple(r) for r in data.sections[1].rows()]
+    # The P50 of 10 deliveries in the 250-500 ms bucket, capped by the hour's 450 ms maximum.
+    assert delivery[1][:2] == (datetime(2026, 3, 30, 0), "Buckets Clinic") and 250 < delivery[1][2] <= 450
+    session.rollback()
