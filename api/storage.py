@@ -5,13 +5,15 @@
 ``POST /api/v1/storage/restores`` ``{"study_id"|"instance_id": N, "purpose": "read"|"forward"}``
      asks for cold bytes back; answers 202 with each request's state and expected time.
 ``GET  /api/v1/storage/restores/ID``  one request's state.
+``GET  /api/v1/storage/instances/ID/file``  an instance's stored original (Part-10); when its
+     bytes are cold (archive class or bundle) it starts a restore and answers 202 instead.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from flask import Blueprint, g, jsonify
+from flask import Blueprint, Response, g, jsonify, stream_with_context
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
 
@@ -21,6 +23,7 @@ from api.errors import ApiError
 from api.openapi import operation
 from pipeline import audit, lifecycle, restore, storage_report
 from pipeline.models import Facility, Instance, RestoreRequest, Role, StoredObject, Study, utcnow
+from pipeline.storage import ObjectMissing
 
 blueprint = Blueprint("storage", __name__)
 
@@ -125,3 +128,45 @@ def get_restore(request_id: int):  # noqa: ANN201
         raise ApiError(404, f"no restore request {request_id}")
     check_facility(row.facility_id)
     return jsonify(restore.describe(row))
+
+
+@blueprint.route("/instances/<int:instance_id>/file", methods=["GET"])
+@require(Role.ADMIN, Role.QA_MANAGER)
+@operation("Download an instance's stored original; 202 with the restore when its bytes are cold",
+           responses={200: "the Part-10 bytes", 202: "restoring"})
+def instance_file(instance_id: int):  # noqa: ANN201
+    session = db()
+    instance = session.get(Instance, instance_id)
+    if instance is None:
+        raise ApiError(404, f"no instance {instance_id}")
+    check_facility(instance.facility_id)
+    user = current_user()
+    try:
+        request = restore.read_or_request(session, instance, tier=resources().settings.storage_restore_tier,
+                                          requested_by=user.id)
+    except ObjectMissing as exc:
+        raise ApiError(404, f"instance {instance_id} is not in storage") from exc
+    if request is not None:
+        audit.record(session, actor(), "storage.restore_requested", f"instance:{instance_id}",
+                     {"purpose": "read", "requests": [request.id]})
+        session.commit()
+        from workers.storage_tasks import process_restores
+
+        process_restores.delay()  # after the commit
+        described = restore.describe(request)
+        return jsonify({"state": "restoring", "expected_ready_at": described["expected_ready_at"],
+                        "restores": [described]}), 202
+    try:
+        body = resources().store.open(instance.object_key)
+    except ObjectMissing as exc:  # ObjectArchived included: the catalogue lagged behind the bucket
+        raise ApiError(404, f"instance {instance_id} cannot be read from storage now") from exc
+    audit.record(session, actor(), "instance.downloaded", f"instance:{instance_id}", {})
+    session.commit()
+
+    def chunks():  # noqa: ANN202
+        with body:
+            while chunk := body.read(1024 * 1024):
+                yield chunk
+
+    return Response(stream_with_context(chunks()), mimetype="application/dicom",
+                    headers={"Content-Disposition": f'attachment; filename="instance-{instance_id}.dcm"'})

@@ -1,10 +1,12 @@
 """Restore on demand: cold bytes become readable again, and whoever needed them is served.
 
 Reading an instance whose bytes are in an archive class (GLACIER, DEEP_ARCHIVE), or inside a
-bundle, goes through here. ``require_readable`` is the gate forwarding passes (via
-pipeline/renditions.py): it decides from the catalogue, records a restore request and raises
-``ObjectArchived``, so the delivery is parked as a dead letter that says "restoring, expected
-by ...". The storage worker then (``process``):
+bundle, goes through here. ``read_or_request`` is the gate for downloads
+(``GET /api/v1/storage/instances/ID/file``): it answers with a ``read`` restore request
+when the bytes are cold. ``require_readable`` is the gate forwarding passes (via
+pipeline/renditions.py, for every destination, a folder export included): it decides from the
+catalogue, records a restore request and raises ``ObjectArchived``, so the delivery is parked
+as a dead letter that says "restoring, expected by ...". The storage worker then (``process``):
 
 1. starts the S3 restore of the object that holds the bytes (the instance's own object or
    its bundle; one restore serves every request on it), or sees none is needed;
@@ -99,11 +101,26 @@ def request_restore(session: Session, row: StoredObject, *, purpose: str, tier: 
     return request
 
 
+_CATALOGUE = "restore.catalogue"
+
+
+def preload_catalogue(session: Session, keys: Sequence[str]) -> None:
+    """Look up a whole forwarding batch's catalogue rows in one query; ``require_readable``
+    then answers for these keys from memory instead of one query per instance."""
+    found = {row.object_key: row for row in session.scalars(
+        select(StoredObject).where(StoredObject.object_key.in_(list(keys))))}
+    session.info[_CATALOGUE] = {key: found.get(key) for key in keys}
+
+
 def require_readable(session: Session, instance: Instance, *, tier: str = "Standard",
                      now: datetime | None = None) -> None:
     """Return when the instance's bytes can be read now; else record a forward restore and
     raise ``ObjectArchived`` that says when they are expected back."""
-    row = session.scalar(select(StoredObject).where(StoredObject.object_key == instance.object_key))
+    preloaded = session.info.get(_CATALOGUE) or {}
+    if instance.object_key in preloaded:
+        row = preloaded[instance.object_key]
+    else:
+        row = session.scalar(select(StoredObject).where(StoredObject.object_key == instance.object_key))
     if row is None:
         return  # not catalogued yet: a fresh object, in STANDARD
     if row.state == ObjectState.MISSING:
@@ -120,6 +137,21 @@ def require_readable(session: Session, instance: Instance, *, tier: str = "Stand
         reason=f"stored {where} ({holder.storage_class}); restore #{request.id} {request.state}, "
                f"expected by {expected:%Y-%m-%d %H:%M} UTC; sent automatically when back",
     )
+
+
+def read_or_request(session: Session, instance: Instance, *, tier: str, requested_by: int | None = None,
+                    now: datetime | None = None) -> RestoreRequest | None:
+    """The gate for reads that are not forwards (downloads, exports): None when the
+    instance's bytes can be read now; else its open ``read`` restore request (made once)."""
+    row = session.scalar(select(StoredObject).where(StoredObject.object_key == instance.object_key))
+    if row is None:
+        return None  # not catalogued yet: a fresh object, in STANDARD
+    if row.state == ObjectState.MISSING:
+        raise ObjectMissing(instance.object_key)
+    now = now or utcnow()
+    if instance_readable(session, row, now):
+        return None
+    return request_restore(session, row, purpose="read", tier=tier, requested_by=requested_by, now=now)
 
 
 @dataclass

@@ -407,3 +407,37 @@ def test_report_api_is_for_admins_and_restore_requests_are_validated(client, mak
         answer = client.post("/api/v1/storage/restores", json=bad, headers=admin)
         assert answer.status_code == 400, (bad, answer.get_json())
     assert client.post("/api/v1/storage/restores", json={"study_id": 1}, headers=uploader).status_code == 403
+
+
+def test_instance_download_goes_through_the_restore_gate(client, make_token, session, store, clinic,
+                                                         tmp_path):
+    seeded = _seed(session, store, clinic, days(0), [300 * KIB, 5 * KIB])
+    big, small = seeded.instance_ids
+    manager = {"Authorization": f"Bearer {make_token('Lifecycle Clinic', 'qa_manager')}"}
+    other = {"Authorization": f"Bearer {make_token('Other Clinic', 'qa_manager')}"}
+    uploader = {"Authorization": f"Bearer {make_token('Lifecycle Clinic', 'uploader')}"}
+    url = f"/api/v1/storage/instances/{small}/file"
+    assert client.get(url).status_code == 401
+    assert client.get(url, headers=uploader).status_code == 403
+    assert client.get(url, headers=other).status_code == 403
+    assert client.get("/api/v1/storage/instances/999999/file", headers=manager).status_code == 404
+    answer = client.get(url, headers=manager)
+    assert answer.status_code == 200 and answer.data == seeded.data[seeded.keys[1]]
+    assert answer.mimetype == "application/dicom"
+
+    # 100 days on: the big one is in GLACIER_IR (read as it is), the small one in a bundle.
+    tiering.run(session, store, _options(tmp_path), days(100), checkpoint=session.commit)
+    answer = client.get(f"/api/v1/storage/instances/{big}/file", headers=manager)
+    assert answer.status_code == 200 and answer.data == seeded.data[seeded.keys[0]]
+    answer = client.get(url, headers=manager)
+    assert answer.status_code == 202, answer.data
+    body = answer.get_json()
+    assert body["state"] == "restoring" and body["restores"][0]["purpose"] == "read"
+    again = client.get(url, headers=manager).get_json()
+    assert again["restores"][0]["id"] == body["restores"][0]["id"]  # one request, not two
+    session.expire_all()
+    assert session.scalar(select(func.count()).select_from(RestoreRequest)) == 1
+    # Once the storage worker has put it back, the download serves the original bytes.
+    restore.process(session, store, days=7, checkpoint=session.commit)
+    answer = client.get(url, headers=manager)
+    assert answer.status_code == 200 and answer.data == seeded.data[seeded.keys[1]]
