@@ -320,6 +320,12 @@ def build(session: Session, prices: dict[str, float] | None = None, *,
                                  .where(StoredObject.dr_state == DrState.COPIED, *scope)) or 0
         report.dr["copy"] = line_cost(dr_storage_class, copied_objects, int(copied_bytes or 0),
                                       int(floored), prices).as_dict()
+        # Each copy is a PUT in the DR class; those of the month are its fee.
+        copies = session.scalar(select(func.count()).where(
+            StoredObject.dr_state == DrState.COPIED, StoredObject.dr_copied_at > now - MONTH,
+            StoredObject.dr_copied_at <= now, *scope)) or 0
+        report.dr["copy_requests"] = copies
+        report.dr["copy_requests_usd"] = round(copies * WRITE_REQUEST_PRICES[dr_storage_class] / 1000, 6)
         report.dr["storage_class"] = dr_storage_class
     return report
 

@@ -285,6 +285,14 @@ def test_report_fees_transitions_cold_reads_and_restores(session, store, clinic,
                                                           + size_gib * 0.023 * 7 / 30)
     assert storage_report.build(session, now=days(400), cold_reads_per_month=0).fees.usd["restores"] == 0
 
+    # The DR copies of the month are PUTs in the DR class (beside the bill: no baseline has them).
+    row.dr_state, row.dr_copied_at = "copied", days(395)
+    session.commit()
+    dr = storage_report.build(session, now=days(400), dr_storage_class="GLACIER_IR").dr
+    assert dr["copy_requests"] == 1 and dr["copy_requests_usd"] == pytest.approx(0.02 / 1000)
+    later = storage_report.build(session, now=days(430), dr_storage_class="GLACIER_IR")
+    assert later.dr["copy_requests"] == 0
+
 
 def test_renditions_expire_after_their_days_unless_a_delivery_still_needs_them(session, store, clinic,
                                                                               tmp_path):
