@@ -1,11 +1,13 @@
 """Drill-down reads for dashboards: facilities -> a facility's users -> a user's uploads,
 each with totals and a time series over a date range at hour, day or week granularity.
 
-Totals and series come from the materialised tables (pipeline/stats.py): the overview from
-``daily_facility_stats`` (or ``hourly_stats`` at hour granularity), a facility and a user
-from ``hourly_stats``. Only a user's upload listing reads raw rows, with a fixed number of
-statements whatever the page size (no N+1): uploads, then their instances with studies,
-then their deliveries grouped per instance, then the batch labels.
+Totals and series come from the materialised tables (pipeline/stats.py): the overview and a
+facility's series from ``daily_facility_stats`` by day, from ``weekly_facility_stats`` (plus
+the daily rows of partial weeks at the range's edges) by week, from ``hourly_stats`` by hour;
+a facility's mixes and users and a user's figures from ``hourly_stats`` (covering indexes).
+Only a user's upload listing reads raw rows, with a fixed number of statements whatever the
+page size (no N+1): uploads, then their instances with studies, then their deliveries
+grouped per instance, then the batch labels.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, bindparam, func, select, union_all
 from sqlalchemy.orm import Session
 
 from pipeline.models import (
@@ -28,8 +31,9 @@ from pipeline.models import (
     Study,
     Upload,
     User,
+    WeeklyFacilityStats,
 )
-from pipeline.stats import METRIC_COLUMNS, latency_summary, truncate
+from pipeline.stats import METRIC_COLUMNS, latency_summary, truncate, week_floor
 
 GRANULARITIES = ("hour", "day", "week")
 # Longest range per granularity: bounds the series a single request can ask for.
@@ -90,9 +94,20 @@ def _as_utc(value: datetime | str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Aggregate expressions are built once per table and statements once per shape (with bind
+# parameters for the range and scope): building SQLAlchemy expressions for two dozen
+# columns cost more than running the query on a quiet database.
+_SUMS: dict[object, list] = {}
+
+
 def _sums(table) -> list:  # noqa: ANN001
-    return [func.coalesce(func.sum(getattr(table, name)), 0).label(name) for name in METRIC_COLUMNS] + [
-        func.coalesce(func.max(table.latency_max_ms), 0).label("latency_max_ms")]
+    """SUM of every metric column and MAX of the latency maximum (table, or subquery's .c)."""
+    if table not in _SUMS:
+        cols = table.c if hasattr(table, "c") else table
+        _SUMS[table] = [func.coalesce(func.sum(getattr(cols, name)), 0).label(name)
+                        for name in METRIC_COLUMNS] + [
+            func.coalesce(func.max(cols.latency_max_ms), 0).label("latency_max_ms")]
+    return _SUMS[table]
 
 
 def measures(row: object) -> dict:
@@ -109,23 +124,79 @@ def measures(row: object) -> dict:
     }
 
 
-def _source(rng: Range):  # noqa: ANN202
-    """Daily rows answer day and week questions; hourly rows answer hour questions."""
-    if rng.granularity == "hour":
-        return HourlyStats, HourlyStats.hour
-    return DailyFacilityStats, DailyFacilityStats.day
+_MEASURE_NAMES = (*METRIC_COLUMNS, "latency_max_ms")
+_SCOPES = ("all", "some", "one")
 
 
-def _series(session: Session, table, time_col, rng: Range, *where) -> list[dict]:  # noqa: ANN001
-    bucket = truncate(session, time_col, rng.granularity)
-    rows = session.execute(
-        select(bucket.label("bucket"), *_sums(table))
-        .where(time_col >= rng.start, time_col < rng.end, *where)
-        .group_by(bucket).order_by(bucket)
-    ).all()
+def _scoped(table, statement, scope: str):  # noqa: ANN001, ANN202
+    if scope == "some":
+        return statement.where(table.facility_id.in_(bindparam("facility_ids", expanding=True)))
+    if scope == "one":
+        return statement.where(table.facility_id == bindparam("facility_id"))
+    return statement
+
+
+@cache
+def _period_rows(granularity: str, scope: str):  # noqa: ANN202
+    """(bucket, facility_id, measures...) rows answering a day or week question: daily rows
+    by day; by week, whole weeks from the weekly rollup and the days at either edge of the
+    range that do not make a whole week from the daily rows, under their week's bucket."""
+    daily, weekly = DailyFacilityStats, WeeklyFacilityStats
+
+    def measures_of(table):  # noqa: ANN001, ANN202
+        return [getattr(table, name) for name in _MEASURE_NAMES]
+
+    def days(bucket, start: str, end: str):  # noqa: ANN001, ANN202
+        return _scoped(daily, select(bucket.label("bucket"), daily.facility_id, *measures_of(daily))
+                       .where(daily.day >= bindparam(start), daily.day < bindparam(end)), scope)
+
+    if granularity == "day":
+        return days(daily.day, "start", "end").subquery("period_rows")
+    whole = _scoped(weekly, select(weekly.week.label("bucket"), weekly.facility_id, *measures_of(weekly))
+                    .where(weekly.week >= bindparam("whole_start"), weekly.week < bindparam("whole_end")),
+                    scope)
+    head = days(bindparam("head_bucket", type_=daily.day.type), "start", "head_end")
+    tail = days(bindparam("tail_bucket", type_=daily.day.type), "tail_start", "end")
+    return union_all(whole, head, tail).subquery("period_rows")
+
+
+def _period_params(rng: Range) -> dict:
+    if rng.granularity == "day":
+        return {"start": rng.start, "end": rng.end}
+    first = week_floor(rng.start)
+    whole_start = first if first == rng.start else first + timedelta(weeks=1)
+    whole_end = week_floor(rng.end)
+    tail_start = max(whole_start, whole_end)
+    return {"start": rng.start, "end": rng.end, "whole_start": whole_start, "whole_end": whole_end,
+            "head_bucket": first, "head_end": min(whole_start, rng.end),
+            "tail_bucket": week_floor(tail_start), "tail_start": tail_start}
+
+
+@cache
+def _period_statements(granularity: str, scope: str):  # noqa: ANN202
+    """Per-facility sums and the series, both over _period_rows."""
+    rows = _period_rows(granularity, scope)
+    by_facility = select(rows.c.facility_id, *_sums(rows)).group_by(rows.c.facility_id)
+    series = select(rows.c.bucket, *_sums(rows)).group_by(rows.c.bucket)
+    return by_facility, series
+
+
+def _series_rows(rows, rng: Range) -> list[dict]:  # noqa: ANN001
     found = {_as_utc(r.bucket): measures(r) for r in rows}
     # Every bucket of the range, empty ones as zeros, so a chart's time axis is the range.
     return [{"t": t.isoformat(), **found.get(t, measures(_Empty()))} for t in bucket_starts(rng)]
+
+
+def _hourly_series_rows(session: Session, rng: Range, **scope: int) -> list[dict]:
+    """A series from hourly rows (hour granularity, or a user's series at any granularity)."""
+    table = HourlyStats
+    where = [table.hour >= rng.start, table.hour < rng.end]
+    for column, value in scope.items():
+        where.append(getattr(table, column) == value)
+    bucket = table.hour if rng.granularity == "hour" else truncate(session, table.hour, rng.granularity)
+    rows = session.execute(
+        select(bucket.label("bucket"), *_sums(table)).where(*where).group_by(bucket)).all()
+    return _series_rows(rows, rng)
 
 
 def bucket_starts(rng: Range) -> list[datetime]:
@@ -144,23 +215,35 @@ def bucket_starts(rng: Range) -> list[datetime]:
 
 def facilities_overview(session: Session, rng: Range, facility_ids: Sequence[int] | None) -> dict:
     """Every facility the caller may see (``None``: all) with totals, and the series.
-    Two statements: per-facility sums (totals are added up here), and the series."""
-    table, time_col = _source(rng)
-    scope = [table.facility_id.in_(facility_ids)] if facility_ids is not None else []
-    sums = (select(table.facility_id.label("facility_id"), *_sums(table))
-            .where(time_col >= rng.start, time_col < rng.end, *scope)
-            .group_by(table.facility_id).subquery("sums"))
-    rows = session.execute(
-        select(Facility.id, Facility.name, sums)
-        .outerjoin(sums, sums.c.facility_id == Facility.id)
+    Three statements: the facilities, per-facility sums (totals are added up here), and the
+    series; day and week questions read daily and weekly rollups, hour questions hourly rows."""
+    scope = "all" if facility_ids is None else "some"
+    names = session.execute(
+        select(Facility.id, Facility.name)
         .where(*([Facility.id.in_(facility_ids)] if facility_ids is not None else []))
-        .order_by(Facility.name)
-    ).all()
+        .order_by(Facility.name)).all()
+    if rng.granularity == "hour":
+        where = [HourlyStats.hour >= rng.start, HourlyStats.hour < rng.end]
+        if facility_ids is not None:
+            where.append(HourlyStats.facility_id.in_(facility_ids))
+        sums = session.execute(select(HourlyStats.facility_id, *_sums(HourlyStats)).where(*where)
+                               .group_by(HourlyStats.facility_id)).all()
+        series_rows = session.execute(select(HourlyStats.hour.label("bucket"), *_sums(HourlyStats))
+                                      .where(*where).group_by(HourlyStats.hour)).all()
+    else:
+        by_facility, series = _period_statements(rng.granularity, scope)
+        params = _period_params(rng)
+        if facility_ids is not None:
+            params["facility_ids"] = list(facility_ids)
+        sums = session.execute(by_facility, params).all()
+        series_rows = session.execute(series, params).all()
+    by_id = {r.facility_id: r for r in sums}
+    facilities = [{"id": f.id, "name": f.name, **measures(by_id.get(f.id, _Empty()))} for f in names]
     return {
         "range": rng.as_dict(),
-        "totals": measures(_combine(rows)),
-        "series": _series(session, table, time_col, rng, *scope),
-        "facilities": [{"id": r.id, "name": r.name, **measures(r)} for r in rows],
+        "totals": measures(_combine([by_id[f.id] for f in names if f.id in by_id])),
+        "series": _series_rows(series_rows, rng),
+        "facilities": facilities,
     }
 
 
@@ -184,35 +267,45 @@ def _combine(rows: Sequence[object]) -> _Combined:
     return _Combined(rows)
 
 
+@cache
+def _facility_statements():  # noqa: ANN202
+    """A facility's (status, modality) groups and its users' sums over hourly rows (index-only
+    on the covering facility-first index), bound by facility_id, start and end."""
+    window = and_(HourlyStats.facility_id == bindparam("facility_id"), HourlyStats.hour >= bindparam("start"),
+                  HourlyStats.hour < bindparam("end"))
+    groups = (select(HourlyStats.status, HourlyStats.modality, *_sums(HourlyStats)).where(window)
+              .group_by(HourlyStats.status, HourlyStats.modality))
+    per_user = (select(HourlyStats.user_id, *_sums(HourlyStats)).where(window)
+                .group_by(HourlyStats.user_id).subquery("per_user"))
+    users = (select(User.id, User.email, User.role, *[per_user.c[n] for n in _MEASURE_NAMES])
+             .outerjoin(per_user, per_user.c.user_id == User.id)
+             .where(User.facility_id == bindparam("facility_id"))
+             .order_by(func.coalesce(per_user.c.uploads, 0).desc(), User.id))
+    return groups, users
+
+
 def facility_detail(session: Session, rng: Range, facility_id: int) -> dict | None:
     """Four statements: the facility, its (status, modality) groups (totals and both mixes
     are added up from those few rows), its users with their sums, and the series."""
     facility = session.get(Facility, facility_id)
     if facility is None:
         return None
-    window = and_(HourlyStats.facility_id == facility_id, HourlyStats.hour >= rng.start,
-                  HourlyStats.hour < rng.end)
-    groups = session.execute(
-        select(HourlyStats.status, HourlyStats.modality, *_sums(HourlyStats)).where(window)
-        .group_by(HourlyStats.status, HourlyStats.modality)).all()
+    groups_statement, users_statement = _facility_statements()
+    params = {"facility_id": facility_id, "start": rng.start, "end": rng.end}
+    groups = session.execute(groups_statement, params).all()
     status_mix: dict[str, int] = defaultdict(int)
     modality_mix: dict[str, int] = defaultdict(int)
     for group in groups:
         status_mix[group.status] += int(group.uploads or 0)
         modality_mix[group.modality or "unknown"] += int(group.uploads or 0)
     # Users with their totals in one statement (join, not a query per user).
-    users = session.execute(
-        select(User.id, User.email, User.role, *_sums(HourlyStats))
-        .join(HourlyStats, and_(HourlyStats.user_id == User.id, window), isouter=True)
-        .where(User.facility_id == facility_id)
-        .group_by(User.id, User.email, User.role)
-        .order_by(func.coalesce(func.sum(HourlyStats.uploads), 0).desc(), User.id)
-    ).all()
+    users = session.execute(users_statement, params).all()
     if rng.granularity == "hour":
-        series = _series(session, HourlyStats, HourlyStats.hour, rng, HourlyStats.facility_id == facility_id)
+        series = _hourly_series_rows(session, rng, facility_id=facility_id)
     else:
-        series = _series(session, DailyFacilityStats, DailyFacilityStats.day, rng,
-                         DailyFacilityStats.facility_id == facility_id)
+        series_statement = _period_statements(rng.granularity, "one")[1]
+        series = _series_rows(session.execute(series_statement,
+                                              _period_params(rng) | {"facility_id": facility_id}).all(), rng)
     return {
         "range": rng.as_dict(),
         "facility": {"id": facility.id, "name": facility.name},
@@ -237,7 +330,7 @@ def user_detail(session: Session, rng: Range, facility_id: int, user_id: int, *,
         "facility": {"id": facility_id},
         "user": {"id": user.id, "email": user.email, "role": user.role},
         "totals": measures(_combine(by_status)),
-        "series": _series(session, HourlyStats, HourlyStats.hour, rng, HourlyStats.user_id == user_id),
+        "series": _hourly_series_rows(session, rng, user_id=user_id),
         "status_mix": {g.status: int(g.uploads or 0) for g in by_status},
         "uploads": upload_listing(session, user_id, rng, limit=limit, before=before),
     }

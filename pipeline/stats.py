@@ -35,6 +35,7 @@ from pipeline.models import (
     Study,
     Upload,
     UploadState,
+    WeeklyFacilityStats,
     utcnow,
 )
 
@@ -218,7 +219,8 @@ def _rebuild_window(session: Session, start: datetime, end: datetime,
 
 
 def _rollup_days(session: Session, days: Iterable[datetime], facility_ids: Sequence[int] | None) -> None:
-    """Re-derive daily_facility_stats for whole days from hourly_stats."""
+    """Re-derive daily_facility_stats for whole days from hourly_stats (and their weeks)."""
+    days = list(days)
     for start, end in _day_runs(days):
         stale = and_(DailyFacilityStats.day >= start, DailyFacilityStats.day < end)
         source = and_(HourlyStats.hour >= start, HourlyStats.hour < end)
@@ -237,6 +239,42 @@ def _rollup_days(session: Session, days: Iterable[datetime], facility_ids: Seque
         )
         session.execute(insert(DailyFacilityStats).from_select(
             ["day", "facility_id", *METRIC_COLUMNS, "latency_max_ms"], rollup))
+    _rollup_weeks(session, days, facility_ids)
+
+
+def week_floor(value: datetime) -> datetime:
+    """Monday 00:00 of the value's week (ISO weeks, as the dashboards bucket them)."""
+    day = value.replace(hour=0, minute=0, second=0, microsecond=0)
+    return day - timedelta(days=day.weekday())
+
+
+def _rollup_weeks(session: Session, days: Iterable[datetime], facility_ids: Sequence[int] | None) -> None:
+    """Re-derive weekly_facility_stats for the whole weeks holding ``days``, from the daily rows."""
+    weeks = sorted({week_floor(d) for d in days})
+    runs: list[tuple[datetime, datetime]] = []
+    for week in weeks:
+        if runs and runs[-1][1] == week:
+            runs[-1] = (runs[-1][0], week + timedelta(weeks=1))
+        else:
+            runs.append((week, week + timedelta(weeks=1)))
+    for start, end in runs:
+        stale = and_(WeeklyFacilityStats.week >= start, WeeklyFacilityStats.week < end)
+        source = and_(DailyFacilityStats.day >= start, DailyFacilityStats.day < end)
+        if facility_ids is not None:
+            stale = and_(stale, WeeklyFacilityStats.facility_id.in_(facility_ids))
+            source = and_(source, DailyFacilityStats.facility_id.in_(facility_ids))
+        session.execute(delete(WeeklyFacilityStats).where(stale)
+                        .execution_options(synchronize_session=False))
+        week = truncate(session, DailyFacilityStats.day, "week")
+        summed = [func.sum(getattr(DailyFacilityStats, name)).label(name) for name in METRIC_COLUMNS]
+        rollup = (
+            select(week.label("week"), DailyFacilityStats.facility_id, *summed,
+                   func.max(DailyFacilityStats.latency_max_ms).label("latency_max_ms"))
+            .where(source)
+            .group_by(week, DailyFacilityStats.facility_id)
+        )
+        session.execute(insert(WeeklyFacilityStats).from_select(
+            ["week", "facility_id", *METRIC_COLUMNS, "latency_max_ms"], rollup))
 
 
 def _day_runs(days: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
@@ -325,6 +363,7 @@ def rebuild_all(session: Session, now: datetime | None = None) -> RefreshResult:
     now = now or utcnow()
     session.execute(delete(HourlyStats).execution_options(synchronize_session=False))
     session.execute(delete(DailyFacilityStats).execution_options(synchronize_session=False))
+    session.execute(delete(WeeklyFacilityStats).execution_options(synchronize_session=False))
     first, last = session.execute(select(func.min(Upload.created_at), func.max(Upload.created_at))).one()
     written = 0
     if first is not None:
@@ -350,6 +389,12 @@ def _set_watermark(session: Session, value: datetime) -> None:
     else:
         row.value = value
         row.updated_at = utcnow()
+
+
+def as_of(session: Session) -> datetime | None:
+    """Rows committed before this moment are in the materialised stats (the watermark)."""
+    mark = _watermark(session)
+    return _as_datetime(mark.value) if mark is not None else None
 
 
 def refresh(session: Session, now: datetime | None = None, overlap: timedelta = OVERLAP) -> RefreshResult:

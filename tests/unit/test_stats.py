@@ -113,3 +113,32 @@ def test_late_rows_and_late_deliveries_are_counted(session, seeded):
     assert snapshot(session) == incremental
     days = session.scalars(select(DailyFacilityStats).order_by(DailyFacilityStats.day)).all()
     assert [d.uploads for d in days] == [1, 4]
+
+
+def test_weekly_rollup_follows_late_rows_and_week_answers_match_hourly(session, seeded):
+    from pipeline import drilldown
+    from pipeline.models import WeeklyFacilityStats
+
+    seed, facility_id, _, batch = seeded
+    stats.refresh(session, now=T0 + timedelta(days=2))
+    session.commit()
+    # T0 is a Monday: a late row for the Sunday before lands in the previous ISO week.
+    late = T0 - timedelta(days=1)
+    seed.upload(batch, late, updated_at=T0 + timedelta(days=2, minutes=1), latencies_ms=(5_000,))
+    session.commit()
+    stats.refresh(session, now=T0 + timedelta(days=2, minutes=2))
+    session.commit()
+    weeks = session.scalars(select(WeeklyFacilityStats).order_by(WeeklyFacilityStats.week)).all()
+    assert [(stats._as_datetime(w.week), w.uploads) for w in weeks] == [
+        (T0.replace(hour=0, minute=0) - timedelta(weeks=1), 1), (T0.replace(hour=0, minute=0), 4)]
+    # A range starting mid-week and ending mid-week: whole weeks from the weekly rows, edge
+    # days from the daily ones, the same answer as summing the hourly rows.
+    rng = drilldown.parse_range((T0 - timedelta(days=3)).date().isoformat(),
+                                (T0 + timedelta(days=9)).date().isoformat(), "week")
+    detail = drilldown.facility_detail(session, rng, facility_id)
+    assert [p["uploads"] for p in detail["series"]] == [1, 4, 0]
+    assert detail["totals"]["uploads"] == sum(p["uploads"] for p in detail["series"]) == 5
+    overview = drilldown.facilities_overview(session, rng, [facility_id])
+    assert overview["series"] == detail["series"]
+    assert overview["facilities"][0]["uploads"] == 5
+    assert overview["totals"]["latency"] == detail["totals"]["latency"]
