@@ -29,6 +29,9 @@ class Settings:
     upload_lock_seconds: int = 120
     # A batch never completed explicitly is forwarded after this many quiet seconds.
     batch_quiet_seconds: int = 120
+    # Local copy of recently written/read instance objects on a worker host (pipeline/
+    # byte_cache.py): spares S3 GETs when the same host parses and forwards. 0 turns it off.
+    byte_cache_mb: int = 2048
     # Instances per STOW-RS request (NOTES: 20-50 is the fast range for Orthanc).
     stow_batch_size: int = 40
     stow_timeout_seconds: float = 120.0
@@ -43,6 +46,10 @@ class Settings:
     # Above the longest task and any ETA, else Redis redelivers running work.
     visibility_timeout_seconds: int = 6 * 3600
     cors_origins: tuple[str, ...] = ("*",)
+    # Where the dashboard page opens its live event stream (EventSource). Same origin by
+    # default: a proxy routes /dashboard/events to the ``relaypacs events`` process. Another
+    # origin works when it lists the dashboard's origin in RELAYPACS_CORS_ORIGINS.
+    dashboard_events_url: str = "/dashboard/events"
     # Read replicas for analytics and listings (issue 5); one skipped while down or lagging.
     database_replica_urls: tuple[str, ...] = ()
     replica_max_lag_seconds: int = 30
@@ -160,6 +167,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         upload_lock_seconds=_int(env, "RELAYPACS_UPLOAD_LOCK_SECONDS", Settings.upload_lock_seconds),
         batch_quiet_seconds=_int(env, "RELAYPACS_BATCH_QUIET_SECONDS", Settings.batch_quiet_seconds),
         stow_batch_size=_int(env, "RELAYPACS_STOW_BATCH_SIZE", Settings.stow_batch_size),
+        byte_cache_mb=_int(env, "RELAYPACS_BYTE_CACHE_MB", Settings.byte_cache_mb),
         delivery_max_attempts=_int(
             env, "RELAYPACS_DELIVERY_MAX_ATTEMPTS", Settings.delivery_max_attempts
         ),
@@ -170,6 +178,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             env, "RELAYPACS_VISIBILITY_TIMEOUT_SECONDS", Settings.visibility_timeout_seconds
         ),
         cors_origins=origins or ("*",),
+        dashboard_events_url=env.get("RELAYPACS_DASHBOARD_EVENTS_URL") or Settings.dashboard_events_url,
         database_replica_urls=tuple(
             u.strip() for u in env.get("RELAYPACS_DATABASE_REPLICA_URLS", "").split(",") if u.strip()
         ),

@@ -197,7 +197,7 @@ class _Batcher:
         """False when the destination is unavailable and the run should stop."""
         instances = {i.id: i for i in self.session.scalars(
             select(Instance).where(Instance.id.in_([d.instance_id for d in group])))}
-        renditions_for.preload(self.session, list(instances))
+        renditions_for.preload(self.session, list(instances.values()))
         now = utcnow()
         prepared = {}
         for delivery in list(group):

@@ -37,7 +37,7 @@ from pipeline.metadata_rewrite import (
     rewrite_part10,
 )
 from pipeline.models import Instance, InstanceOrigin, InstanceRendition, Series, Study, utcnow
-from pipeline.restore import require_readable
+from pipeline.restore import preload_catalogue, require_readable
 from pipeline.storage import ObjectStore, iter_object
 from pipeline.study_organisation import first_instance_id
 
@@ -153,11 +153,15 @@ def _inherited(session: Session, store: ObjectStore, study: Study) -> Edits:
     return inherited
 
 
-def preload(session: Session, instance_ids: list[int]) -> None:
-    """Load a batch's origin rows in one query, so ``prepare`` finds them in the session's
-    identity map instead of asking the database once per instance."""
-    if instance_ids:
-        session.scalars(select(InstanceOrigin).where(InstanceOrigin.instance_id.in_(instance_ids))).all()
+def preload(session: Session, instances: list[Instance]) -> None:
+    """Load a batch's origin rows, series and catalogue rows in one query each, so
+    ``prepare`` finds them in memory instead of asking the database once per instance."""
+    if not instances:
+        return
+    session.scalars(select(InstanceOrigin).where(
+        InstanceOrigin.instance_id.in_([i.id for i in instances]))).all()
+    session.scalars(select(Series).where(Series.id.in_({i.series_id for i in instances}))).all()
+    preload_catalogue(session, [i.object_key for i in instances])
 
 
 def planned_edits(session: Session, store: ObjectStore, instance: Instance) -> Edits:
