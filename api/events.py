@@ -5,6 +5,8 @@ Never fails a request: the bus logs and goes on (pipeline/events.py ``publish_sa
 
 from __future__ import annotations
 
+import dataclasses
+
 from api.context import resources
 from pipeline import events
 from pipeline.models import ReportDefinition, ReportRun, Upload, UploadState
@@ -14,16 +16,28 @@ def _bus() -> events.EventBus:
     return events.event_bus(resources().settings.redis_url)
 
 
-def upload_created(upload: Upload) -> None:
-    events.publish_safely(_bus(), events.upload_event(events.UPLOAD_INITIATED, upload))
+def upload_created(upload: Upload, first_chunk: bool = False) -> None:
+    """upload.initiated; with ``first_chunk`` (creation-with-upload, whose row is added with
+    its chunk already in) the chunk's events follow it, and initiated says offset 0."""
+    initiated = events.upload_event(events.UPLOAD_INITIATED, upload)
+    if not first_chunk:
+        events.publish_safely(_bus(), initiated)
+        return
+    initiated = dataclasses.replace(initiated, data={**initiated.data, "offset": 0})
+    events.publish_safely(_bus(), [initiated, *_chunk_events(upload)])
+
+
+def _chunk_events(upload: Upload) -> list[events.Event]:
+    out = [events.upload_event(events.UPLOAD_CHUNK_RECEIVED, upload)]
+    # A whole file in one body is recorded ASSEMBLED at once (pipeline/intake.py).
+    if upload.state in (UploadState.RECEIVED, UploadState.ASSEMBLED):
+        out.append(events.upload_event(events.UPLOAD_COMPLETED, upload))
+    return out
 
 
 def chunk_recorded(upload: Upload) -> None:
     """upload.chunk_received, and upload.completed when that chunk was the last."""
-    out = [events.upload_event(events.UPLOAD_CHUNK_RECEIVED, upload)]
-    if upload.state == UploadState.RECEIVED:
-        out.append(events.upload_event(events.UPLOAD_COMPLETED, upload))
-    events.publish_safely(_bus(), out)
+    events.publish_safely(_bus(), _chunk_events(upload))
 
 
 def report_run_changed(definition: ReportDefinition, run: ReportRun) -> None:

@@ -136,22 +136,65 @@ def create() -> Response:
     if open_uploads >= settings.max_open_uploads:
         raise ApiError(429, f"{open_uploads} uploads are open; finish or terminate some first",
                        retry_after=60)
+    expiry = timedelta(seconds=settings.upload_expiry_seconds)
+    has_body = request.content_length or request.headers.get("Transfer-Encoding")
+    if has_body and request.content_type == OFFSET_CONTENT_TYPE:
+        # creation-with-upload: the first chunk (for most files, all of it) rides on the POST.
+        upload = intake.new_upload(
+            batch=batch, user_id=current_user().id, length=length, metadata=metadata,
+            max_bytes=settings.max_upload_bytes, expiry=expiry,
+        )
+        upload = _create_with_chunk(upload, checksum)
+        return Response(status=201, headers=_headers(upload, Location=_location(upload)))
     upload = intake.create_upload(
         session, batch=batch, user_id=current_user().id, length=length, metadata=metadata,
-        max_bytes=settings.max_upload_bytes,
-        expiry=timedelta(seconds=settings.upload_expiry_seconds),
+        max_bytes=settings.max_upload_bytes, expiry=expiry,
     )
     session.commit()
     upload_created(upload)  # event after the commit (issue 5)
-    location = url_for("files.head", upload_id=upload.id, _external=True)
-    has_body = request.content_length or request.headers.get("Transfer-Encoding")
-    if has_body and request.content_type == OFFSET_CONTENT_TYPE:
-        # creation-with-upload: the first chunk rides on the POST.
-        upload = _write_chunk(upload, 0, checksum)
-    elif intake.finish_if_complete(session, upload):
+    if intake.finish_if_complete(session, upload):
         session.commit()
         chains.enqueue_upload_chain(upload.id)
-    return Response(status=201, headers=_headers(upload, Location=location))
+    return Response(status=201, headers=_headers(upload, Location=_location(upload)))
+
+
+def _location(upload: Upload) -> str:
+    return url_for("files.head", upload_id=upload.id, _external=True)
+
+
+def _create_with_chunk(upload: Upload, checksum) -> Upload:  # noqa: ANN001
+    """Store the POST's body, then add the upload with its offset in one commit.
+
+    The row goes in after the body: until the response names the upload nobody can write
+    to it, so it needs no lease, and a body refused (460, 413) leaves no upload behind.
+    """
+    settings = resources().settings
+    store = resources().store
+    session = db()
+    staged = intake.stage_chunk(
+        store, upload, BodyStream(request.stream), offset=0, checksum=checksum,
+        spool_dir=settings.var_dir / "spool",
+    )
+    try:
+        intake.record_new_upload(session, upload, staged)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        if staged is not None:
+            store.delete(staged.key)
+        raise
+    upload_created(upload, first_chunk=staged is not None)  # events after the commit (issue 5)
+    _enqueue_if_complete(upload)
+    return upload
+
+
+def _enqueue_if_complete(upload: Upload) -> None:
+    """After the commit that made the state visible: a whole file stored as its original
+    goes straight to parsing, a file of several chunks to assembly first."""
+    if upload.state == UploadState.ASSEMBLED:
+        chains.enqueue_parse(upload.id)
+    elif upload.state == UploadState.RECEIVED:
+        chains.enqueue_upload_chain(upload.id)
 
 
 @blueprint.route("/<upload_id>", methods=["HEAD"])
@@ -207,11 +250,11 @@ def _write_chunk(upload: Upload, offset: int, checksum) -> Upload:  # noqa: ANN0
             session.commit()
             return session.get(Upload, upload_id, populate_existing=True)
         try:
+            # Gives the lease back in the same statement.
             upload = intake.record_chunk(
                 session, upload_id, lease, staged,
                 expiry=timedelta(seconds=settings.upload_expiry_seconds),
             )
-            intake.release_lease(session, upload_id, lease)
             session.commit()
         except Exception:
             session.rollback()
@@ -223,8 +266,7 @@ def _write_chunk(upload: Upload, offset: int, checksum) -> Upload:  # noqa: ANN0
         session.commit()
         raise
     chunk_recorded(upload)  # events after the commit (issue 5)
-    if upload.state == UploadState.RECEIVED:
-        chains.enqueue_upload_chain(upload_id)  # after the commit that made it visible
+    _enqueue_if_complete(upload)
     return upload
 
 

@@ -4,6 +4,7 @@ SOPInstanceUID, so a file sent twice is stored once and forwarded once.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -18,26 +19,46 @@ from pipeline.storage import ObjectStore, iter_object
 from pipeline.study_organisation import record_origin
 
 
-def _get_or_create(session: Session, model: type, where: dict, values: dict):  # noqa: ANN202
-    found = session.scalar(select(model).filter_by(**where))
-    if found is not None:
-        return found
-    # Two parse tasks may meet the same new study at once: the loser re-reads the winner's row.
+def _insert_or_get(session: Session, model: type, where: dict, values: dict):  # noqa: ANN202
+    """Insert a row the caller just looked for and did not find; returns it and whether it
+    is ours. Two parse tasks may meet the same new study at once: the loser re-reads the
+    winner's row."""
     try:
         with session.begin_nested():
             row = model(**where, **values)
             session.add(row)
-        return row
+        return row, True
     except IntegrityError:
-        return session.scalar(select(model).filter_by(**where))
+        return session.scalar(select(model).filter_by(**where)), False
 
 
-def read_stored_header(store: ObjectStore, key: str, spool_dir: Path) -> InstanceHeader:
-    """Copy the object to a local temp file (S3 bodies cannot seek) and parse its header."""
+def _get_or_create(session: Session, model: type, where: dict, values: dict):  # noqa: ANN202
+    found = session.scalar(select(model).filter_by(**where))
+    if found is not None:
+        return found
+    return _insert_or_get(session, model, where, values)[0]
+
+
+# Objects up to this size are parsed from memory; bigger ones spill to the spool folder.
+IN_MEMORY_BYTES = 4 * 1024 * 1024
+
+
+def read_stored_header(store: ObjectStore, key: str, spool_dir: Path,
+                       expected_sha256: str | None = None) -> InstanceHeader:
+    """Copy the object locally (S3 bodies cannot seek), hashing it, and parse its header.
+
+    With ``expected_sha256`` the bytes must be those hashed when they arrived: a file sent
+    in one request is stored as its original by the API and never re-read by assembly, so
+    this is where an object changed in storage is caught (quarantined ``corrupt_object``).
+    """
     spool_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=spool_dir) as tmp:
+    digest = hashlib.sha256()
+    with tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_BYTES, dir=spool_dir) as tmp:
         for block in iter_object(store, key):
             tmp.write(block)
+            digest.update(block)
+        if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
+            raise Quarantine("corrupt_object", "stored bytes differ from the bytes received")
         size = tmp.tell()
         tmp.seek(0)
         return read_header(tmp, size)
@@ -77,8 +98,9 @@ def record_instance(session: Session, upload: Upload, header: InstanceHeader) ->
             Instance.sop_instance_uid == header.sop_instance_uid,
         )
     )
+    new = False
     if instance is None:
-        instance = _get_or_create(
+        instance, new = _insert_or_get(
             session,
             Instance,
             {"facility_id": upload.facility_id, "sop_instance_uid": header.sop_instance_uid},
@@ -107,7 +129,7 @@ def record_instance(session: Session, upload: Upload, header: InstanceHeader) ->
             delivery.state = DeliveryState.PENDING
             delivery.batch_id = upload.batch_id
             delivery.reason = "new version re-sent"
-    record_origin(session, instance, header)
+    record_origin(session, instance, header, new=new)
     upload.sop_instance_uid = header.sop_instance_uid
     upload.state = UploadState.PARSED
     session.flush()
@@ -120,7 +142,7 @@ def parse_and_group(session: Session, store: ObjectStore, upload: Upload, spool_
         return
     assert upload.object_key
     try:
-        header = read_stored_header(store, upload.object_key, spool_dir)
+        header = read_stored_header(store, upload.object_key, spool_dir, upload.sha256)
     except Quarantine as q:
         quarantine(session, upload, q.reason, q.detail)
         return

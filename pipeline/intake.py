@@ -5,6 +5,12 @@ Why a lease row and not a database lock held for the whole request: a chunk over
 link can take minutes, and holding a transaction (and a pooled connection) open that long
 would starve the pool. The lease is a conditional UPDATE, so it works across processes on
 PostgreSQL and on the embedded SQLite alike, and a crashed holder simply lets it expire.
+
+A body that turns out to be the whole file (offset 0, Upload-Length bytes, the declared
+whole-file checksum matching) is stored straight under the upload's ``original.dcm`` key
+and recorded ASSEMBLED: assembly would only copy that one chunk to the same bytes under
+another key (a GET, a PUT and a DELETE per file), so the parse step is next. A clinic
+folder is mostly such files.
 """
 
 from __future__ import annotations
@@ -19,12 +25,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import case, or_, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.models import Batch, BatchState, Upload, UploadChunk, UploadState, utcnow
 from pipeline.storage import ObjectStore
-from pipeline.tus import Checksum, TusError, clean_filename
+from pipeline.tus import Checksum, TusError, clean_filename, parse_checksum
 
 READ_BLOCK = 64 * 1024
 RENEW_EVERY_SECONDS = 10.0
@@ -43,8 +49,7 @@ def original_key(upload: Upload) -> str:
     return f"{upload_prefix(upload.id, upload.created_at)}/original.dcm"
 
 
-def create_upload(
-    session: Session,
+def new_upload(
     *,
     batch: Batch,
     user_id: int,
@@ -54,6 +59,8 @@ def create_upload(
     expiry: timedelta,
     now: datetime | None = None,
 ) -> Upload:
+    """A checked, transient upload (not in the session yet): its id and creation date fix
+    its object keys, so a creation-with-upload body can be stored before the row exists."""
     if length > max_bytes:
         raise TusError(413, f"Upload-Length {length} exceeds the limit of {max_bytes} bytes")
     if batch.state != BatchState.OPEN:
@@ -62,7 +69,7 @@ def create_upload(
     declared = metadata.get("checksum") or metadata.get("sha256")
     if declared and metadata.get("sha256") and not declared.startswith("sha256 "):
         declared = f"sha256 {declared}"
-    upload = Upload(
+    return Upload(
         id=secrets.token_hex(16),
         batch_id=batch.id,
         facility_id=batch.facility_id,
@@ -76,8 +83,59 @@ def create_upload(
         updated_at=now,
         expires_at=now + expiry,
     )
+
+
+def create_upload(
+    session: Session,
+    *,
+    batch: Batch,
+    user_id: int,
+    length: int,
+    metadata: dict[str, str],
+    max_bytes: int,
+    expiry: timedelta,
+    now: datetime | None = None,
+) -> Upload:
+    upload = new_upload(batch=batch, user_id=user_id, length=length, metadata=metadata,
+                        max_bytes=max_bytes, expiry=expiry, now=now)
     session.add(upload)
-    batch.last_activity_at = now
+    batch.last_activity_at = upload.created_at
+    session.flush()
+    return upload
+
+
+def record_new_upload(
+    session: Session, upload: Upload, staged: StagedChunk | None, *, now: datetime | None = None
+) -> Upload:
+    """Add an upload whose first chunk rode on the creating request, in one transaction.
+
+    No lease: nobody can write to an upload before the response has told them its id. The
+    batch must still be open when the row goes in (it may have been completed while the
+    body streamed): the UPDATE that records the batch's activity checks that under the
+    batch row's lock, so a completion never misses a file it did not wait for.
+    """
+    now = now or utcnow()
+    claimed = session.execute(
+        update(Batch)
+        .where(Batch.id == upload.batch_id, Batch.state == BatchState.OPEN)
+        .values(last_activity_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        raise TusError(409, f"batch {upload.batch_id} was closed while this file was sent; "
+                            "open a new batch")
+    if staged is not None:
+        upload.offset = staged.length
+        upload.updated_at = now
+        if staged.whole:
+            upload.state = UploadState.ASSEMBLED
+            upload.object_key = staged.key
+            upload.sha256 = staged.sha256
+    if upload.state == UploadState.RECEIVING and upload.offset == upload.length:
+        upload.state = UploadState.RECEIVED  # several chunks' worth, or an empty file
+    session.add(upload)
+    if staged is not None and not staged.whole:
+        session.add(_chunk_row(upload.id, staged))
     session.flush()
     return upload
 
@@ -125,6 +183,24 @@ class StagedChunk:
     offset: int
     length: int
     sha256: str
+    # The body was the whole file, stored as the upload's original: nothing to assemble.
+    whole: bool = False
+
+
+def _chunk_row(upload_id: str, staged: StagedChunk) -> UploadChunk:
+    return UploadChunk(upload_id=upload_id, offset=staged.offset, length=staged.length,
+                       object_key=staged.key, sha256=staged.sha256)
+
+
+def declared_checksum(declared: str | None) -> Checksum | None:
+    """The whole-file checksum from Upload-Metadata, or None when there is none or it cannot
+    be read (assembly then quarantines the file with the reason)."""
+    if not declared:
+        return None
+    try:
+        return parse_checksum(declared)
+    except TusError:
+        return None
 
 
 def stage_chunk(
@@ -143,7 +219,8 @@ def stage_chunk(
     The body is spooled to a local temp file while hashing, then stored as one object.
     A body cut off by a dropped connection is kept up to where it stopped (so the client
     resumes from there), unless it carried a checksum we can no longer verify.
-    Returns None when nothing was received.
+    A body that is the whole file, with the declared whole-file checksum (if any) matching,
+    is stored as the upload's original (``whole``). Returns None when nothing was received.
     """
     import time
 
@@ -151,6 +228,11 @@ def stage_chunk(
     remaining = upload.length - offset
     chunk_hash = hashlib.sha256()
     tus_hash = checksum.new_hasher() if checksum else None
+    declared = declared_checksum(upload.declared_checksum) if offset == 0 else None
+    whole_hash = None
+    if declared is not None and declared.algorithm != "sha256":
+        whole_hash = declared.new_hasher()
+    may_be_whole = offset == 0 and (declared is not None or not upload.declared_checksum)
     received = 0
     interrupted: Exception | None = None
     spool_dir.mkdir(parents=True, exist_ok=True)
@@ -176,6 +258,8 @@ def stage_chunk(
                 chunk_hash.update(block)
                 if tus_hash is not None:
                     tus_hash.update(block)
+                if whole_hash is not None:
+                    whole_hash.update(block)
                 if renew is not None and clock() - last_renew > RENEW_EVERY_SECONDS:
                     renew()
                     last_renew = clock()
@@ -185,9 +269,15 @@ def stage_chunk(
             raise TusError(460, f"{checksum.algorithm} checksum mismatch; chunk discarded")
         if received == 0:
             return None
-        key = chunk_key(upload, offset)
+        whole = may_be_whole and interrupted is None and received == upload.length
+        if whole and declared is not None:
+            digest = (whole_hash or chunk_hash).digest()
+            # A mismatch goes the assembly way, which quarantines the file with the reason.
+            whole = digest == declared.digest
+        key = original_key(upload) if whole else chunk_key(upload, offset)
         store.put_file(key, tmp)
-        return StagedChunk(key=key, offset=offset, length=received, sha256=chunk_hash.hexdigest())
+        return StagedChunk(key=key, offset=offset, length=received, sha256=chunk_hash.hexdigest(),
+                           whole=whole)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -196,31 +286,34 @@ def record_chunk(
     session: Session, upload_id: str, lease: str, staged: StagedChunk, *, expiry: timedelta,
     now: datetime | None = None,
 ) -> Upload:
-    """Advance the offset for a staged chunk; 409 if the lease was lost meanwhile.
-    Activity pushes the expiry forward: only idle uploads expire."""
+    """Advance the offset for a staged chunk and give the lease back, in one UPDATE; 409 if
+    the lease was lost meanwhile. Activity pushes the expiry forward: only idle uploads
+    expire. The last chunk makes the upload RECEIVED (ASSEMBLED when it was the whole file)."""
     now = now or utcnow()
-    result = session.execute(
+    end = Upload.offset + staged.length
+    values: dict = {
+        "offset": end, "updated_at": now, "expires_at": now + expiry,
+        "lock_token": None, "lock_expires_at": None,
+        "state": case((end == Upload.length, UploadState.RECEIVED.value), else_=Upload.state),
+    }
+    if staged.whole:
+        values.update(state=UploadState.ASSEMBLED.value, object_key=staged.key, sha256=staged.sha256)
+    upload = session.scalars(
         update(Upload)
-        .where(Upload.id == upload_id, Upload.lock_token == lease, Upload.offset == staged.offset)
-        .values(offset=Upload.offset + staged.length, updated_at=now, expires_at=now + expiry)
+        .where(Upload.id == upload_id, Upload.lock_token == lease, Upload.offset == staged.offset,
+               Upload.state == UploadState.RECEIVING)  # not terminated or expired meanwhile
+        .values(**values)
+        .returning(Upload),
+        execution_options={"synchronize_session": False, "populate_existing": True},
+    ).one_or_none()
+    if upload is None:
+        raise TusError(409, "upload changed while this chunk was written; HEAD and resume")
+    if not staged.whole:
+        session.add(_chunk_row(upload_id, staged))
+    session.execute(
+        update(Batch).where(Batch.id == upload.batch_id).values(last_activity_at=now)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
-        raise TusError(409, "upload changed while this chunk was written; HEAD and resume")
-    session.add(
-        UploadChunk(
-            upload_id=upload_id,
-            offset=staged.offset,
-            length=staged.length,
-            object_key=staged.key,
-            sha256=staged.sha256,
-        )
-    )
-    upload = session.get(Upload, upload_id, populate_existing=True)
-    assert upload is not None
-    if upload.offset == upload.length:
-        upload.state = UploadState.RECEIVED
-    upload.batch.last_activity_at = now
     session.flush()
     return upload
 

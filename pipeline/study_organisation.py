@@ -57,9 +57,12 @@ class Identity:
     accession_number: str | None
 
 
-def record_origin(session: Session, instance: Instance, header: InstanceHeader) -> None:
-    """Remember what the stored original says (called when an instance is recorded)."""
-    origin = session.get(InstanceOrigin, instance.id) or InstanceOrigin(instance_id=instance.id)
+def record_origin(session: Session, instance: Instance, header: InstanceHeader,
+                  new: bool = False) -> None:
+    """Remember what the stored original says (called when an instance is recorded);
+    ``new``: the instance was just inserted, so there is no origin row to look up."""
+    origin = None if new else session.get(InstanceOrigin, instance.id)
+    origin = origin or InstanceOrigin(instance_id=instance.id)
     origin.study_instance_uid = header.study_instance_uid
     origin.series_instance_uid = header.series_instance_uid
     origin.patient_id = header.patient_id

@@ -52,6 +52,7 @@ def enqueued(monkeypatch):
     from workers import chains
 
     monkeypatch.setattr(chains, "enqueue_upload_chain", lambda uid: calls.append(("upload", uid)))
+    monkeypatch.setattr(chains, "enqueue_parse", lambda uid: calls.append(("parse", uid)))
     monkeypatch.setattr(chains, "enqueue_batch_dispatch", lambda bid: calls.append(("batch", bid)))
     return calls
 

@@ -179,3 +179,110 @@ def test_bad_batch_body_is_400(client, uploader):
     assert client.post("/api/v1/batches", data="[1]", headers={
         **auth, "Content-Type": "application/json"}).status_code == 400
     assert client.post("/api/v1/batches", json={"nope": 1}, headers=auth).status_code == 400
+
+
+def create_with(client, auth, batch_id, data, length=None, **headers):
+    """tus creation-with-upload: the body rides on the POST."""
+    return client.post("/api/v1/files", data=data, headers={
+        **auth, **TUS, "Upload-Length": str(len(data) if length is None else length),
+        "Content-Type": OCTET, "Upload-Metadata": f"filename {b64('a.dcm')},batch_id {b64(str(batch_id))}",
+        **headers})
+
+
+def _upload_row(app, location):
+    from pipeline.models import Upload
+
+    with app.extensions["relaypacs"].session_factory() as session:
+        upload = session.get(Upload, location.rsplit("/", 1)[1])
+        return upload, list(upload.chunks)
+
+
+def test_whole_file_in_the_creating_post_is_stored_as_its_original(client, uploader, enqueued, app):
+    auth, batch_id = uploader
+    data = bytes(range(256)) * 50
+    sha1 = base64.b64encode(hashlib.sha1(data).digest()).decode()
+    response = create_with(client, auth, batch_id, data, **{"Upload-Checksum": f"sha1 {sha1}"})
+    assert response.status_code == 201
+    assert response.headers["Upload-Offset"] == str(len(data))
+    upload, chunks = _upload_row(app, response.headers["Location"])
+    # Nothing to assemble: the body is the original, hashed, and parsing is queued next.
+    assert upload.state == "assembled" and chunks == []
+    assert upload.object_key.endswith(f"upload-{upload.id}/original.dcm")
+    assert upload.sha256 == hashlib.sha256(data).hexdigest()
+    with app.extensions["relaypacs"].store.open(upload.object_key) as fh:
+        assert fh.read() == data
+    assert enqueued == [("parse", upload.id)]
+    head = client.head(response.headers["Location"], headers={**auth, **TUS})
+    assert head.headers["Upload-Offset"] == str(len(data))
+    again = patch(client, auth, response.headers["Location"], len(data), b"x")
+    assert again.status_code == 409
+
+
+def test_whole_file_in_one_patch_is_stored_as_its_original(client, uploader, enqueued, app):
+    auth, batch_id = uploader
+    data = b"\x01\x02" * 3000
+    location = create(client, auth, batch_id, len(data)).headers["Location"]
+    assert patch(client, auth, location, 0, data).status_code == 204
+    upload, chunks = _upload_row(app, location)
+    assert upload.state == "assembled" and chunks == [] and upload.lock_token is None
+    assert enqueued == [("parse", upload.id)]
+
+
+def test_declared_whole_file_checksum_decides_the_shortcut(client, uploader, enqueued, app):
+    auth, batch_id = uploader
+    data = b"clinic" * 1000
+    good = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    bad = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    results = {}
+    for label, declared in (("good", good), ("bad", bad)):
+        response = client.post("/api/v1/files", data=data, headers={
+            **auth, **TUS, "Upload-Length": str(len(data)), "Content-Type": OCTET,
+            "Upload-Metadata": f"batch_id {b64(str(batch_id))},sha256 {b64(declared)}"})
+        assert response.status_code == 201
+        results[label] = _upload_row(app, response.headers["Location"])
+    assert results["good"][0].state == "assembled"
+    # A mismatch is not decided in the request: the file goes through assembly, which
+    # quarantines it with the reason (the batch report shows it).
+    bad_upload, bad_chunks = results["bad"]
+    assert bad_upload.state == "received" and len(bad_chunks) == 1
+    assert enqueued == [("parse", results["good"][0].id), ("upload", bad_upload.id)]
+
+
+def test_refused_creation_body_leaves_no_upload_behind(client, uploader, enqueued, app):
+    from sqlalchemy import func, select
+
+    from pipeline.models import Upload
+
+    auth, batch_id = uploader
+    wrong = base64.b64encode(hashlib.sha1(b"other").digest()).decode()
+    mismatch = create_with(client, auth, batch_id, b"hello", **{"Upload-Checksum": f"sha1 {wrong}"})
+    assert mismatch.status_code == 460
+    too_long = create_with(client, auth, batch_id, b"hello", length=3)
+    assert too_long.status_code == 413
+    with app.extensions["relaypacs"].session_factory() as session:
+        assert session.scalar(select(func.count()).select_from(Upload)) == 0
+    assert enqueued == []
+
+
+def test_a_batch_closed_while_the_body_streamed_refuses_the_file(session, make_token):
+    from datetime import timedelta
+
+    from pipeline import intake
+    from pipeline.accounts import user_for_token
+    from pipeline.models import Batch, BatchState, Upload
+    from pipeline.tus import TusError
+
+    user = user_for_token(session, make_token("Clinic A"))
+    batch = Batch(facility_id=user.facility_id, user_id=user.id)
+    session.add(batch)
+    session.commit()
+    upload = intake.new_upload(batch=batch, user_id=user.id, length=4, metadata={},
+                               max_bytes=100, expiry=timedelta(hours=1))
+    staged = intake.StagedChunk(key="k", offset=0, length=4, sha256="0" * 64, whole=True)
+    batch.state = BatchState.COMPLETED  # the client completed it meanwhile
+    session.commit()
+    with pytest.raises(TusError) as err:
+        intake.record_new_upload(session, upload, staged)
+    assert err.value.status == 409
+    session.rollback()
+    assert session.get(Upload, upload.id) is None
