@@ -90,13 +90,30 @@ def send(smtp: Smtp, message: EmailMessage) -> list[str]:
     return [r for r in recipients if r not in refused]
 
 
+# SigV4 query signatures are valid for at most 7 days (S3 refuses longer ones).
+PRESIGNED_MAX_SECONDS = 7 * 24 * 3600
+
+
+def _sigv4_for_presigned(signature_version: str, **_: object) -> str | None:
+    # Unless a client sets signature_version, botocore presigns S3 URLs with SigV2
+    # (AWSAccessKeyId, Expires: its own 'choose-signer.s3' handler), which S3 has deprecated.
+    # Handlers of the more specific event run first: presigned GETs are signed with SigV4.
+    return "s3v4-query" if signature_version in ("v4-query", "s3v4-query", "s3-query") else None
+
+
 def presigned_url(store: object, key: str, ttl_seconds: int) -> str | None:
-    """A time-limited GET link for an object in an S3 store; None for other stores."""
+    """A time-limited GET link (SigV4, X-Amz-Expires) for an object in an S3 store; None for
+    other stores."""
     client = getattr(store, "client", None)
     bucket = getattr(store, "bucket", None)
     if client is None or bucket is None:
         return None
+    events = getattr(getattr(client, "meta", None), "events", None)
+    if events is not None:
+        # The store's own client and credentials; unique_id makes a second registration a no-op.
+        events.register_first("choose-signer.s3.GetObject", _sigv4_for_presigned,
+                              unique_id="relaypacs-presign-sigv4")
     prefix = getattr(store, "prefix", "")
     return client.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": f"{prefix}/{key}" if prefix else key},
-        ExpiresIn=ttl_seconds)
+        ExpiresIn=min(ttl_seconds, PRESIGNED_MAX_SECONDS))

@@ -215,7 +215,7 @@ def deliver(session: Session, store: object, run: ReportRun, smtp: report_delive
                 run.delivery = "attachment"
                 body.append("The files are attached.")
             else:
-                hours = link_ttl // 3600
+                hours = min(link_ttl, report_delivery.PRESIGNED_MAX_SECONDS) // 3600
                 body.append(f"The files are too large to attach; these links work for {hours} hours:")
                 for filename, key in run.artifacts.items():
                     url = report_delivery.presigned_url(store, key, link_ttl) or (

@@ -6,17 +6,21 @@ moto_server (artifacts) and an aiosmtpd SMTP server on loopback receiving the ma
 - the attached workbook has the expected sheets, values and native charts; the PDF parses
   and shows the totals; the files are in S3 and downloadable through the API;
 - a failing SMTP server: retries with backoff, then a failed run with the reason; a replay
-  after the server recovers succeeds and mails once.
+  after the server recovers succeeds and mails once;
+- files above the attachment limit are mailed as time-limited S3 presigned links, and GETting
+  a link from moto_server returns the stored workbook's bytes.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
+from urllib.parse import parse_qs, urlparse
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -75,11 +79,11 @@ def exports_worker(mailbox, worker_fleet, spawn_worker, monkeypatch) -> None:
     spawn_worker(queues="exports", concurrency=2)
 
 
-def _seed_week(postgres_url: str, start: datetime) -> int:
-    """Hourly stats for the week before ``start``'s Monday: 2 uploads an hour, 1 MB each."""
+def _seed_week(postgres_url: str, start: datetime, facility: str = FACILITY) -> int:
+    """Hourly stats for the week from ``start``: 2 uploads an hour, 1 MB each."""
     engine = create_engine(postgres_url)
     with Session(engine) as session:
-        facility_id = session.scalar(select(Facility.id).where(Facility.name == FACILITY))
+        facility_id = session.scalar(select(Facility.id).where(Facility.name == facility))
         user_id = session.scalar(select(User.id).where(User.facility_id == facility_id))
         for hour in range(7 * 24):
             session.add(HourlyStats(hour=start + timedelta(hours=hour), facility_id=facility_id,
@@ -177,3 +181,81 @@ def test_weekly_report_due_built_mailed_once_then_smtp_failure_and_replay(
     assert replay.status_code == 202
     _wait(lambda: state_of(run_id)["state"] == "succeeded", what="the replayed run")
     assert len(box.messages) == 2
+
+
+LINK_TTL = 7200
+
+
+@pytest.fixture
+def exports_worker_small_attachments(mailbox, worker_fleet, spawn_worker, monkeypatch) -> None:
+    """An exports worker whose attachment limit (1 KiB) every workbook exceeds."""
+    _, port = mailbox
+    monkeypatch.setitem(worker_fleet.env, "RELAYPACS_SMTP_URL", f"smtp://127.0.0.1:{port}")
+    monkeypatch.setitem(worker_fleet.env, "RELAYPACS_EXPORT_ATTACHMENT_LIMIT_BYTES", "1024")
+    monkeypatch.setitem(worker_fleet.env, "RELAYPACS_EXPORT_LINK_TTL_SECONDS", str(LINK_TTL))
+    spawn_worker(queues="exports", concurrency=1)
+
+
+def test_files_over_the_attachment_limit_are_mailed_as_presigned_links(
+        gateway_env, api_server, make_user, postgres_url, s3, mailbox, exports_worker_small_attachments):
+    """Over the limit: no attachment, one link per file; each link is a SigV4 presigned GET
+    valid for RELAYPACS_EXPORT_LINK_TTL_SECONDS, and moto_server answers it with the bytes of
+    the stored object (the same the API download serves). moto does not enforce the expiry
+    itself, so the time limit is checked where it is set: the signed X-Amz-Expires."""
+    box, _ = mailbox
+    facility = "Exports Links Clinic"
+    token = make_user(facility, "qa_manager")
+    headers = {"Authorization": f"Bearer {token}"}
+    body = {"name": "Large QA", "metrics": ["uploads", "bytes", "delivery_success_rate"], "grouping": ["day"],
+            "formats": ["xlsx", "pdf"], "recipients": ["big@clinic.test"], "schedule": "weekly",
+            "timezone": "Europe/Berlin", "filters": {"period": "last_week"}}
+    created = requests.post(f"{api_server.url}/api/v1/reports", json=body, headers=headers, timeout=10)
+    assert created.status_code == 201, created.text
+    report_id = created.json()["id"]
+    period = period_bounds("last_week", datetime.now(UTC), "Europe/Berlin")
+    uploads = _seed_week(postgres_url, period[0], facility)
+    before = len(box.messages)
+
+    queued = requests.post(f"{api_server.url}/api/v1/reports/{report_id}/run", headers=headers, timeout=10)
+    assert queued.status_code == 202, queued.text
+    runs_url = f"{api_server.url}/api/v1/reports/{report_id}/runs"
+
+    def finished() -> dict | None:
+        run = requests.get(runs_url, headers=headers, timeout=10).json()["runs"][0]
+        return run if run["state"] in ("succeeded", "failed") else None
+
+    run = _wait(finished, what="the run with large files")
+    assert run["state"] == "succeeded", run["error"]
+    assert run["delivery"] == "link" and run["bytes"] > 1024
+    assert run["recipients_notified"] == ["big@clinic.test"] and len(box.messages) == before + 1
+
+    mail = box.messages[-1]
+    assert not [part for part in mail.walk() if part.get_filename()]
+    plain = next(part for part in mail.walk() if part.get_content_type() == "text/plain")
+    text = plain.get_payload(decode=True).decode()
+    assert f"work for {LINK_TTL // 3600} hours" in text
+    links = dict(re.findall(r"^- (\S+): (\S+?)\s*$", text, flags=re.MULTILINE))
+    label = period_label(*period, "Europe/Berlin")
+    xlsx_name = f"Large-QA_{label}.xlsx"
+    assert set(links) == {xlsx_name, f"Large-QA_{label}.pdf"}, text
+
+    link = urlparse(links[xlsx_name])
+    query = parse_qs(link.query)
+    endpoint = urlparse(s3.endpoint_url)
+    assert link.port == endpoint.port and link.hostname.endswith(endpoint.hostname)
+    assert query["X-Amz-Expires"] == [str(LINK_TTL)] and query["X-Amz-Signature"][0]
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    fetched = requests.get(links[xlsx_name], timeout=10)
+    assert fetched.status_code == 200
+    listing = s3.client().list_objects_v2(Bucket=s3.bucket, Prefix="exports/")["Contents"]
+    [key] = [o["Key"] for o in listing if o["Key"].endswith(f"/run-{run['id']}/{xlsx_name}")]
+    stored = s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+    assert fetched.content == stored
+    download = requests.get(f"{runs_url}/{run['id']}/files/{xlsx_name}", headers=headers, timeout=10)
+    assert download.status_code == 200 and download.content == fetched.content
+    wb = load_workbook(io.BytesIO(fetched.content))
+    assert wb.sheetnames == ["Summary", "Volume", "Delivery"]
+    summary = {row[0]: row[1] for row in wb["Summary"].iter_rows(values_only=True) if row and row[0]}
+    assert summary["Uploads"] == uploads
+    pdf = requests.get(links[f"Large-QA_{label}.pdf"], timeout=10)
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")

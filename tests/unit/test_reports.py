@@ -280,3 +280,22 @@ def test_time_buckets_are_local_days_and_weeks_in_sql(session, world):
     # The P50 of 10 deliveries in the 250-500 ms bucket, capped by the hour's 450 ms maximum.
     assert delivery[1][:2] == (datetime(2026, 3, 30, 0), "Buckets Clinic") and 250 < delivery[1][2] <= 450
     session.rollback()
+
+
+def test_presigned_links_are_sigv4_and_capped_at_seven_days():
+    """botocore would presign with SigV2 (deprecated by S3) for us-east-1; the links carry a
+    SigV4 X-Amz-Expires, at most the 7 days SigV4 allows. Signing needs no server."""
+    from urllib.parse import parse_qs, urlparse
+
+    import boto3
+
+    class Store:
+        client = boto3.client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9",
+                              aws_access_key_id="k", aws_secret_access_key="s")  # noqa: S106 - dummy
+        bucket, prefix = "b", "gw"
+
+    for ttl, expected in ((3600, "3600"), (30 * 24 * 3600, str(report_delivery.PRESIGNED_MAX_SECONDS))):
+        url = urlparse(report_delivery.presigned_url(Store(), "exports/x.xlsx", ttl))
+        query = parse_qs(url.query)
+        assert url.path == "/b/gw/exports/x.xlsx" and "AWSAccessKeyId" not in query
+        assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and query["X-Amz-Expires"] == [expected]
