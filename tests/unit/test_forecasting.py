@@ -11,7 +11,7 @@ from pipeline import forecasting as fc
 
 START = date(2025, 1, 6)  # a Monday
 # One or two small candidates keep the unit suite fast; the default grid is for production.
-GRID = (((1, 0, 0), (0, 1, 1, 7)),)
+GRID = (((1, 1, 1), (0, 0, 0, 7)),)
 
 
 def weekly(n: int, *, trend: float = 0.3, noise: float = 4.0, seed: int = 7) -> np.ndarray:
@@ -30,7 +30,7 @@ def test_weekly_cycle_with_trend_beats_seasonal_naive():
     y = weekly(168)
     result = fc.forecast_series(y, START, horizon=14, grid=GRID, folds=2)
     assert result.model == "sarimax", result.fallback_reason
-    assert result.order == [[1, 0, 0], [0, 1, 1, 7]]
+    assert result.order == [[1, 1, 1], [0, 0, 0, 7]]
     assert result.aic is not None and result.backtest["model"]["folds"] == 2
     assert result.backtest["model"]["mase"] < result.backtest["seasonal_naive"]["mase"]
     points = result.points()
@@ -114,6 +114,40 @@ def test_holiday_effect_is_estimated_not_assumed_closed():
         y[(day - START).days] *= 0.5  # a holiday halves the volume; it does not stop it
     ahead = START + timedelta(days=n)  # a Monday holiday right after the history
     result = fc.forecast_series(y, START, horizon=7, grid=GRID, folds=2, holidays=[*holidays, ahead])
-    assert result.regressors == ["closed"]
+    # Day 15 is a Tuesday holiday: the Monday before it is a bridge day.
+    assert result.regressors == ["holiday", "bridge"]
     monday = result.points()[0]["mean"]
     assert 30 < monday < 90, monday
+
+
+def test_calendar_regressors_know_bridges_and_the_holiday_season():
+    # US 1988: Thanksgiving Thu 24 Nov, Christmas Sun 25 Dec observed Mon 26, New Year Sun 1 Jan
+    # observed Mon 2 Jan.
+    holidays = [date(1988, 11, 24), date(1988, 12, 25), date(1988, 12, 26), date(1989, 1, 1),
+                date(1989, 1, 2)]
+    days = [date(1988, 11, 20) + timedelta(days=i) for i in range(50)]
+    x, names = fc.calendar_regressors(days, [date(1988, 12, 1)], holidays)
+    flagged = {name: [d for d, row in zip(days, x, strict=True) if row[names.index(name)]] for name in names}
+    assert flagged["closed"] == [date(1988, 12, 1)]
+    # A weekend holiday is left to the weekly cycle; its observed Monday counts.
+    assert flagged["holiday"] == [date(1988, 11, 24), date(1988, 12, 26), date(1989, 1, 2)]
+    assert flagged["bridge"] == [date(1988, 11, 25)]  # the Friday after Thanksgiving
+    assert flagged["holiday_season"] == [date(1988, 12, d) for d in (27, 28, 29, 30)]
+
+
+def test_yearly_cycle_is_carried_into_the_forecast():
+    # Two and a half years with a strong yearly wave: 28 days in a falling stretch must be
+    # forecast falling, not flat at the last level.
+    n = 900
+    t = np.arange(n + 28)
+    rng = np.random.default_rng(3)
+    profile = np.array([120, 110, 115, 105, 100, 30, 10], dtype=float)
+    wave = 40 * np.sin(2 * np.pi * (START.toordinal() + t) / 365.25)
+    full = profile[t % 7] + wave + rng.normal(0, 3, n + 28)
+    result = fc.forecast_series(full[:n], START, horizon=28, folds=2)
+    assert result.model == "sarimax", result.fallback_reason
+    assert {"yearly_sin1", "yearly_cos1"} <= set(result.regressors)
+    mean = np.array([p["mean"] for p in result.points()])
+    naive = np.array([full[n - 7:n][i % 7] for i in range(28)])
+    actual = full[n:]
+    assert np.mean(np.abs(mean - actual)) < 0.6 * np.mean(np.abs(naive - actual))
