@@ -2,7 +2,9 @@
 
 Each page is rendered with its data in one request (the same drill-down reads as
 /api/v1/analytics) and a small script draws the charts as SVG from the JSON embedded in the
-page: no second round trip, no chart library, no build step.
+page: no second round trip, no chart library, no build step. The page then listens to the
+event stream (``relaypacs events``, at RELAYPACS_DASHBOARD_EVENTS_URL) and updates its
+numbers and charts as uploads arrive and studies are delivered.
 
 A browser cannot send ``Authorization: Bearer`` on a navigation, so the dashboard signs in
 once with an API token and keeps it in an HttpOnly, SameSite=Strict cookie (scoped to
@@ -13,13 +15,13 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from flask import Blueprint, Response, g, redirect, render_template, request, url_for
+from flask import Blueprint, Response, g, jsonify, redirect, render_template, request, url_for
 
 from api.analytics import VIEWERS
-from api.context import close_read_session, db, read_db
+from api.auth import user_for_token
+from api.context import close_read_session, db, read_db, resources
 from api.errors import ApiError
-from pipeline import drilldown
-from pipeline.accounts import user_for_token
+from pipeline import drilldown, stats
 from pipeline.models import Role, User
 
 COOKIE = "relaypacs_dashboard"
@@ -58,10 +60,18 @@ def _signed_in() -> User | None:
     return user
 
 
-def _page(template: str, data: dict, rng: drilldown.Range, user: User) -> str:
+def _page(template: str, data: dict, rng: drilldown.Range, user: User) -> str | Response:
+    """The page, or with ``?format=json`` its data: what the live page fetches to reconcile
+    its event-driven counts with the materialised stats (``as_of``: the stats job's watermark;
+    events after it are not in the numbers yet)."""
+    as_of = stats.as_of(read_db())
+    data["as_of"] = as_of.isoformat() if as_of else None
+    if request.args.get("format") == "json":
+        return jsonify(data)
     query = {k: v for k, v in request.args.items() if k in ("from", "to", "granularity")}
     return render_template(template, data=data, rng=rng, user=user, query=query,
-                           granularities=drilldown.GRANULARITIES)
+                           granularities=drilldown.GRANULARITIES,
+                           events_url=resources().settings.dashboard_events_url)
 
 
 def _range() -> drilldown.Range:

@@ -15,7 +15,10 @@ How a client is fed:
   slow reader) catches up from the Redis stream the same way, so nothing is skipped.
 
 Authentication is the API's: ``Authorization: Bearer TOKEN`` (or the dashboard's cookie),
-the same token table and roles, checked once when the stream opens.
+the same token table and roles, checked once when the stream opens. The same stream is
+also served at ``/dashboard/events``, under the dashboard cookie's path, for the page's
+EventSource; when the page comes from another origin listed in RELAYPACS_CORS_ORIGINS
+(never "*": the stream carries credentials) that origin may read it.
 """
 
 from __future__ import annotations
@@ -169,6 +172,14 @@ class EventServer:
             raise _error(401, "invalid or revoked token")
         return found
 
+    def cors_headers(self, request: web.Request) -> dict[str, str]:
+        """Credentialed CORS for the origins named in settings (a dashboard served elsewhere)."""
+        origin = request.headers.get("Origin", "")
+        if origin and origin in self.settings.cors_origins:
+            return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true",
+                    "Vary": "Origin"}
+        return {}
+
     async def replay(self, after: str, count: int = REPLAY_PAGE) -> list[tuple[str, str]]:
         rows = await self.redis.xrange(events.STREAM_KEY, min=f"({after}", max="+", count=count)
         return [(sid.decode(), fields[b"e"].decode()) for sid, fields in rows]
@@ -184,6 +195,7 @@ class EventServer:
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-store",
             "X-Accel-Buffering": "no",  # a proxy in front must not buffer the stream
+            **self.cors_headers(request),
         })
         await response.prepare(request)
         await response.write(f"retry: {RETRY_MS}\n: connected\n\n".encode())
@@ -263,6 +275,7 @@ def create_event_app(settings: Settings) -> web.Application:
     app = web.Application()
     app["server"] = server
     app.router.add_get("/api/v1/events", server.handle)
+    app.router.add_get("/dashboard/events", server.handle)
     app.router.add_get("/healthz", server.healthz)
     app.on_startup.append(server.on_startup)
     app.on_cleanup.append(server.on_cleanup)

@@ -1,7 +1,8 @@
 """Dashboards on the real stack: files uploaded through the pipeline are materialised by the
 analytics worker (the beat's task, sent on the broker), read back through the drill-down
 API, and the dashboard page is driven in headless Chromium: it loads, the charts are
-drawn, and clicking a facility and then a user drills down."""
+drawn, and clicking a facility and then a user drills down; and it updates live from the
+event stream while it is open."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 from celery import Celery
 
 from beat_schedule import BEAT_SCHEDULE
-from tests.integration.analytics_services import chromium_driver
+from tests.integration.analytics_services import EventsServer, chromium_driver
 from tests.integration.gateway_client import Gateway
-from tests.integration.services import wait_until
+from tests.integration.services import ApiServer, wait_until
 from tests.sample_data import synthetic_study
 
 pytestmark = pytest.mark.integration
@@ -117,3 +118,69 @@ def test_dashboard_in_headless_chromium(api_server, populated, tmp_path):
         assert "quarantined" in driver.find_element(By.ID, "uploads").text
     finally:
         driver.quit()
+
+
+def test_dashboard_updates_live_from_the_event_stream(populated, gateway_env, make_user, it_dir, tmp_path):
+    """The facility page listens to ``relaypacs events``: a file uploaded while it is open
+    adds to its numbers at once; once the stats job has materialised that upload, a refetch
+    of the page's data keeps the same count (the event is not counted twice)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    admin, facility = populated
+    token = admin.http.headers["Authorization"].split(" ", 1)[1]
+    # Served from another port than the page (a proxy would put both on one origin): the
+    # page names the stream's URL, and the events process allows the page's origin.
+    events = EventsServer(gateway_env, it_dir / "logs" / "events-dashboard.log")
+    api = ApiServer(gateway_env, it_dir / "logs" / "api-dashboard-live.log")
+    api.env["RELAYPACS_DASHBOARD_EVENTS_URL"] = f"{events.url}/dashboard/events"
+    events.env["RELAYPACS_CORS_ORIGINS"] = api.url
+    events.start()
+    api.start()
+    driver = chromium_driver(tmp_path / "profile")
+    try:
+        wait = WebDriverWait(driver, 30)
+        driver.get(f"{api.url}/dashboard/login")
+        driver.find_element(By.ID, "token").send_keys(token)
+        driver.find_element(By.ID, "sign-in").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "body[data-charts-drawn='1']"))
+        driver.get(f"{api.url}/dashboard/facilities/{facility['id']}?granularity=hour")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "body[data-live='1']"))
+        before = int(driver.find_element(By.ID, "total-uploads").text.replace(",", ""))
+        bars_before = _bar_titles(driver)
+
+        uploader = Gateway(api.url, make_user(FACILITY, "uploader"))
+        batch_id = uploader.open_batch(label="live")
+        uploader.upload(batch_id, synthetic_study(1)[0], "live.dcm")
+        wait.until(lambda d: d.find_element(By.ID, "total-uploads").text.replace(",", "") == str(before + 1))
+        assert int(driver.find_element(By.CSS_SELECTOR, "body").get_attribute("data-live-applied")) >= 1
+        assert _bar_titles(driver) != bars_before  # the volume chart was drawn again with it
+
+        # The stats job materialises the upload; the page's refetch must not count it twice.
+        uploader.complete(batch_id)
+        uploader.wait_state(batch_id, "done")
+
+        def materialised() -> bool:
+            refresh_stats(gateway_env["RELAYPACS_BROKER_URL"])
+            time.sleep(1)
+            url = f"{api.url}/api/v1/analytics/facilities/{facility['id']}"
+            found = admin.http.get(url, timeout=10).json()
+            return found["totals"]["uploads"] == before + 1 and found["totals"]["delivered"] == 4
+
+        wait_until(materialised, "the live upload materialised", timeout=60, interval=0.5)
+        driver.execute_script("document.body.removeAttribute('data-live-refetched');"
+                              " window.relaypacsDashboard.refetch();")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "body[data-live-refetched]"))
+        assert driver.find_element(By.ID, "total-uploads").text.replace(",", "") == str(before + 1)
+        assert driver.find_element(By.ID, "total-delivered").text.replace(",", "") == "4"
+    finally:
+        driver.quit()
+        api.stop(grace=5)
+        events.stop(grace=5)
+
+
+def _bar_titles(driver) -> list[str]:  # noqa: ANN001
+    from selenium.webdriver.common.by import By
+
+    return [t.get_attribute("textContent") for t in
+            driver.find_elements(By.CSS_SELECTOR, "[data-chart='volume'] svg rect.bar title")]

@@ -145,3 +145,19 @@ def test_qa_manager_dashboard_is_their_facility(client, world):
     assert client.get(f"/dashboard/facilities/{world['south']}").status_code == 403
     client.post("/dashboard/logout")
     assert client.get(f"/dashboard/facilities/{world['north']}").status_code == 302  # signed out
+
+
+def test_live_dashboard_names_its_stream_and_serves_its_data_scoped(client, world):
+    client.post("/dashboard/login", data={"token": world["qa_north"]})
+    page = client.get(f"/dashboard/facilities/{world['north']}").get_data(as_text=True)
+    assert 'data-events-url="/dashboard/events"' in page
+    assert f'data-facility-id="{world["north"]}"' in page
+    data = client.get(f"/dashboard/facilities/{world['north']}?format=json")
+    assert data.status_code == 200 and data.is_json
+    body = data.get_json()
+    assert body["facility"]["id"] == world["north"] and "as_of" in body
+    assert sum(p["uploads"] for p in body["series"]) == body["totals"]["uploads"]
+    # The JSON is the page's data: the same facility scoping.
+    assert client.get(f"/dashboard/facilities/{world['south']}?format=json").status_code == 403
+    client.post("/dashboard/logout")
+    assert client.get(f"/dashboard/facilities/{world['north']}?format=json").status_code == 302
