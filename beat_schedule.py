@@ -50,6 +50,13 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": crontab(day_of_week="mon", hour=3, minute=30),
         "options": {"expires": 6 * 3600},
     },
+    # Next-48-hour forecasts, hourly just after the stats refresh has closed the last hour:
+    # light models (milliseconds a facility), one task per facility.
+    "analytics-forecast-hours": {
+        "task": "analytics.forecast_hours_all",
+        "schedule": crontab(minute=5),
+        "options": {"expires": 50 * 60},
+    },
     # Storage lifecycle (queue storage by its route): nightly tiering, resumable and locked,
     # so a second or a killed run is harmless; restores polled; DR copies hourly.
     "storage-lifecycle": {

@@ -1,5 +1,6 @@
 """Upload volume forecasts at /api/v1/forecasts: the newest per facility, with the daily
-points, the 80%/95% intervals and the backtest against seasonal naive.
+(``granularity=day``) or next-48-hour (``granularity=hour``) points, the 80%/95% intervals
+and the backtest against seasonal naive.
 
 Admins see every facility (and the total, ``facility=total``), QA managers their own.
 """
@@ -27,6 +28,8 @@ class ForecastQuery(BaseModel):
     facility: str | None = Field(None, max_length=16,
                                  description="facility id, or 'total'; default: admins all, others their own")
     metric: Literal["uploads", "bytes"] = "uploads"
+    granularity: Literal["day", "hour"] = Field(
+        "day", description="day: the next 28 days (weekly job); hour: the next 48 hours (hourly job)")
 
 
 @blueprint.route("", methods=["GET"])
@@ -47,5 +50,5 @@ def list_forecasts():  # noqa: ANN201
         wanted = [int(q.facility)]
     else:
         raise ApiError(400, "facility must be a facility id or 'total'")
-    rows = forecast_store.latest(read_db(), wanted, q.metric)
+    rows = forecast_store.latest(read_db(), wanted, q.metric, q.granularity)
     return jsonify({"forecasts": [forecast_store.as_dict(r) for r in rows]})

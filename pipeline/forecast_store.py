@@ -1,8 +1,10 @@
-"""Forecasts over the materialised stats: read a facility's daily history, run
-``pipeline.forecasting`` on it, store the result, read the latest back.
+"""Forecasts over the materialised stats: read a facility's daily (or hourly) history, run
+``pipeline.forecasting`` (or ``pipeline.hourly_forecasting``) on it, store the result, read
+the latest back.
 
-Reads ``daily_facility_stats`` only (the analytics job keeps it current), never raw uploads.
-Never commits: the task or the command that calls it owns the transaction.
+Reads ``daily_facility_stats`` and ``hourly_stats`` only (the analytics job keeps them
+current), never raw uploads. Never commits: the task or the command that calls it owns the
+transaction.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from pipeline import forecasting
-from pipeline.models import DailyFacilityStats, Facility, FacilityCalendar, UploadForecast
+from pipeline import forecasting, hourly_forecasting
+from pipeline.models import DailyFacilityStats, Facility, FacilityCalendar, HourlyStats, UploadForecast
 
 METRICS = ("uploads", "bytes")
+GRANULARITIES = ("day", "hour")
+# Hours read for the next-48-hour forecast: the candidates' weeks plus the backtest's days.
+HOURLY_HISTORY_HOURS = (hourly_forecasting.DEFAULT_WEEKS + 2) * hourly_forecasting.WEEK_HOURS
 # History read per run: the fit window plus the backtest holdouts in front of it.
 HISTORY_DAYS = forecasting.MAX_HISTORY_DAYS + forecasting.DEFAULT_FOLDS * forecasting.DEFAULT_HORIZON
 
@@ -81,12 +86,54 @@ def run_forecast(session: Session, facility_id: int | None, metric: str = "uploa
     result = forecasting.forecast_series(series, first_day, horizon=horizon, closed=closed,
                                          holidays=public, **options)  # type: ignore[arg-type]
     row = UploadForecast(
-        facility_id=facility_id, metric=metric, horizon=horizon, model=result.model,
+        facility_id=facility_id, metric=metric, granularity="day", horizon=horizon, model=result.model,
         model_order=result.order, aic=result.aic,
         train_start=_midnight(result.train_start) if result.train_start else None,
         train_end=_midnight(result.train_end) if result.train_end else None,
         fallback_reason=result.fallback_reason, regressors=result.regressors,
         candidates=result.candidates, backtest=result.backtest, points=result.points(),
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def hourly_history(session: Session, facility_id: int | None, metric: str, last_hour: datetime,
+                   max_hours: int = HOURLY_HISTORY_HOURS) -> tuple[datetime, list[float]]:
+    """(first hour, one value per hour up to ``last_hour``): the facility's hours from its
+    first hour with stats (at most ``max_hours`` back), an hour without rows as zero."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    column = getattr(HourlyStats, metric)
+    window_start = last_hour - timedelta(hours=max_hours - 1)
+    query = (select(HourlyStats.hour, func.sum(column))
+             .where(HourlyStats.hour >= window_start, HourlyStats.hour <= last_hour)
+             .group_by(HourlyStats.hour))
+    if facility_id is not None:
+        query = query.where(HourlyStats.facility_id == facility_id)
+    values: dict[datetime, float] = {}
+    for hour, total in session.execute(query):
+        hour = hour if hour.tzinfo else hour.replace(tzinfo=UTC)
+        values[hour] = values.get(hour, 0.0) + float(total or 0)
+    if not values:
+        return last_hour + timedelta(hours=1), []
+    first = min(values)
+    return first, hourly_forecasting.hourly_series(values, first, last_hour).tolist()
+
+
+def run_hourly_forecast(session: Session, facility_id: int | None, metric: str = "uploads", *,
+                        horizon: int = hourly_forecasting.DEFAULT_HORIZON_HOURS,
+                        now: datetime | None = None) -> UploadForecast:
+    """Forecast the ``horizon`` hours from the current hour (UTC) on the complete hours before it."""
+    now = now or datetime.now(UTC)
+    this_hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    first_hour, series = hourly_history(session, facility_id, metric, this_hour - timedelta(hours=1))
+    result = hourly_forecasting.forecast_hours(series, first_hour, horizon=horizon)
+    row = UploadForecast(
+        facility_id=facility_id, metric=metric, granularity="hour", horizon=horizon, model=result.model,
+        train_start=result.train_start, train_end=result.train_end,
+        fallback_reason=result.fallback_reason, regressors=[], candidates=[], backtest=result.backtest,
+        points=result.points(),
     )
     session.add(row)
     session.flush()
@@ -106,11 +153,13 @@ def facility_by_name_or_id(session: Session, key: str) -> Facility | None:
     return session.scalars(select(Facility).where(Facility.name == key)).first()
 
 
-def latest(session: Session, facility_ids: Sequence[int | None] | None, metric: str) -> list[UploadForecast]:
+def latest(session: Session, facility_ids: Sequence[int | None] | None, metric: str,
+           granularity: str = "day") -> list[UploadForecast]:
     """The newest forecast of each facility (``None`` in ``facility_ids``: the total;
     ``facility_ids`` None: every facility and the total)."""
     newest = (select(UploadForecast.facility_id, func.max(UploadForecast.id).label("id"))
-              .where(UploadForecast.metric == metric).group_by(UploadForecast.facility_id))
+              .where(UploadForecast.metric == metric, UploadForecast.granularity == granularity)
+              .group_by(UploadForecast.facility_id))
     if facility_ids is not None:
         wanted = [f for f in facility_ids if f is not None]
         condition = UploadForecast.facility_id.in_(wanted)
@@ -124,13 +173,29 @@ def latest(session: Session, facility_ids: Sequence[int | None] | None, metric: 
                                 .order_by(UploadForecast.facility_id)))
 
 
+def latest_for_facility(session: Session, facility_id: int | None, metric: str = "uploads",
+                        granularity: str = "day") -> dict | None:
+    """The newest stored forecast of one facility (``None``: the all-facility total) as a
+    plain dict (``as_dict``), or None if it has none yet: what exports and the dashboard read."""
+    rows = latest(session, [facility_id], metric, granularity)
+    return as_dict(rows[0]) if rows else None
+
+
+def _iso(value: datetime | None, granularity: str) -> str | None:
+    if value is None:
+        return None
+    if granularity == "day":
+        return value.date().isoformat()
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
 def as_dict(row: UploadForecast) -> dict:
+    granularity = row.granularity or "day"
     return {
-        "id": row.id, "facility_id": row.facility_id, "metric": row.metric,
+        "id": row.id, "facility_id": row.facility_id, "metric": row.metric, "granularity": granularity,
         "created_at": row.created_at.isoformat(), "horizon": row.horizon, "model": row.model,
         "order": row.model_order, "aic": row.aic,
-        "train_start": row.train_start.date().isoformat() if row.train_start else None,
-        "train_end": row.train_end.date().isoformat() if row.train_end else None,
+        "train_start": _iso(row.train_start, granularity), "train_end": _iso(row.train_end, granularity),
         "fallback_reason": row.fallback_reason, "regressors": row.regressors,
         "candidates": row.candidates, "backtest": row.backtest, "points": row.points,
     }

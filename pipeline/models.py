@@ -700,9 +700,12 @@ class UploadForecast(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     facility_id: Mapped[int | None] = mapped_column(ForeignKey("facilities.id"))
     metric: Mapped[str] = mapped_column(String(16))
+    # "day": ``horizon`` days ahead; "hour": the next ``horizon`` hours (points carry "hour").
+    granularity: Mapped[str] = mapped_column(String(8), default="day", server_default="day")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     horizon: Mapped[int] = mapped_column(Integer)
-    model: Mapped[str] = mapped_column(String(32))  # sarimax | seasonal_naive
+    # sarimax | seasonal_naive (daily); seasonal_naive | weekly_mean | profile (hourly)
+    model: Mapped[str] = mapped_column(String(32))
     model_order: Mapped[list | None] = mapped_column(JSON)  # [[p, d, q], [P, D, Q, s]]
     aic: Mapped[float | None]
     train_start: Mapped[datetime | None]
@@ -713,4 +716,6 @@ class UploadForecast(Base):
     backtest: Mapped[dict] = mapped_column(JSON, default=dict)
     points: Mapped[list] = mapped_column(JSON, default=list)
     __table_args__ = (Index("ix_upload_forecasts_facility_metric_created", "facility_id", "metric",
-                            "created_at"),)
+                            "created_at"),
+                      Index("ix_upload_forecasts_granularity_facility_metric", "granularity", "facility_id",
+                            "metric", "id"))

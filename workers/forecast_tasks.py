@@ -1,4 +1,5 @@
-"""Forecast tasks (queue ``analytics``): the weekly fan-out and one facility's forecast."""
+"""Forecast tasks (queue ``analytics``): the weekly daily-forecast fan-out, the hourly
+next-48-hour fan-out, and one facility's forecast of each kind."""
 
 from __future__ import annotations
 
@@ -24,5 +25,24 @@ def forecast_facility(facility_id: int | None, horizon: int = 28) -> dict:
     Each run adds new rows and readers take the newest: a redelivery is harmless."""
     with runtime.session_scope() as session:
         rows = [forecast_store.run_forecast(session, facility_id, metric, horizon=horizon)
+                for metric in forecast_store.METRICS]
+        return {"facility_id": facility_id, "models": {r.metric: r.model for r in rows}}
+
+
+@app.task(name="analytics.forecast_hours_all", acks_late=False)
+def forecast_hours_all(horizon: int = 48) -> dict:
+    """One next-48-hour task per facility (and the total), as the weekly job does."""
+    with runtime.session_scope() as session:
+        facility_ids = forecast_store.facilities_with_stats(session)
+    for facility_id in [*facility_ids, None]:
+        forecast_facility_hours.delay(facility_id, horizon)
+    return {"facilities": len(facility_ids)}
+
+
+@app.task(name="analytics.forecast_facility_hours", soft_time_limit=120, time_limit=150)
+def forecast_facility_hours(facility_id: int | None, horizon: int = 48) -> dict:
+    """Next-48-hour upload count and byte forecasts of one facility; new rows, newest wins."""
+    with runtime.session_scope() as session:
+        rows = [forecast_store.run_hourly_forecast(session, facility_id, metric, horizon=horizon)
                 for metric in forecast_store.METRICS]
         return {"facility_id": facility_id, "models": {r.metric: r.model for r in rows}}

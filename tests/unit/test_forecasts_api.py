@@ -12,7 +12,7 @@ from pipeline import forecast_store
 from pipeline.models import DailyFacilityStats, Facility, FacilityCalendar
 
 TODAY = date(2026, 6, 1)
-GRID = (((1, 0, 0), (0, 1, 1, 7)),)
+GRID = (((1, 1, 1), (0, 0, 0, 7)),)
 
 
 def auth(token: str) -> dict:
@@ -93,3 +93,46 @@ def test_cli_forecast(settings, world, monkeypatch):
     assert result.exit_code == 0, result.output
     assert '"model": "seasonal_naive"' in result.output
     assert CliRunner().invoke(main, ["forecast", "--facility", "Nowhere"]).exit_code != 0
+
+
+def seed_hours(session, fid: int, weeks: int, now: datetime) -> None:
+    from pipeline.models import HourlyStats, User
+
+    user_id = session.scalars(select(User.id).where(User.facility_id == fid)).first()
+    first = now - timedelta(weeks=weeks)
+    for i in range(weeks * 168):
+        hour = first + timedelta(hours=i)
+        if hour.weekday() >= 5 or not 8 <= hour.hour < 18:
+            continue  # no row: an hour without uploads counts as zero
+        for status, count in (("parsed", 6 + hour.hour % 3), ("quarantined", 1)):
+            session.add(HourlyStats(hour=hour, facility_id=fid, modality="CT", status=status, user_id=user_id,
+                                    uploads=count, bytes=count * 1000))
+    session.commit()
+
+
+def test_hourly_forecasts_stored_served_and_scoped(client, session, world):
+    now = datetime(2026, 6, 1, 7, 20, tzinfo=UTC)  # a Monday, 07:20: 07:00 is not complete yet
+    seed_hours(session, world["a"], 5, now.replace(minute=0))
+    row = forecast_store.run_hourly_forecast(session, world["a"], "uploads", now=now)
+    session.commit()
+    assert row.granularity == "hour" and len(row.points) == 48
+    assert row.points[0]["hour"] == "2026-06-01T07:00:00+00:00"
+    # Statuses summed per hour: a weekday 10:00 is 7 parsed + 1 quarantined.
+    ten = next(p for p in row.points if p["hour"] == "2026-06-01T10:00:00+00:00")
+    assert ten["mean"] == pytest.approx(8.0, abs=1.5)
+    assert row.backtest["seasonal_naive"]["folds"] >= 1
+
+    served = client.get("/api/v1/forecasts?granularity=hour", headers=auth(world["qa_a"])).get_json()
+    assert [f["granularity"] for f in served["forecasts"]] == ["hour"]
+    assert served["forecasts"][0]["points"][0]["hour"] == "2026-06-01T07:00:00+00:00"
+    # The daily listing does not mix the hourly rows in.
+    daily = client.get("/api/v1/forecasts", headers=auth(world["qa_a"])).get_json()["forecasts"]
+    assert all(f["granularity"] == "day" for f in daily)
+    refused = client.get(f"/api/v1/forecasts?granularity=hour&facility={world['a']}",
+                         headers=auth(world["qa_b"]))
+    assert refused.status_code == 403
+    assert client.get("/api/v1/forecasts?granularity=minute", headers=auth(world["admin"])).status_code == 400
+
+    latest = forecast_store.latest_for_facility(session, world["a"], "uploads", "hour")
+    assert latest is not None and latest["id"] == row.id and latest["model"] == row.model
+    assert forecast_store.latest_for_facility(session, world["b"], "uploads", "hour") is None
