@@ -8,14 +8,17 @@ workers, so killing and restarting things never disturbs the other tests.
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
+import redis
 import requests
 
+from pipeline import events
 from tests.integration.gateway_client import Gateway
 from tests.integration.services import (
     LOOPBACK,
@@ -216,6 +219,11 @@ def test_refused_instances_are_dead_lettered_and_others_delivered(stack, make_us
     dead = [d for d in report["deliveries"] if d["state"] == "failed"]
     assert dead[0]["status_code"] and dead[0]["reason"]
     assert orthanc_clean.instance_uids() == uids(good)
+    # Someone is told: a notification.created (dead_letter) is on the event stream.
+    stream = redis.Redis.from_url(stack.env["RELAYPACS_REDIS_URL"]).xrange(events.STREAM_KEY)
+    notes = [json.loads(fields[b"e"]) for _, fields in stream]
+    assert any(n["type"] == events.NOTIFICATION_CREATED and n["kind"] == events.NOTIFY_DEAD_LETTER
+               and n["failed"] == 1 for n in notes), notes[-5:]
 
     # Replayed while the PACS still refuses: dead-lettered again after one attempt, no loop.
     admin = Gateway(stack.api.url, make_user("Fault Refused", "admin"))
