@@ -9,6 +9,7 @@ from api import (
     audit_log,
     batches,
     dashboard,
+    dashboard_forecast,
     deliveries,
     errors,
     files,
@@ -76,4 +77,5 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(forecasts.blueprint, url_prefix="/api/v1/forecasts")
     app.register_blueprint(reports.blueprint, url_prefix="/api/v1/reports")
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
+    app.add_template_global(dashboard_forecast.facility_forecast, "facility_forecast")
     return app

@@ -181,6 +181,18 @@ def latest_for_facility(session: Session, facility_id: int | None, metric: str =
     return as_dict(rows[0]) if rows else None
 
 
+def latest_for_facility_all_granularities(session: Session, facility_id: int,
+                                          metric: str = "uploads") -> dict[str, dict | None]:
+    """{"day": ..., "hour": ...}: the newest forecast of each granularity of one facility, in
+    one statement (the dashboard's facility page asks on every load)."""
+    newest = (select(func.max(UploadForecast.id))
+              .where(UploadForecast.facility_id == facility_id, UploadForecast.metric == metric)
+              .group_by(UploadForecast.granularity))
+    rows = session.scalars(select(UploadForecast).where(UploadForecast.id.in_(newest)))
+    found = {row.granularity: as_dict(row) for row in rows}
+    return {granularity: found.get(granularity) for granularity in GRANULARITIES}
+
+
 def _iso(value: datetime | None, granularity: str) -> str | None:
     if value is None:
         return None

@@ -136,3 +136,33 @@ def test_hourly_forecasts_stored_served_and_scoped(client, session, world):
     latest = forecast_store.latest_for_facility(session, world["a"], "uploads", "hour")
     assert latest is not None and latest["id"] == row.id and latest["model"] == row.model
     assert forecast_store.latest_for_facility(session, world["b"], "uploads", "hour") is None
+
+
+def test_dashboard_facility_page_shows_its_forecasts(client, session, world):
+    import json
+    import re
+
+    now = datetime(2026, 6, 1, 7, 20, tzinfo=UTC)
+    seed_hours(session, world["a"], 3, now.replace(minute=0))
+    daily = forecast_store.run_forecast(session, world["a"], "uploads", horizon=14, today=TODAY, grid=GRID,
+                                        folds=2)
+    hourly = forecast_store.run_hourly_forecast(session, world["a"], "uploads", now=now)
+    forecast_store.run_forecast(session, world["a"], "bytes", horizon=7, today=TODAY, grid=GRID, folds=1)
+    session.commit()
+
+    assert client.post("/dashboard/login", data={"token": world["qa_a"]}).status_code == 302
+    html = client.get(f"/dashboard/facilities/{world['a']}").get_data(as_text=True)
+    embedded = re.search(r'<script type="application/json" id="forecast-data">(.*?)</script>', html, re.S)
+    assert embedded, "forecast panel missing"
+    shown = json.loads(embedded.group(1))
+    # The newest upload-count forecast of each kind (not the bytes one stored after them).
+    assert shown["day"]["id"] == daily.id and len(shown["day"]["points"]) == 14
+    assert shown["hour"]["id"] == hourly.id and len(shown["hour"]["points"]) == 48
+    assert 'data-forecast-chart="day"' in html and "forecast.js" in html
+    assert client.get("/dashboard/static/forecast.js").status_code == 200
+    # Another facility's page (and so its forecast) stays closed to this QA manager.
+    assert client.get(f"/dashboard/facilities/{world['b']}").status_code == 403
+    # A facility without forecasts still renders, with an empty panel.
+    assert client.post("/dashboard/login", data={"token": world["admin"]}).status_code == 302
+    html = client.get(f"/dashboard/facilities/{world['b']}").get_data(as_text=True)
+    assert '<script type="application/json" id="forecast-data">{"day": null, "hour": null}</script>' in html

@@ -1,0 +1,72 @@
+// RelayPACS dashboard, forecast charts (issue 7): the facility's newest stored forecasts
+// (embedded as #forecast-data by the _forecast partial) drawn as plain SVG: the 95% band,
+// the 80% band over it, the mean as a line with a point per day or hour. Separate from
+// dashboard.js so the two evolve independently; marks the section data-drawn="1" when done.
+"use strict";
+(function () {
+  var SVG = "http://www.w3.org/2000/svg";
+  var W = 560, H = 180, PAD = 28;
+
+  function el(name, attrs, parent) {
+    var node = document.createElementNS(SVG, name);
+    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
+    if (parent) parent.appendChild(node);
+    return node;
+  }
+
+  function text(svg, x, y, value, cls) {
+    el("text", { x: x, y: y, "class": cls || "tick" }, svg).textContent = value;
+  }
+
+  function draw(container, forecast, granularity) {
+    var svg = el("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "class": "plot" }, container);
+    el("line", { x1: PAD, y1: H - PAD, x2: W - 4, y2: H - PAD, "class": "axis" }, svg);
+    var points = (forecast && forecast.points) || [];
+    if (!points.length) {
+      text(svg, W / 2 - 60, H / 2, "no forecast yet", "empty");
+      return;
+    }
+    var key = granularity === "hour" ? "hour" : "day";
+    var max = Math.max.apply(null, points.map(function (p) { return p.hi95 || 0; }).concat([1]));
+    var step = (W - PAD - 8) / Math.max(points.length - 1, 1);
+    function x(i) { return PAD + i * step; }
+    function y(v) { return H - PAD - (H - 2 * PAD) * (v || 0) / max; }
+    function band(lo, hi, cls) {
+      var top = points.map(function (p, i) { return x(i) + "," + y(p[hi]); });
+      var bottom = points.map(function (p, i) { return x(i) + "," + y(p[lo]); }).reverse();
+      el("polygon", { points: top.concat(bottom).join(" "), "class": cls }, svg);
+    }
+    band("lo95", "hi95", "band95");
+    band("lo80", "hi80", "band80");
+    el("polyline", { points: points.map(function (p, i) { return x(i) + "," + y(p.mean); }).join(" "),
+                     "class": "fc-line" }, svg);
+    points.forEach(function (p, i) {
+      var dot = el("circle", { cx: x(i), cy: y(p.mean), r: granularity === "hour" ? 1.5 : 2.5, "class": "fc-point" }, svg);
+      el("title", {}, dot).textContent = p[key] + ": " + p.mean + " (80% " + p.lo80 + "–" + p.hi80 +
+        ", 95% " + p.lo95 + "–" + p.hi95 + ")";
+    });
+    var every = Math.ceil(points.length / 7);
+    points.forEach(function (p, i) {
+      if (i % every === 0) {
+        var at = p[key];
+        text(svg, x(i), H - PAD + 14, granularity === "hour" ? at.slice(8, 13).replace("T", " ") + "h" : at.slice(5, 10));
+      }
+    });
+    text(svg, 2, PAD - 6, Math.round(max).toLocaleString() + " (95% upper)");
+  }
+
+  function start() {
+    var source = document.getElementById("forecast-data");
+    var section = document.getElementById("forecast");
+    if (!source || !section) return;
+    var data = JSON.parse(source.textContent || "{}") || {};
+    section.querySelectorAll("[data-forecast-chart]").forEach(function (c) {
+      var granularity = c.getAttribute("data-forecast-chart");
+      draw(c, data[granularity], granularity);
+    });
+    section.setAttribute("data-drawn", "1");
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
