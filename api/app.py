@@ -25,8 +25,9 @@ from api.context import Resources
 from api.limits import RateLimiter
 from config import Settings, load_settings
 from config.logging import configure_logging
+from pipeline.byte_cache import ByteCache, CachedStore
 from pipeline.database import make_engine, make_session_factory
-from pipeline.storage import open_store
+from pipeline.storage import ObjectStore, open_store
 from pipeline.telemetry import Telemetry
 
 
@@ -43,6 +44,18 @@ class MethodOverride:
         return self.wsgi_app(environ, start_response)
 
 
+def _open_store(settings: Settings) -> ObjectStore:
+    """The object store, with the host's byte cache in front as in the workers: an original
+    the API stores whole (pipeline/intake.py) is then read by the parse step from the local
+    copy instead of an S3 GET whenever that worker runs on this host (single-host installs,
+    the benchmarks); elsewhere the copy only serves this host's own reads of it."""
+    store = open_store(settings.storage_url)
+    if settings.byte_cache_mb > 0 and settings.storage_url.startswith("s3://"):
+        cache = ByteCache(settings.var_dir / "byte-cache", settings.byte_cache_mb * 1024**2)
+        return CachedStore(store, cache)  # type: ignore[return-value]
+    return store
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     configure_logging()
@@ -52,7 +65,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["relaypacs"] = Resources(
         settings=settings,
         session_factory=make_session_factory(engine),
-        store=open_store(settings.storage_url),
+        store=_open_store(settings),
         limiter=RateLimiter(dict(settings.rate_limits), settings.redis_url),
         telemetry=Telemetry(settings.redis_url),
     )

@@ -497,6 +497,10 @@ class AnalyticsWatermark(Base):
 Index("ix_uploads_created_facility", Upload.created_at, Upload.facility_id)
 Index("ix_uploads_updated_at", Upload.updated_at)
 Index("ix_uploads_user_created", Upload.user_id, Upload.created_at)
+# The open-uploads limit counts a user's RECEIVING uploads on every tus creation: a partial
+# index keeps that count to the few open ones instead of every upload the user ever sent.
+Index("ix_uploads_user_receiving", Upload.user_id,
+      postgresql_where=Upload.state == "receiving", sqlite_where=Upload.state == "receiving")
 Index("ix_studies_created_modality", Study.created_at, Study.modality)
 Index("ix_instances_upload_id", Instance.upload_id)
 Index("ix_deliveries_updated_at", Delivery.updated_at)

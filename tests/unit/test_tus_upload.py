@@ -43,7 +43,8 @@ def test_small_file_is_one_request(server, session_and_batch, tmp_path, enqueued
                           chunk_size=1 << 20, on_created=urls.append, progress=sent.append)
     assert already == 0 and sent == [5000] and len(urls) == 1
     assert stored_offset(http, urls[0]) == 5000
-    assert [kind for kind, _ in enqueued] == ["upload"]  # complete: assembly was queued
+    # complete, and stored whole as its original: parsing was queued, no assembly needed
+    assert [kind for kind, _ in enqueued] == ["parse"]
 
 
 def test_chunks_and_resume_after_interruption(server, session_and_batch, tmp_path):
