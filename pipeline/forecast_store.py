@@ -145,6 +145,14 @@ def facilities_with_stats(session: Session) -> list[int]:
                                 .order_by(DailyFacilityStats.facility_id)))
 
 
+def facilities_with_recent_hours(session: Session, now: datetime | None = None) -> list[int]:
+    """Facilities with hourly stats inside the hourly forecast's history window: a facility
+    quiet for longer gets no next-48-hour forecast (its daily one says enough)."""
+    since = (now or datetime.now(UTC)) - timedelta(hours=HOURLY_HISTORY_HOURS)
+    return list(session.scalars(select(HourlyStats.facility_id).where(HourlyStats.hour >= since).distinct()
+                                .order_by(HourlyStats.facility_id)))
+
+
 def facility_by_name_or_id(session: Session, key: str) -> Facility | None:
     if key.isdigit():
         found = session.get(Facility, int(key))

@@ -31,9 +31,9 @@ def forecast_facility(facility_id: int | None, horizon: int = 28) -> dict:
 
 @app.task(name="analytics.forecast_hours_all", acks_late=False)
 def forecast_hours_all(horizon: int = 48) -> dict:
-    """One next-48-hour task per facility (and the total), as the weekly job does."""
+    """One next-48-hour task per recently active facility (and the total), as the weekly job does."""
     with runtime.session_scope() as session:
-        facility_ids = forecast_store.facilities_with_stats(session)
+        facility_ids = forecast_store.facilities_with_recent_hours(session)
     for facility_id in [*facility_ids, None]:
         forecast_facility_hours.delay(facility_id, horizon)
     return {"facilities": len(facility_ids)}

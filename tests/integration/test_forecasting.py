@@ -1,5 +1,6 @@
-"""The weekly forecast job through a real worker on the analytics queue, on PostgreSQL:
-one task per facility, a failing facility does not stop the others, the API serves the result."""
+"""The weekly forecast job (and the hourly next-48-hour one) through a real worker on the
+analytics queue, on PostgreSQL: one task per facility, a failing facility does not stop the
+others, the API serves the result."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from celery import Celery
 from sqlalchemy import select
 
 from pipeline.database import make_engine, make_session_factory
-from pipeline.models import DailyFacilityStats, Facility, FacilityCalendar, UploadForecast
+from pipeline.models import DailyFacilityStats, Facility, FacilityCalendar, HourlyStats, UploadForecast, User
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +89,53 @@ def test_weekly_job_fans_out_per_facility(gateway_env, postgres_url, redis_url, 
     served = response.json()["forecasts"]
     assert [f["facility_id"] for f in served] == [ids[NORTH]]
     assert served[0]["points"][0]["lo95"] <= served[0]["points"][0]["hi95"]
+
+
+def test_hourly_job_forecasts_the_next_48_hours(gateway_env, postgres_url, redis_url, make_user, spawn_worker,
+                                                api_server):
+    facility = "Forecast IT Hours"
+    token = make_user(facility, "qa_manager")
+    sessions = make_session_factory(make_engine(postgres_url))
+    this_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    with sessions() as session:
+        fid = session.scalars(select(Facility.id).where(Facility.name == facility)).one()
+        uid = session.scalars(select(User.id).where(User.facility_id == fid)).first()
+        # Four weeks of working hours (weekdays 08-18 UTC), nothing at night or weekends; the
+        # current hour too, in case the clock passes the hour before the task runs.
+        for back in range(4 * 168, -1, -1):
+            hour = this_hour - timedelta(hours=back)
+            if hour.weekday() < 5 and 8 <= hour.hour < 18:
+                session.add(HourlyStats(hour=hour, facility_id=fid, modality="CT", status="parsed",
+                                        user_id=uid, uploads=12, bytes=12 * 4_000_000))
+        session.commit()
+        started = datetime.now(UTC)
+
+    spawn_worker(queues="analytics", concurrency=2)
+    client = Celery("forecast-hours-tests", broker=redis_url, set_as_current=False)
+    client.send_task("analytics.forecast_hours_all", queue="analytics")
+
+    deadline = time.monotonic() + 120
+    while True:
+        with sessions() as session:
+            rows = list(session.scalars(select(UploadForecast).where(
+                UploadForecast.created_at >= started, UploadForecast.facility_id == fid,
+                UploadForecast.granularity == "hour")))
+            if {r.metric for r in rows} == {"uploads", "bytes"}:
+                break
+        assert time.monotonic() < deadline, "hourly forecasts not stored in time"
+        time.sleep(1)
+
+    response = requests.get(f"{api_server.url}/api/v1/forecasts?granularity=hour", timeout=10,
+                            headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.text
+    served = response.json()["forecasts"]
+    assert [(f["facility_id"], f["granularity"]) for f in served] == [(fid, "hour")]
+    points = served[0]["points"]
+    assert len(points) == 48
+    assert datetime.fromisoformat(points[0]["hour"]) in (this_hour, this_hour + timedelta(hours=1))
+    # The same working-hours week every week: the forecast is 12 in working hours, 0 outside.
+    for p in points:
+        hour = datetime.fromisoformat(p["hour"])
+        expected = 12 if hour.weekday() < 5 and 8 <= hour.hour < 18 else 0
+        assert p["mean"] == expected, p
+    assert served[0]["backtest"]["seasonal_naive"]["mae"] == 0
