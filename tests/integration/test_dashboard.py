@@ -14,7 +14,7 @@ from celery import Celery
 from beat_schedule import BEAT_SCHEDULE
 from tests.integration.analytics_services import EventsServer, chromium_driver
 from tests.integration.gateway_client import Gateway
-from tests.integration.services import ApiServer, wait_until
+from tests.integration.services import ApiServer, run_cli, wait_until
 from tests.sample_data import synthetic_study
 
 pytestmark = pytest.mark.integration
@@ -83,11 +83,14 @@ def test_drill_down_api_on_the_real_stack(api_server, populated, make_user):
     assert refused.status_code == 403
 
 
-def test_dashboard_in_headless_chromium(api_server, populated, tmp_path):
+def test_dashboard_in_headless_chromium(api_server, populated, tmp_path, gateway_env):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     admin, facility = populated
+    # A stored forecast for the facility page's forecast panel (a day of history: seasonal
+    # naive, 7 points with their bands).
+    run_cli(["forecast", "--facility", FACILITY, "--horizon", "7"], gateway_env)
     token = admin.http.headers["Authorization"].split(" ", 1)[1]
     driver = chromium_driver(tmp_path / "profile")
     try:
@@ -110,6 +113,11 @@ def test_dashboard_in_headless_chromium(api_server, populated, tmp_path):
         assert driver.find_element(By.ID, "facility-name").text == FACILITY
         bars = driver.find_elements(By.CSS_SELECTOR, "[data-chart='status'] svg rect.bar")
         assert len(bars) == 2  # parsed, quarantined
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#forecast[data-drawn='1']"))
+        day_chart = driver.find_element(By.CSS_SELECTOR, "[data-forecast-chart='day']")
+        assert len(day_chart.find_elements(By.CSS_SELECTOR, "svg circle.fc-point")) == 7
+        assert len(day_chart.find_elements(By.CSS_SELECTOR, "svg polygon")) == 2  # the 95% and 80% bands
+        assert "no forecast yet" in driver.find_element(By.CSS_SELECTOR, "[data-forecast-chart='hour']").text
 
         driver.find_element(By.CSS_SELECTOR, "#users tr[data-href] td:nth-child(2)").click()  # the row
         wait.until(lambda d: d.find_elements(By.ID, "user-email"))
