@@ -75,6 +75,7 @@ def run_cli(folder: Path, server: str, token: str, state: Path, jobs: int | None
     if jobs is not None:
         argv += ["--jobs", str(jobs)]
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     cpu_before, busy_before = cpu_snapshot(), machine_busy_seconds()
     t0 = time.perf_counter()
     result = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
@@ -91,6 +92,8 @@ def run_cli(folder: Path, server: str, token: str, state: Path, jobs: int | None
     return {"batch_id": batch_id, "bytes": size, "upload_seconds": size / 1e6 / rate,
             "command_seconds": wall, "cpu": {"relaypacs upload (client)": round(cli_cpu, 2), **cpu},
             "machine_busy_cpu_seconds": round(busy, 2),
+            # 1/5/15-minute load averages when the command started and ended (shared host).
+            "load_average": {"start": load_before, "end": [round(x, 2) for x in os.getloadavg()]},
             "machine_cpu_seconds_available": round(wall * (os.cpu_count() or 1), 2)}
 
 
@@ -134,7 +137,8 @@ def test_folder_upload_jobs_1_vs_default(tmp_path, api_server, worker, make_user
             })
             runs.append(run)
             print(f"\n  jobs {jobs:>2}: {run['files_per_s']:6.1f} files/s {run['mb_per_s']:6.2f} MB/s "
-                  f"(upload {run['upload_seconds']} s, command {run['command_seconds']} s); CPU s "
+                  f"(upload {run['upload_seconds']} s, command {run['command_seconds']} s, load "
+                  f"{run['load_average']['start'][0]}->{run['load_average']['end'][0]}); CPU s "
                   f"busy {run['machine_busy_cpu_seconds']} of {run['machine_cpu_seconds_available']}: "
                   + ", ".join(f"{k} {v}" for k, v in run["cpu"].items()))
 
