@@ -333,14 +333,25 @@ def user_detail(session: Session, rng: Range, facility_id: int, user_id: int, *,
     if user is None or user.facility_id != facility_id:
         return None
     window = and_(HourlyStats.user_id == user_id, HourlyStats.hour >= rng.start, HourlyStats.hour < rng.end)
-    by_status = session.execute(
-        select(HourlyStats.status, *_sums(HourlyStats)).where(window).group_by(HourlyStats.status)).all()
+    if session.get_bind().dialect.name == "postgresql":
+        # Status mix and series in one GROUPING SETS statement (neither key is ever NULL).
+        bucket = (HourlyStats.hour if rng.granularity == "hour"
+                  else truncate(session, HourlyStats.hour, rng.granularity))
+        grouped = session.execute(
+            select(HourlyStats.status, bucket.label("bucket"), *_sums(HourlyStats)).where(window)
+            .group_by(func.grouping_sets(HourlyStats.status, bucket))).all()
+        by_status = [r for r in grouped if r.status is not None]
+        series = _series_rows([r for r in grouped if r.bucket is not None], rng)
+    else:
+        by_status = session.execute(
+            select(HourlyStats.status, *_sums(HourlyStats)).where(window).group_by(HourlyStats.status)).all()
+        series = _hourly_series_rows(session, rng, user_id=user_id)
     return {
         "range": rng.as_dict(),
         "facility": {"id": facility_id},
         "user": {"id": user.id, "email": user.email, "role": user.role},
         "totals": measures(_combine(by_status)),
-        "series": _hourly_series_rows(session, rng, user_id=user_id),
+        "series": series,
         "status_mix": {g.status: int(g.uploads or 0) for g in by_status},
         "uploads": upload_listing(session, user_id, rng, limit=limit, before=before),
     }
@@ -348,51 +359,44 @@ def user_detail(session: Session, rng: Range, facility_id: int, user_id: int, *,
 
 def upload_listing(session: Session, user_id: int, rng: Range, *, limit: int = 50,
                    before: datetime | None = None) -> list[dict]:
-    """A user's uploads in the range, newest first, in four statements whatever ``limit``."""
-    query = (select(Upload).where(Upload.user_id == user_id, Upload.created_at >= rng.start,
-                                  Upload.created_at < rng.end)
+    """A user's uploads in the range, newest first, in two statements whatever ``limit``:
+    the uploads with their batch label, instance and study (outer joins on unique keys, so
+    no row is repeated), then their instances' deliveries grouped by state."""
+    query = (select(Upload.id, Upload.batch_id, Batch.label, Upload.created_at, Upload.state,
+                    Upload.length, Upload.quarantine_reason, Instance.id.label("instance_id"),
+                    Study.id.label("study_id"), Study.modality)
+             .join(Batch, Batch.id == Upload.batch_id)
+             .outerjoin(Instance, and_(Instance.facility_id == Upload.facility_id,
+                                       Instance.sop_instance_uid == Upload.sop_instance_uid))
+             .outerjoin(Study, Study.id == Instance.study_id)
+             .where(Upload.user_id == user_id, Upload.created_at >= rng.start, Upload.created_at < rng.end)
              .order_by(Upload.created_at.desc(), Upload.id.desc()).limit(limit))
     if before is not None:
         query = query.where(Upload.created_at < before)
-    uploads = session.scalars(query).all()
+    uploads = session.execute(query).all()
     if not uploads:
         return []
-    facility_ids = {u.facility_id for u in uploads}
-    sops = [u.sop_instance_uid for u in uploads if u.sop_instance_uid]
-    instances: dict[tuple[int, str], tuple[Instance, Study]] = {}
-    if sops:
-        for instance, study in session.execute(
-            select(Instance, Study).join(Study, Study.id == Instance.study_id)
-            .where(Instance.facility_id.in_(facility_ids), Instance.sop_instance_uid.in_(sops))
-        ):
-            instances[(instance.facility_id, instance.sop_instance_uid)] = (instance, study)
     deliveries: dict[int, dict[str, int]] = defaultdict(dict)
-    if instances:
+    instance_ids = [u.instance_id for u in uploads if u.instance_id is not None]
+    if instance_ids:
         for instance_id, state, count in session.execute(
             select(Delivery.instance_id, Delivery.state, func.count())
-            .where(Delivery.instance_id.in_([i.id for i, _ in instances.values()]))
+            .where(Delivery.instance_id.in_(instance_ids))
             .group_by(Delivery.instance_id, Delivery.state)
         ):
             deliveries[instance_id][state] = count
-    labels = dict(session.execute(
-        select(Batch.id, Batch.label).where(Batch.id.in_({u.batch_id for u in uploads}))).all())
-    rows = []
-    for upload in uploads:
-        found = instances.get((upload.facility_id, upload.sop_instance_uid or ""))
-        instance, study = found if found else (None, None)
-        rows.append({
-            "id": upload.id,
-            "batch_id": upload.batch_id,
-            "batch_label": labels.get(upload.batch_id),
-            "created_at": upload.created_at.isoformat(),
-            "state": upload.state,
-            "length": upload.length,
-            "quarantine_reason": upload.quarantine_reason,
-            "modality": study.modality if study else None,
-            "study_id": study.id if study else None,
-            "deliveries": deliveries.get(instance.id, {}) if instance else {},
-        })
-    return rows
+    return [{
+        "id": u.id,
+        "batch_id": u.batch_id,
+        "batch_label": u.label,
+        "created_at": u.created_at.isoformat(),
+        "state": u.state,
+        "length": u.length,
+        "quarantine_reason": u.quarantine_reason,
+        "modality": u.modality,
+        "study_id": u.study_id,
+        "deliveries": deliveries.get(u.instance_id, {}) if u.instance_id is not None else {},
+    } for u in uploads]
 
 
 def upload_listing_naive(session: Session, user_id: int, rng: Range, *, limit: int = 50) -> list[dict]:
