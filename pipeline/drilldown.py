@@ -6,8 +6,8 @@ facility's series from ``daily_facility_stats`` by day, from ``weekly_facility_s
 the daily rows of partial weeks at the range's edges) by week, from ``hourly_stats`` by hour;
 a facility's mixes and users and a user's figures from ``hourly_stats`` (covering indexes).
 Only a user's upload listing reads raw rows, with a fixed number of statements whatever the
-page size (no N+1): uploads, then their instances with studies, then their deliveries
-grouped per instance, then the batch labels.
+page size (no N+1): uploads with their batch labels, instances and studies, then their
+deliveries grouped per instance.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
-from sqlalchemy import and_, bindparam, func, select, union_all
+from sqlalchemy import and_, bindparam, func, null, select, tuple_, union_all
 from sqlalchemy.orm import Session
 
 from pipeline.models import (
@@ -278,53 +278,98 @@ def _combine(rows: Sequence[object]) -> _Combined:
 
 
 @cache
-def _facility_statements():  # noqa: ANN202
-    """A facility's (status, modality) groups and its users' sums over hourly rows (index-only
-    on the covering facility-first index), bound by facility_id, start and end."""
+def _facility_statements(granularity: str):  # noqa: ANN202
+    """The facility with its users (one statement; no row: no such facility), and over its
+    hourly rows (index-only on the covering facility-first index) the (status, modality)
+    groups and per-user sums, plus the hourly series at hour granularity, in one GROUPING
+    SETS statement (PostgreSQL)."""
+    people = (select(Facility.id.label("facility_id"), Facility.name, User.id, User.email, User.role)
+              .outerjoin(User, User.facility_id == Facility.id)
+              .where(Facility.id == bindparam("facility_id")))
     window = and_(HourlyStats.facility_id == bindparam("facility_id"), HourlyStats.hour >= bindparam("start"),
                   HourlyStats.hour < bindparam("end"))
-    groups = (select(HourlyStats.status, HourlyStats.modality, *_sums(HourlyStats)).where(window)
-              .group_by(HourlyStats.status, HourlyStats.modality))
-    per_user = (select(HourlyStats.user_id, *_sums(HourlyStats)).where(window)
-                .group_by(HourlyStats.user_id).subquery("per_user"))
-    users = (select(User.id, User.email, User.role, *[per_user.c[n] for n in _MEASURE_NAMES])
-             .outerjoin(per_user, per_user.c.user_id == User.id)
-             .where(User.facility_id == bindparam("facility_id"))
-             .order_by(func.coalesce(per_user.c.uploads, 0).desc(), User.id))
-    return groups, users
+    sets = [tuple_(HourlyStats.status, HourlyStats.modality), HourlyStats.user_id]
+    bucket = null()
+    if granularity == "hour":
+        sets.append(HourlyStats.hour)
+        bucket = HourlyStats.hour
+    grouped = (select(HourlyStats.status, HourlyStats.modality, HourlyStats.user_id,
+                      bucket.label("bucket"), *_sums(HourlyStats))
+               .where(window).group_by(func.grouping_sets(*sets)))
+    return people, grouped
 
 
 def facility_detail(session: Session, rng: Range, facility_id: int) -> dict | None:
-    """Four statements: the facility, its (status, modality) groups (totals and both mixes
-    are added up from those few rows), its users with their sums, and the series."""
-    facility = session.get(Facility, facility_id)
-    if facility is None:
-        return None
-    groups_statement, users_statement = _facility_statements()
+    """The facility and its users, its grouped hourly sums (status and modality mixes and
+    totals added up from the few (status, modality) rows, per-user sums, and at hour
+    granularity the series), and at day or week granularity the series from the rollups."""
+    if session.get_bind().dialect.name != "postgresql":
+        return _facility_detail_portable(session, rng, facility_id)
+    people_statement, grouped_statement = _facility_statements(rng.granularity)
     params = {"facility_id": facility_id, "start": rng.start, "end": rng.end}
-    groups = session.execute(groups_statement, params).all()
+    people = session.execute(people_statement, params).all()
+    if not people:
+        return None
+    grouped = session.execute(grouped_statement, params).all()
+    # Which grouping set a row belongs to: the one key that is not NULL (none ever is).
+    groups = [r for r in grouped if r.status is not None]
+    per_user = {r.user_id: r for r in grouped if r.user_id is not None}
+    if rng.granularity == "hour":
+        series = _series_rows([r for r in grouped if r.bucket is not None], rng)
+    else:
+        series_statement = _period_statements(rng.granularity, "one")[1]
+        series = _series_rows(session.execute(series_statement,
+                                              _period_params(rng) | {"facility_id": facility_id}).all(), rng)
+    users = sorted((p for p in people if p.id is not None),
+                   key=lambda p: (-int(getattr(per_user.get(p.id), "uploads", 0) or 0), p.id))
+    return _facility_answer(rng, people[0], groups, series,
+                            [{"id": u.id, "email": u.email, "role": u.role,
+                              **measures(per_user.get(u.id, _Empty()))} for u in users])
+
+
+def _facility_answer(rng: Range, facility, groups, series: list[dict], users: list[dict]) -> dict:  # noqa: ANN001
     status_mix: dict[str, int] = defaultdict(int)
     modality_mix: dict[str, int] = defaultdict(int)
     for group in groups:
         status_mix[group.status] += int(group.uploads or 0)
         modality_mix[group.modality or "unknown"] += int(group.uploads or 0)
-    # Users with their totals in one statement (join, not a query per user).
-    users = session.execute(users_statement, params).all()
+    return {
+        "range": rng.as_dict(),
+        "facility": {"id": facility.facility_id, "name": facility.name},
+        "totals": measures(_combine(groups)),
+        "series": series,
+        "status_mix": dict(sorted(status_mix.items(), key=lambda kv: -kv[1])),
+        "modality_mix": dict(sorted(modality_mix.items(), key=lambda kv: -kv[1])),
+        "users": users,
+    }
+
+
+def _facility_detail_portable(session: Session, rng: Range, facility_id: int) -> dict | None:
+    """The same answer without GROUPING SETS (SQLite): four statements."""
+    facility = session.get(Facility, facility_id)
+    if facility is None:
+        return None
+    window = and_(HourlyStats.facility_id == facility_id, HourlyStats.hour >= rng.start,
+                  HourlyStats.hour < rng.end)
+    groups = session.execute(
+        select(HourlyStats.status, HourlyStats.modality, *_sums(HourlyStats)).where(window)
+        .group_by(HourlyStats.status, HourlyStats.modality)).all()
+    users = session.execute(
+        select(User.id, User.email, User.role, *_sums(HourlyStats))
+        .join(HourlyStats, and_(HourlyStats.user_id == User.id, window), isouter=True)
+        .where(User.facility_id == facility_id)
+        .group_by(User.id, User.email, User.role)
+        .order_by(func.coalesce(func.sum(HourlyStats.uploads), 0).desc(), User.id)
+    ).all()
     if rng.granularity == "hour":
         series = _hourly_series_rows(session, rng, facility_id=facility_id)
     else:
         series_statement = _period_statements(rng.granularity, "one")[1]
         series = _series_rows(session.execute(series_statement,
                                               _period_params(rng) | {"facility_id": facility_id}).all(), rng)
-    return {
-        "range": rng.as_dict(),
-        "facility": {"id": facility.id, "name": facility.name},
-        "totals": measures(_combine(groups)),
-        "series": series,
-        "status_mix": dict(sorted(status_mix.items(), key=lambda kv: -kv[1])),
-        "modality_mix": dict(sorted(modality_mix.items(), key=lambda kv: -kv[1])),
-        "users": [{"id": u.id, "email": u.email, "role": u.role, **measures(u)} for u in users],
-    }
+    named = type("Named", (), {"facility_id": facility.id, "name": facility.name})
+    return _facility_answer(rng, named, groups, series,
+                            [{"id": u.id, "email": u.email, "role": u.role, **measures(u)} for u in users])
 
 
 def user_detail(session: Session, rng: Range, facility_id: int, user_id: int, *, limit: int = 50,
