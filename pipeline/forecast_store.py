@@ -128,7 +128,9 @@ def run_hourly_forecast(session: Session, facility_id: int | None, metric: str =
     now = now or datetime.now(UTC)
     this_hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     first_hour, series = hourly_history(session, facility_id, metric, this_hour - timedelta(hours=1))
-    result = hourly_forecasting.forecast_hours(series, first_hour, horizon=horizon)
+    ahead_end = this_hour + timedelta(hours=horizon)
+    closed, _public = calendar_days(session, facility_id, this_hour.date(), ahead_end.date())
+    result = hourly_forecasting.forecast_hours(series, first_hour, horizon=horizon, closed=closed)
     row = UploadForecast(
         facility_id=facility_id, metric=metric, granularity="hour", horizon=horizon, model=result.model,
         train_start=result.train_start, train_end=result.train_end,

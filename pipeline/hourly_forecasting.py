@@ -16,13 +16,15 @@ The candidate with the lowest backtest MAE gives the forecast; seasonal naive is
 baseline the others must beat. The 80% / 95% intervals come from the chosen model's own
 backtest errors (empirical quantiles of the absolute error), so they say how sure the model
 was on the hours it was tested on. Fewer than two weeks of hours: seasonal naive, and it
-says so.
+says so. Hours on the facility's own closed days ahead are zero; public holidays are not
+modelled hourly (the daily forecast estimates their effect).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import numpy as np
 
@@ -102,8 +104,21 @@ CANDIDATES = {"seasonal_naive": seasonal_naive, "weekly_mean": weekly_mean, "pro
 
 
 def forecast_hours(y: np.ndarray | list[float], first_hour: datetime, *,
-                   horizon: int = DEFAULT_HORIZON_HOURS, folds: int = DEFAULT_FOLDS) -> HourlyForecast:
-    """Forecast ``horizon`` hours after the last of ``y`` (``y[0]`` is ``first_hour``)."""
+                   horizon: int = DEFAULT_HORIZON_HOURS, folds: int = DEFAULT_FOLDS,
+                   closed: Iterable[date] = ()) -> HourlyForecast:
+    """Forecast ``horizon`` hours after the last of ``y`` (``y[0]`` is ``first_hour``);
+    hours on the facility's ``closed`` days (its own calendar, in the hours' time zone) are zero."""
+    result = _forecast_hours(y, first_hour, horizon=horizon, folds=folds)
+    closed = set(closed)
+    if closed:
+        shut = np.array([(result.start + timedelta(hours=i)).date() in closed for i in range(horizon)])
+        for name in ("mean", "lo80", "hi80", "lo95", "hi95"):
+            setattr(result, name, np.where(shut, 0.0, getattr(result, name)))
+    return result
+
+
+def _forecast_hours(y: np.ndarray | list[float], first_hour: datetime, *, horizon: int,
+                    folds: int) -> HourlyForecast:
     y = np.asarray(y, dtype=float)
     n = len(y)
     start = first_hour + timedelta(hours=n)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 
@@ -60,3 +60,12 @@ def test_short_history_is_seasonal_naive_and_says_so():
 def test_hourly_series_fills_missing_hours_with_zero():
     values = {START: 3, START + timedelta(hours=2): 4, START - timedelta(hours=1): 99}
     assert hf.hourly_series(values, START, START + timedelta(hours=3)).tolist() == [3, 0, 4, 0]
+
+
+def test_a_closed_day_ahead_is_zero():
+    y = working_hours(6)
+    monday = (START + timedelta(weeks=6)).date()
+    result = hf.forecast_hours(y, START, closed=[monday, date(2020, 1, 1)])
+    points = result.points()
+    assert all(p["mean"] == p["hi95"] == 0 for p in points[:24])  # Monday: closed
+    assert points[24 + 11]["mean"] > 10  # Tuesday 11:00 as usual
