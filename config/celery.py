@@ -20,7 +20,12 @@ TASK_ROUTES = {
 
 
 def celery_config(settings: Settings) -> dict:
-    transport_options = {"visibility_timeout": settings.visibility_timeout_seconds}
+    # visibility_timeout is a Redis/SQS transport option; kombu's SQLAlchemy transport (the
+    # embedded sqla+sqlite broker) hands its options to create_engine, which refuses it.
+    redelivering = settings.broker_url.startswith(("redis", "rediss", "sqs"))
+    transport_options = (
+        {"visibility_timeout": settings.visibility_timeout_seconds} if redelivering else {}
+    )
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
