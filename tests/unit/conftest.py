@@ -1,18 +1,12 @@
 """Unit tests: no broker, no server. The API runs on a SQLite file and a folder store;
-enqueued tasks go to Celery's in-memory transport and are inspected, not run."""
+enqueued tasks go to Celery's in-memory transport (set in tests/conftest.py before anything
+imports workers.app) and are inspected, not run."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import pytest
 
-# Before anything imports workers.app: unit tests never talk to a real broker.
-os.environ.setdefault("RELAYPACS_BROKER_URL", "memory://")
-os.environ.setdefault("RELAYPACS_VAR_DIR", tempfile.mkdtemp(prefix="relaypacs-unit-"))
-
-import pytest  # noqa: E402
-
-from config import load_settings  # noqa: E402
+from config import load_settings
 
 
 @pytest.fixture
