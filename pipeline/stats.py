@@ -86,15 +86,21 @@ def hour_floor(value: datetime) -> datetime:
     return value.replace(minute=0, second=0, microsecond=0)
 
 
+def _runs(starts: Iterable[datetime], step: timedelta) -> list[tuple[datetime, datetime]]:
+    """Contiguous runs of ``step``-long periods (given by their starts) as half-open
+    [start, end) windows."""
+    runs: list[tuple[datetime, datetime]] = []
+    for start in sorted(set(starts)):
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], start + step)
+        else:
+            runs.append((start, start + step))
+    return runs
+
+
 def hour_runs(hours: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
     """Contiguous runs of hours as half-open [start, end) windows."""
-    runs: list[tuple[datetime, datetime]] = []
-    for hour in sorted(set(hours)):
-        if runs and runs[-1][1] == hour:
-            runs[-1] = (runs[-1][0], hour + timedelta(hours=1))
-        else:
-            runs.append((hour, hour + timedelta(hours=1)))
-    return runs
+    return _runs(hours, timedelta(hours=1))
 
 
 # --------------------------------------------------------------------------- SQL pieces
@@ -221,24 +227,9 @@ def _rebuild_window(session: Session, start: datetime, end: datetime,
 def _rollup_days(session: Session, days: Iterable[datetime], facility_ids: Sequence[int] | None) -> None:
     """Re-derive daily_facility_stats for whole days from hourly_stats (and their weeks)."""
     days = list(days)
-    for start, end in _day_runs(days):
-        stale = and_(DailyFacilityStats.day >= start, DailyFacilityStats.day < end)
-        source = and_(HourlyStats.hour >= start, HourlyStats.hour < end)
-        if facility_ids is not None:
-            stale = and_(stale, DailyFacilityStats.facility_id.in_(facility_ids))
-            source = and_(source, HourlyStats.facility_id.in_(facility_ids))
-        session.execute(delete(DailyFacilityStats).where(stale)
-                        .execution_options(synchronize_session=False))
-        day = truncate(session, HourlyStats.hour, "day")
-        summed = [func.sum(getattr(HourlyStats, name)).label(name) for name in METRIC_COLUMNS]
-        rollup = (
-            select(day.label("day"), HourlyStats.facility_id, *summed,
-                   func.max(HourlyStats.latency_max_ms).label("latency_max_ms"))
-            .where(source)
-            .group_by(day, HourlyStats.facility_id)
-        )
-        session.execute(insert(DailyFacilityStats).from_select(
-            ["day", "facility_id", *METRIC_COLUMNS, "latency_max_ms"], rollup))
+    whole_days = [d.replace(hour=0, minute=0, second=0, microsecond=0) for d in days]
+    _rollup(session, DailyFacilityStats.day, HourlyStats.hour, "day",
+            _runs(whole_days, timedelta(days=1)), facility_ids)
     _rollup_weeks(session, days, facility_ids)
 
 
@@ -250,41 +241,32 @@ def week_floor(value: datetime) -> datetime:
 
 def _rollup_weeks(session: Session, days: Iterable[datetime], facility_ids: Sequence[int] | None) -> None:
     """Re-derive weekly_facility_stats for the whole weeks holding ``days``, from the daily rows."""
-    weeks = sorted({week_floor(d) for d in days})
-    runs: list[tuple[datetime, datetime]] = []
-    for week in weeks:
-        if runs and runs[-1][1] == week:
-            runs[-1] = (runs[-1][0], week + timedelta(weeks=1))
-        else:
-            runs.append((week, week + timedelta(weeks=1)))
+    _rollup(session, WeeklyFacilityStats.week, DailyFacilityStats.day, "week",
+            _runs((week_floor(d) for d in days), timedelta(weeks=1)), facility_ids)
+
+
+def _rollup(session: Session, period, source_period, unit: str,  # noqa: ANN001
+            runs: Iterable[tuple[datetime, datetime]], facility_ids: Sequence[int] | None) -> None:
+    """Replace the rollup rows whose ``period`` column falls in ``runs`` by the sums of the
+    finer rows (``source_period``, truncated to ``unit``), per facility."""
+    target, source = period.class_, source_period.class_
     for start, end in runs:
-        stale = and_(WeeklyFacilityStats.week >= start, WeeklyFacilityStats.week < end)
-        source = and_(DailyFacilityStats.day >= start, DailyFacilityStats.day < end)
+        stale = and_(period >= start, period < end)
+        rows = and_(source_period >= start, source_period < end)
         if facility_ids is not None:
-            stale = and_(stale, WeeklyFacilityStats.facility_id.in_(facility_ids))
-            source = and_(source, DailyFacilityStats.facility_id.in_(facility_ids))
-        session.execute(delete(WeeklyFacilityStats).where(stale)
-                        .execution_options(synchronize_session=False))
-        week = truncate(session, DailyFacilityStats.day, "week")
-        summed = [func.sum(getattr(DailyFacilityStats, name)).label(name) for name in METRIC_COLUMNS]
+            stale = and_(stale, target.facility_id.in_(facility_ids))
+            rows = and_(rows, source.facility_id.in_(facility_ids))
+        session.execute(delete(target).where(stale).execution_options(synchronize_session=False))
+        bucket = truncate(session, source_period, unit)
+        summed = [func.sum(getattr(source, name)).label(name) for name in METRIC_COLUMNS]
         rollup = (
-            select(week.label("week"), DailyFacilityStats.facility_id, *summed,
-                   func.max(DailyFacilityStats.latency_max_ms).label("latency_max_ms"))
-            .where(source)
-            .group_by(week, DailyFacilityStats.facility_id)
+            select(bucket.label(period.key), source.facility_id, *summed,
+                   func.max(source.latency_max_ms).label("latency_max_ms"))
+            .where(rows)
+            .group_by(bucket, source.facility_id)
         )
-        session.execute(insert(WeeklyFacilityStats).from_select(
-            ["week", "facility_id", *METRIC_COLUMNS, "latency_max_ms"], rollup))
-
-
-def _day_runs(days: Iterable[datetime]) -> list[tuple[datetime, datetime]]:
-    runs: list[tuple[datetime, datetime]] = []
-    for day in sorted({d.replace(hour=0, minute=0, second=0, microsecond=0) for d in days}):
-        if runs and runs[-1][1] == day:
-            runs[-1] = (runs[-1][0], day + timedelta(days=1))
-        else:
-            runs.append((day, day + timedelta(days=1)))
-    return runs
+        session.execute(insert(target).from_select(
+            [period.key, "facility_id", *METRIC_COLUMNS, "latency_max_ms"], rollup))
 
 
 # --------------------------------------------------------------------------- the job
