@@ -138,18 +138,15 @@ def create() -> Response:
                        retry_after=60)
     expiry = timedelta(seconds=settings.upload_expiry_seconds)
     has_body = request.content_length or request.headers.get("Transfer-Encoding")
-    if has_body and request.content_type == OFFSET_CONTENT_TYPE:
-        # creation-with-upload: the first chunk (for most files, all of it) rides on the POST.
-        upload = intake.new_upload(
-            batch=batch, user_id=current_user().id, length=length, metadata=metadata,
-            max_bytes=settings.max_upload_bytes, expiry=expiry,
-        )
-        upload = _create_with_chunk(upload, checksum)
-        return Response(status=201, headers=_headers(upload, Location=_location(upload)))
-    upload = intake.create_upload(
-        session, batch=batch, user_id=current_user().id, length=length, metadata=metadata,
+    upload = intake.new_upload(
+        batch=batch, user_id=current_user().id, length=length, metadata=metadata,
         max_bytes=settings.max_upload_bytes, expiry=expiry,
     )
+    if has_body and request.content_type == OFFSET_CONTENT_TYPE:
+        # creation-with-upload: the first chunk (for most files, all of it) rides on the POST.
+        upload = _create_with_chunk(upload, checksum)
+        return Response(status=201, headers=_headers(upload, Location=_location(upload)))
+    intake.add_upload(session, upload)
     session.commit()
     upload_created(upload)  # event after the commit (issue 5)
     if intake.finish_if_complete(session, upload):

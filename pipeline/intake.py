@@ -85,21 +85,10 @@ def new_upload(
     )
 
 
-def create_upload(
-    session: Session,
-    *,
-    batch: Batch,
-    user_id: int,
-    length: int,
-    metadata: dict[str, str],
-    max_bytes: int,
-    expiry: timedelta,
-    now: datetime | None = None,
-) -> Upload:
-    upload = new_upload(batch=batch, user_id=user_id, length=length, metadata=metadata,
-                        max_bytes=max_bytes, expiry=expiry, now=now)
+def add_upload(session: Session, upload: Upload) -> Upload:
+    """Add an upload made by :func:`new_upload` that has no body yet (plain creation)."""
     session.add(upload)
-    batch.last_activity_at = upload.created_at
+    session.get(Batch, upload.batch_id).last_activity_at = upload.created_at
     session.flush()
     return upload
 

@@ -17,8 +17,8 @@ def upload(session, make_token):
     batch = Batch(facility_id=user.facility_id, user_id=user.id)
     session.add(batch)
     session.flush()
-    created = intake.create_upload(session, batch=batch, user_id=user.id, length=10, metadata={},
-                                   max_bytes=100, expiry=timedelta(hours=1))
+    created = intake.add_upload(session, intake.new_upload(
+        batch=batch, user_id=user.id, length=10, metadata={}, max_bytes=100, expiry=timedelta(hours=1)))
     session.commit()
     return created
 
