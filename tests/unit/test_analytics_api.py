@@ -132,6 +132,7 @@ def test_dashboard_pages_render_after_sign_in(client, world):
     assert facility.status_code == 200 and "user-link" in facility.get_data(as_text=True)
     assert client.get(f"/dashboard/facilities/{world['north']}/users/{world['uploader']}").status_code == 200
     assert client.get("/dashboard/static/dashboard.js").status_code == 200
+    assert "plot.js" in html and client.get("/dashboard/static/plot.js").status_code == 200
     offsite = client.post("/dashboard/login", data={"token": world["admin"], "next": "https://evil.test/"})
     assert offsite.headers["Location"] in ("/dashboard", "/dashboard/")
 

@@ -6,28 +6,8 @@
 // the counts never drift from the materialised stats.
 "use strict";
 (function () {
-  var SVG = "http://www.w3.org/2000/svg";
-  var W = 560, H = 180, PAD = 28;
-
-  function el(name, attrs, parent) {
-    var node = document.createElementNS(SVG, name);
-    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
-    if (parent) parent.appendChild(node);
-    return node;
-  }
-
-  function frame(container) {
-    var svg = el("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "class": "plot" });
-    container.appendChild(svg);
-    el("line", { x1: PAD, y1: H - PAD, x2: W - 4, y2: H - PAD, "class": "axis" }, svg);
-    return svg;
-  }
-
-  function label(svg, x, y, text, cls) {
-    var t = el("text", { x: x, y: y, "class": cls || "tick" }, svg);
-    t.textContent = text;
-    return t;
-  }
+  var plot = window.RelayPACSPlot;
+  var W = plot.W, H = plot.H, PAD = plot.PAD, el = plot.el, frame = plot.frame, label = plot.label;
 
   function shortTime(iso, granularity) {
     return granularity === "hour" ? iso.slice(5, 13).replace("T", " ") + "h" : iso.slice(5, 10);

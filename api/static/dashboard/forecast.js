@@ -1,26 +1,15 @@
 // RelayPACS dashboard, forecast charts (issue 7): the facility's newest stored forecasts
 // (embedded as #forecast-data by the _forecast partial) drawn as plain SVG: the 95% band,
 // the 80% band over it, the mean as a line with a point per day or hour. Separate from
-// dashboard.js so the two evolve independently; marks the section data-drawn="1" when done.
+// dashboard.js so the two evolve independently (both draw with plot.js); marks the section
+// data-drawn="1" when done.
 "use strict";
 (function () {
-  var SVG = "http://www.w3.org/2000/svg";
-  var W = 560, H = 180, PAD = 28;
-
-  function el(name, attrs, parent) {
-    var node = document.createElementNS(SVG, name);
-    Object.keys(attrs || {}).forEach(function (k) { node.setAttribute(k, attrs[k]); });
-    if (parent) parent.appendChild(node);
-    return node;
-  }
-
-  function text(svg, x, y, value, cls) {
-    el("text", { x: x, y: y, "class": cls || "tick" }, svg).textContent = value;
-  }
+  var plot = window.RelayPACSPlot;
+  var W = plot.W, H = plot.H, PAD = plot.PAD, el = plot.el, text = plot.label;
 
   function draw(container, forecast, granularity) {
-    var svg = el("svg", { viewBox: "0 0 " + W + " " + H, role: "img", "class": "plot" }, container);
-    el("line", { x1: PAD, y1: H - PAD, x2: W - 4, y2: H - PAD, "class": "axis" }, svg);
+    var svg = plot.frame(container);
     var points = (forecast && forecast.points) || [];
     if (!points.length) {
       text(svg, W / 2 - 60, H / 2, "no forecast yet", "empty");
