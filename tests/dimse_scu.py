@@ -5,31 +5,20 @@ Shared by the unit and integration tests of the Storage SCP. Two things it takes
   and re-encoded by pydicom, so a test can compare bytes end to end;
 - pynetdicom's requestor has a race (its reactor thread may take the C-STORE-RSP that
   send_c_store() waits for, log "Received unexpected C-STORE service message" and drop it, so
-  the send waits for a timeout): a response taken that way is put back.
+  the send waits for a timeout): a response taken that way is put back, with the same
+  workaround the gateway's own DIMSE sender uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
-from pynetdicom.association import Association
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 
-
-def keep_own_responses(assoc: Association) -> None:
-    serve = assoc._serve_request
-
-    def serve_or_requeue(msg: Any, context_id: int) -> None:
-        if msg is not None and not msg.is_valid_request and msg.is_valid_response:
-            assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        serve(msg, context_id)
-
-    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]
+from pipeline.destinations.dimse import _keep_own_responses as keep_own_responses
 
 
 def store_files(host: str, port: int, called_aet: str, calling_aet: str,
