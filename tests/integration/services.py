@@ -83,6 +83,20 @@ def wait_until(
         time.sleep(interval)
 
 
+def poll_for(predicate: Callable[[], object], what: str, timeout: float = 60.0,
+             interval: float = 0.3) -> object:
+    """Poll ``predicate`` until it returns something truthy, and return that. Unlike
+    :func:`wait_until`, an exception in ``predicate`` fails at once (a test's own check),
+    and a timeout is an ``AssertionError``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def tail(path: Path, lines: int = 60) -> str:
     try:
         with open(path, "rb") as fh:

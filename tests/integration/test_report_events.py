@@ -7,13 +7,13 @@ notification for the failure and one for the mail."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import redis
 import requests
 
 from pipeline import events
+from tests.integration.services import poll_for
 from tests.integration.test_scheduled_exports import exports_worker, mailbox  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -24,16 +24,6 @@ def _run_events(client: redis.Redis, run_id: int) -> list[dict]:
     rows = client.xrange(events.STREAM_KEY, min="-", max="+")
     found = [json.loads(fields[b"e"]) for _, fields in rows]
     return [e for e in found if e.get("run_id") == run_id]
-
-
-def _wait_for(predicate, what: str, timeout: float = 60.0):  # noqa: ANN001, ANN202
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_report_run_states_and_notifications_are_published(
@@ -51,7 +41,7 @@ def test_report_run_states_and_notifications_are_published(
     queued = requests.post(f"{api_server.url}/api/v1/reports/{report['id']}/run", headers=headers, timeout=10)
     assert queued.status_code == 202
     run_id = queued.json()["id"]
-    failed = _wait_for(lambda: (found := _run_events(client, run_id))
+    failed = poll_for(lambda: (found := _run_events(client, run_id))
                        and any(e.get("kind") == "report_failed" for e in found) and found, "the failure")
     statuses = [e["status"] for e in failed if e["type"] == events.REPORT_STATUS_CHANGED]
     assert statuses == ["queued", "working", "retrying", "working", "failed"]
@@ -61,7 +51,7 @@ def test_report_run_states_and_notifications_are_published(
     replay = requests.post(f"{api_server.url}/api/v1/reports/{report['id']}/runs/{run_id}/replay",
                            headers=headers, timeout=10)
     assert replay.status_code == 202
-    done = _wait_for(lambda: (found := _run_events(client, run_id))
+    done = poll_for(lambda: (found := _run_events(client, run_id))
                      and any(e.get("kind") == "report_sent" for e in found) and found, "the mail")
     statuses = [e["status"] for e in done if e["type"] == events.REPORT_STATUS_CHANGED]
     assert statuses[5:] == ["queued", "working", "succeeded"]

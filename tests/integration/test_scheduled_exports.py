@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import Message
@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.models import Facility, HourlyStats, User
 from pipeline.report_definitions import period_bounds, period_label
-from tests.integration.services import free_port
+from tests.integration.services import free_port, poll_for
 
 pytestmark = pytest.mark.integration
 FACILITY = "Exports Clinic"
@@ -95,16 +95,6 @@ def _seed_week(postgres_url: str, start: datetime, facility: str = FACILITY) -> 
     return 7 * 24 * 2
 
 
-def _wait(predicate: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_weekly_report_due_built_mailed_once_then_smtp_failure_and_replay(
         gateway_env, api_server, make_user, postgres_url, redis_url, s3, mailbox, exports_worker):
     box, _ = mailbox
@@ -136,7 +126,7 @@ def test_weekly_report_due_built_mailed_once_then_smtp_failure_and_replay(
     for _ in range(2):
         client.send_task("exports.dispatch_due", kwargs={"now": (due + timedelta(seconds=30)).isoformat()},
                          queue="exports")
-    done = _wait(lambda: [r for r in runs() if r["state"] == "succeeded"], what="the scheduled run")
+    done = poll_for(lambda: [r for r in runs() if r["state"] == "succeeded"], "the scheduled run")
     time.sleep(2)  # a duplicate would have been mailed by now
     assert len(runs()) == 1 and len(box.messages) == 1
     run = done[0]
@@ -172,14 +162,14 @@ def test_weekly_report_due_built_mailed_once_then_smtp_failure_and_replay(
     def state_of(rid: int) -> dict:
         return next(r for r in runs() if r["id"] == rid)
 
-    failed = _wait(lambda: state_of(run_id)["state"] == "failed" and state_of(run_id), what="the failed run")
+    failed = poll_for(lambda: state_of(run_id)["state"] == "failed" and state_of(run_id), "the failed run")
     assert failed["attempts"] == 2 and "451" in failed["error"] and box.refusals == 2
     assert len(box.messages) == 1
 
     box.failing = False
     replay = requests.post(f"{runs_url}/{run_id}/replay", headers=headers, timeout=10)
     assert replay.status_code == 202
-    _wait(lambda: state_of(run_id)["state"] == "succeeded", what="the replayed run")
+    poll_for(lambda: state_of(run_id)["state"] == "succeeded", "the replayed run")
     assert len(box.messages) == 2
 
 
@@ -224,7 +214,7 @@ def test_files_over_the_attachment_limit_are_mailed_as_presigned_links(
         run = requests.get(runs_url, headers=headers, timeout=10).json()["runs"][0]
         return run if run["state"] in ("succeeded", "failed") else None
 
-    run = _wait(finished, what="the run with large files")
+    run = poll_for(finished, "the run with large files")
     assert run["state"] == "succeeded", run["error"]
     assert run["delivery"] == "link" and run["bytes"] > 1024
     assert run["recipients_notified"] == ["big@clinic.test"] and len(box.messages) == before + 1
