@@ -88,13 +88,19 @@ def test_rerun_is_idempotent_and_open_slices_settle(session, seeded):
     assert ("quarantined", False) in statuses and ("received", True) not in statuses
 
 
-def test_late_rows_and_late_deliveries_are_counted(session, seeded):
-    seed, facility_id, user_id, batch = seeded
+def _materialise_then_add_late_row(session, seed, batch) -> datetime:  # noqa: ANN001
+    """Materialise up to two days after T0, then add (uncommitted) a row for the day before
+    T0 that arrives only now (a clinic's clock, a DIMSE resend); returns its time."""
     stats.refresh(session, now=T0 + timedelta(days=2))
     session.commit()
-    # A row for an hour long materialised arrives now (a clinic's clock, a DIMSE resend).
     late = T0 - timedelta(days=1)
     seed.upload(batch, late, updated_at=T0 + timedelta(days=2, minutes=1), latencies_ms=(5_000,))
+    return late
+
+
+def test_late_rows_and_late_deliveries_are_counted(session, seeded):
+    seed, facility_id, user_id, batch = seeded
+    late = _materialise_then_add_late_row(session, seed, batch)
     # And a delivery of an old upload completes now.
     delivery = session.scalars(select(Delivery).where(Delivery.latency_ms == 100)).one()
     delivery.latency_ms = 700
@@ -120,11 +126,8 @@ def test_weekly_rollup_follows_late_rows_and_week_answers_match_hourly(session, 
     from pipeline.models import WeeklyFacilityStats
 
     seed, facility_id, _, batch = seeded
-    stats.refresh(session, now=T0 + timedelta(days=2))
-    session.commit()
-    # T0 is a Monday: a late row for the Sunday before lands in the previous ISO week.
-    late = T0 - timedelta(days=1)
-    seed.upload(batch, late, updated_at=T0 + timedelta(days=2, minutes=1), latencies_ms=(5_000,))
+    # T0 is a Monday: the late row for the Sunday before lands in the previous ISO week.
+    _materialise_then_add_late_row(session, seed, batch)
     session.commit()
     stats.refresh(session, now=T0 + timedelta(days=2, minutes=2))
     session.commit()
