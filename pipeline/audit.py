@@ -37,11 +37,6 @@ def record(session: Session, actor: Actor, action: str, target: str | None = Non
     return event
 
 
-def record_token_use(session: Session, actor: Actor, now: datetime | None = None) -> bool:
-    """Record ``token.used`` unless this user already has one in the current window."""
-    return token_use_due_after(session, actor, now)[0]
-
-
 def token_use_due_after(session: Session, actor: Actor,
                         now: datetime | None = None) -> tuple[bool, datetime]:
     """Record ``token.used`` unless this user already has one in the current window;

@@ -125,10 +125,11 @@ def measures(row: object) -> dict:
 
 
 _MEASURE_NAMES = (*METRIC_COLUMNS, "latency_max_ms")
-_SCOPES = ("all", "some", "one")
 
 
 def _scoped(table, statement, scope: str):  # noqa: ANN001, ANN202
+    """``statement`` limited to the facilities of ``scope``: "all" (no limit), "some" (the
+    ``facility_ids`` parameter) or "one" (``facility_id``)."""
     if scope == "some":
         return statement.where(table.facility_id.in_(bindparam("facility_ids", expanding=True)))
     if scope == "one":
@@ -251,7 +252,7 @@ def facilities_overview(session: Session, rng: Range, facility_ids: Sequence[int
     facilities = [{"id": f.id, "name": f.name, **measures(by_id.get(f.id, _Empty()))} for f in names]
     return {
         "range": rng.as_dict(),
-        "totals": measures(_combine([by_id[f.id] for f in names if f.id in by_id])),
+        "totals": measures(_Combined([by_id[f.id] for f in names if f.id in by_id])),
         "series": _series_rows(series_rows, rng),
         "facilities": facilities,
     }
@@ -271,10 +272,6 @@ class _Combined:
         for name in METRIC_COLUMNS:
             setattr(self, name, sum(int(getattr(r, name) or 0) for r in rows))
         self.latency_max_ms = max((int(r.latency_max_ms or 0) for r in rows), default=0)  # type: ignore[attr-defined]
-
-
-def _combine(rows: Sequence[object]) -> _Combined:
-    return _Combined(rows)
 
 
 @cache
@@ -336,7 +333,7 @@ def _facility_answer(rng: Range, facility, groups, series: list[dict], users: li
     return {
         "range": rng.as_dict(),
         "facility": {"id": facility.facility_id, "name": facility.name},
-        "totals": measures(_combine(groups)),
+        "totals": measures(_Combined(groups)),
         "series": series,
         "status_mix": dict(sorted(status_mix.items(), key=lambda kv: -kv[1])),
         "modality_mix": dict(sorted(modality_mix.items(), key=lambda kv: -kv[1])),
@@ -395,7 +392,7 @@ def user_detail(session: Session, rng: Range, facility_id: int, user_id: int, *,
         "range": rng.as_dict(),
         "facility": {"id": facility_id},
         "user": {"id": user.id, "email": user.email, "role": user.role},
-        "totals": measures(_combine(by_status)),
+        "totals": measures(_Combined(by_status)),
         "series": series,
         "status_mix": {g.status: int(g.uploads or 0) for g in by_status},
         "uploads": upload_listing(session, user_id, rng, limit=limit, before=before),
