@@ -19,6 +19,7 @@ import hashlib
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -211,8 +212,6 @@ def stage_chunk(
     A body that is the whole file, with the declared whole-file checksum (if any) matching,
     is stored as the upload's original (``whole``). Returns None when nothing was received.
     """
-    import time
-
     clock = clock or time.monotonic
     remaining = upload.length - offset
     chunk_hash = hashlib.sha256()
@@ -222,36 +221,16 @@ def stage_chunk(
     if declared is not None and declared.algorithm != "sha256":
         whole_hash = declared.new_hasher()
     may_be_whole = offset == 0 and (declared is not None or not upload.declared_checksum)
-    received = 0
-    interrupted: Exception | None = None
+    hashers = [h for h in (chunk_hash, tus_hash, whole_hash) if h is not None]
     spool_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=spool_dir, prefix="chunk-")
     tmp = Path(tmp_name)
     try:
-        last_renew = clock()
         with os.fdopen(fd, "wb") as spool:
-            while True:
-                try:
-                    block = stream.read(READ_BLOCK)
-                except (OSError, ValueError) as exc:  # client went away mid-body
-                    interrupted = exc
-                    break
-                if not block:
-                    break
-                received += len(block)
-                if received > remaining:
-                    raise TusError(
-                        413, f"chunk goes past Upload-Length ({upload.length} bytes)"
-                    )
-                spool.write(block)
-                chunk_hash.update(block)
-                if tus_hash is not None:
-                    tus_hash.update(block)
-                if whole_hash is not None:
-                    whole_hash.update(block)
-                if renew is not None and clock() - last_renew > RENEW_EVERY_SECONDS:
-                    renew()
-                    last_renew = clock()
+            received, interrupted = _spool_body(
+                stream, spool, hashers, limit=remaining, upload_length=upload.length,
+                renew=renew, clock=clock,
+            )
         if interrupted is not None and checksum is not None:
             raise TusError(400, "body interrupted before its checksum could be verified")
         if tus_hash is not None and tus_hash.digest() != checksum.digest:
@@ -269,6 +248,39 @@ def stage_chunk(
                            whole=whole)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _spool_body(
+    stream: BinaryIO,
+    spool: BinaryIO,
+    hashers: list,
+    *,
+    limit: int,
+    upload_length: int,
+    renew: Callable[[], None] | None,
+    clock: Callable[[], float],
+) -> tuple[int, Exception | None]:
+    """Copy ``stream`` to ``spool`` a block at a time, feeding every hasher, renewing the
+    lease every RENEW_EVERY_SECONDS; 413 past ``limit`` bytes. Returns the bytes received
+    and, when the client went away mid-body, the error that cut it off."""
+    received = 0
+    last_renew = clock()
+    while True:
+        try:
+            block = stream.read(READ_BLOCK)
+        except (OSError, ValueError) as exc:  # client went away mid-body
+            return received, exc
+        if not block:
+            return received, None
+        received += len(block)
+        if received > limit:
+            raise TusError(413, f"chunk goes past Upload-Length ({upload_length} bytes)")
+        spool.write(block)
+        for hasher in hashers:
+            hasher.update(block)
+        if renew is not None and clock() - last_renew > RENEW_EVERY_SECONDS:
+            renew()
+            last_renew = clock()
 
 
 def record_chunk(
