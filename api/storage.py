@@ -45,6 +45,15 @@ class RestoreBody(BaseModel):
         return self
 
 
+def _visible(model: type, row_id: int, what: str):  # noqa: ANN202
+    """The row with this id: 404 when there is none, 403 when it is another facility's."""
+    row = db().get(model, row_id)
+    if row is None:
+        raise ApiError(404, f"no {what} {row_id}")
+    check_facility(row.facility_id)
+    return row
+
+
 @blueprint.route("/report", methods=["GET"])
 @require(Role.ADMIN)
 @operation("Objects, bytes and monthly cost (storage, transition, retrieval and restore fees) per tier "
@@ -87,17 +96,11 @@ def create_restores():  # noqa: ANN201
     session = db()
     user = current_user()
     if body.study_id is not None:
-        study = session.get(Study, body.study_id)
-        if study is None:
-            raise ApiError(404, f"no study {body.study_id}")
-        check_facility(study.facility_id)
+        study = _visible(Study, body.study_id, "study")
         requests = restore.request_for_study(session, study.id, purpose=body.purpose, tier=tier,
                                              requested_by=user.id)
     else:
-        instance = session.get(Instance, body.instance_id)
-        if instance is None:
-            raise ApiError(404, f"no instance {body.instance_id}")
-        check_facility(instance.facility_id)
+        instance = _visible(Instance, body.instance_id, "instance")
         row = session.scalar(select(StoredObject).where(StoredObject.object_key == instance.object_key))
         requests = [] if row is None or restore.instance_readable(session, row, utcnow()) else [
             restore.request_restore(session, row, purpose=body.purpose, tier=tier, requested_by=user.id)]
@@ -123,11 +126,7 @@ def create_restores():  # noqa: ANN201
 @require(Role.ADMIN, Role.QA_MANAGER)
 @operation("One restore request: state and expected time")
 def get_restore(request_id: int):  # noqa: ANN201
-    row = db().get(RestoreRequest, request_id)
-    if row is None:
-        raise ApiError(404, f"no restore request {request_id}")
-    check_facility(row.facility_id)
-    return jsonify(restore.describe(row))
+    return jsonify(restore.describe(_visible(RestoreRequest, request_id, "restore request")))
 
 
 @blueprint.route("/instances/<int:instance_id>/file", methods=["GET"])
@@ -136,10 +135,7 @@ def get_restore(request_id: int):  # noqa: ANN201
            responses={200: "the Part-10 bytes", 202: "restoring"})
 def instance_file(instance_id: int):  # noqa: ANN201
     session = db()
-    instance = session.get(Instance, instance_id)
-    if instance is None:
-        raise ApiError(404, f"no instance {instance_id}")
-    check_facility(instance.facility_id)
+    instance = _visible(Instance, instance_id, "instance")
     user = current_user()
     try:
         request = restore.read_or_request(session, instance, tier=resources().settings.storage_restore_tier,
