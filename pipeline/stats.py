@@ -1,5 +1,6 @@
 """Hourly stats: materialising the raw rows (uploads, instances, studies, deliveries) into
-``hourly_stats`` and ``daily_facility_stats``, and reading percentiles back from them.
+``hourly_stats`` and its ``daily_facility_stats`` and ``weekly_facility_stats`` rollups, and
+reading percentiles back from them.
 
 Incremental and idempotent. A run recomputes whole (hour, facility) slices, never adds
 deltas, so running twice, or recomputing a slice that did not change, is harmless. It
