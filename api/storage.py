@@ -24,6 +24,7 @@ from api.openapi import operation
 from pipeline import audit, lifecycle, restore, storage_report
 from pipeline.models import Facility, Instance, RestoreRequest, Role, StoredObject, Study, utcnow
 from pipeline.storage import ObjectMissing
+from workers import chains
 
 blueprint = Blueprint("storage", __name__)
 
@@ -110,9 +111,7 @@ def create_restores():  # noqa: ANN201
                      {"purpose": body.purpose, "requests": [r.id for r in requests][:1000]})
     session.commit()
     if requests:
-        from workers.storage_tasks import process_restores
-
-        process_restores.delay()  # after the commit: start the restore now, not at the next poll
+        chains.enqueue_restores()
     described = [restore.describe(r) for r in requests]
     expected = [d["expected_ready_at"] for d in described if d["expected_ready_at"]]
     return jsonify({
@@ -146,9 +145,7 @@ def instance_file(instance_id: int):  # noqa: ANN201
         audit.record(session, actor(), "storage.restore_requested", f"instance:{instance_id}",
                      {"purpose": "read", "requests": [request.id]})
         session.commit()
-        from workers.storage_tasks import process_restores
-
-        process_restores.delay()  # after the commit
+        chains.enqueue_restores()
         described = restore.describe(request)
         return jsonify({"state": "restoring", "expected_ready_at": described["expected_ready_at"],
                         "restores": [described]}), 202

@@ -164,9 +164,9 @@ def restore_command(study_id: int | None, instance_id: int | None, purpose: str)
     if not described:
         click.echo("readable as it is; nothing to restore")
         return
-    from workers.storage_tasks import process_restores
+    from workers import chains
 
-    process_restores.delay()
+    chains.enqueue_restores()
     for row in described:
         click.echo(f"restore #{row['id']} instance {row['instance_id']}: {row['state']}, "
                    f"expected by {row['expected_ready_at']}")

@@ -36,3 +36,10 @@ def enqueue_batch_dispatch(batch_id: int) -> None:
     from workers.tasks import dispatch_batch
 
     dispatch_batch.delay(batch_id)
+
+
+def enqueue_restores() -> None:
+    """Start restores now (after the commit that recorded them), not at the next beat poll."""
+    from workers.storage_tasks import process_restores
+
+    process_restores.delay()

@@ -48,6 +48,7 @@ def enqueued(monkeypatch):
     monkeypatch.setattr(chains, "enqueue_upload_chain", lambda uid: calls.append(("upload", uid)))
     monkeypatch.setattr(chains, "enqueue_parse", lambda uid: calls.append(("parse", uid)))
     monkeypatch.setattr(chains, "enqueue_batch_dispatch", lambda bid: calls.append(("batch", bid)))
+    monkeypatch.setattr(chains, "enqueue_restores", lambda: calls.append(("restores", None)))
     return calls
 
 

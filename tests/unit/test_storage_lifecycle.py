@@ -418,7 +418,7 @@ def test_report_api_is_for_admins_and_restore_requests_are_validated(client, mak
 
 
 def test_instance_download_goes_through_the_restore_gate(client, make_token, session, store, clinic,
-                                                         tmp_path):
+                                                         tmp_path, enqueued):
     seeded = _seed(session, store, clinic, days(0), [300 * KIB, 5 * KIB])
     big, small = seeded.instance_ids
     manager = {"Authorization": f"Bearer {make_token('Lifecycle Clinic', 'qa_manager')}"}
@@ -441,6 +441,7 @@ def test_instance_download_goes_through_the_restore_gate(client, make_token, ses
     assert answer.status_code == 202, answer.data
     body = answer.get_json()
     assert body["state"] == "restoring" and body["restores"][0]["purpose"] == "read"
+    assert enqueued == [("restores", None)]  # started now, not at the next beat poll
     again = client.get(url, headers=manager).get_json()
     assert again["restores"][0]["id"] == body["restores"][0]["id"]  # one request, not two
     session.expire_all()
