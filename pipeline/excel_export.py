@@ -1,8 +1,11 @@
 """A report as an Excel workbook (openpyxl, write-only) and as CSV files.
 
-Write-only mode streams rows to a temporary file per sheet, so a year of hourly rows never
-sits in memory as cell objects (NOTES: 46 MiB instead of 174 MiB at 50k rows), and native
-charts still work: they only reference cell ranges, added once the row count is known.
+openpyxl (write-only mode) builds the workbook: summary sheet, styles, column widths, frozen
+header rows, autofilter and native charts, which only reference cell ranges and are added
+once the row count is known. The data rows of each section stream from the database straight
+into a temporary file as sheet XML (pipeline/sheet_xml, ~10x faster than openpyxl's per-cell
+writer) and are inserted into the saved package, so a year of hourly rows never sits in
+memory and the build stays at the process's baseline memory plus buffers.
 
 Formula injection: any text cell starting with ``=``, ``+``, ``-``, ``@`` (or a tab or
 carriage return) would be evaluated by Excel or a spreadsheet opening the CSV. Facility
@@ -13,6 +16,7 @@ written as a string cell in xlsx (never a formula) and prefixed with ``'`` in CS
 from __future__ import annotations
 
 import csv
+import tempfile
 from collections.abc import Iterable, Iterator
 from datetime import date, datetime
 from pathlib import Path
@@ -24,12 +28,14 @@ from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 
 from pipeline.report_data import ReportData, Section
+from pipeline.sheet_xml import RowWriter, splice
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 # A chart over more points than this is unreadable and slow to open: it shows the first ones.
 CHART_MAX_POINTS = 2000
 _HEADER_FONT = Font(bold=True, color="FFFFFF")
 _HEADER_FILL = PatternFill("solid", fgColor="305496")
+_ROWS_BUFFER = 1 << 20
 
 
 def is_formula_like(value: object) -> bool:
@@ -107,38 +113,29 @@ def write_xlsx(report: ReportData, path: Path) -> dict[str, int]:
     summary.append([])
     for label, value, fmt in report.summary:
         summary.append([_text_cell(summary, label), _cell(summary, value, fmt)])
-    for section in report.sections:
-        ws = wb.create_sheet(_sheet_title(section.title, used))
-        for index, column in enumerate(section.columns, start=1):
-            ws.column_dimensions[get_column_letter(index)].width = column.width
-        ws.freeze_panes = "A2"
-        ws.append(_header(ws, [c.label for c in section.columns]))
-        rows = 0
-        formats = [c.number_format for c in section.columns]
-        # One styled cell per column, reused: a write-only sheet serialises a row inside
-        # append(), so the next row may refill the same cells (no cell or style per value).
-        template = [_cell(ws, 0, fmt) for fmt in formats]
-        for row in section.rows():
-            out = []
-            for value, cell in zip(row, template, strict=True):
-                if value is None:
-                    out.append(None)
-                elif isinstance(value, str):
-                    # A plain str is a string cell unless it starts with "=" (openpyxl then
-                    # types it as a formula): only those need a cell forced to text.
-                    out.append(_text_cell(ws, value) if value.startswith("=") else value)
-                elif cell.has_style:
-                    cell.value = value
-                    out.append(cell)
-                else:
-                    out.append(value)
-            ws.append(out)
-            rows += 1
-        last_col = get_column_letter(len(section.columns))
-        ws.auto_filter.ref = f"A1:{last_col}{rows + 1}"
-        _add_chart(ws, section, rows)
-        counts[section.title] = rows
-    wb.save(path)
+    with tempfile.TemporaryDirectory(prefix="relaypacs-xlsx-") as scratch:
+        rows_by_sheet = []
+        for section in report.sections:
+            ws = wb.create_sheet(_sheet_title(section.title, used))
+            for index, column in enumerate(section.columns, start=1):
+                ws.column_dimensions[get_column_letter(index)].width = column.width
+            ws.freeze_panes = "A2"
+            ws.append(_header(ws, [c.label for c in section.columns]))
+            # The data rows bypass openpyxl's per-cell writer (pipeline/sheet_xml): one style
+            # per column, registered in this workbook's styles through a template cell.
+            styles = [_cell(ws, 0, c.number_format).style_id for c in section.columns]
+            rows_file = Path(scratch) / f"rows{len(rows_by_sheet)}.xml"
+            with rows_file.open("w", encoding="utf-8", buffering=_ROWS_BUFFER) as out:
+                rows = RowWriter(out, styles, first_row=2).write(section.rows())
+            last_col = get_column_letter(len(section.columns))
+            ws.auto_filter.ref = f"A1:{last_col}{rows + 1}"
+            _add_chart(ws, section, rows)
+            counts[section.title] = rows
+            rows_by_sheet.append((ws, rows_file))
+        package = Path(scratch) / "package.xlsx"
+        wb.save(package)
+        # ws.path (xl/worksheets/sheetN.xml) is assigned while openpyxl saves the package.
+        splice(package, path, {ws.path.lstrip("/"): rows_file for ws, rows_file in rows_by_sheet})
     return counts
 
 

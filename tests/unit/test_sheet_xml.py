@@ -1,0 +1,115 @@
+"""Sheet rows written as XML beside openpyxl: read back with openpyxl's own loader, values,
+types and number formats survive; text is never a formula; a bad package is refused."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from openpyxl import Workbook, load_workbook
+from openpyxl.cell import WriteOnlyCell
+
+from pipeline.excel_export import write_xlsx
+from pipeline.report_data import Column, ReportData, Section
+from pipeline.sheet_xml import RowWriter, splice
+
+ROWS = [
+    (datetime(2025, 3, 30, 1, 0), "Clinic & <Sons>", 5, 5_000_000_000, 0.25, Decimal("12.5")),
+    (datetime(2025, 3, 30, 3, 0), "=1+2", None, -3, float("nan"), True),
+    (date(2025, 3, 31), "  padded\x01 ", 0, 7, float("inf"), None),
+]
+FORMATS = ["yyyy-mm-dd hh:mm", None, "#,##0", "#,##0", "0.0%", "#,##0.0"]
+
+
+def _workbook(tmp_path, rows=ROWS):  # noqa: ANN001, ANN202
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet("Data")
+    ws.append([f"h{i}" for i in range(len(FORMATS))])
+    styles = []
+    for fmt in FORMATS:
+        cell = WriteOnlyCell(ws, value=0)
+        if fmt:
+            cell.number_format = fmt
+        styles.append(cell.style_id)
+    body = tmp_path / "rows.xml"
+    with body.open("w", encoding="utf-8") as out:
+        assert RowWriter(out, styles, first_row=2).write(rows) == len(rows)
+    package, target = tmp_path / "package.xlsx", tmp_path / "out.xlsx"
+    wb.save(package)
+    splice(package, target, {ws.path.lstrip("/"): body})
+    return target
+
+
+def test_values_types_and_formats_read_back(tmp_path):
+    ws = load_workbook(_workbook(tmp_path))["Data"]
+    assert [c.value for c in ws[1]] == [f"h{i}" for i in range(6)]
+    first = ws[2]
+    assert first[0].value == datetime(2025, 3, 30, 1, 0) and first[0].is_date
+    assert first[0].number_format == "yyyy-mm-dd hh:mm"
+    assert first[1].value == "Clinic & <Sons>" and first[1].data_type == "s"
+    assert first[1].number_format == "General"
+    assert first[2].value == 5 and first[2].number_format == "#,##0"
+    assert first[3].value == 5_000_000_000
+    assert first[4].value == 0.25 and first[4].number_format == "0.0%"
+    assert first[5].value == 12.5 and first[5].number_format == "#,##0.0"
+    second = ws[3]
+    # Text that looks like a formula stays text; None and NaN are empty cells.
+    assert second[1].value == "=1+2" and second[1].data_type == "s"
+    assert second[2].value is None and second[4].value is None
+    assert second[3].value == -3 and second[5].value is True
+    third = ws[4]
+    assert third[0].value == datetime(2025, 3, 31)
+    # Control characters XML forbids are dropped; surrounding spaces are kept.
+    assert third[1].value == "  padded "
+    assert third[4].value is None and third[5].value is None
+    assert ws.max_row == 4
+
+
+def test_no_formula_element_in_the_package(tmp_path):
+    with zipfile.ZipFile(_workbook(tmp_path)) as package:
+        sheet = package.read("xl/worksheets/sheet1.xml")
+        assert package.testzip() is None
+    assert b"<f>" not in sheet and b"<t>=1+2</t>" in sheet
+
+
+def test_refuses_aware_datetimes_and_unknown_types(tmp_path):
+    out = io.StringIO()
+    with pytest.raises(TypeError, match="time zones"):
+        RowWriter(out, [0], 2).write([(datetime(2025, 1, 1, tzinfo=UTC),)])
+    with pytest.raises(TypeError, match="list"):
+        RowWriter(out, [0], 2).write([([1],)])
+    with pytest.raises(ValueError, match="2 values for 1 columns"):
+        RowWriter(out, [0], 2).write([(1, 2)])
+
+
+def test_splice_refuses_a_missing_part(tmp_path):
+    wb = Workbook(write_only=True)
+    wb.create_sheet("Data").append(["h"])
+    wb.save(tmp_path / "p.xlsx")
+    (tmp_path / "rows.xml").write_text("")
+    with pytest.raises(ValueError, match="sheet9"):
+        splice(tmp_path / "p.xlsx", tmp_path / "o.xlsx", {"xl/worksheets/sheet9.xml": tmp_path / "rows.xml"})
+
+
+def test_report_workbook_many_rows_keeps_chart_filter_and_formats(tmp_path):
+    start = datetime(2025, 1, 1)
+    hours = [(start + timedelta(hours=h), f"Facility {h % 3}", h, h / 7) for h in range(3000)]
+    section = Section("Volume", [Column("Hour", "yyyy-mm-dd hh:mm", 18), Column("Facility"),
+                                 Column("Uploads", "#,##0"), Column("Rate", "0.0%")],
+                      lambda: iter(hours), chart="line", chart_series=(2,))
+    report = ReportData("Hours", ["Facility 0"], datetime(2025, 1, 1, tzinfo=UTC),
+                        datetime(2025, 5, 1, tzinfo=UTC), "UTC", sections=[section])
+    path = tmp_path / "r.xlsx"
+    assert write_xlsx(report, path) == {"Volume": 3000}
+    ws = load_workbook(path)["Volume"]
+    assert ws.freeze_panes == "A2" and ws.auto_filter.ref == "A1:D3001"
+    assert ws.column_dimensions["A"].width == 18
+    assert [type(c).__name__ for c in ws._charts] == ["LineChart"]
+    last = ws[3001]
+    assert last[0].value == start + timedelta(hours=2999) and last[0].number_format == "yyyy-mm-dd hh:mm"
+    assert last[1].value == "Facility 2" and last[2].value == 2999 and last[2].number_format == "#,##0"
+    assert last[3].value == pytest.approx(2999 / 7) and last[3].number_format == "0.0%"
+    assert ws["A1"].font.b and ws["A1"].value == "Hour"
