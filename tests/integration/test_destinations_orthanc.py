@@ -304,3 +304,45 @@ def test_cstore_splits_more_than_128_contexts_over_associations(orthanc, dimse, 
     outcomes = outcomes_by_uid(dimse.send(study_uid, [*unknown, real]))
     assert outcomes[real.sop_instance_uid].stored
     assert {outcomes[i.sop_instance_uid].status_code for i in unknown} == {"0122"}
+
+
+def test_cstore_keeps_one_association_across_sends(orthanc, dimse, tmp_path):
+    study_uid, paths = make_study(tmp_path, ("CT_small.dcm",) * 3)
+    instances = [file_instance(p) for p in paths]
+    [first] = dimse.send(study_uid, instances[:1])
+    association = dimse._open.assoc
+    rest = dimse.send(study_uid, instances[1:])
+    assert first.stored and all(o.stored for o in rest), rest
+    assert dimse._open.assoc is association and association.is_established
+    # A pair (SOP class, transfer syntax) the open association did not negotiate: a new one.
+    _, [mr] = make_study(tmp_path, ("MR_small_implicit.dcm",))
+    [other] = dimse.send(study_uid, [file_instance(mr)])
+    assert other.stored
+    assert dimse._open.assoc is not association and not association.is_established
+    kept = dimse._open.assoc
+    dimse.close()
+    assert dimse._open is None and not kept.is_established
+    assert {i.sop_instance_uid for i in instances} <= orthanc.instance_uids()
+
+
+def test_cstore_kept_association_outlived_by_an_scp_restart(tmp_path):
+    # A private Orthanc, since this one is stopped with the sender's association still open.
+    from tests.integration.services import Orthanc
+
+    pacs = Orthanc(tmp_path / "pacs").start()
+    try:
+        study_uid, paths = make_study(tmp_path)
+        instances = [file_instance(p) for p in paths]
+        sender = make_sender("dimse", {"aet": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port},
+                             timeout=10)
+        assert sender.send(study_uid, instances[:1])[0].stored
+        pacs.stop()
+        with pytest.raises(TransientDestinationError):
+            sender.send(study_uid, instances[1:2])
+        pacs.start()
+        outcomes = sender.send(study_uid, instances[1:])
+        sender.close()
+        assert all(o.stored for o in outcomes), outcomes
+        assert pacs.instance_uids() == {i.sop_instance_uid for i in instances}
+    finally:
+        pacs.stop()
