@@ -15,6 +15,7 @@ written as a string cell in xlsx (never a formula) and prefixed with ``'`` in CS
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -93,6 +94,34 @@ def _add_chart(ws, section: Section, rows: int) -> None:  # noqa: ANN001
     ws.add_chart(chart, anchor)
 
 
+def _batches(sections: list[Section]) -> Iterator[list[Section]]:
+    """Consecutive sections fed by one shared statement together; any other section alone."""
+    batch: list[Section] = []
+    for section in sections:
+        source = section.shared[0] if section.shared else None
+        if batch and (source is None or batch[0].shared is None or batch[0].shared[0] is not source):
+            yield batch
+            batch = []
+        batch.append(section)
+    if batch:
+        yield batch
+
+
+def _write_batch(batch: list[Section], writers: list[RowWriter]) -> None:
+    source = batch[0].shared[0] if batch[0].shared else None
+    places = [s.shared[1] if s.shared else None for s in batch]
+    if source is None or places != list(range(len(source.widths))):
+        # Not every section of the shared statement is here: each reads its own rows.
+        for section, writer in zip(batch, writers, strict=True):
+            writer.write(section.rows())
+        return
+    write_rows = [writer.write_row for writer in writers]
+    split = source.split
+    for row in source.rows():
+        for write_row, part in zip(write_rows, split(row), strict=True):
+            write_row(part)
+
+
 def write_xlsx(report: ReportData, path: Path) -> dict[str, int]:
     """Write the workbook; returns rows written per sheet."""
     wb = Workbook(write_only=True)
@@ -115,23 +144,28 @@ def write_xlsx(report: ReportData, path: Path) -> dict[str, int]:
         summary.append([_text_cell(summary, label), _cell(summary, value, fmt)])
     with tempfile.TemporaryDirectory(prefix="relaypacs-xlsx-") as scratch:
         rows_by_sheet = []
-        for section in report.sections:
-            ws = wb.create_sheet(_sheet_title(section.title, used))
-            for index, column in enumerate(section.columns, start=1):
-                ws.column_dimensions[get_column_letter(index)].width = column.width
-            ws.freeze_panes = "A2"
-            ws.append(_header(ws, [c.label for c in section.columns]))
-            # The data rows bypass openpyxl's per-cell writer (pipeline/sheet_xml): one style
-            # per column, registered in this workbook's styles through a template cell.
-            styles = [_cell(ws, 0, c.number_format).style_id for c in section.columns]
-            rows_file = Path(scratch) / f"rows{len(rows_by_sheet)}.xml"
-            with rows_file.open("w", encoding="utf-8", buffering=_ROWS_BUFFER) as out:
-                rows = RowWriter(out, styles, first_row=2).write(section.rows())
-            last_col = get_column_letter(len(section.columns))
-            ws.auto_filter.ref = f"A1:{last_col}{rows + 1}"
-            _add_chart(ws, section, rows)
-            counts[section.title] = rows
-            rows_by_sheet.append((ws, rows_file))
+        for batch in _batches(report.sections):
+            with contextlib.ExitStack() as files:
+                writers = []
+                for section in batch:
+                    ws = wb.create_sheet(_sheet_title(section.title, used))
+                    for index, column in enumerate(section.columns, start=1):
+                        ws.column_dimensions[get_column_letter(index)].width = column.width
+                    ws.freeze_panes = "A2"
+                    ws.append(_header(ws, [c.label for c in section.columns]))
+                    # The data rows bypass openpyxl's per-cell writer (pipeline/sheet_xml): one
+                    # style per column, registered in this workbook through a template cell.
+                    styles = [_cell(ws, 0, c.number_format).style_id for c in section.columns]
+                    rows_file = Path(scratch) / f"rows{len(rows_by_sheet)}.xml"
+                    out = files.enter_context(rows_file.open("w", encoding="utf-8", buffering=_ROWS_BUFFER))
+                    writers.append(RowWriter(out, styles, first_row=2))
+                    rows_by_sheet.append((ws, rows_file))
+                _write_batch(batch, writers)
+            for section, writer, (ws, _) in zip(batch, writers, rows_by_sheet[-len(batch):], strict=True):
+                rows = writer.next_row - 2
+                ws.auto_filter.ref = f"A1:{get_column_letter(len(section.columns))}{rows + 1}"
+                _add_chart(ws, section, rows)
+                counts[section.title] = rows
         package = Path(scratch) / "package.xlsx"
         wb.save(package)
         # ws.path (xl/worksheets/sheetN.xml) is assigned while openpyxl saves the package.

@@ -60,6 +60,28 @@ class Column:
     width: int = 14
 
 
+@dataclass(eq=False)
+class SharedRows:
+    """One statement's rows for several sections with the same keys (the Volume and Delivery
+    sheets, both by hour x facility): each row is the keys, then every section's values in
+    section order. A workbook writes all of them in one pass, so the database scans, sums and
+    sorts a year of hourly rows once instead of once per sheet (measured: the combined
+    statement costs about what the heavier one alone did: the xlsx by hour x facility for a
+    year went from 10.1 s to 9.1 s, median of 4 alternating runs at load 3.5)."""
+
+    rows: Callable[[], Iterator[tuple]]
+    keys: int
+    widths: tuple[int, ...]
+
+    def split(self, row: Sequence) -> list[tuple]:
+        """A combined row as one row per section: the keys and that section's values."""
+        keys, at, out = tuple(row[:self.keys]), self.keys, []
+        for width in self.widths:
+            out.append((*keys, *row[at:at + width]))
+            at += width
+        return out
+
+
 @dataclass
 class Section:
     title: str
@@ -75,6 +97,9 @@ class Section:
     overview: Section | None = None
     # The number of rows ``rows`` yields, counted without reading them (None: unknown).
     count: Callable[[], int] | None = None
+    # The same rows from a statement shared with other sections, and this section's place
+    # in it (None: ``rows`` only). ``rows`` stays for readers of one section (CSV, PDF).
+    shared: tuple[SharedRows, int] | None = None
 
 
 @dataclass
@@ -384,8 +409,15 @@ def build(session: Session, spec: ReportSpec, facility_ids: Sequence[int], start
             count=lambda: int(session.scalar(_grouped(session, spec, facility_ids, start, end, dims,
                                                       metrics, count=True)[0]) or 0))
 
-    for title, metrics in by_section.items():
+    shared = None
+    if len(by_section) > 1:
+        every = [m for metrics in by_section.values() for m in metrics]
+        shared = SharedRows(
+            lambda: _stats_section_rows(session, spec, facility_ids, start, end, grouping, every),
+            len(grouping), tuple(len(metrics) for metrics in by_section.values()))
+    for place, (title, metrics) in enumerate(by_section.items()):
         section = view(title, grouping, metrics, chart)
+        section.shared = (shared, place) if shared is not None else None
         if time_dim is not None:
             unit = _trend_unit(time_dim, start, end)
             if len(grouping) > 1 or unit != time_dim:

@@ -66,48 +66,50 @@ class RowWriter:
     ``<row>`` elements, one style index per column (from openpyxl's ``cell.style_id``)."""
 
     def __init__(self, out: IO[str], style_ids: Sequence[int], first_row: int) -> None:
-        self._out = out
+        self._write = out.write
         self._columns = [(get_column_letter(i), f' s="{s}"' if s else "")
                          for i, s in enumerate(style_ids, start=1)]
         self.next_row = first_row
 
     def write(self, rows: Iterable[Sequence[object]]) -> int:
         """Writes ``rows``; returns how many."""
-        columns, write = self._columns, self._out.write
-        first = r = self.next_row
+        first, write_row = self.next_row, self.write_row
         for row in rows:
-            if len(row) != len(columns):
-                raise ValueError(f"row {r} has {len(row)} values for {len(columns)} columns")
-            parts = [f'<row r="{r}">']
-            for (letter, style), value in zip(columns, row, strict=True):
-                kind = type(value)
-                if value is None:
-                    continue
-                if kind is int:
-                    parts.append(f'<c r="{letter}{r}"{style} t="n"><v>{value}</v></c>')
-                elif kind is float:
-                    number = _number(value)
-                    if number is not None:
-                        parts.append(f'<c r="{letter}{r}"{style} t="n"><v>{number}</v></c>')
-                elif kind is str:
-                    parts.append(f'<c r="{letter}{r}"{style}{_text_cell(value)}')
-                elif kind is bool:
-                    parts.append(f'<c r="{letter}{r}"{style} t="b"><v>{int(value)}</v></c>')
-                elif isinstance(value, date | time | timedelta):
-                    parts.append(f'<c r="{letter}{r}"{style} t="n"><v>{_serial(value)}</v></c>')
-                elif isinstance(value, str):  # a str subclass (an enum member)
-                    parts.append(f'<c r="{letter}{r}"{style}{_text_cell(str.__str__(value))}')
-                elif isinstance(value, int | float | Decimal):  # e.g. a NUMERIC sum
-                    number = _number(float(value))
-                    if number is not None:
-                        parts.append(f'<c r="{letter}{r}"{style} t="n"><v>{number}</v></c>')
-                else:
-                    raise TypeError(f"cannot write {kind.__name__} to a sheet (row {r})")
-            parts.append("</row>")
-            write("".join(parts))
-            r += 1
-        self.next_row = r
-        return r - first
+            write_row(row)
+        return self.next_row - first
+
+    def write_row(self, row: Sequence[object]) -> None:
+        columns, r = self._columns, self.next_row
+        if len(row) != len(columns):
+            raise ValueError(f"row {r} has {len(row)} values for {len(columns)} columns")
+        parts = [f'<row r="{r}">']
+        for (letter, style), value in zip(columns, row, strict=True):
+            kind = type(value)
+            if value is None:
+                continue
+            if kind is int:
+                parts.append(f'<c r="{letter}{r}"{style}><v>{value}</v></c>')
+            elif kind is float:
+                number = _number(value)
+                if number is not None:
+                    parts.append(f'<c r="{letter}{r}"{style}><v>{number}</v></c>')
+            elif kind is str:
+                parts.append(f'<c r="{letter}{r}"{style}{_text_cell(value)}')
+            elif kind is bool:
+                parts.append(f'<c r="{letter}{r}"{style} t="b"><v>{int(value)}</v></c>')
+            elif isinstance(value, date | time | timedelta):
+                parts.append(f'<c r="{letter}{r}"{style}><v>{_serial(value)}</v></c>')
+            elif isinstance(value, str):  # a str subclass (an enum member)
+                parts.append(f'<c r="{letter}{r}"{style}{_text_cell(str.__str__(value))}')
+            elif isinstance(value, int | float | Decimal):  # e.g. a NUMERIC sum
+                number = _number(float(value))
+                if number is not None:
+                    parts.append(f'<c r="{letter}{r}"{style}><v>{number}</v></c>')
+            else:
+                raise TypeError(f"cannot write {kind.__name__} to a sheet (row {r})")
+        parts.append("</row>")
+        self._write("".join(parts))
+        self.next_row = r + 1
 
 
 def splice(package: Path, target: Path, rows_by_part: Mapping[str, Path]) -> None:

@@ -1,10 +1,12 @@
 """Sheet rows written as XML beside openpyxl: read back with openpyxl's own loader, values,
-types and number formats survive; text is never a formula; a bad package is refused."""
+types and number formats survive; text is never a formula; a bad package is refused; sections
+of one shared statement are written from a single read of it."""
 
 from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -13,7 +15,7 @@ from openpyxl import Workbook, load_workbook
 from openpyxl.cell import WriteOnlyCell
 
 from pipeline.excel_export import write_xlsx
-from pipeline.report_data import Column, ReportData, Section
+from pipeline.report_data import Column, ReportData, Section, SharedRows
 from pipeline.sheet_xml import RowWriter, splice
 
 ROWS = [
@@ -113,3 +115,48 @@ def test_report_workbook_many_rows_keeps_chart_filter_and_formats(tmp_path):
     assert last[1].value == "Facility 2" and last[2].value == 2999 and last[2].number_format == "#,##0"
     assert last[3].value == pytest.approx(2999 / 7) and last[3].number_format == "0.0%"
     assert ws["A1"].font.b and ws["A1"].value == "Hour"
+
+
+def _unused() -> Iterator[tuple]:
+    raise AssertionError("a section of a shared statement read its own rows")
+
+
+def test_sections_of_one_statement_are_written_in_one_pass(tmp_path):
+    reads = []
+
+    def combined() -> Iterator[tuple]:
+        reads.append(1)
+        for day in range(3):
+            yield date(2025, 1, 1 + day), "=Clinic", day, day * 1000, 0.5 + day / 10
+
+    shared = SharedRows(combined, keys=2, widths=(2, 1))
+    assert shared.split((1, "a", 2, 3, 4)) == [(1, "a", 2, 3), (1, "a", 4)]
+    keys = [Column("Day", "yyyy-mm-dd"), Column("Facility")]
+    volume = Section("Volume", [*keys, Column("Uploads", "#,##0"), Column("Bytes", "#,##0")], _unused,
+                     chart="line", chart_series=(2,), shared=(shared, 0))
+    delivery = Section("Delivery", [*keys, Column("Success", "0.0%")], _unused, chart="line",
+                       chart_series=(2,), shared=(shared, 1))
+    alone = Section("Alone", [Column("Reason"), Column("Uploads", "#,##0")],
+                    lambda: iter([("x", 1)]))
+    report = ReportData("R", ["Clinic"], datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 4, tzinfo=UTC),
+                        "UTC", sections=[volume, delivery, alone])
+    path = tmp_path / "r.xlsx"
+    assert write_xlsx(report, path) == {"Volume": 3, "Delivery": 3, "Alone": 1}
+    assert reads == [1]
+    wb = load_workbook(path)
+    assert wb.sheetnames == ["Summary", "Volume", "Delivery", "Alone"]
+    assert [tuple(r) for r in wb["Volume"].iter_rows(min_row=2, values_only=True)] == [
+        (datetime(2025, 1, 1 + d), "=Clinic", d, d * 1000) for d in range(3)]
+    assert [r[2] for r in wb["Delivery"].iter_rows(min_row=2, values_only=True)] == [0.5, 0.6, 0.7]
+    assert wb["Delivery"]["C2"].number_format == "0.0%" and wb["Delivery"]["B2"].data_type == "s"
+    assert wb["Delivery"].auto_filter.ref == "A1:C4" and len(wb["Delivery"]._charts) == 1
+    assert wb["Alone"]["A2"].value == "x"
+
+
+def test_a_section_without_the_rest_of_its_statement_reads_its_own_rows(tmp_path):
+    shared = SharedRows(_unused, keys=1, widths=(1, 1))
+    section = Section("Delivery", [Column("Day"), Column("Success")], lambda: iter([("d", 1.0)]),
+                      shared=(shared, 1))
+    report = ReportData("R", [], datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 2, tzinfo=UTC), "UTC",
+                        sections=[section])
+    assert write_xlsx(report, tmp_path / "r.xlsx") == {"Delivery": 1}
