@@ -8,16 +8,23 @@ Pure functions over plain values (dates, floats): no database, no flask, no cele
 - else the regressors come from the calendar alone: day of week, a facility's own closed days,
   public holidays on weekdays, bridge days, the holiday season between close holidays, and
   with 18 months of history two yearly Fourier pairs (``design_matrix``);
-- each ARMA order of a small grid (all with one difference, so their AICs are comparable) is
-  fitted on the data before the first backtest origin, the regression coefficients by least
-  squares on the differenced data and only the ARMA terms by maximum likelihood; the lowest
-  AIC wins;
+- the model is fitted on the counts as they are (``linear``: effects add up) or on
+  ``log1p`` of them (``log``: effects multiply, noise grows with the level), whichever has the
+  lower AIC of the counts (the log fit's likelihood carries the transform's Jacobian, so the
+  two are comparable); the scale is chosen with the first order of the grid, then the other
+  orders (all with one difference, so their AICs are comparable) are fitted on that scale, all
+  on the data before the first backtest origin: the regression coefficients by least squares
+  on the differenced data, only the ARMA terms by maximum likelihood (on the differenced
+  residuals); the lowest AIC wins;
 - a rolling-origin backtest (several ``horizon``-day holdouts) scores the chosen model and
   seasonal naive on the same holdouts (MAPE, MASE); the model is used only if it beats
   seasonal naive there, otherwise seasonal naive is, with the reason;
-- the chosen model is refitted on the latest window and gives the points and the 80% / 95%
-  prediction intervals (clipped at zero: volumes are never negative); a closed day ahead is
-  zero, and so is a holiday ahead while the history holds none to learn its effect from.
+- the regression coefficients are estimated anew on the latest window (the ARMA terms kept)
+  and the model gives the points and the 80% / 95% prediction intervals (clipped at zero:
+  volumes are never negative); on the log scale the interval bounds are transformed back
+  exactly and the point is the back-transformed centre, i.e. the median (the point that
+  minimises the absolute error the backtest scores); a closed day ahead is zero, and so is a
+  holiday ahead while the history holds none to learn its effect from.
 """
 
 from __future__ import annotations
@@ -60,6 +67,11 @@ DEFAULT_GRID: tuple[tuple[tuple[int, int, int], tuple[int, int, int, int]], ...]
     ((2, 1, 1), (0, 0, 0, SEASON)),
     ((1, 1, 1), (0, 0, 1, SEASON)),
 )
+# Scales the first order of the grid is fitted on; the one with the lower AIC gets the rest.
+# Measured on validation panels (the 28 days before each benchmark holdout for births, other
+# generator seeds for the synthetic facilities; median MASE): linear only 0.716 / 0.773, log
+# only 0.725 / 0.714, chosen by AIC 0.721 / 0.708.
+DEFAULT_SCALES = ("linear", "log")
 
 
 # --------------------------------------------------------------------------- series
@@ -184,6 +196,7 @@ class Forecast:
     backtest: dict = field(default_factory=dict)  # {"model": ..., "seasonal_naive": ...}
     fallback_reason: str | None = None
     candidates: list[dict] = field(default_factory=list)  # the grid's AICs, for the record
+    scale: str | None = None  # "linear" | "log": what the chosen SARIMAX was fitted on
 
     def points(self) -> list[dict]:
         p = self.prediction
@@ -234,7 +247,8 @@ class Fitted:
     order: tuple[int, int, int]
     seasonal_order: tuple[int, int, int, int]
     params: np.ndarray  # regression coefficients first, then the ARMA terms (statsmodels' order)
-    aic: float
+    aic: float  # of the counts, whatever the scale; counts the ARMA terms and the variance
+    scale: str = "linear"
 
 
 def _model(y: np.ndarray, exog: np.ndarray, order, seasonal_order):  # noqa: ANN001, ANN202
@@ -260,43 +274,85 @@ def regression_coefficients(y: np.ndarray, exog: np.ndarray, order: tuple[int, i
     return np.linalg.lstsq(dx, dy, rcond=None)[0]
 
 
+def to_scale(y: np.ndarray, scale: str) -> np.ndarray:
+    return np.log1p(np.maximum(y, 0)) if scale == "log" else np.asarray(y, dtype=float)
+
+
+def _aic(loglike: float, arma_terms: int, counts: np.ndarray, scale: str) -> float:
+    """AIC of the counts: on the log scale the density of ``log1p(y)`` is turned into that of
+    ``y`` (minus the sum of ``log1p(y)``), so the two scales compare. The regression
+    coefficients are left out: every candidate has the same ones."""
+    aic = -2 * loglike + 2 * (arma_terms + 1)
+    if scale == "log":
+        aic += 2 * float(np.sum(np.log1p(np.maximum(counts, 0))))
+    return aic
+
+
+def _arma(w: np.ndarray, order: tuple[int, int, int], seasonal_order: tuple[int, int, int, int]):  # noqa: ANN202
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+
+    p, _, q = order
+    seasonal_p, _, seasonal_q, season = seasonal_order
+    return SARIMAX(w, order=(p, 0, q), seasonal_order=(seasonal_p, 0, seasonal_q, season),
+                   concentrate_scale=True)
+
+
 def fit(y: np.ndarray, exog: np.ndarray, order: tuple[int, int, int],
         seasonal_order: tuple[int, int, int, int], *, maxiter: int = 50,
-        start_params: np.ndarray | None = None) -> Fitted:
+        start_params: np.ndarray | None = None, scale: str = "linear") -> Fitted:
     """Regression with SARIMA errors in two steps: the coefficients by least squares on the
-    differenced data, held fixed; then the few ARMA terms by maximum likelihood.
+    differenced data, held fixed; then the few ARMA terms by maximum likelihood on the
+    differenced residuals (the same likelihood as the integrated model's, with a smaller
+    state and no regressors in the filter: 1.6x faster, identical AIC and terms).
 
     Measured on 20 births series (two fits each): as accurate as estimating all of them
     jointly, ten times faster (0.06 s a fit instead of 0.6) and all 40 fits converged (the
     joint fit of 15 parameters stopped at the iteration cap in 8 of 40)."""
-    model = _model(y, exog, order, seasonal_order)
-    names = model.exog_names or []
+    z = to_scale(y, scale)
+    d, seasonal_d, season = order[1], seasonal_order[1], seasonal_order[3]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            beta = regression_coefficients(y, exog, order, seasonal_order)
-            fixed = dict(zip(names, beta, strict=True))
-            # Start values are for the free (ARMA) terms only; the fixed ones come first.
+            beta = regression_coefficients(z, exog, order, seasonal_order)
+            w = _difference(z - exog @ beta, d, seasonal_d, season)
+            model = _arma(w, order, seasonal_order)
             arma_start = None
-            if start_params is not None and len(start_params) == len(model.param_names):
+            if start_params is not None and len(start_params) == len(beta) + len(model.param_names):
                 arma_start = np.asarray(start_params)[len(beta):]
-            result = model.fit_constrained(fixed, start_params=arma_start, disp=False, maxiter=maxiter)
+            # No covariance of the estimates: nothing reads it, and it was a quarter of the time.
+            result = model.fit(start_params=arma_start, disp=False, maxiter=maxiter, cov_type="none")
         except (np.linalg.LinAlgError, ValueError) as exc:
             raise FitFailed(f"{type(exc).__name__}: {exc}") from exc
     if not result.mle_retvals.get("converged", True):
         raise FitFailed("optimiser did not converge")
-    if not np.all(np.isfinite(result.params)) or not math.isfinite(result.aic):
+    params = np.concatenate([beta, np.asarray(result.params)])
+    aic = _aic(float(result.llf), len(result.params), y[len(y) - len(w):], scale)
+    if not np.all(np.isfinite(params)) or not math.isfinite(aic):
         raise FitFailed("non-finite parameters or AIC")
-    return Fitted(order, seasonal_order, np.asarray(result.params), float(result.aic))
+    return Fitted(order, seasonal_order, params, aic, scale)
+
+
+def with_regression(fitted: Fitted, y: np.ndarray, exog: np.ndarray) -> Fitted:
+    """The same ARMA terms, the regression coefficients estimated anew on ``y``: cheap
+    (closed form) and what moves most when the window moves on."""
+    beta = regression_coefficients(to_scale(y, fitted.scale), exog, fitted.order, fitted.seasonal_order)
+    return Fitted(fitted.order, fitted.seasonal_order,
+                  np.concatenate([beta, fitted.params[exog.shape[1]:]]), fitted.aic, fitted.scale)
+
+
+def _from_scale(values: np.ndarray, scale: str) -> np.ndarray:
+    return np.expm1(np.minimum(values, 50.0)) if scale == "log" else values
 
 
 def predict(fitted: Fitted, y: np.ndarray, exog: np.ndarray, exog_future: np.ndarray,
-            horizon: int) -> Prediction:
-    """Filter ``y`` with fixed parameters (no re-estimation) and forecast with intervals."""
+            horizon: int) -> tuple[Prediction, float]:
+    """Filter ``y`` with fixed parameters (no re-estimation) and forecast with intervals (the
+    integrated model: exact intervals from the Kalman filter). Also the AIC on ``y``."""
+    z = to_scale(y, fitted.scale)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            result = _model(y, exog, fitted.order, fitted.seasonal_order).filter(fitted.params)
+            result = _model(z, exog, fitted.order, fitted.seasonal_order).filter(fitted.params)
             forecast = result.get_forecast(horizon, exog=exog_future)
         except (np.linalg.LinAlgError, ValueError) as exc:
             raise FitFailed(f"{type(exc).__name__}: {exc}") from exc
@@ -304,7 +360,39 @@ def predict(fitted: Fitted, y: np.ndarray, exog: np.ndarray, exog_future: np.nda
     sd = np.sqrt(np.maximum(np.asarray(forecast.var_pred_mean, dtype=float), 0))
     if not np.all(np.isfinite(mean)):
         raise FitFailed("non-finite forecast")
-    return _interval(mean, sd)
+    burn = int(result.loglikelihood_burn)
+    aic = _aic(float(result.llf), len(fitted.params) - exog.shape[1], y[burn:], fitted.scale)
+    if fitted.scale == "linear":
+        return _interval(mean, sd), aic
+    # Quantiles survive a monotone transform: the bounds map back exactly, the centre is the median.
+    back = [np.maximum(_from_scale(v, fitted.scale), 0)
+            for v in (mean, mean - Z80 * sd, mean + Z80 * sd, mean - Z95 * sd, mean + Z95 * sd)]
+    return Prediction(*back), aic
+
+
+def predict_point(fitted: Fitted, y: np.ndarray, exog: np.ndarray, exog_future: np.ndarray,
+                  horizon: int) -> np.ndarray:
+    """The point forecast alone, as ``predict`` gives it, from the differenced residuals'
+    ARMA filter (what the backtest needs: cheaper than the integrated model's filter)."""
+    d, seasonal_d, season = fitted.order[1], fitted.seasonal_order[1], fitted.seasonal_order[3]
+    if seasonal_d or d > 1:
+        raise ValueError("predict_point integrates at most one regular difference")
+    k = exog.shape[1]
+    beta, arma = fitted.params[:k], fitted.params[k:]
+    residual = to_scale(y, fitted.scale) - exog @ beta
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ahead = np.asarray(_arma(_difference(residual, d, 0, season), fitted.order, fitted.seasonal_order)
+                               .filter(arma).forecast(horizon), dtype=float)
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            raise FitFailed(f"{type(exc).__name__}: {exc}") from exc
+    if d:
+        ahead = residual[-1] + np.cumsum(ahead)
+    point = _from_scale(exog_future @ beta + ahead, fitted.scale)
+    if not np.all(np.isfinite(point)):
+        raise FitFailed("non-finite forecast")
+    return np.maximum(point, 0)
 
 
 # --------------------------------------------------------------------------- scores
@@ -342,8 +430,11 @@ def forecast_series(
     folds: int = DEFAULT_FOLDS,
     max_history: int = MAX_HISTORY_DAYS,
     drift: bool = False,
+    scales: Sequence[str] = DEFAULT_SCALES,
 ) -> Forecast:
     """Forecast ``horizon`` days after the last of ``y`` (``y[0]`` is ``first_day``).
+
+    ``scales``: what the model may be fitted on (``linear``, ``log``), chosen by AIC.
 
     ``drift``: a linear trend regressor; off by default, as it made the backtests worse on
     both benchmark panels (births 0.750 -> 0.765, synthetic 0.773 -> 0.805 median MASE).
@@ -392,21 +483,29 @@ def forecast_series(
     regressors = [name for name in names if not name.startswith("dow_")]
     zero_ahead = shut if "holiday" in names else holiday_shut
 
-    # Order by AIC on the data before the first holdout: the backtest then never saw its holdouts.
+    # Scale and order by AIC on the data before the first holdout: the backtest then never
+    # saw its holdouts. The scale with the grid's first order, the other orders on that scale.
     candidates: list[dict] = []
-    best: Fitted | None = None
     errors: list[str] = []
-    for order, seasonal_order in grid:
-        spec = {"order": [list(order), list(seasonal_order)]}
+
+    def candidate(scale: str, order: tuple[int, int, int],
+                  seasonal_order: tuple[int, int, int, int]) -> Fitted | None:
+        spec = {"order": [list(order), list(seasonal_order)], "scale": scale}
         try:
-            fitted = fit(y[lo:first_origin], x[lo:first_origin], order, seasonal_order)
+            fitted = fit(y[lo:first_origin], x[lo:first_origin], order, seasonal_order, scale=scale)
         except FitFailed as exc:
             errors.append(str(exc))
             candidates.append({**spec, "aic": None, "error": str(exc)})
-            continue
+            return None
         candidates.append({**spec, "aic": _round(fitted.aic)})
-        if best is None or fitted.aic < best.aic:
-            best = fitted
+        return fitted
+
+    fits = [candidate(scale, *grid[0]) for scale in scales] if grid else []
+    scored = [f for f in fits if f is not None]
+    scale = min(scored, key=lambda f: f.aic).scale if scored else scales[0]
+    fits += [candidate(scale, *spec) for spec in grid[1:]]
+    scored = [f for f in fits if f is not None]
+    best = min(scored, key=lambda f: f.aic) if scored else None
 
     record = dict(train_start=days[latest.start], train_end=days[n - 1], candidates=candidates,
                   regressors=regressors)
@@ -417,37 +516,41 @@ def forecast_series(
 
     # Rolling origin: the parameters fitted before the first origin, the state filtered up to
     # each origin, the same holdouts for the model and for seasonal naive.
-    actuals, model_preds, naive_preds, scales = [], [], [], []
+    actuals, model_preds, naive_preds, mase_scales = [], [], [], []
     try:
         for origin in origins:
             window = slice(max(0, origin - max_history), origin)
             history = y[window]
             ahead = zero_ahead[origin:origin + horizon]
-            model_pred = predict(best, history, x[window], x[origin:origin + horizon], horizon)
+            point = predict_point(best, history, x[window], x[origin:origin + horizon], horizon)
             actuals.append(y[origin:origin + horizon])
-            model_preds.append(_zero_closed(model_pred, ahead).mean)
+            model_preds.append(np.where(ahead, 0.0, point))
             naive_preds.append(naive(history, horizon, ahead).mean)
-            scales.append(mase_scale(history))
+            mase_scales.append(mase_scale(history))
     except FitFailed as exc:
         return Forecast("seasonal_naive", start, naive(y, horizon, zero_ahead[n:]), order=_order(best),
                         aic=best.aic, fallback_reason=f"backtest failed: {exc}", **record)
-    model_score = _score(actuals, model_preds, scales, folds, horizon)
-    naive_score = _score(actuals, naive_preds, scales, folds, horizon)
-    backtest = {"model": model_score.as_dict(), "seasonal_naive": naive_score.as_dict()}
+    model_score = _score(actuals, model_preds, mase_scales, folds, horizon)
+    naive_score = _score(actuals, naive_preds, mase_scales, folds, horizon)
+    # The scale rides with the model's scores: what a reader of the stored backtest needs.
+    backtest = {"model": {**model_score.as_dict(), "scale": best.scale},
+                "seasonal_naive": naive_score.as_dict()}
     if not model_score.mae < naive_score.mae:
         return Forecast("seasonal_naive", start, naive(y, horizon, zero_ahead[n:]), order=_order(best),
                         aic=best.aic, backtest=backtest,
                         fallback_reason="SARIMAX did not beat seasonal naive in its own backtest", **record)
 
-    # Refit on the latest window (coefficients anew, the ARMA terms from the backtest's).
+    # The latest window: the regression coefficients anew, the ARMA terms the backtest scored
+    # (re-estimating them too moved the validation panels' median MASE by at most 0.006,
+    # either way, for one more maximum-likelihood fit).
     try:
-        final = fit(y[latest], x[latest], best.order, best.seasonal_order, start_params=best.params)
-        prediction = predict(final, y[latest], x[latest], x[n:], horizon)
-    except FitFailed as exc:
+        final = with_regression(best, y[latest], x[latest])
+        prediction, aic = predict(final, y[latest], x[latest], x[n:], horizon)
+    except (FitFailed, np.linalg.LinAlgError) as exc:
         return Forecast("seasonal_naive", start, naive(y, horizon, zero_ahead[n:]), order=_order(best),
                         aic=best.aic, backtest=backtest, fallback_reason=f"final fit failed: {exc}", **record)
     return Forecast("sarimax", start, _zero_closed(prediction, zero_ahead[n:]), order=_order(final),
-                    aic=final.aic, backtest=backtest, **record)
+                    aic=aic, backtest=backtest, scale=final.scale, **record)
 
 
 def _exog_usable(flags: np.ndarray) -> bool:

@@ -151,3 +151,53 @@ def test_yearly_cycle_is_carried_into_the_forecast():
     naive = np.array([full[n - 7:n][i % 7] for i in range(28)])
     actual = full[n:]
     assert np.mean(np.abs(mean - actual)) < 0.6 * np.mean(np.abs(naive - actual))
+
+
+def multiplicative(n: int, *, seed: int = 5) -> np.ndarray:
+    """A weekly profile times a level that doubles over the history, with noise proportional
+    to the level: the structure a log scale describes and a linear one does not."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    profile = np.array([1.0, 0.9, 0.95, 0.85, 0.8, 0.25, 0.08])
+    level = 40 * np.exp(np.log(2) * t / n)
+    return np.round(level * profile[t % 7] * np.exp(rng.normal(0, 0.12, n)))
+
+
+def test_scale_is_chosen_by_aic_of_the_counts():
+    # Effects that multiply: the log scale wins; effects that add up: the linear one does.
+    log_result = fc.forecast_series(multiplicative(364), START, horizon=14, grid=GRID, folds=2)
+    assert log_result.scale == "log", log_result.candidates
+    assert log_result.backtest["model"]["scale"] == "log"
+    assert {c["scale"] for c in log_result.candidates} == {"linear", "log"}
+    linear_result = fc.forecast_series(weekly(364), START, horizon=14, grid=GRID, folds=2)
+    assert linear_result.scale == "linear", linear_result.candidates
+    by_scale = {c["scale"]: c["aic"] for c in linear_result.candidates}
+    assert by_scale["linear"] < by_scale["log"]
+
+
+def test_log_scale_forecast_keeps_the_weekly_ratio_and_orders_its_intervals():
+    n = 364
+    result = fc.forecast_series(multiplicative(n), START, horizon=14, grid=GRID, folds=2, scales=("log",))
+    assert result.model == "sarimax" and result.scale == "log", result.fallback_reason
+    points = result.points()
+    # Monday over Sunday as in the profile (1 / 0.08), at the level reached (about 80).
+    assert 60 < points[0]["mean"] < 100
+    assert points[0]["mean"] > 5 * points[6]["mean"]
+    for p in points:
+        assert 0 <= p["lo95"] <= p["lo80"] <= p["mean"] <= p["hi80"] <= p["hi95"]
+    # Multiplicative noise: the busy day's interval is wider than the quiet day's.
+    assert points[0]["hi95"] - points[0]["lo95"] > 3 * (points[6]["hi95"] - points[6]["lo95"])
+
+
+@pytest.mark.parametrize("scale", ["linear", "log"])
+def test_backtest_point_is_the_forecast_point(scale):
+    # The backtest's cheap point forecast (differenced residuals) equals the full model's.
+    y = multiplicative(300)
+    days = [START + timedelta(days=i) for i in range(314)]
+    x, _ = fc.design_matrix(days, (), (), yearly=False)
+    fitted = fc.fit(y, x[:300], (1, 1, 1), (0, 0, 1, 7), scale=scale)
+    prediction, aic = fc.predict(fitted, y, x[:300], x[300:], 14)
+    point = fc.predict_point(fitted, y, x[:300], x[300:], 14)
+    assert np.allclose(point, prediction.mean, rtol=1e-6, atol=1e-6)
+    # Filtering the fit's own data gives back the fit's AIC.
+    assert aic == pytest.approx(fitted.aic, rel=1e-6)
