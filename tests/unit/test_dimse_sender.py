@@ -1,4 +1,4 @@
-"""The DIMSE sender's hand-encoded C-STORE-RQ against pynetdicom's own encoding of it."""
+"""The DIMSE sender's hand-encoded C-STORE-RQ and P-DATA-TF against pynetdicom's encodings."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from pydicom.uid import generate_uid
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from pipeline.destinations.dimse import PRIORITY, _pdvs, c_store_command
+from pipeline.destinations.dimse import PRIORITY, _pdvs, c_store_command, p_data_tf
 
 
 def pynetdicom_command(sop_class: str, sop_instance: str, message_id: int) -> bytes:
@@ -50,3 +52,13 @@ def test_pdvs_split_at_the_fragment_size_and_flag_the_last():
     assert b"".join(p[1:] for p in pdvs) == data
     assert list(_pdvs(data, 1000, b"\x00", b"\x02")) == [b"\x02" + data]
     assert list(_pdvs(data, 0, b"\x01", b"\x03")) == [b"\x03" + data]
+
+
+@pytest.mark.parametrize("context_id", [1, 3, 255])
+@pytest.mark.parametrize("pdv", [b"\x03" + bytes(100), b"\x00" + bytes(range(256)) * 64])
+def test_p_data_tf_is_byte_identical_to_pynetdicoms(context_id, pdv):
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((context_id, pdv))
+    pdu = P_DATA_TF()
+    pdu.from_primitive(primitive)
+    assert p_data_tf(context_id, pdv) == pdu.encode()
