@@ -3,6 +3,7 @@ moves, what a rendition holds, and the 409 once deliveries have started."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import secrets
@@ -11,6 +12,7 @@ from datetime import timedelta
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import event
 
 from pipeline import grouping, renditions
 from pipeline.models import (
@@ -330,3 +332,32 @@ def test_bad_overrides(client, uploader, clinic_day, body, message):
     response = client.patch(f"/api/v1/batches/{batch_id}/patients/P1", headers=uploader, json=body)
     assert response.status_code == 400
     assert message in response.get_json()["error"]["message"]
+
+
+def test_preload_spares_the_per_instance_origin_and_series_queries(client, uploader, clinic_day,
+                                                                   session, store):
+    batch_id, uids, series, _ = clinic_day
+    moved = client.post(f"/api/v1/batches/{batch_id}/moves", headers=uploader, json={
+        "series_instance_uids": [series["B1"]], "target_study_instance_uid": uids["A"]})
+    assert moved.status_code == 200, moved.get_json()
+    session.expire_all()
+    instances = session.query(Instance).order_by(Instance.id).all()
+    expected = [renditions.planned_edits(session, store, i) for i in instances]
+    assert any(expected) and not all(expected)  # moved ones have edits, the others none
+    session.close()
+
+    instances = session.query(Instance).order_by(Instance.id).all()
+    renditions.preload(session, instances)
+    gc.collect()  # rows nobody references leave the identity map
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, *args):  # noqa: ANN001, ANN202
+        statements.append(statement)
+
+    event.listen(session.get_bind(), "before_cursor_execute", record)
+    try:
+        got = [renditions.planned_edits(session, store, i) for i in instances]
+    finally:
+        event.remove(session.get_bind(), "before_cursor_execute", record)
+    assert got == expected
+    assert not [s for s in statements if "instance_origins" in s or "FROM series" in s], statements
