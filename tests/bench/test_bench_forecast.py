@@ -138,7 +138,7 @@ def _ours(series: dict) -> dict:
     began, began_cpu = time.perf_counter(), time.process_time()
     result = forecasting.forecast_series(y[:TRAIN], series["start"], horizon=HORIZON, closed=series["closed"],
                                          holidays=series["holidays"])
-    return {"id": series["id"], "mean": result.prediction.mean, "model": result.model,
+    return {"id": series["id"], "mean": result.prediction.mean, "model": result.model, "scale": result.scale,
             "seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - began_cpu,
             "backtest_mase": (result.backtest.get("model") or {}).get("mase")}
 
@@ -190,6 +190,7 @@ def score(python: Path, panel: list[dict], workers: int) -> dict:
                         "autoarima_approx": round(float(np.nanmedian(auto_m)), 4)},
         "share_beating_seasonal_naive": round(float(np.mean(ours_m < naive_m)), 3),
         "models_used": {m: models.count(m) for m in sorted(set(models))},
+        "scales_used": {str(k): [r["scale"] for r in ours].count(k) for k in {r["scale"] for r in ours}},
         "wall_seconds": {"ours": round(ours_wall, 1), "autoarima_approx": round(auto_wall, 1)},
         "loadavg_1min": {"before_ours": round(load_before, 2), "after_ours": round(load_ours, 2),
                          "after_autoarima": round(os.getloadavg()[0], 2)},
@@ -269,8 +270,9 @@ def test_forecast_benchmark() -> None:
         "setup": {"train_days": TRAIN, "holdout_days": HORIZON, "pool_processes": workers,
                   "ours": "forecast_series: regression with ARIMA errors (day of week, holiday, bridge, "
                           "holiday-season and closure regressors, yearly Fourier pairs; coefficients by "
-                          "least squares on the differenced data), ARMA order by AIC over a 3-model grid, "
-                          "728-day window, 3x28-day rolling-origin backtest, seasonal-naive fallback",
+                          "least squares on the differenced data), on the counts or on log1p of them "
+                          "by the AIC of the counts, ARMA order by AIC over a 3-model grid, 728-day "
+                          "window, 3x28-day rolling-origin backtest, seasonal-naive fallback",
                   "autoarima": "statsforecast AutoARIMA(season_length=7, approximation=True), n_jobs=cores"},
         **results,
         "hourly_synthetic_next_48h": hourly,
