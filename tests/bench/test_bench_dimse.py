@@ -21,8 +21,8 @@ the object store rather than the sender: moto_server answers GETs from one Pytho
 Knobs (environment): BENCH_ROUNDS, BENCH_PACS_CONCURRENCY (4), BENCH_PACS_POOL (prefork),
 BENCH_STUDIES (10) x BENCH_STUDY_SIZE (50), BENCH_DIMSE_WITH_STOW (1), BENCH_DIMSE_RESULTS
 (dimse.json); RELAYPACS_STOW_BATCH_SIZE
-(instances per STOW-RS request, and per C-STORE association) reaches the workers through
-``gateway_env`` (default 40).
+(instances per STOW-RS request, and per C-STORE bookkeeping batch: one association carries a
+study's whole forwarding run) reaches the workers through ``gateway_env`` (default 40).
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def _compare(stack: GatewayStack, orthanc, make_user, tmp_path: Path) -> dict:
     runs: dict[str, list[dict]] = {"gateway_dimse": [], "gateway_stow": [], "storescu": []}
     print(f"\nDIMSE forwarding, objects in {stack.label}: {total} instances ({STUDIES} x "
           f"{STUDY_SIZE}, {megabytes:.1f} MB); workers: {stack.workers}; instances per "
-          f"association/request {batch_size}; {ROUNDS} rounds")
+          f"batch/request {batch_size}; {ROUNDS} rounds")
     for round_no in range(1, ROUNDS + 1):
         run = _gateway_round(stack, "dimse", dimse_target, files, uids, orthanc, make_user, rng)
         runs["gateway_dimse"].append({"round": round_no, **run})
