@@ -38,6 +38,13 @@ SHEET_DATA_END = b"</sheetData>"
 # of level 6's time (the default, which took ~3 s on 2 x 110 MB of rows).
 ROWS_COMPRESSLEVEL = 1
 _COPY_CHUNK = 1 << 20
+# Excel opens no sheet with more rows than this (header included); a longer one would be a
+# file the QA manager cannot open, so the run fails with a reason instead.
+EXCEL_MAX_ROWS = 1_048_576
+
+
+class SheetTooLarge(ValueError):
+    """A section has more rows than one Excel sheet holds."""
 
 
 @lru_cache(maxsize=8192)
@@ -85,6 +92,9 @@ class RowWriter:
 
     def write_row(self, row: Sequence[object]) -> None:
         columns, r = self._columns, self.next_row
+        if r > EXCEL_MAX_ROWS:
+            raise SheetTooLarge(f"more than {EXCEL_MAX_ROWS - 1:,} data rows for one Excel sheet; "
+                                "choose a coarser grouping or a shorter period, or the CSV format")
         if len(row) != len(columns):
             raise ValueError(f"row {r} has {len(row)} values for {len(columns)} columns")
         rs = str(r)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from pipeline import report_delivery, report_runs
 from pipeline.models import ReportRun, utcnow
+from pipeline.sheet_xml import SheetTooLarge
 from workers import runtime
 from workers.app import app
 from workers.event_publishing import report_run_changed
@@ -65,7 +66,8 @@ def run_report(self, run_id: int) -> dict:  # noqa: ANN001
     except Exception as exc:
         with runtime.session_scope() as session:
             attempts = session.get_one(ReportRun, run_id).attempts
-            final = (isinstance(exc, report_delivery.DeliveryFailed)
+            # A refused mail or a sheet Excel cannot hold fails the same way every time.
+            final = (isinstance(exc, report_delivery.DeliveryFailed | SheetTooLarge)
                      or attempts >= settings.export_max_attempts)
             report_runs.record_failure(session, run_id, f"{type(exc).__name__}: {exc}", utcnow(), final)
         report_run_changed(run_id)

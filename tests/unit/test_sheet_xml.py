@@ -16,7 +16,7 @@ from openpyxl.cell import WriteOnlyCell
 
 from pipeline.excel_export import write_xlsx
 from pipeline.report_data import Column, ReportData, Section, SharedRows
-from pipeline.sheet_xml import RowWriter, splice
+from pipeline.sheet_xml import EXCEL_MAX_ROWS, RowWriter, SheetTooLarge, splice
 
 ROWS = [
     (datetime(2025, 3, 30, 1, 0), "Clinic & <Sons>", 5, 5_000_000_000, 0.25, Decimal("12.5")),
@@ -85,6 +85,15 @@ def test_refuses_aware_datetimes_and_unknown_types(tmp_path):
         RowWriter(out, [0], 2).write([([1],)])
     with pytest.raises(ValueError, match="2 values for 1 columns"):
         RowWriter(out, [0], 2).write([(1, 2)])
+
+
+def test_refuses_rows_beyond_what_one_excel_sheet_holds():
+    out = io.StringIO()
+    writer = RowWriter(out, [0], EXCEL_MAX_ROWS - 1)
+    assert writer.write([(1,), (2,)]) == 2  # the sheet's last two rows
+    assert out.getvalue().endswith(f'<row r="{EXCEL_MAX_ROWS}"><c r="A{EXCEL_MAX_ROWS}"><v>2</v></c></row>')
+    with pytest.raises(SheetTooLarge, match="coarser grouping"):
+        writer.write_row((3,))
 
 
 def test_splice_refuses_a_missing_part(tmp_path):
