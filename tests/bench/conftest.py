@@ -2,7 +2,8 @@
 
 The integration fixtures are imported here, not redefined: PostgreSQL, Redis, Orthanc,
 moto_server, the gunicorn API and Celery workers start exactly as in ``tests/integration``.
-Results of every benchmark of the session go to ``tests/bench/results/latest.json``.
+Results of every benchmark of the session go to ``tests/bench/results/latest.json``, a scratch
+file git ignores; each benchmark keeps its reported run in its own json beside it.
 """
 
 from __future__ import annotations
