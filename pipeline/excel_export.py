@@ -122,6 +122,18 @@ def _write_batch(batch: list[Section], writers: list[RowWriter]) -> None:
             write_row(part)
 
 
+def _data_sheet(wb: Workbook, section: Section, used: set[str]) -> tuple:
+    """A section's sheet with its widths, frozen header row and header, and the style id of
+    each column: the data rows bypass openpyxl's per-cell writer (pipeline/sheet_xml), one
+    style per column, registered in this workbook through a template cell."""
+    ws = wb.create_sheet(_sheet_title(section.title, used))
+    for index, column in enumerate(section.columns, start=1):
+        ws.column_dimensions[get_column_letter(index)].width = column.width
+    ws.freeze_panes = "A2"
+    ws.append(_header(ws, [c.label for c in section.columns]))
+    return ws, [_cell(ws, 0, c.number_format).style_id for c in section.columns]
+
+
 def write_xlsx(report: ReportData, path: Path) -> dict[str, int]:
     """Write the workbook; returns rows written per sheet."""
     wb = Workbook(write_only=True)
@@ -148,14 +160,7 @@ def write_xlsx(report: ReportData, path: Path) -> dict[str, int]:
             with contextlib.ExitStack() as files:
                 writers = []
                 for section in batch:
-                    ws = wb.create_sheet(_sheet_title(section.title, used))
-                    for index, column in enumerate(section.columns, start=1):
-                        ws.column_dimensions[get_column_letter(index)].width = column.width
-                    ws.freeze_panes = "A2"
-                    ws.append(_header(ws, [c.label for c in section.columns]))
-                    # The data rows bypass openpyxl's per-cell writer (pipeline/sheet_xml): one
-                    # style per column, registered in this workbook through a template cell.
-                    styles = [_cell(ws, 0, c.number_format).style_id for c in section.columns]
+                    ws, styles = _data_sheet(wb, section, used)
                     rows_file = Path(scratch) / f"rows{len(rows_by_sheet)}.xml"
                     out = files.enter_context(rows_file.open("w", encoding="utf-8", buffering=_ROWS_BUFFER))
                     writers.append(RowWriter(out, styles, first_row=2))
