@@ -242,38 +242,35 @@ def _data_set(instance: OutgoingInstance) -> Iterator[_DataSet]:
     with instance.open() as stream:
         if instance.size <= IN_MEMORY_BYTES:
             raw = stream.read()
-            try:
-                meta, offset = _split_part10(io.BytesIO(raw))
-            except Exception as exc:
-                raise _Unsendable(f"not a DICOM Part-10 file ({type(exc).__name__})") from exc
+            meta, offset = _file_meta(io.BytesIO(raw))
             data = raw[offset:]
-            if not data:
-                raise _Unsendable("no data set after the file meta; not sent")
-            if len(data) % 2:
-                _check_odd(meta)
-                data += b"\x00"
-            yield _DataSet(meta, data=data)
+            yield _DataSet(meta, data=data + b"\x00" if _needs_pad(meta, len(data)) else data)
             return
         with _part10_path(stream) as path:
-            try:
-                with open(path, "rb") as fh:
-                    meta, offset = _split_part10(fh)
-            except Exception as exc:
-                raise _Unsendable(f"not a DICOM Part-10 file ({type(exc).__name__})") from exc
-            length = path.stat().st_size - offset
-            if not length:
-                raise _Unsendable("no data set after the file meta; not sent")
-            if length % 2:
-                _check_odd(meta)
-                with _padded_copy(path) as padded:
-                    yield _DataSet(meta, path=(padded, offset))
+            with open(path, "rb") as fh:
+                meta, offset = _file_meta(fh)
+            if not _needs_pad(meta, path.stat().st_size - offset):
+                yield _DataSet(meta, path=(path, offset))
                 return
-            yield _DataSet(meta, path=(path, offset))
+            with _padded_copy(path) as padded:
+                yield _DataSet(meta, path=(padded, offset))
 
 
-def _check_odd(meta: Dataset) -> None:
-    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+def _file_meta(stream: BinaryIO) -> tuple[Dataset, int]:
+    try:
+        return _split_part10(stream)
+    except Exception as exc:
+        raise _Unsendable(f"not a DICOM Part-10 file ({type(exc).__name__})") from exc
+
+
+def _needs_pad(meta: Dataset, length: int) -> bool:
+    """Whether a data set of ``length`` bytes needs its deflate pad byte; refuses an empty one
+    and an odd one that is not deflated."""
+    if not length:
+        raise _Unsendable("no data set after the file meta; not sent")
+    if length % 2 and meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         raise _Unsendable("odd-length data set (truncated or corrupt); not sent")
+    return bool(length % 2)
 
 
 def _chunks_of_pairs(
@@ -512,18 +509,16 @@ def _c_store(assoc: Association, data_set: _DataSet, message_id: int) -> Dataset
         raise _Unsendable(f"not sent: file meta unusable ({exc})") from exc
     context_id = int(context.context_id)  # type: ignore[arg-type]
     fragment = _fragment_size(assoc)
-    if data_set.data is not None:
-        _send_pdvs(assoc, context_id, chain(
-            _pdvs(command, fragment, COMMAND_PDV, LAST_COMMAND_PDV),
-            _pdvs(data_set.data, fragment, DATA_PDV, LAST_DATA_PDV)))
-    else:
-        assert data_set.path is not None
-        path, offset = data_set.path
-        with open(path, "rb") as fh:
+    with contextlib.ExitStack() as files:
+        if data_set.data is not None:
+            body = _pdvs(data_set.data, fragment, DATA_PDV, LAST_DATA_PDV)
+        else:
+            assert data_set.path is not None
+            path, offset = data_set.path
+            fh = files.enter_context(open(path, "rb"))  # noqa: SIM115 - closed by the stack
             fh.seek(offset)
-            _send_pdvs(assoc, context_id, chain(
-                _pdvs(command, fragment, COMMAND_PDV, LAST_COMMAND_PDV),
-                _file_pdvs(fh, path.stat().st_size - offset, fragment)))
+            body = _file_pdvs(fh, path.stat().st_size - offset, fragment)
+        _send_pdvs(assoc, context_id, chain(_pdvs(command, fragment, COMMAND_PDV, LAST_COMMAND_PDV), body))
     _, response = assoc.dimse.get_msg(block=True)
     if response is None:
         assoc._handle_no_response()
