@@ -70,8 +70,9 @@ class Settings:
     storage_managed_by: str = "gateway"
     # USD per GB-month by class, over the built-in us-east-1 list prices.
     storage_prices: tuple[tuple[str, float], ...] = ()
-    # Instances smaller than this go cold inside their study's bundle (S3 skips < 128 KB).
-    storage_bundle_below_bytes: int = 128 * 1024
+    # Instances smaller than this go cold inside their study's bundle: one transition request
+    # per study instead of one per slice (pipeline.lifecycle.DEFAULT_BUNDLE_BELOW says why 8 MiB).
+    storage_bundle_below_bytes: int = 8 * 1024 * 1024
     storage_tier_concurrency: int = 8
     # A restored archive object stays readable this long; the S3 restore tier asked for.
     storage_restore_days: int = 7

@@ -27,7 +27,7 @@ from pipeline import breaker
 from pipeline import renditions as renditions_for
 from pipeline.destinations import InstanceOutcome, OutgoingInstance, Sender, TransientDestinationError
 from pipeline.models import Delivery, DeliveryState, Instance, Study, utcnow
-from pipeline.storage import ObjectMissing, ObjectStore
+from pipeline.storage import ObjectArchived, ObjectMissing, ObjectStore
 
 # A row in flight this long has a dead sender (a live one finishes a batch within the
 # request timeout); the next run takes it over. Settings override it.
@@ -87,6 +87,7 @@ class ForwardResult:
     come_back_after: float | None = None
     batches: list[int] = field(default_factory=list)
     waiting_on_breaker: bool = False
+    restoring: int = 0  # parked until cold bytes are back (a restore request was recorded)
 
 
 def claim_deliveries(
@@ -209,6 +210,7 @@ class _Batcher:
                 _dead_letter(delivery, now, getattr(exc, "reason", "stored object is missing"),
                              getattr(exc, "status", "missing"))
                 self.result.failed += 1
+                self.result.restoring += isinstance(exc, ObjectArchived)
                 group.remove(delivery)
             except renditions_for.RenditionError as exc:
                 # Sending the unedited original instead could file it under the wrong patient.

@@ -110,6 +110,19 @@ DEFAULT_COLD_READS_PER_MONTH = 0.02
 # the class's minimum duration.
 DEFAULT_RENDITION_DAYS = 7
 
+# Instances below this size go cold inside their study's bundle instead of one by one. S3
+# itself skips objects under 128 KiB, but the threshold is set by the request fees: each
+# object costs one transition request into GLACIER_IR ($0.02 per 1,000) and another into
+# DEEP_ARCHIVE ($0.05), while a 0.5 MB CT or MR slice saves only ~$0.0000015 a month between
+# those two classes, so its DEEP_ARCHIVE request takes ~3 years to pay back and its 40 KiB
+# archive overhead adds 8% to its bytes. Bundled, a study's slices cost one request per move.
+# Above a few MB an object repays its requests within a month or two and is moved on its own
+# by a server-side copy (no bytes through the worker).
+DEFAULT_BUNDLE_BELOW = 8 * 1024 * 1024
+# A study's bundle is split into archives of at most this many bytes of members: bounds the
+# worker's spool file and what one restore of a single instance brings back.
+DEFAULT_BUNDLE_MAX_BYTES = 2 * GIB
+
 # Restore tiers (S3 "GlacierJobParameters.Tier") and how long S3 says they take, in hours.
 RESTORE_HOURS: dict[tuple[str, str], float] = {
     ("GLACIER", "Expedited"): 5 / 60,
@@ -316,6 +329,7 @@ def plan(
     now: datetime,
     *,
     bundle_below: int,
+    bundle_max_bytes: int = DEFAULT_BUNDLE_MAX_BYTES,
     facility_ids: Sequence[int] | None = None,
     limit: int | None = None,
 ) -> Plan:
@@ -324,10 +338,11 @@ def plan(
 
     Coldest tier first, each a range query on (storage_class, stored_at), so a night's work is
     found by index, not by reading every row. ``limit`` caps moves plus bundled instances.
+    A study's members past ``bundle_max_bytes`` go into a second bundle, and so on.
     """
     result = Plan()
     budget = limit if limit is not None else float("inf")
-    small: dict[tuple[int, int, str], list[int]] = defaultdict(list)
+    small: dict[tuple[int, int, str], list[tuple[int, int]]] = defaultdict(list)
     seen: set[int] = set()
     cold_tiers = list(policy.tiers[1:])
     for index in range(len(cold_tiers) - 1, -1, -1):
@@ -360,14 +375,32 @@ def plan(
                     and row.storage_class == "STANDARD" and row.study_id is not None):
                 # S3 will not transition it (< 128 KB) and a transition request alone costs
                 # more than years of its storage: it goes cold inside its study's bundle.
-                small[(row.facility_id, row.study_id, tier.storage_class)].append(row.id)
+                small[(row.facility_id, row.study_id, tier.storage_class)].append((row.id, row.size))
             else:
                 result.moves.append(Move(row.id, row.object_key, row.size, row.storage_class,
                                          tier.storage_class))
             budget -= 1
     for (facility_id, study_id, storage_class), members in sorted(small.items()):
-        result.bundles.append(BundlePlan(facility_id, study_id, storage_class, tuple(sorted(members))))
+        for part in split_members(sorted(members), bundle_max_bytes):
+            result.bundles.append(BundlePlan(facility_id, study_id, storage_class, part))
     return result
+
+
+def split_members(members: Sequence[tuple[int, int]], max_bytes: int) -> list[tuple[int, ...]]:
+    """(id, size) pairs in order, cut into runs of at most ``max_bytes`` (a member larger
+    than that alone still makes one run)."""
+    parts: list[tuple[int, ...]] = []
+    current: list[int] = []
+    total = 0
+    for object_id, size in members:
+        if current and total + size > max_bytes:
+            parts.append(tuple(current))
+            current, total = [], 0
+        current.append(object_id)
+        total += size
+    if current:
+        parts.append(tuple(current))
+    return parts
 
 
 def expected_class(policy: TierPolicy, stored_at: datetime, now: datetime) -> str:

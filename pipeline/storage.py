@@ -12,8 +12,8 @@ import hashlib
 import io
 import os
 import re
-import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -104,6 +104,28 @@ class TieredStore(ObjectStore, Protocol):
     def abort_stale_multipart(self, older_than: datetime) -> int: ...
 
 
+HOLE_BLOCK = 4096  # a filesystem block
+_ZEROS = bytes(HOLE_BLOCK)
+
+
+def write_with_holes(out: BinaryIO, data: bytes) -> None:
+    """Write ``data`` at the file's position, seeking over zero blocks instead of writing
+    them: they read back as zeros, and a file of blank images (or a test's sparse ones) takes
+    no disk for them. The caller truncates the file to its length at the end."""
+    view = memoryview(data)
+    if not len(view):
+        return
+    if not view[0] and not view[-1] and data == bytes(len(view)):
+        out.seek(len(view), io.SEEK_CUR)
+        return
+    for start in range(0, len(view), HOLE_BLOCK):
+        block = view[start:start + HOLE_BLOCK]
+        if len(block) == HOLE_BLOCK and not block[0] and not block[-1] and block.tobytes() == _ZEROS:
+            out.seek(HOLE_BLOCK, io.SEEK_CUR)
+        else:
+            out.write(block)
+
+
 class FolderStore:
     """Objects as files under ``root``; writes go through a temp file and a rename."""
 
@@ -123,7 +145,11 @@ class FolderStore:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
         try:
             with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(stream, out, READ_BLOCK)
+                size = 0
+                while block := stream.read(READ_BLOCK):
+                    write_with_holes(out, block)
+                    size += len(block)
+                out.truncate(size)  # a trailing hole is not written
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -176,7 +202,18 @@ class FolderStore:
         return io.BytesIO(body.read(length)) if length <= READ_BLOCK else _Limited(body, length)
 
     def put_file_in_class(self, key: str, path: Path, storage_class: str) -> None:
-        self.put_file(key, path)
+        """A bundle from the spool: linked in when on the same filesystem (the tiering run
+        deletes its spool file right after, so nothing writes to the shared inode); a
+        bundle of a study's images is not copied a second time."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link = target.parent / f".link-{uuid.uuid4().hex}"
+        try:
+            os.link(path, link)
+        except OSError:  # another filesystem, or links not allowed: copy
+            self.put_file(key, path)
+            return
+        os.replace(link, target)
 
     def put_file_verified(self, key: str, path: Path, storage_class: str) -> str | None:
         self.put_file(key, path)

@@ -10,10 +10,12 @@ STANDARD object: what the bill would be with no lifecycle at all.
 The monthly bill is storage plus the fees the lifecycle causes over the 30 days before
 ``now`` (``Fees``):
 - transitions: one write request into the new class per object the job moved or bundle it
-  wrote (``tiered_at`` in the window), at the class's PUT/COPY/transition price;
+  wrote (``tiered_at`` in the window), at the class's PUT/COPY/transition price, plus the
+  STANDARD GET of every member a bundle written in the window read;
 - cold reads: a modelled share of the bytes in IA and GLACIER_IR read back per month
-  (``cold_reads_per_month``), at their per-GB retrieval price and GET price; the baseline
-  pays the STANDARD GET price for the same reads;
+  (``cold_reads_per_month``), at their per-GB retrieval price, and one GET per instance read
+  (a bundled instance is a range GET of its bundle, so bundles do not cut this line); the
+  baseline pays the STANDARD GET price for the same reads;
 - restores: each archive object restored in the window (restore requests), per GB, per
   request, and its temporary copy billed at the STANDARD price for the restore days.
 Minimum-duration (early deletion) charges have no line because the gateway never incurs
@@ -32,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from pipeline.lifecycle import (
     CLASSES,
@@ -72,6 +74,7 @@ class Fees:
     transition_requests: dict[str, int] = field(default_factory=dict)  # by class
     cold_read_bytes: float = 0.0
     cold_read_requests: float = 0.0
+    bundled_member_reads: int = 0
     restores: int = 0
     restored_bytes: int = 0
 
@@ -89,6 +92,7 @@ class Fees:
             "transition_requests": dict(self.transition_requests),
             "cold_read_gib": round(self.cold_read_bytes / GIB, 3),
             "cold_read_requests": round(self.cold_read_requests, 1),
+            "bundled_member_reads": self.bundled_member_reads,
             "restores": self.restores,
             "restored_gib": round(self.restored_bytes / GIB, 3),
         }
@@ -100,16 +104,18 @@ class Line:
     bytes: int = 0
     billable_bytes: int = 0  # after minimum object sizes and per-object overheads
     monthly_cost: float = 0.0
+    instances: int = 0  # readable one by one: a bundle counts its members
 
     def add(self, other: Line) -> None:
         self.objects += other.objects
         self.bytes += other.bytes
         self.billable_bytes += other.billable_bytes
         self.monthly_cost += other.monthly_cost
+        self.instances += other.instances
 
     def as_dict(self) -> dict:
-        return {"objects": self.objects, "bytes": self.bytes, "billable_bytes": self.billable_bytes,
-                "monthly_cost": round(self.monthly_cost, 6)}
+        return {"objects": self.objects, "instances": self.instances, "bytes": self.bytes,
+                "billable_bytes": self.billable_bytes, "monthly_cost": round(self.monthly_cost, 6)}
 
 
 def line_cost(storage_class: str, objects: int, size_bytes: int, floored_bytes: int,
@@ -120,7 +126,7 @@ def line_cost(storage_class: str, objects: int, size_bytes: int, floored_bytes: 
     billable = floored_bytes + objects * facts.overhead_bytes
     cost = billable / GIB * prices[storage_class]
     cost += objects * facts.overhead_standard_bytes / GIB * prices["STANDARD"]
-    return Line(objects, size_bytes, billable + objects * facts.overhead_standard_bytes, cost)
+    return Line(objects, size_bytes, billable + objects * facts.overhead_standard_bytes, cost, objects)
 
 
 @dataclass
@@ -227,6 +233,19 @@ def _fees(session: Session, report: StorageReport, names: dict[int, str], scope:
         per = charge(facility_id, "transitions", count * WRITE_REQUEST_PRICES[storage_class] / 1000)
         for fees in (report.fees, per):
             fees.transition_requests[storage_class] = fees.transition_requests.get(storage_class, 0) + count
+    # Bundling reads each member once from STANDARD (``created_at``: a bundle's later moves
+    # to colder classes copy it server-side and read no member again).
+    bundle = aliased(StoredObject)
+    rows = session.execute(
+        select(bundle.facility_id, func.count())
+        .select_from(StoredObject).join(bundle, bundle.id == StoredObject.bundle_id)
+        .where(bundle.kind == StoredObjectKind.BUNDLE, bundle.created_at > start, bundle.created_at <= now,
+               bundle.state.in_(PRESENT), *scope)
+        .group_by(bundle.facility_id)
+    ).all()
+    for facility_id, count in rows:
+        charge(facility_id, "transitions", count * GET_REQUEST_PRICES["STANDARD"] / 1000)
+        report.fees.bundled_member_reads += count
 
     # Cold reads (modelled): a share of what sits in classes read without a restore.
     share = report.cold_reads_per_month
@@ -236,7 +255,7 @@ def _fees(session: Session, report: StorageReport, names: dict[int, str], scope:
         for storage_class, line in lines.items():
             if storage_class not in RETRIEVAL_PRICES or share == 0:
                 continue
-            read_bytes, reads = line.bytes * share, line.objects * share
+            read_bytes, reads = line.bytes * share, line.instances * share
             charge(facility_id, "cold_reads",
                    read_bytes / GIB * RETRIEVAL_PRICES[storage_class]
                    + reads * GET_REQUEST_PRICES[storage_class] / 1000)
@@ -265,6 +284,25 @@ def _fees(session: Session, report: StorageReport, names: dict[int, str], scope:
         report.fees.restored_bytes += size
 
 
+def _count_members(session: Session, report: StorageReport, names: dict[int, str], scope: list) -> None:
+    """A bundle's line counts its members as instances (each read alone by a range GET)."""
+    member = aliased(StoredObject)
+    rows = session.execute(
+        select(StoredObject.facility_id, StoredObject.storage_class,
+               func.count(func.distinct(StoredObject.id)), func.count(member.id))
+        .join(member, member.bundle_id == StoredObject.id)
+        .where(StoredObject.kind == StoredObjectKind.BUNDLE, StoredObject.state.in_(PRESENT),
+               member.state.in_([ObjectState.BUNDLED, ObjectState.RELEASED]), *scope)
+        .group_by(StoredObject.facility_id, StoredObject.storage_class)
+    ).all()
+    for facility_id, storage_class, bundles, members in rows:
+        extra = members - bundles
+        per = report.by_facility.get(names.get(facility_id, str(facility_id)), {})
+        for line in (report.by_class.get(storage_class), per.get(storage_class), report.total):
+            if line is not None:
+                line.instances += extra
+
+
 def build(session: Session, prices: dict[str, float] | None = None, *,
           facility_ids: Sequence[int] | None = None, dr_storage_class: str | None = None,
           now: datetime | None = None, cold_reads_per_month: float = DEFAULT_COLD_READS_PER_MONTH,
@@ -291,6 +329,7 @@ def build(session: Session, prices: dict[str, float] | None = None, *,
             per = report.by_facility.setdefault(names.get(facility_id, str(facility_id)), {})
             per.setdefault(storage_class, Line()).add(line)
             report.total.add(line)
+    _count_members(session, report, names, scope)
 
     # The baseline: every instance version as its own STANDARD object.
     objects, size = session.execute(

@@ -60,7 +60,8 @@ NONCURRENT_DAYS = 1
 @dataclass(frozen=True)
 class TieringOptions:
     policy: TierPolicy
-    bundle_below: int = 128 * 1024
+    bundle_below: int = lifecycle.DEFAULT_BUNDLE_BELOW
+    bundle_max_bytes: int = lifecycle.DEFAULT_BUNDLE_MAX_BYTES
     managed_by: str = "gateway"  # or "s3"
     concurrency: int = 8
     # Objects announced and recorded per commit; also the most a killed run leaves to check.
@@ -515,6 +516,7 @@ def run(session: Session, store: TieredStore, options: TieringOptions, now: date
 
     def decide() -> lifecycle.Plan:
         return lifecycle.plan(session, options.policy, now, bundle_below=options.bundle_below,
+                              bundle_max_bytes=options.bundle_max_bytes,
                               facility_ids=options.facility_ids, limit=options.plan_limit)
 
     if dry_run:

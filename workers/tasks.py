@@ -115,6 +115,10 @@ def forward_study(self, study_id: int, destination_id: int) -> dict:  # noqa: AN
                 select(Delivery.batch_id).where(Delivery.study_id == study_id).distinct())):
             batch_progress.settle_batch(session, batch_id)
     event_publishing.study_forwarded(study_id, destination_id, result)  # after the commit (issue 5)
+    if result.restoring:
+        # Start the restores now, not at the next beat poll: an instance in a GLACIER_IR
+        # bundle is readable again within seconds, and its delivery replays by itself.
+        chains.enqueue_restores()
     if result.come_back_after is not None:
         # The same task id comes back later: it reclaims any row it left in flight.
         raise self.retry(countdown=max(result.come_back_after, 0.5))

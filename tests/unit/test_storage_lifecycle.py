@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from config import load_settings
-from pipeline import bundles, lifecycle, restore, storage_report, tiering
+from pipeline import bundles, lifecycle, restore, storage, storage_report, tiering
 from pipeline.lifecycle import PolicyError, TierPolicy
 from pipeline.models import (
     Instance,
@@ -194,6 +194,49 @@ def test_bundle_layout_is_the_tar_and_members_read_back(tmp_path, store):
         bundles.write(store, shape, tmp_path / "spool")
 
 
+def test_default_bundles_mid_size_slices_and_splits_big_studies(session, store, clinic):
+    """Under the shipped threshold a CT slice goes cold in its study's bundle (one request per
+    study, not per slice); a 20 MB image is still copied alone; a study past the bundle cap
+    makes several bundles."""
+    policy = TierPolicy.of(lifecycle.DEFAULT_TIERS)
+    ct = _seed(session, store, clinic, days(0), [520 * KIB] * 4 + [20 * 1024 * KIB])
+    tiering.catalogue_new(session)
+    session.commit()
+    due = lifecycle.plan(session, policy, days(30), bundle_below=lifecycle.DEFAULT_BUNDLE_BELOW)
+    assert [m.size for m in due.moves] == [20 * 1024 * KIB]
+    assert len(due.bundles) == 1 and len(due.bundles[0].member_ids) == 4
+    assert due.bundles[0].study_id == ct.study_id
+    split = lifecycle.plan(session, policy, days(30), bundle_below=lifecycle.DEFAULT_BUNDLE_BELOW,
+                           bundle_max_bytes=1100 * KIB)
+    assert [len(b.member_ids) for b in split.bundles] == [2, 2]
+    assert sorted(i for b in split.bundles for i in b.member_ids) == sorted(due.bundles[0].member_ids)
+    assert lifecycle.split_members([(1, 5), (2, 50), (3, 5)], 10) == [(1,), (2,), (3,)]
+    assert lifecycle.split_members([], 10) == []
+
+
+def test_zero_blocks_are_written_as_holes_and_read_back_the_same(tmp_path, store):
+    """Bundles and the folder store skip whole zero blocks (blank image regions, a test's sparse
+    files) with a seek: same bytes and sha256, less disk."""
+    block = storage.HOLE_BLOCK
+    data = os.urandom(100) + bytes(8 * block) + os.urandom(block) + bytes(3 * block + 7)
+    store.put_stream("sparse", io.BytesIO(data))
+    path = store.root / "sparse"
+    assert path.read_bytes() == data
+    assert path.stat().st_blocks * 512 < len(data) // 2  # the zero runs take no disk
+    trailing = bytes(4 * block)  # a file that ends in a hole still has its length
+    store.put_stream("zeros", io.BytesIO(trailing))
+    assert (store.root / "zeros").read_bytes() == trailing
+
+    member = bundles.Member(1, 1, "1.2.3", "sparse", len(data), hashlib.sha256(data).hexdigest())
+    shape = bundles.layout(7, 8, [member])
+    spooled, digest = bundles.write(store, shape, tmp_path / "spool")
+    assert spooled.stat().st_size == shape.size
+    assert digest == hashlib.sha256(spooled.read_bytes()).hexdigest()
+    assert spooled.stat().st_blocks * 512 < shape.size // 2
+    store.put_file("b.tar", spooled)
+    assert bundles.read_member(store, "b.tar", shape.placed[0].offset, len(data), member.sha256) == data
+
+
 def test_cost_of_a_line_follows_s3_minimums_and_overheads():
     prices = dict(lifecycle.DEFAULT_PRICES)
     gib = 1024**3
@@ -255,18 +298,23 @@ def test_report_fees_transitions_cold_reads_and_restores(session, store, clinic,
 
     quiet = storage_report.build(session, now=days(30), cold_reads_per_month=0)
     # Three objects moved and one bundle written into GLACIER_IR in the month before the clock.
+    # Writing the bundle read its two members from STANDARD: a GET each.
     assert quiet.fees.transition_requests == {"GLACIER_IR": 3}
-    assert quiet.fees.usd["transitions"] == pytest.approx(3 * 0.02 / 1000)
+    assert quiet.fees.bundled_member_reads == 2
+    transitions = 3 * 0.02 / 1000 + 2 * 0.0004 / 1000
+    assert quiet.fees.usd["transitions"] == pytest.approx(transitions)
     assert quiet.fees.usd["cold_reads"] == 0 and quiet.baseline_fees.total == 0
-    assert quiet.monthly_cost == pytest.approx(quiet.total.monthly_cost + 3 * 0.02 / 1000)
+    assert quiet.monthly_cost == pytest.approx(quiet.total.monthly_cost + transitions)
     assert quiet.saving < quiet.storage_saving
     # A month later those transitions are out of the window.
     assert storage_report.build(session, now=days(61), cold_reads_per_month=0).fees.total == 0
 
     read = storage_report.build(session, now=days(61), cold_reads_per_month=0.1)
     cold_bytes = 300 * KIB + 2048 * KIB + bundle.size
-    assert read.fees.usd["cold_reads"] == pytest.approx(0.1 * cold_bytes / gib * 0.03 + 0.1 * 3 * 0.01 / 1000)
-    assert read.baseline_fees.usd["cold_reads"] == pytest.approx(0.1 * 3 * 0.0004 / 1000)
+    # One GET per instance read: a bundled one is a range GET of its bundle (4 instances, 3 objects).
+    assert read.by_class["GLACIER_IR"].objects == 3 and read.by_class["GLACIER_IR"].instances == 4
+    assert read.fees.usd["cold_reads"] == pytest.approx(0.1 * cold_bytes / gib * 0.03 + 0.1 * 4 * 0.01 / 1000)
+    assert read.baseline_fees.usd["cold_reads"] == pytest.approx(0.1 * 4 * 0.0004 / 1000)
     facility = read.as_dict()["by_facility"]["Lifecycle Clinic"]
     assert facility["fees"]["cold_reads"] == pytest.approx(read.fees.usd["cold_reads"], abs=1e-6)
 
