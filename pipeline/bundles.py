@@ -1,5 +1,5 @@
-"""Bundles: a study's small instances as one tar object with an index, and single instances
-read back from it by byte range.
+"""Bundles: a study's instances under the bundle threshold (pipeline.lifecycle says why 8 MiB)
+as one tar object with an index, and single instances read back from it by byte range.
 
 Why tar: any operator can open one with standard tools, and its layout is fixed by the member
 sizes alone (a 512-byte header per member, data padded to 512), so the offset of every member

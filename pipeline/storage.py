@@ -118,12 +118,14 @@ def write_with_holes(out: BinaryIO, data: bytes) -> None:
     if not view[0] and not view[-1] and data == bytes(len(view)):
         out.seek(len(view), io.SEEK_CUR)
         return
-    for start in range(0, len(view), HOLE_BLOCK):
+    pending = 0  # start of the run of data blocks not written yet
+    for start in range(0, len(view) - HOLE_BLOCK + 1, HOLE_BLOCK):
         block = view[start:start + HOLE_BLOCK]
-        if len(block) == HOLE_BLOCK and not block[0] and not block[-1] and block.tobytes() == _ZEROS:
+        if not block[0] and not block[-1] and block.tobytes() == _ZEROS:
+            out.write(view[pending:start])
             out.seek(HOLE_BLOCK, io.SEEK_CUR)
-        else:
-            out.write(block)
+            pending = start + HOLE_BLOCK
+    out.write(view[pending:])
 
 
 class FolderStore:

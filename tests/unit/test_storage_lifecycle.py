@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -226,6 +227,21 @@ def test_zero_blocks_are_written_as_holes_and_read_back_the_same(tmp_path, store
     trailing = bytes(4 * block)  # a file that ends in a hole still has its length
     store.put_stream("zeros", io.BytesIO(trailing))
     assert (store.root / "zeros").read_bytes() == trailing
+
+    # Any mix of zero and data blocks, written in chunks of any size, reads back the same.
+    rng = random.Random(5)
+    for _ in range(20):
+        parts = [bytes(rng.choice([1, 7, block, 3 * block])) if rng.random() < 0.5
+                 else os.urandom(rng.choice([1, 100, block, block + 1])) for _ in range(8)]
+        mixed = b"".join(parts)
+        with open(tmp_path / "mixed", "wb") as out:
+            at = 0
+            while at < len(mixed):
+                step = rng.choice([1, 511, block, 5 * block + 3])
+                storage.write_with_holes(out, mixed[at:at + step])
+                at += step
+            out.truncate(len(mixed))
+        assert (tmp_path / "mixed").read_bytes() == mixed
 
     member = bundles.Member(1, 1, "1.2.3", "sparse", len(data), hashlib.sha256(data).hexdigest())
     shape = bundles.layout(7, 8, [member])
