@@ -281,6 +281,12 @@ def _replay_parked(session: Session, instance_id: int) -> list[tuple[int, int]]:
     return pairs
 
 
+def has_unstarted(session: Session) -> bool:
+    """Any request the storage worker has not started yet."""
+    return session.scalar(select(RestoreRequest.id).where(RestoreRequest.state == RestoreState.REQUESTED)
+                          .limit(1)) is not None
+
+
 def process(session: Session, store: TieredStore, *, now: datetime | None = None, days: int = 7,
             checkpoint: Callable[[], None] | None = None, limit: int = 1000) -> ProcessResult:
     """One pass over open requests: start restores, poll them, complete what is back."""

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # Stop a run cleanly before Celery's soft time limit (3300 s) and continue in a new task.
 RUN_SECONDS = 3000.0
+# A restore pass asked for while another runs comes back after this long.
+RESTORE_RECHECK_SECONDS = 5.0
 
 
 def clock(now: str | None) -> datetime:
@@ -108,6 +110,10 @@ def process_restores(now: str | None = None) -> dict:
     at = clock(now)
     with runtime.session_scope() as session, storage_runs.exclusive(session, "restores") as mine:
         if not mine:
+            # The running pass may have read its requests before ours was committed: come back
+            # shortly rather than leave it to the beat poll (a forward waits on it).
+            if restore.has_unstarted(session):
+                process_restores.apply_async(kwargs={"now": now}, countdown=RESTORE_RECHECK_SECONDS)
             return {"skipped": "already running"}
         run = storage_runs.start(session, "restores", at)
         result = restore.process(session, runtime.store(), now=at, days=cfg.storage_restore_days,
