@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from pipeline.lifecycle import (
     CLASSES,
@@ -235,15 +235,16 @@ def _fees(session: Session, report: StorageReport, names: dict[int, str], scope:
             fees.transition_requests[storage_class] = fees.transition_requests.get(storage_class, 0) + count
     # Bundling reads each member once from STANDARD (``created_at``: a bundle's later moves
     # to colder classes copy it server-side and read no member again).
-    bundle = aliased(StoredObject)
+    members = _members_per_bundle([ObjectState.BUNDLED, ObjectState.RELEASED, ObjectState.REHYDRATED], scope)
     rows = session.execute(
-        select(bundle.facility_id, func.count())
-        .select_from(StoredObject).join(bundle, bundle.id == StoredObject.bundle_id)
-        .where(bundle.kind == StoredObjectKind.BUNDLE, bundle.created_at > start, bundle.created_at <= now,
-               bundle.state.in_(PRESENT), *scope)
-        .group_by(bundle.facility_id)
+        select(StoredObject.facility_id, func.sum(members.c.members))
+        .join(members, members.c.bundle_id == StoredObject.id)
+        .where(StoredObject.kind == StoredObjectKind.BUNDLE, StoredObject.created_at > start,
+               StoredObject.created_at <= now, StoredObject.state.in_(PRESENT), *scope)
+        .group_by(StoredObject.facility_id)
     ).all()
     for facility_id, count in rows:
+        count = int(count or 0)  # SUM is a numeric on PostgreSQL
         charge(facility_id, "transitions", count * GET_REQUEST_PRICES["STANDARD"] / 1000)
         report.fees.bundled_member_reads += count
 
@@ -284,19 +285,26 @@ def _fees(session: Session, report: StorageReport, names: dict[int, str], scope:
         report.fees.restored_bytes += size
 
 
+def _members_per_bundle(states: Sequence[ObjectState], scope: list):  # noqa: ANN202
+    """(bundle_id, members) in ``states``: counted per bundle first and then joined, so one
+    pass over the members, whatever the planner believes about how many bundles there are."""
+    return (select(StoredObject.bundle_id, func.count().label("members"))
+            .where(StoredObject.bundle_id.is_not(None), StoredObject.state.in_(list(states)), *scope)
+            .group_by(StoredObject.bundle_id).subquery())
+
+
 def _count_members(session: Session, report: StorageReport, names: dict[int, str], scope: list) -> None:
     """A bundle's line counts its members as instances (each read alone by a range GET)."""
-    member = aliased(StoredObject)
+    members = _members_per_bundle([ObjectState.BUNDLED, ObjectState.RELEASED], scope)
     rows = session.execute(
-        select(StoredObject.facility_id, StoredObject.storage_class,
-               func.count(func.distinct(StoredObject.id)), func.count(member.id))
-        .join(member, member.bundle_id == StoredObject.id)
-        .where(StoredObject.kind == StoredObjectKind.BUNDLE, StoredObject.state.in_(PRESENT),
-               member.state.in_([ObjectState.BUNDLED, ObjectState.RELEASED]), *scope)
+        select(StoredObject.facility_id, StoredObject.storage_class, func.count(),
+               func.sum(members.c.members))
+        .join(members, members.c.bundle_id == StoredObject.id)
+        .where(StoredObject.kind == StoredObjectKind.BUNDLE, StoredObject.state.in_(PRESENT), *scope)
         .group_by(StoredObject.facility_id, StoredObject.storage_class)
     ).all()
     for facility_id, storage_class, bundles, members in rows:
-        extra = members - bundles
+        extra = int(members or 0) - bundles
         per = report.by_facility.get(names.get(facility_id, str(facility_id)), {})
         for line in (report.by_class.get(storage_class), per.get(storage_class), report.total):
             if line is not None:
