@@ -526,6 +526,7 @@ def test_cost_report_api_and_cli(db, primary, make_user, api_server, storage_wor
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["by_class"]["DEEP_ARCHIVE"]["objects"] == 5  # 4 large + 1 bundle
+    assert body["by_class"]["DEEP_ARCHIVE"]["instances"] == 8  # read one by one: the bundle's 4 count
     assert body["by_class"]["GLACIER_IR"]["objects"] == 2
     assert body["instances"] == 10 and body["bundled_instances"] == 4
     assert body["all_standard"]["bytes"] == (6 * 100 + 4 * 4) * KIB
