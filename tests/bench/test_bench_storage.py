@@ -11,7 +11,9 @@ and how fast the nightly tiering job moves objects.
    the result, storage plus the month's transition requests and modelled cold reads, against
    keeping everything in STANDARD. The objects live in the embedded folder
    store (sparse files: a 500 MB mammogram costs no disk), because moto_server keeps bodies in
-   memory and two years of images do not fit; bundles are real tars of real small objects.
+   memory and two years of images do not fit. Bundles are real tars, written and verified by
+   the production code: small objects are real bytes, larger ones sparse files with their real
+   sha256 (of zeros), which stay sparse inside the tar (zero blocks are written as holes).
    The volume is a sample (``BENCH_STORAGE_STUDIES_PER_DAY`` across all facilities, default 6):
    the saving is a ratio and does not depend on it; USD figures are also given scaled to
    ``BENCH_STORAGE_REAL_STUDIES_PER_DAY`` (default 1000: 20 per facility per day).
@@ -29,7 +31,8 @@ and how fast the nightly tiering job moves objects.
    are timed beside it as the ceiling moto_server allows on this machine.
 
 Results: tests/bench/results/storage.json. Knobs: BENCH_STORAGE_OBJECTS (100000),
-BENCH_STORAGE_DAYS (730).
+BENCH_STORAGE_DAYS (730), BENCH_STORAGE_ARMS (both; one per process uses both cores:
+``BENCH_STORAGE_ARMS=shipped_default`` and ``=issue_90_365`` side by side, same workload).
 """
 
 from __future__ import annotations
