@@ -14,7 +14,7 @@ demo: $(VENV)/bin/relaypacs
 # pytest exits 5 when it collected no test at all: that is a failure here, not a pass.
 test:
 	bash .ci/setup.sh
-	$(PYTHON) -m pytest -q -m "not bench"; rc=$$?; \
+	$(PYTHON) -m pytest -q -m "not bench" --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench:

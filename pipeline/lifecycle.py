@@ -401,8 +401,3 @@ def split_members(members: Sequence[tuple[int, int]], max_bytes: int) -> list[tu
     if current:
         parts.append(tuple(current))
     return parts
-
-
-def expected_class(policy: TierPolicy, stored_at: datetime, now: datetime) -> str:
-    """The class S3's own lifecycle rules will have put an object in (``managed_by=s3``)."""
-    return policy.class_at(now - stored_at)

@@ -30,9 +30,6 @@ from pipeline.pdf_export import write_pdf
 from pipeline.report_definitions import ReportSpec, period_bounds, period_label, slug
 from pipeline.report_schedule import latest_due, next_due, run_key
 
-ACTIVE = (ReportRunState.QUEUED, ReportRunState.WORKING, ReportRunState.RETRYING)
-
-
 # ------------------------------------------------------------------------- definitions
 
 
