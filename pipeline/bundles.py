@@ -106,19 +106,23 @@ def layout(facility_id: int, study_id: int, members: Sequence[Member]) -> Bundle
 
 
 class _Hashing(io.RawIOBase):
-    def __init__(self, body: BinaryIO) -> None:
-        self.body = body
+    """A member's body as tarfile reads it, hashed and counted on the way."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner = inner
         self.digest = hashlib.sha256()
-        self.count = 0
+        self.position = 0
+
+    def _seen(self, data: bytes) -> bytes:
+        self.digest.update(data)
+        self.position += len(data)
+        return data
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
-        data = self.body.read(size)
-        self.digest.update(data)
-        self.count += len(data)
-        return data
+        return self._seen(self.inner.read(size))
 
 
 def _info(name: str, size: int) -> tarfile.TarInfo:
@@ -149,15 +153,13 @@ def _add_member(tar: tarfile.TarFile, store: ObjectStore, placed: Placed) -> Non
         raise BundleError(None, "tar layout differs from the computed one")
 
 
-class _Spool(io.RawIOBase):
+class _Spool(_Hashing):
     """The archive's spool file, hashed as it is written. Whole zero blocks (blank pixel
     regions, tar padding) are skipped with a seek and left as holes: the bytes read back are
     the same, and a folder of sparse test images does not turn into real disk."""
 
-    def __init__(self, out: BinaryIO) -> None:
-        self.out = out
-        self.digest = hashlib.sha256()
-        self.position = 0
+    def readable(self) -> bool:
+        return False
 
     def writable(self) -> bool:
         return True
@@ -166,15 +168,13 @@ class _Spool(io.RawIOBase):
         return self.position
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.digest.update(data)
-        write_with_holes(self.out, data)
-        self.position += len(data)
+        write_with_holes(self.inner, self._seen(data))
         return len(data)
 
     def finish(self) -> str:
         """Fix the file's length (a trailing hole is not written) and return its sha256."""
-        self.out.truncate(self.position)
-        self.out.flush()
+        self.inner.truncate(self.position)
+        self.inner.flush()
         return self.digest.hexdigest()
 
 

@@ -293,24 +293,6 @@ def _members_per_bundle(states: Sequence[ObjectState], scope: list):  # noqa: AN
             .group_by(StoredObject.bundle_id).subquery())
 
 
-def _count_members(session: Session, report: StorageReport, names: dict[int, str], scope: list) -> None:
-    """A bundle's line counts its members as instances (each read alone by a range GET)."""
-    members = _members_per_bundle([ObjectState.BUNDLED, ObjectState.RELEASED], scope)
-    rows = session.execute(
-        select(StoredObject.facility_id, StoredObject.storage_class, func.count(),
-               func.sum(members.c.members))
-        .join(members, members.c.bundle_id == StoredObject.id)
-        .where(StoredObject.kind == StoredObjectKind.BUNDLE, StoredObject.state.in_(PRESENT), *scope)
-        .group_by(StoredObject.facility_id, StoredObject.storage_class)
-    ).all()
-    for facility_id, storage_class, bundles, members in rows:
-        extra = int(members or 0) - bundles
-        per = report.by_facility.get(names.get(facility_id, str(facility_id)), {})
-        for line in (report.by_class.get(storage_class), per.get(storage_class), report.total):
-            if line is not None:
-                line.instances += extra
-
-
 def build(session: Session, prices: dict[str, float] | None = None, *,
           facility_ids: Sequence[int] | None = None, dr_storage_class: str | None = None,
           now: datetime | None = None, cold_reads_per_month: float = DEFAULT_COLD_READS_PER_MONTH,
@@ -324,20 +306,24 @@ def build(session: Session, prices: dict[str, float] | None = None, *,
     names = dict(session.execute(select(Facility.id, Facility.name)).all())
     scope = [StoredObject.facility_id.in_(list(facility_ids))] if facility_ids else []
 
+    # A bundle counts its members as instances (each read alone by a range GET).
+    members = _members_per_bundle([ObjectState.BUNDLED, ObjectState.RELEASED], scope)
     for storage_class, facts in CLASSES.items():
         rows = session.execute(
             select(StoredObject.facility_id, func.count(), func.sum(StoredObject.size),
-                   _floored(StoredObject.size, facts.min_billable_bytes))
+                   _floored(StoredObject.size, facts.min_billable_bytes),
+                   func.sum(func.coalesce(members.c.members, 1)))
+            .outerjoin(members, members.c.bundle_id == StoredObject.id)
             .where(StoredObject.storage_class == storage_class, StoredObject.state.in_(PRESENT), *scope)
             .group_by(StoredObject.facility_id)
         ).all()
-        for facility_id, objects, size, floored in rows:
+        for facility_id, objects, size, floored, instances in rows:
             line = line_cost(storage_class, objects, int(size or 0), int(floored or 0), prices)
+            line.instances = int(instances or 0)  # SUM is a numeric on PostgreSQL
             report.by_class.setdefault(storage_class, Line()).add(line)
             per = report.by_facility.setdefault(names.get(facility_id, str(facility_id)), {})
             per.setdefault(storage_class, Line()).add(line)
             report.total.add(line)
-    _count_members(session, report, names, scope)
 
     # The baseline: every instance version as its own STANDARD object.
     objects, size = session.execute(
