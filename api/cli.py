@@ -34,7 +34,11 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
     os.execv(gunicorn, [  # noqa: S606 - replace this process with gunicorn
         gunicorn, "--bind", f"{host}:{port}", "--workers", str(workers),
         "--worker-class", "gthread", "--threads", str(threads), "--timeout", "300",
-        "--graceful-timeout", "30", "api:create_app()",
+        "--graceful-timeout", "30", "--keep-alive", "5",
+        # Above the app's own JSON 414/431 bounds (api/observability.py), so a client normally
+        # gets those; these only stop what would never reach the app.
+        "--limit-request-line", "8190", "--limit-request-fields", "100",
+        "--limit-request-field_size", "16384", "api:create_app()",
     ])
 
 

@@ -10,8 +10,18 @@ from api.context import db, resources
 from api.openapi import openapi_document
 from config.settings import QUEUES
 from pipeline import liveness
-from pipeline.models import Batch, BreakerState, Delivery, Destination, DestinationHealth, Upload
-from pipeline.telemetry import render
+from pipeline.models import (
+    Batch,
+    BreakerState,
+    Delivery,
+    DeliveryState,
+    Destination,
+    DestinationHealth,
+    ReportRun,
+    ReportRunState,
+    Upload,
+)
+from pipeline.telemetry import escape_label, render
 
 blueprint = Blueprint("health", __name__)
 
@@ -80,18 +90,36 @@ def metrics() -> Response:
     names = dict(session.execute(select(Destination.id, Destination.name)).all())
     for health in session.scalars(select(DestinationHealth)):
         name = names.get(health.destination_id)
-        lines.append(f'relaypacs_destination_breaker_open{{destination="{name}"}} '
+        lines.append(f'relaypacs_destination_breaker_open{{destination="{escape_label(str(name))}"}} '
                      f'{int(health.state == BreakerState.OPEN)}')
     lines.append("# HELP relaypacs_deliveries_by_destination Deliveries by destination and state.")
     lines.append("# TYPE relaypacs_deliveries_by_destination gauge")
     for destination_id, state, count in session.execute(
             select(Delivery.destination_id, Delivery.state, func.count())
             .group_by(Delivery.destination_id, Delivery.state)):
-        lines.append(f'relaypacs_deliveries_by_destination{{destination="{names.get(destination_id)}",'
+        lines.append(f'relaypacs_deliveries_by_destination{{destination="{escape_label(str(names.get(destination_id)))}",'
                      f'state="{state}"}} {count}')
+    lines.extend(_dead_letters(session, names))
     lines.extend(_queue_depths())
     lines.extend(render(resources().telemetry.snapshot()))
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+
+
+def _dead_letters(session, names: dict[int, str]) -> list[str]:  # noqa: ANN001
+    """Work that gave up and waits for a person: failed deliveries per destination and failed
+    report runs. Always written (0 included) so an alert on ``> 0`` has a series to watch."""
+    lines = ["# HELP relaypacs_dead_letters Work that gave up and waits for a replay.",
+             "# TYPE relaypacs_dead_letters gauge"]
+    failed = dict(session.execute(
+        select(Delivery.destination_id, func.count()).where(Delivery.state == DeliveryState.FAILED)
+        .group_by(Delivery.destination_id)).all())
+    for destination_id, name in sorted(names.items()):
+        lines.append(f'relaypacs_dead_letters{{kind="delivery",destination="{escape_label(name)}"}} '
+                     f'{failed.get(destination_id, 0)}')
+    runs = session.scalar(select(func.count()).select_from(ReportRun)
+                          .where(ReportRun.state == ReportRunState.FAILED))
+    lines.append(f'relaypacs_dead_letters{{kind="report_run"}} {runs}')
+    return lines
 
 
 def _queue_depths() -> list[str]:

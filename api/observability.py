@@ -16,12 +16,22 @@ from config.logging import request_id
 log = logging.getLogger("relaypacs.access")
 # JSON bodies are small; tus PATCH bodies are streamed and bounded by Upload-Length instead.
 MAX_JSON_BYTES = 1024 * 1024
+# Bounds the app answers with a JSON 414/431; gunicorn's own (api/cli.py) sit above them and
+# are the last resort for what never reaches Flask.
+MAX_URL_BYTES = 4096
+MAX_HEADER_BYTES = 16 * 1024
 _VALID_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 
 
 def check_request_bounds() -> None:
     """Bounds every authenticated request must keep (checked after authentication, so a
     caller without a token learns nothing but 401)."""
+    url_bytes = len(request.full_path.encode("utf-8", "surrogateescape"))
+    if url_bytes > MAX_URL_BYTES:
+        raise ApiError(414, f"URL of {url_bytes} bytes is over {MAX_URL_BYTES}")
+    header_bytes = sum(len(k) + len(v) + 4 for k, v in request.headers.items())
+    if header_bytes > MAX_HEADER_BYTES:
+        raise ApiError(431, f"headers of {header_bytes} bytes are over {MAX_HEADER_BYTES}")
     if request.mimetype == "application/json" and (request.content_length or 0) > MAX_JSON_BYTES:
         raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes")
     # PostgreSQL text cannot hold NUL: refuse it at the door rather than fail in a query.

@@ -26,6 +26,8 @@ ERROR_SCHEMA = {
         "status": {"type": "integer"}, "message": {"type": "string"}}}},
 }
 STANDARD_ERRORS = (400, 401, 403, 404, 429)
+# Every authenticated request is checked against the request bounds (api/observability.py).
+BOUND_ERRORS = (413, 414, 431)
 _CONVERTERS = {"int": {"type": "integer", "minimum": 0}, "path": {"type": "string"},
                "default": {"type": "string"}, "string": {"type": "string"}}
 _ARG = re.compile(r"<(?:(?P<conv>[a-z]+):)?(?P<name>\w+)>")
@@ -107,7 +109,8 @@ def _operation_doc(view: Callable, method: str, path_params: list[dict]) -> dict
     responses: dict[str, dict] = {}
     for code, text in ((op.responses if op and op.responses else {success: "success"}).items()):
         responses[str(code)] = {"description": text}
-    for code in op.errors if op else STANDARD_ERRORS:
+    codes = (*(op.errors if op else STANDARD_ERRORS), *(() if op and op.public else BOUND_ERRORS))
+    for code in codes:
         responses.setdefault(str(code), _error(code))
     doc: dict[str, Any] = {"summary": summary, "operationId": f"{view.__name__}_{method.lower()}",
                            "parameters": list(path_params), "responses": responses}

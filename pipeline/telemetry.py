@@ -81,7 +81,7 @@ def render(snapshot: dict[str, float]) -> list[str]:
     by_name: dict[str, list[str]] = defaultdict(list)
     for field in sorted(snapshot):
         name, *labels = field.split(SEP)
-        label_text = ",".join(f'{k}="{_escape(v)}"' for k, _, v in (p.partition("=") for p in labels))
+        label_text = ",".join(f'{k}="{escape_label(v)}"' for k, _, v in (p.partition("=") for p in labels))
         by_name[name].append(f"{name}{{{label_text}}} {snapshot[field]:g}" if labels
                              else f"{name} {snapshot[field]:g}")
     lines: list[str] = []
@@ -96,5 +96,5 @@ def render(snapshot: dict[str, float]) -> list[str]:
     return lines
 
 
-def _escape(value: str) -> str:
+def escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -219,6 +219,9 @@ def test_refused_instances_are_dead_lettered_and_others_delivered(stack, make_us
     dead = [d for d in report["deliveries"] if d["state"] == "failed"]
     assert dead[0]["status_code"] and dead[0]["reason"]
     assert orthanc_clean.instance_uids() == uids(good)
+    # Operators see it: /metrics counts the dead letter against its destination.
+    metrics = requests.get(f"{stack.api.url}/metrics", timeout=10).text
+    assert 'relaypacs_dead_letters{kind="delivery",destination="refusing-pacs"} 1' in metrics
     # Someone is told: a notification.created (dead_letter) is on the event stream.
     stream = redis.Redis.from_url(stack.env["RELAYPACS_REDIS_URL"]).xrange(events.STREAM_KEY)
     notes = [json.loads(fields[b"e"]) for _, fields in stream]

@@ -82,3 +82,23 @@ def test_nul_characters_are_a_400_not_a_database_error(client, make_token):
     headers = auth(make_token("Clinic A"))
     assert client.post("/api/v1/batches", json={"label": "a\x00b"}, headers=headers).status_code == 400
     assert client.get("/api/v1/batches?limit=1%00", headers=headers).status_code == 400
+
+
+def test_overlong_url_and_headers_get_a_json_414_and_431(client, make_token):
+    headers = auth(make_token("Clinic A"))
+    long_url = client.get("/api/v1/batches?label=" + "a" * 5000, headers=headers)
+    assert long_url.status_code == 414 and "over 4096" in long_url.get_json()["error"]["message"]
+    big_headers = client.get("/api/v1/batches", headers={**headers, "X-Padding": "b" * 17000})
+    assert big_headers.status_code == 431 and big_headers.get_json()["error"]["status"] == 431
+    # Just under the bounds is served.
+    assert client.get("/api/v1/batches", headers={**headers, "X-Padding": "b" * 8000}).status_code == 200
+
+
+def test_every_authenticated_operation_documents_the_bound_errors(app):
+    from api.openapi import openapi_document
+
+    for path, methods in openapi_document(app)["paths"].items():
+        for method, doc in methods.items():
+            if doc.get("security") == []:
+                continue
+            assert {"413", "414", "431"} <= set(doc["responses"]), (method, path)

@@ -22,3 +22,14 @@ def test_metrics_endpoint_counts_requests(client, make_token):
     body = client.get("/metrics").get_data(as_text=True)
     assert 'relaypacs_http_requests_total{method="GET",route="/api/v1/batches",status="200"}' in body
     assert "relaypacs_uploads" in body
+
+
+def test_dead_letters_are_a_series_per_destination_even_at_zero(client, session):
+    from pipeline.models import Destination
+
+    session.add(Destination(name='pacs "main"', kind="folder", options={"path": "/tmp/x"}))
+    session.commit()
+    body = client.get("/metrics").get_data(as_text=True)
+    # Label values are escaped, so a destination's name cannot break the exposition format.
+    assert 'relaypacs_dead_letters{kind="delivery",destination="pacs \\"main\\""} 0' in body
+    assert 'relaypacs_dead_letters{kind="report_run"} 0' in body
