@@ -18,10 +18,10 @@ from urllib.parse import urlparse
 from flask import Blueprint, Response, g, jsonify, redirect, render_template, request, url_for
 
 from api.analytics import VIEWERS
-from api.auth import user_for_token
+from api.auth import actor, user_for_token
 from api.context import close_read_session, db, read_db, resources
 from api.errors import ApiError
-from pipeline import drilldown, stats
+from pipeline import audit, drilldown, stats
 from pipeline.models import Role, User
 
 COOKIE = "relaypacs_dashboard"
@@ -94,20 +94,35 @@ def login_form() -> str:
 
 @blueprint.route("/login", methods=["POST"])
 def login():  # noqa: ANN201
-    token = (request.form.get("token") or "").strip()
-    user = user_for_token(db(), token) if token else None
     target = request.form.get("next") or url_for("dashboard.overview")
     # Only a local path: never bounce a fresh sign-in to another site.
     if urlparse(target).netloc or not target.startswith("/dashboard"):
         target = url_for("dashboard.overview")
+    try:
+        resources().limiter.check_login(request.remote_addr or "unknown")
+    except ApiError as exc:
+        page = render_template("dashboard/login.html", user=None, error=exc.message, next=target)
+        return page, 429, {"Retry-After": str(exc.extra["retry_after"])}
+    token = (request.form.get("token") or "").strip()
+    user = user_for_token(db(), token) if token else None
     if user is None or Role(user.role) not in VIEWERS:
         message = ("unknown or revoked token" if user is None
                    else "the dashboard is for admins and QA managers")
+        _audit_login(user, "auth.login_refused", {"reason": message})
         return render_template("dashboard/login.html", user=None, error=message, next=target), 401
+    _audit_login(user, "auth.login", None)
     response = redirect(target)
     response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
                         path="/dashboard", max_age=12 * 3600)
     return response
+
+
+def _audit_login(user: User | None, action: str, detail: dict | None) -> None:
+    g.user = user  # the trail (and the access log line) name who signed in, when known
+    session = db()
+    audit.record(session, actor(), action, target=f"user:{user.id}" if user else None,
+                 detail=detail)
+    session.commit()
 
 
 @blueprint.route("/logout", methods=["POST"])

@@ -1,4 +1,5 @@
-"""Per-token rate limits: uploads get generous limits, listings stricter, writes strictest.
+"""Per-token rate limits: uploads get generous limits, listings stricter, writes strictest;
+and dashboard sign-in attempts per client address.
 
 Counters live in Redis (fixed one-minute windows) so every API process shares them; with
 no Redis configured (embedded mode) each process counts on its own.
@@ -49,13 +50,20 @@ class RateLimiter:
             return self._local[key]
 
     def check(self, user_id: int) -> None:
-        kind = request_class(request.method, request.path)
+        self._check(str(user_id), request_class(request.method, request.path))
+
+    def check_login(self, remote_addr: str) -> None:
+        """Sign-in attempts per client address: tokens are long and random, but nobody should
+        get to try thousands of them, and the audit trail should not be flooded either."""
+        self._check(f"addr:{remote_addr}", "login")
+
+    def _check(self, subject: str, kind: str) -> None:
         limit = self.limits.get(kind)
         if not limit:
             return
         now = time.time()
         window = int(now // WINDOW_SECONDS)
-        if self._count(f"relaypacs:rate:{user_id}:{kind}:{window}") > limit:
+        if self._count(f"relaypacs:rate:{subject}:{kind}:{window}") > limit:
             retry_after = int((window + 1) * WINDOW_SECONDS - now) + 1
             raise ApiError(429, f"rate limit of {limit} {kind} requests per minute reached",
                            retry_after=retry_after)

@@ -58,7 +58,9 @@ class Settings:
     database_replica_urls: tuple[str, ...] = ()
     replica_max_lag_seconds: int = 30
     # Requests per token per minute, by class (0: no limit).
-    rate_limits: tuple[tuple[str, int], ...] = (("upload", 3000), ("read", 600), ("write", 120))
+    # Per token per minute; "login" is per client address for dashboard sign-in attempts.
+    rate_limits: tuple[tuple[str, int], ...] = (
+        ("upload", 3000), ("read", 600), ("write", 120), ("login", 10))
     # tus uploads one user may have open (created, not finished) at once.
     max_open_uploads: int = 2000
     # Storage lifecycle (issue 6); pipeline/lifecycle.py validates the policy and prices.
@@ -155,7 +157,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         name, _, value = part.partition("=")
         if name.strip():
             if name.strip() not in rate_limits or not value.strip().isdigit():
-                raise ValueError("RELAYPACS_RATE_LIMITS is like upload=3000,read=600,write=120")
+                raise ValueError(
+                    "RELAYPACS_RATE_LIMITS is like upload=3000,read=600,write=120,login=10")
             rate_limits[name.strip()] = int(value)
     return Settings(
         var_dir=var_dir,
