@@ -50,6 +50,12 @@ def register(app: Flask) -> None:
         g.request_id = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
         g.request_token = request_id.set(g.request_id)
         g.started = time.perf_counter()
+        # gunicorn hands the socket blocking with no timeout (reset for every request on a
+        # kept-alive connection): bound each read and write so a stalled client times out and
+        # a chunk's body ends where its bytes stopped (pipeline.intake keeps them).
+        sock = request.environ.get("gunicorn.socket")
+        if sock is not None:
+            sock.settimeout(resources().settings.client_idle_timeout_seconds or None)  # 0: none
 
     @app.after_request
     def _finish(response: Response) -> Response:

@@ -31,6 +31,9 @@ class Settings:
     upload_expiry_seconds: int = 24 * 3600
     # Lease on an upload while one request writes a chunk; renewed while bytes flow.
     upload_lock_seconds: int = 120
+    # A client that sends nothing for this long mid-request is cut off (what arrived of a
+    # chunk is kept): a dead clinic link must not hold an API thread until TCP gives up.
+    client_idle_timeout_seconds: int = 60
     # A batch never completed explicitly is forwarded after this many quiet seconds.
     batch_quiet_seconds: int = 120
     # Local copy of recently written/read instance objects on a worker host (pipeline/
@@ -171,6 +174,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             env, "RELAYPACS_UPLOAD_EXPIRY_SECONDS", Settings.upload_expiry_seconds
         ),
         upload_lock_seconds=_int(env, "RELAYPACS_UPLOAD_LOCK_SECONDS", Settings.upload_lock_seconds),
+        client_idle_timeout_seconds=_int(
+            env, "RELAYPACS_CLIENT_IDLE_TIMEOUT_SECONDS", Settings.client_idle_timeout_seconds),
         batch_quiet_seconds=_int(env, "RELAYPACS_BATCH_QUIET_SECONDS", Settings.batch_quiet_seconds),
         stow_batch_size=_int(env, "RELAYPACS_STOW_BATCH_SIZE", Settings.stow_batch_size),
         byte_cache_mb=_int(env, "RELAYPACS_BYTE_CACHE_MB", Settings.byte_cache_mb),
