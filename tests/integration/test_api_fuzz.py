@@ -83,6 +83,15 @@ def _ours(target: Target) -> dict[str, str]:
     return {"batch_id": str(target.batch_id), "upload_id": target.upload_url.rsplit("/", 1)[1]}
 
 
+def aim_at_ours(case, target: Target) -> list[str]:  # noqa: ANN001
+    """Point the case's batch and upload path parameters at facility A's; the names aimed."""
+    ours = _ours(target)
+    aimed = [name for name in case.path_parameters or {} if name in ours]
+    for name in aimed:
+        case.path_parameters[name] = ours[name]
+    return aimed
+
+
 def _markers(target: Target) -> tuple[str, ...]:
     return ("Fuzz Clinic A", "fuzz target", _ours(target)["upload_id"])
 
@@ -94,10 +103,7 @@ def _markers(target: Target) -> tuple[str, ...]:
 def test_fuzz_with_other_facility_token(case, target):  # noqa: ANN001
     """Every route and method with facility B's token, aimed at facility A's batch and upload
     wherever the path names one: never a 5xx, never a success on A's ids, never A's data."""
-    ours = _ours(target)
-    aimed = [name for name in case.path_parameters or {} if name in ours]
-    for name in aimed:
-        case.path_parameters[name] = ours[name]
+    aimed = aim_at_ours(case, target)
     response = _call(case, target, target.tokens["other"])
     assert response.status_code < 500, (case.method, case.path, response.status_code)
     if aimed and case.method.upper() != "OPTIONS":
