@@ -188,7 +188,8 @@ def _period_statements(granularity: str, scope: str):  # noqa: ANN202
 def _series_rows(rows, rng: Range) -> list[dict]:  # noqa: ANN001
     found = {_as_utc(r.bucket): measures(r) for r in rows}
     # Every bucket of the range, empty ones as zeros, so a chart's time axis is the range.
-    return [{"t": t.isoformat(), **found.get(t, measures(_Empty()))} for t in bucket_starts(rng)]
+    zero = measures(_Empty())
+    return [{"t": t.isoformat(), **found.get(t, zero)} for t in bucket_starts(rng)]
 
 
 def _hourly_series_rows(session: Session, rng: Range, **scope: int) -> list[dict]:

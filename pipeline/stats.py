@@ -396,17 +396,25 @@ def refresh(session: Session, now: datetime | None = None, overlap: timedelta = 
 # --------------------------------------------------------------------------- reading back
 
 
+_NO_LATENCY = {"count": 0, "mean_ms": None, "p50_ms": None, "p95_ms": None, "max_ms": None}
+
+
 def latency_summary(row: object) -> dict:
     """Count, mean, p50, p95 and max from a row with the summed metric columns."""
     counts = [int(getattr(row, name) or 0) for name in BUCKET_COLUMNS]
     count = sum(counts)
+    if not count:
+        # Most buckets of a long series and most users are empty: skip the percentiles
+        # (a dashboard answer has hundreds of these).
+        return dict(_NO_LATENCY)
     max_ms = int(getattr(row, "latency_max_ms", 0) or 0)
     return {
         "count": count,
-        "mean_ms": round((getattr(row, "latency_sum_ms", 0) or 0) / count, 1) if count else None,
+        # float: PostgreSQL's SUM is a Decimal, which Flask would write as a JSON string.
+        "mean_ms": round(float(getattr(row, "latency_sum_ms", 0) or 0) / count, 1),
         "p50_ms": percentile_from_buckets(counts, 50, max_ms),
         "p95_ms": percentile_from_buckets(counts, 95, max_ms),
-        "max_ms": max_ms if count else None,
+        "max_ms": max_ms,
     }
 
 

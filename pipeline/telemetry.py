@@ -1,15 +1,26 @@
 """Counters and latency histograms shared by every API and worker process.
 
 Each process adds to one Redis hash, so ``/metrics`` on any API process shows the whole
-fleet (a scaled worker pool included) without scraping each process. With no Redis
-(embedded mode) the numbers are this process's own.
+fleet (a scaled worker pool included) without scraping each process. A process counts in
+memory and a background thread adds its counts to the hash every FLUSH_SECONDS: a request
+or task pays for a dict update, not a Redis round trip of a dozen commands (that was 2 ms of
+every API request). ``/metrics`` flushes its own process first. With no Redis (embedded
+mode) the numbers are this process's own.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import threading
+import time
+import weakref
 from collections import defaultdict
 
+FLUSH_SECONDS = 1.0
+# Counts kept while Redis is unreachable, at most this many fields (then dropped: metrics must
+# never grow a process without bound).
+MAX_PENDING_FIELDS = 20_000
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
 KEY = "relaypacs:metrics"
 SEP = "\x1f"  # field names join labels with a separator no label contains
@@ -20,28 +31,62 @@ def _field(name: str, **labels: str) -> str:
 
 
 class Telemetry:
-    def __init__(self, redis_url: str | None = None) -> None:
+    def __init__(self, redis_url: str | None = None, flush_seconds: float = FLUSH_SECONDS) -> None:
         self.redis = None
+        self.flush_seconds = flush_seconds
+        # Embedded mode: the counts themselves; with Redis: what is not flushed yet.
+        self._local: dict[str, float] = defaultdict(float)
+        self._lock = threading.Lock()
+        self._flusher_pid: int | None = None
         if redis_url:
             import redis
 
             self.redis = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
-        self._local: dict[str, float] = defaultdict(float)
+            # A forked child (gunicorn and Celery workers) starts with nothing pending and
+            # its own lock and flusher; the parent flushes what it counted.
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: (t := ref()) is not None and t._forked())
+
+    def _forked(self) -> None:
         self._lock = threading.Lock()
+        self._local = defaultdict(float)
+        self._flusher_pid = None
 
     def _add(self, increments: dict[str, float]) -> None:
-        if self.redis is not None:
-            try:
-                with self.redis.pipeline(transaction=False) as pipe:
-                    for field, amount in increments.items():
-                        pipe.hincrbyfloat(KEY, field, amount)
-                    pipe.execute()
-                return
-            except Exception:  # noqa: BLE001 - metrics must never break the work they measure
-                return
         with self._lock:
             for field, amount in increments.items():
                 self._local[field] += amount
+        if self.redis is not None and self._flusher_pid != os.getpid():
+            self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        with self._lock:
+            if self._flusher_pid == os.getpid():
+                return
+            self._flusher_pid = os.getpid()
+        ref = weakref.ref(self)
+        threading.Thread(target=_flush_every, args=(ref, self.flush_seconds),
+                         name="telemetry-flush", daemon=True).start()
+        atexit.register(lambda: (t := ref()) is not None and t.flush())
+
+    def flush(self) -> None:
+        """Add what this process counted to the shared hash (kept for later if Redis is down)."""
+        if self.redis is None:
+            return
+        with self._lock:
+            pending, self._local = self._local, defaultdict(float)
+        if not pending:
+            return
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for field, amount in pending.items():
+                    pipe.hincrbyfloat(KEY, field, amount)
+                pipe.execute()
+        except Exception:  # noqa: BLE001 - metrics must never break the work they measure
+            with self._lock:
+                if len(self._local) + len(pending) <= MAX_PENDING_FIELDS:
+                    for field, amount in pending.items():
+                        self._local[field] += amount
 
     def _histogram(self, name: str, seconds: float, **labels: str) -> dict[str, float]:
         out = {_field(f"{name}_count", **labels): 1.0, _field(f"{name}_sum", **labels): seconds}
@@ -67,6 +112,7 @@ class Telemetry:
 
     def snapshot(self) -> dict[str, float]:
         if self.redis is not None:
+            self.flush()
             try:
                 raw = self.redis.hgetall(KEY)
                 return {k.decode(): float(v) for k, v in raw.items()}
@@ -74,6 +120,16 @@ class Telemetry:
                 return {}
         with self._lock:
             return dict(self._local)
+
+
+def _flush_every(ref: weakref.ref, seconds: float) -> None:
+    while True:
+        time.sleep(seconds)
+        telemetry = ref()
+        if telemetry is None or telemetry._flusher_pid != os.getpid():
+            return  # collected, or this thread was copied by a fork that runs its own
+        telemetry.flush()
+        del telemetry
 
 
 def render(snapshot: dict[str, float]) -> list[str]:

@@ -260,7 +260,7 @@ CALLS = {
 }
 
 
-def test_dashboard_api_against_raw_rows(bench, bench_api):
+def test_dashboard_api_against_raw_rows(bench, bench_api, it_dir):
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {bench['admin']}"
     now = datetime.now(UTC)
@@ -307,14 +307,42 @@ def test_dashboard_api_against_raw_rows(bench, bench_api):
     # The floor under any authenticated call: token lookup, rate limit, audit, telemetry.
     floor_url = f"{bench_api.url}/api/v1/openapi.json"
     floor = described(timed(lambda: http.get(floor_url, timeout=60).raise_for_status(), 200))
+    # And under any HTTP answer at all on this host, from the same client.
+    with bare_http_server(it_dir) as bare_url:
+        bare = described(timed(lambda: http.get(bare_url, timeout=60).raise_for_status(), 200))
     RESULTS["dashboard_api"] = {"targets": {"p95_ms": 20, "speedup_over_raw": 20, "baseline_ms": 800},
-                                "authenticated_floor_openapi_json": floor, "load_average": os.getloadavg(),
+                                "authenticated_floor_openapi_json": floor,
+                                "bare_http_floor_no_app": bare, "load_average": os.getloadavg(),
                                 **results}
     for name, figures in results.items():
         figures["targets_met"] = {"p95_under_20ms": figures["api_http"]["p95_ms"] < 20,
                                   "20x_over_raw": figures["speedup_p95_raw_over_api"] >= 20}
         # A sanity bound only: the figures are what the report states (shared machine).
         assert figures["api_http"]["p95_ms"] < 500, (name, figures)
+
+
+@contextlib.contextmanager
+def bare_http_server(it_dir: Path) -> Iterator[str]:
+    """tests/bench/bare_wsgi.py under gunicorn with relaypacs api's worker settings."""
+    port = free_port()
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    server = ServiceProcess("bare-http", [
+        gunicorn, "--bind", f"{LOOPBACK}:{port}", "--workers", "2", "--worker-class", "gthread",
+        "--threads", "8", "tests.bench.bare_wsgi:app"], os.environ, it_dir / "logs" / "bare-http.log",
+        cwd=Path(__file__).resolve().parents[2]).start()
+    url = f"http://{LOOPBACK}:{port}/"
+    try:
+        wait_until(lambda: _answers(url), "the bare HTTP server", timeout=30)
+        yield url
+    finally:
+        server.stop(grace=5)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def _same_answer(ours: dict, raw: dict, facility_id: int | None, user_id: int | None) -> None:

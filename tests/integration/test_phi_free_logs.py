@@ -1,18 +1,20 @@
 """No patient name, ID, birth date or accession number in any log line, at any level.
 
 Instances carrying unmistakable values go through the whole pipeline (upload, a per-patient
-override, quarantine of a broken copy, forwarding), then every log file the servers wrote
-is scanned for those values.
+override, quarantine of a broken copy, forwarding) on an API process and a worker logging at
+DEBUG, then every log file the servers wrote is scanned for those values.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import pydicom
 import pytest
 
 from tests.integration.gateway_client import Gateway
+from tests.integration.services import ApiServer, Worker, WorkerFleet
 from tests.sample_data import synthetic_study
 
 pytestmark = pytest.mark.integration
@@ -34,14 +36,31 @@ def with_phi(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def test_logs_never_carry_patient_data(api_server, make_user, worker, add_stow_destination,
+@pytest.fixture
+def debug_stack(gateway_env, worker_fleet, it_dir) -> Iterator[ApiServer]:
+    """An API process and the only worker, both logging at DEBUG (every level)."""
+    env = {**gateway_env, "RELAYPACS_LOG_LEVEL": "DEBUG"}
+    worker_fleet.stop(worker_fleet.default())
+    worker = Worker(WorkerFleet.DEFAULT_QUEUES, 2, env, it_dir / "logs" / "worker-phi-debug.log")
+    worker.start()
+    api = ApiServer(env, it_dir / "logs" / "api-phi-debug.log").start()
+    try:
+        worker.wait_ready(worker.is_ready, 60)
+        yield api
+    finally:
+        api.stop(grace=10)
+        worker.stop(grace=10)
+        worker_fleet.default()
+
+
+def test_logs_never_carry_patient_data(debug_stack, make_user, add_stow_destination,
                                        orthanc_clean, it_dir):
     add_stow_destination("orthanc-phi", facility="PHI Clinic")
-    gateway = Gateway(api_server.url, make_user("PHI Clinic", "uploader"))
+    gateway = Gateway(debug_stack.url, make_user("PHI Clinic", "uploader"))
     files = [with_phi(d) for d in synthetic_study(4)]
     batch_id = gateway.open_batch(label="phi scan")
     response = gateway.http.patch(
-        f"{api_server.url}/api/v1/batches/{batch_id}/patients/{PHI['PatientID']}",
+        f"{debug_stack.url}/api/v1/batches/{batch_id}/patients/{PHI['PatientID']}",
         json={"InstitutionName": "PHI Test Hospital"}, timeout=10)
     assert response.status_code < 500
     for i, data in enumerate(files):
@@ -52,7 +71,10 @@ def test_logs_never_carry_patient_data(api_server, make_user, worker, add_stow_d
     assert report["totals"]["deliveries_by_state"] == {"delivered": 4}
 
     logs = sorted(p for p in it_dir.rglob("*.log") if p.is_file())
-    assert any("api" in p.name for p in logs) and any("worker" in p.name for p in logs)
+    debug_lines = [line for name in ("api-phi-debug.log", "worker-phi-debug.log")
+                   for line in (it_dir / "logs" / name).read_text(errors="replace").splitlines()
+                   if '"level": "DEBUG"' in line]
+    assert debug_lines, "the DEBUG run wrote no DEBUG lines"
     findings = []
     for path in logs:
         text = path.read_text(errors="replace")
@@ -67,7 +89,7 @@ def test_request_id_follows_the_work_into_celery_tasks(it_dir):
     """The id of the request that finished an upload appears on the tasks it caused."""
     import json
 
-    api_logs = [p for p in it_dir.rglob("api.log")]
+    api_logs = [p for p in it_dir.rglob("api*.log")]
     worker_text = "\n".join(p.read_text(errors="replace") for p in it_dir.rglob("worker*.log"))
     finishing = []
     for path in api_logs:

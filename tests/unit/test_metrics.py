@@ -1,4 +1,4 @@
-from pipeline.telemetry import Telemetry, render
+from pipeline.telemetry import Telemetry, _field, render
 
 
 def test_histogram_and_counters_render_as_prometheus_text():
@@ -33,3 +33,16 @@ def test_dead_letters_are_a_series_per_destination_even_at_zero(client, session)
     # Label values are escaped, so a destination's name cannot break the exposition format.
     assert 'relaypacs_dead_letters{kind="delivery",destination="pacs \\"main\\""} 0' in body
     assert 'relaypacs_dead_letters{kind="report_run"} 0' in body
+
+
+def test_counts_wait_in_memory_while_redis_is_unreachable():
+    """A request pays for a dict update; a Redis outage neither raises nor loses the counts
+    (they are kept, bounded, for the next flush)."""
+    from tests.integration.services import free_port
+
+    t = Telemetry(f"redis://127.0.0.1:{free_port()}/0", flush_seconds=3600)
+    t.observe_request("/api/v1/batches", "GET", 200, 0.01, 0)
+    t.flush()  # nobody listens on that port
+    t.observe_request("/api/v1/batches", "GET", 200, 0.01, 0)
+    field = _field("relaypacs_http_requests_total", method="GET", route="/api/v1/batches", status="200")
+    assert t._local[field] == 2

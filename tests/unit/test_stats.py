@@ -145,3 +145,21 @@ def test_weekly_rollup_follows_late_rows_and_week_answers_match_hourly(session, 
     assert overview["series"] == detail["series"]
     assert overview["facilities"][0]["uploads"] == 5
     assert overview["totals"]["latency"] == detail["totals"]["latency"]
+
+
+def test_latency_summary_is_plain_numbers_from_postgresql_decimals():
+    """PostgreSQL's SUM comes back as Decimal; Flask would write it as a JSON string."""
+    import json
+    from decimal import Decimal
+    from types import SimpleNamespace
+
+    row = SimpleNamespace(**{name: Decimal(0) for name in stats.BUCKET_COLUMNS},
+                          latency_sum_ms=Decimal("3001"), latency_max_ms=Decimal("2000"))
+    setattr(row, stats.BUCKET_COLUMNS[2], Decimal(2))
+    summary = stats.latency_summary(row)
+    assert json.loads(json.dumps(summary)) == summary  # plain JSON numbers, nothing else
+    assert summary["count"] == 2 and summary["mean_ms"] == 1500.5 and summary["max_ms"] == 2000
+    empty = SimpleNamespace(**{name: Decimal(0) for name in stats.BUCKET_COLUMNS},
+                            latency_sum_ms=Decimal(0), latency_max_ms=Decimal(0))
+    assert stats.latency_summary(empty) == {"count": 0, "mean_ms": None, "p50_ms": None,
+                                            "p95_ms": None, "max_ms": None}
