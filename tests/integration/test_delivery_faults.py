@@ -68,13 +68,16 @@ class Stack:
         ).start()
         self.redis.wait_ready(lambda: port_open(self.redis_port), 30)
 
-    def worker(self, queues: str, concurrency: int = 2) -> Worker:
+    def worker(self, queues: str, concurrency: int = 2, *, wait: bool = True, **env: str) -> Worker:
+        """A worker for ``queues``; ``wait=False`` returns as soon as the process is started
+        (it may already be working before it logs "ready"); ``env`` overrides settings."""
         self.serial += 1
-        worker = Worker(queues, concurrency, self.env, self.workdir / f"worker-{self.serial}.log",
-                        name=f"fault-worker-{self.serial}")
+        worker = Worker(queues, concurrency, {**self.env, **env},
+                        self.workdir / f"worker-{self.serial}.log", name=f"fault-worker-{self.serial}")
         worker.start()
-        worker.wait_ready(worker.is_ready, 60)
         self.workers.append(worker)
+        if wait:
+            worker.wait_ready(worker.is_ready, 60)
         return worker
 
     def start(self) -> Stack:
@@ -155,12 +158,18 @@ def test_kill_9_pacs_worker_in_the_middle_of_forwarding(stack, make_user, orthan
     batch_id = upload_batch(gateway, files)
     wait_for(lambda: gateway.report(batch_id)["totals"]["files_by_state"] == {"parsed": 120},
              60, "every file parsed", interval=0.3)
-    stack.pacs = stack.worker("pacs", concurrency=1)
-    wait_for(lambda: orthanc_clean.count() >= 8, 60, "the first instances to arrive")
-    stack.pacs.kill()
-    stored_when_killed = orthanc_clean.count()
+    # Watched from the moment the process starts (waiting for "ready" let a warm worker send
+    # all 120 in under a second, before the kill: a CI failure), in STOW requests of 5 so
+    # the window to kill in lasts seconds, not one request.
+    stack.pacs = stack.worker("pacs", concurrency=1, wait=False, RELAYPACS_STOW_BATCH_SIZE="5")
+    try:
+        wait_for(lambda: orthanc_clean.count() >= 8, 60, "the first instances to arrive", interval=0.02)
+    finally:
+        stack.pacs.kill()
+        stored_when_killed = orthanc_clean.count()
+        # The next worker starts whatever happened, so one failure here is not every test's.
+        stack.pacs = stack.worker("pacs")
     assert stored_when_killed < len(files), "forwarding finished before the kill"
-    stack.pacs = stack.worker("pacs")
     report = gateway.wait_state(batch_id, "done", timeout=120)
     assert_consistent(report, len(files))
     assert orthanc_clean.instance_uids() == uids(files)
