@@ -21,7 +21,7 @@ from pipeline.models import (
     ReportRunState,
     Upload,
 )
-from pipeline.telemetry import escape_label, render
+from pipeline.telemetry import gauge, render
 
 blueprint = Blueprint("health", __name__)
 
@@ -62,64 +62,52 @@ def readyz():  # noqa: ANN201
     return response
 
 
-def _gauge(lines: list[str], name: str, help_text: str, rows) -> None:  # noqa: ANN001
-    lines.append(f"# HELP {name} {help_text}")
-    lines.append(f"# TYPE {name} gauge")
-    for state, count in rows:
-        lines.append(f'{name}{{state="{state}"}} {count}')
+def _by_state(rows) -> list[tuple[dict, int]]:  # noqa: ANN001
+    return [({"state": state}, count) for state, count in rows]
 
 
 @blueprint.route("/metrics")
 def metrics() -> Response:
     session = db()
-    lines: list[str] = []
-    _gauge(lines, "relaypacs_uploads", "Uploads by state.",
-           session.execute(select(Upload.state, func.count()).group_by(Upload.state)))
-    _gauge(lines, "relaypacs_batches", "Batches by state.",
-           session.execute(select(Batch.state, func.count()).group_by(Batch.state)))
-    _gauge(lines, "relaypacs_deliveries", "Deliveries by state.",
-           session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)))
-    lines.append("# HELP relaypacs_queue_canary_age_seconds Seconds since a canary was consumed.")
-    lines.append("# TYPE relaypacs_queue_canary_age_seconds gauge")
-    for queue, state in liveness.canary_report(session).items():
-        if state["consumed_age_seconds"] is not None:
-            lines.append(f'relaypacs_queue_canary_age_seconds{{queue="{queue}"}} '
-                         f'{state["consumed_age_seconds"]:.1f}')
-    lines.append("# HELP relaypacs_destination_breaker_open 1 when the destination's breaker is open.")
-    lines.append("# TYPE relaypacs_destination_breaker_open gauge")
     names = dict(session.execute(select(Destination.id, Destination.name)).all())
-    for health in session.scalars(select(DestinationHealth)):
-        name = names.get(health.destination_id)
-        lines.append(f'relaypacs_destination_breaker_open{{destination="{escape_label(str(name))}"}} '
-                     f'{int(health.state == BreakerState.OPEN)}')
-    lines.append("# HELP relaypacs_deliveries_by_destination Deliveries by destination and state.")
-    lines.append("# TYPE relaypacs_deliveries_by_destination gauge")
-    for destination_id, state, count in session.execute(
-            select(Delivery.destination_id, Delivery.state, func.count())
-            .group_by(Delivery.destination_id, Delivery.state)):
-        lines.append(f'relaypacs_deliveries_by_destination{{destination="{escape_label(str(names.get(destination_id)))}",'
-                     f'state="{state}"}} {count}')
-    lines.extend(_dead_letters(session, names))
-    lines.extend(_queue_depths())
-    lines.extend(render(resources().telemetry.snapshot()))
+    lines = [
+        *gauge("relaypacs_uploads", "Uploads by state.", _by_state(
+            session.execute(select(Upload.state, func.count()).group_by(Upload.state)))),
+        *gauge("relaypacs_batches", "Batches by state.", _by_state(
+            session.execute(select(Batch.state, func.count()).group_by(Batch.state)))),
+        *gauge("relaypacs_deliveries", "Deliveries by state.", _by_state(
+            session.execute(select(Delivery.state, func.count()).group_by(Delivery.state)))),
+        *gauge("relaypacs_queue_canary_age_seconds", "Seconds since a canary was consumed.", [
+            ({"queue": queue}, f'{state["consumed_age_seconds"]:.1f}')
+            for queue, state in liveness.canary_report(session).items()
+            if state["consumed_age_seconds"] is not None]),
+        *gauge("relaypacs_destination_breaker_open", "1 when the destination's breaker is open.", [
+            ({"destination": names.get(health.destination_id)}, int(health.state == BreakerState.OPEN))
+            for health in session.scalars(select(DestinationHealth))]),
+        *gauge("relaypacs_deliveries_by_destination", "Deliveries by destination and state.", [
+            ({"destination": names.get(destination_id), "state": state}, count)
+            for destination_id, state, count in session.execute(
+                select(Delivery.destination_id, Delivery.state, func.count())
+                .group_by(Delivery.destination_id, Delivery.state))]),
+        *_dead_letters(session, names),
+        *_queue_depths(),
+        *render(resources().telemetry.snapshot()),
+    ]
     return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
 
 
 def _dead_letters(session, names: dict[int, str]) -> list[str]:  # noqa: ANN001
     """Work that gave up and waits for a person: failed deliveries per destination and failed
     report runs. Always written (0 included) so an alert on ``> 0`` has a series to watch."""
-    lines = ["# HELP relaypacs_dead_letters Work that gave up and waits for a replay.",
-             "# TYPE relaypacs_dead_letters gauge"]
     failed = dict(session.execute(
         select(Delivery.destination_id, func.count()).where(Delivery.state == DeliveryState.FAILED)
         .group_by(Delivery.destination_id)).all())
-    for destination_id, name in sorted(names.items()):
-        lines.append(f'relaypacs_dead_letters{{kind="delivery",destination="{escape_label(name)}"}} '
-                     f'{failed.get(destination_id, 0)}')
     runs = session.scalar(select(func.count()).select_from(ReportRun)
                           .where(ReportRun.state == ReportRunState.FAILED))
-    lines.append(f'relaypacs_dead_letters{{kind="report_run"}} {runs}')
-    return lines
+    return gauge("relaypacs_dead_letters", "Work that gave up and waits for a replay.", [
+        *(({"kind": "delivery", "destination": name}, failed.get(destination_id, 0))
+          for destination_id, name in sorted(names.items())),
+        ({"kind": "report_run"}, runs)])
 
 
 def _queue_depths() -> list[str]:
@@ -134,8 +122,8 @@ def _queue_depths() -> list[str]:
         depths = {queue: client.llen(queue) for queue in QUEUES}
     except Exception:  # noqa: BLE001 - the broker check belongs to /readyz
         return []
-    return ["# TYPE relaypacs_queue_depth gauge"] + [
-        f'relaypacs_queue_depth{{queue="{queue}"}} {depth}' for queue, depth in depths.items()]
+    return gauge("relaypacs_queue_depth", None,
+                 [({"queue": queue}, depth) for queue, depth in depths.items()])
 
 
 @blueprint.route("/api/v1/openapi.json")

@@ -60,8 +60,8 @@ class Settings:
     # Read replicas for analytics and listings (issue 5); one skipped while down or lagging.
     database_replica_urls: tuple[str, ...] = ()
     replica_max_lag_seconds: int = 30
-    # Requests per token per minute, by class (0: no limit).
-    # Per token per minute; "login" is per client address for dashboard sign-in attempts.
+    # Requests per token per minute, by class (0: no limit); "login" counts dashboard sign-in
+    # attempts per client address instead.
     rate_limits: tuple[tuple[str, int], ...] = (
         ("upload", 3000), ("read", 600), ("write", 120), ("login", 10))
     # tus uploads one user may have open (created, not finished) at once.

@@ -16,6 +16,7 @@ import threading
 import time
 import weakref
 from collections import defaultdict
+from collections.abc import Iterable
 
 FLUSH_SECONDS = 1.0
 # Counts kept while Redis is unreachable, at most this many fields (then dropped: metrics must
@@ -137,7 +138,7 @@ def render(snapshot: dict[str, float]) -> list[str]:
     by_name: dict[str, list[str]] = defaultdict(list)
     for field in sorted(snapshot):
         name, *labels = field.split(SEP)
-        label_text = ",".join(f'{k}="{escape_label(v)}"' for k, _, v in (p.partition("=") for p in labels))
+        label_text = ",".join(f'{k}="{_escape(v)}"' for k, _, v in (p.partition("=") for p in labels))
         by_name[name].append(f"{name}{{{label_text}}} {snapshot[field]:g}" if labels
                              else f"{name} {snapshot[field]:g}")
     lines: list[str] = []
@@ -152,5 +153,17 @@ def render(snapshot: dict[str, float]) -> list[str]:
     return lines
 
 
-def escape_label(value: str) -> str:
+def gauge(name: str, help_text: str | None,
+          samples: Iterable[tuple[dict[str, object], object]]) -> list[str]:
+    """Prometheus text lines for a gauge: ``samples`` are (labels, value); every label value
+    is escaped here, so no caller can break the format with a destination's name."""
+    lines = [f"# HELP {name} {help_text}"] if help_text else []
+    lines.append(f"# TYPE {name} gauge")
+    for labels, value in samples:
+        text = ",".join(f'{key}="{_escape(str(label))}"' for key, label in labels.items())
+        lines.append(f"{name}{{{text}}} {value}")
+    return lines
+
+
+def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
