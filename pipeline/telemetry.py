@@ -14,7 +14,6 @@ import atexit
 import os
 import threading
 import time
-import weakref
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -44,9 +43,9 @@ class Telemetry:
 
             self.redis = redis.Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
             # A forked child (gunicorn and Celery workers) starts with nothing pending and
-            # its own lock and flusher; the parent flushes what it counted.
-            ref = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: (t := ref()) is not None and t._forked())
+            # its own lock and flusher; the parent flushes what it counted. (One Telemetry
+            # lives as long as its process, so these references keep nothing alive too long.)
+            os.register_at_fork(after_in_child=self._forked)
 
     def _forked(self) -> None:
         self._lock = threading.Lock()
@@ -65,10 +64,14 @@ class Telemetry:
             if self._flusher_pid == os.getpid():
                 return
             self._flusher_pid = os.getpid()
-        ref = weakref.ref(self)
-        threading.Thread(target=_flush_every, args=(ref, self.flush_seconds),
-                         name="telemetry-flush", daemon=True).start()
-        atexit.register(lambda: (t := ref()) is not None and t.flush())
+        threading.Thread(target=self._flush_forever, name="telemetry-flush", daemon=True).start()
+        atexit.register(self.flush)
+
+    def _flush_forever(self) -> None:
+        # Threads do not survive a fork: a child starts its own flusher on its first count.
+        while True:
+            time.sleep(self.flush_seconds)
+            self.flush()
 
     def flush(self) -> None:
         """Add what this process counted to the shared hash (kept for later if Redis is down)."""
@@ -121,16 +124,6 @@ class Telemetry:
                 return {}
         with self._lock:
             return dict(self._local)
-
-
-def _flush_every(ref: weakref.ref, seconds: float) -> None:
-    while True:
-        time.sleep(seconds)
-        telemetry = ref()
-        if telemetry is None or telemetry._flusher_pid != os.getpid():
-            return  # collected, or this thread was copied by a fork that runs its own
-        telemetry.flush()
-        del telemetry
 
 
 def render(snapshot: dict[str, float]) -> list[str]:
