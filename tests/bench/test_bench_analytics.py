@@ -332,17 +332,10 @@ def bare_http_server(it_dir: Path) -> Iterator[str]:
         cwd=Path(__file__).resolve().parents[2]).start()
     url = f"http://{LOOPBACK}:{port}/"
     try:
-        wait_until(lambda: _answers(url), "the bare HTTP server", timeout=30)
+        server.wait_ready(lambda: requests.get(url, timeout=2).status_code == 200, 30)
         yield url
     finally:
         server.stop(grace=5)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def _same_answer(ours: dict, raw: dict, facility_id: int | None, user_id: int | None) -> None:

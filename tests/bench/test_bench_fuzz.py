@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.bench.conftest import RESULTS_DIR
+from tests.bench.helpers import percentile
 from tests.integration.test_api_fuzz import SCHEMA, aim_at_ours, target  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.bench, pytest.mark.integration]
@@ -56,15 +57,10 @@ def test_sweep_other_facility(case, target):  # noqa: ANN001, F811
     _record(case, target, target.tokens["other"])
 
 
-def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[int(0.95 * (len(ordered) - 1))] if ordered else float("nan")
-
-
 def test_zz_summary():
     total = len(LATENCIES)
     ordered = sorted(LATENCIES)
-    p95 = _p95(ordered)
+    p95 = percentile(ordered, 95)
     result = {
         "requests": total,
         "server_errors": len(SERVER_ERRORS),
@@ -72,7 +68,7 @@ def test_zz_summary():
         "p50_ms": round(statistics.median(ordered) * 1000, 1) if ordered else None,
         "p95_ms": round(p95 * 1000, 1),
         "served_requests": len(SERVED),
-        "served_p95_ms": round(_p95(SERVED) * 1000, 1),
+        "served_p95_ms": round(percentile(SERVED, 95) * 1000, 1),
         "statuses": dict(sorted(STATUSES.items())),
         "per_operation_examples": PER_OPERATION,
         "loadavg": os.getloadavg(),
