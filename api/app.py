@@ -4,31 +4,25 @@ from __future__ import annotations
 
 from flask import Flask, g
 
-from api import (
-    analytics,
-    audit_log,
-    batches,
-    dashboard,
-    dashboard_forecast,
-    deliveries,
-    errors,
-    files,
-    forecasts,
-    health,
-    observability,
-    reports,
-    study_organisation,
-    templates,
-)
-from api import storage as storage_api
-from api.context import Resources
-from api.limits import RateLimiter
+from api.accounts import audit_log
+from api.analytics import drilldown as analytics
+from api.dashboard import forecast as dashboard_forecast
+from api.dashboard import pages as dashboard
+from api.delivery import deliveries
+from api.editing import study_organisation, templates
+from api.exports import reports
+from api.forecasting import forecasts
+from api.http import errors, health, observability
+from api.http.context import Resources
+from api.http.limits import RateLimiter
+from api.intake import batches, files
+from api.lifecycle import storage as storage_api
 from config import Settings, load_settings
 from config.logging import configure_logging
-from pipeline.byte_cache import ByteCache, CachedStore
-from pipeline.database import make_engine, make_session_factory
+from pipeline.db.engine import make_engine, make_session_factory
+from pipeline.ops.telemetry import Telemetry
 from pipeline.storage import ObjectStore, open_store
-from pipeline.telemetry import Telemetry
+from pipeline.storage.byte_cache import ByteCache, CachedStore
 
 
 class MethodOverride:
@@ -46,7 +40,7 @@ class MethodOverride:
 
 def _open_store(settings: Settings) -> ObjectStore:
     """The object store, with the host's byte cache in front as in the workers: an original
-    the API stores whole (pipeline/intake.py) is then read by the parse step from the local
+    the API stores whole (pipeline/intake/uploads.py) is then read by the parse step from the local
     copy instead of an S3 GET whenever that worker runs on this host (single-host installs,
     the benchmarks); elsewhere the copy only serves this host's own reads of it."""
     store = open_store(settings.storage_url)

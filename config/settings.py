@@ -66,9 +66,9 @@ class Settings:
         ("upload", 3000), ("read", 600), ("write", 120), ("login", 10))
     # tus uploads one user may have open (created, not finished) at once.
     max_open_uploads: int = 2000
-    # Storage lifecycle (issue 6); pipeline/lifecycle.py validates the policy and prices.
+    # Storage lifecycle (issue 6); pipeline/lifecycle/policy.py validates the policy and prices.
     # Tiers as (class, from age in days): STANDARD 0-30 d, GLACIER_IR 30-365 d, then DEEP_ARCHIVE
-    # (pipeline.lifecycle.DEFAULT_TIERS says why 30 and not the issue's 90).
+    # (pipeline.lifecycle.policy.DEFAULT_TIERS says why 30 and not the issue's 90).
     storage_tiers: tuple[tuple[str, int], ...] = (("STANDARD", 0), ("GLACIER_IR", 30), ("DEEP_ARCHIVE", 365))
     # "gateway": the nightly job copies objects to colder classes itself; "s3": it writes the
     # equivalent bucket lifecycle rules instead, for stores that execute them.
@@ -76,7 +76,7 @@ class Settings:
     # USD per GB-month by class, over the built-in us-east-1 list prices.
     storage_prices: tuple[tuple[str, float], ...] = ()
     # Instances smaller than this go cold inside their study's bundle: one transition request
-    # per study instead of one per slice (pipeline.lifecycle.DEFAULT_BUNDLE_BELOW says why 8 MiB).
+    # per study instead of one per slice (pipeline.lifecycle.policy.DEFAULT_BUNDLE_BELOW says why 8 MiB).
     storage_bundle_below_bytes: int = 8 * 1024 * 1024
     storage_tier_concurrency: int = 8
     # A restored archive object stays readable this long; the S3 restore tier asked for.

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.accounts import create_user
+from pipeline.accounts.users import create_user
 from pipeline.models import (
     Batch,
     Delivery,

@@ -8,7 +8,7 @@ import io
 import pydicom
 from pydicom.uid import generate_uid
 
-from pipeline.samples import synthetic_study
+from pipeline.dicom.samples import synthetic_study
 
 
 def _save(ds: pydicom.Dataset) -> bytes:

@@ -14,11 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline.delivery.destinations.dimse import _keep_own_responses as keep_own_responses
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
-
-from pipeline.destinations.dimse import _keep_own_responses as keep_own_responses
 
 
 def store_files(host: str, port: int, called_aet: str, calling_aet: str,

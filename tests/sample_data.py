@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pydicom
 
-from pipeline.samples import PYDICOM_FILES, synthetic_study
+from pipeline.dicom.samples import PYDICOM_FILES, synthetic_study
 
 __all__ = ["bad_dicom_files", "pacs_refused_files", "sample_dicom_files", "synthetic_study"]
 

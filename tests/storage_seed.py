@@ -20,8 +20,8 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.accounts import get_or_create_facility, hash_token
-from pipeline.intake import original_key
+from pipeline.accounts.users import get_or_create_facility, hash_token
+from pipeline.intake.uploads import original_key
 from pipeline.models import (
     Batch,
     BatchState,

@@ -17,14 +17,23 @@ app = Celery("relaypacs")
 app.config_from_object(celery_config(load_settings()))
 # beat_schedule.py is data only; loaded here so `celery beat` and `relaypacs beat` agree.
 app.conf.beat_schedule = BEAT_SCHEDULE
-# Loaded by workers; the API imports lazily.
-app.conf.imports = [
-    "workers.tasks",
-    "workers.analytics_tasks",
-    "workers.storage_tasks",
-    "workers.export_tasks",
-    "workers.forecast_tasks",
-]
+# One module per queue, plus the canaries every queue answers. Loaded by workers (and by
+# load_tasks for an in-process worker); callers enqueue by task name through workers.chains.
+TASK_MODULES = (
+    "workers.intake",
+    "workers.dicom",
+    "workers.pacs",
+    "workers.storage",
+    "workers.analytics",
+    "workers.exports",
+    "workers.liveness",
+)
+app.conf.imports = list(TASK_MODULES)
+
+
+def load_tasks() -> None:
+    """Register every task with the app, for a worker started inside another process (the demo)."""
+    app.loader.import_default_modules()
 
 
 @worker_process_init.connect

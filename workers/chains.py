@@ -1,45 +1,66 @@
-"""The one place where task chains are composed and enqueued."""
+"""The one place where task chains are composed and enqueued: the public entry point of the
+workers for the API, the CLI and the tasks themselves.
+
+Tasks are named here by their stable names (``area.verb_noun``), never imported: a caller that
+enqueues work needs the Celery app and the broker, not the task modules and what they import,
+and the task modules can enqueue what follows through this module without an import cycle.
+The routes in config send each name to its queue.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 from celery import chain
+from sqlalchemy import select
+
+from pipeline.models import Batch, BatchState
+from workers import runtime
+from workers.app import app
+
+
+def _task(name: str, *args: object):  # noqa: ANN202 - a celery Signature
+    return app.signature(name, args=args, immutable=True)
 
 
 def enqueue_upload_chain(upload_id: str) -> None:
     """assemble (intake) -> parse_and_group (dicom); forwarding is dispatched from there."""
-    from workers.tasks import assemble_upload, parse_and_group
-
-    chain(assemble_upload.si(upload_id), parse_and_group.si(upload_id)).apply_async()
+    chain(_task("intake.assemble_upload", upload_id), _task("dicom.parse_and_group", upload_id)).apply_async()
 
 
 def enqueue_parse(upload_id: str) -> None:
     """An upload already stored whole (DIMSE intake) starts its chain at parse_and_group."""
-    from workers.tasks import parse_and_group
-
-    parse_and_group.delay(upload_id)
+    _task("dicom.parse_and_group", upload_id).apply_async()
 
 
 def enqueue_forwarding(pairs: Iterable[tuple[int, int]]) -> int:
     """One pacs task per (study, destination)."""
-    from workers.tasks import forward_study
-
     count = 0
     for study_id, destination_id in pairs:
-        forward_study.delay(study_id, destination_id)
+        _task("pacs.forward_study", study_id, destination_id).apply_async()
         count += 1
     return count
 
 
 def enqueue_batch_dispatch(batch_id: int) -> None:
-    from workers.tasks import dispatch_batch
+    _task("pacs.dispatch_batch", batch_id).apply_async()
 
-    dispatch_batch.delay(batch_id)
+
+def enqueue_dispatch_if_completed(batch_ids: list[int]) -> None:
+    """Read after the caller's commit: if the client already completed the batch, this change
+    may have been the last one it waited for. (Completion itself also dispatches.)"""
+    with runtime.session_scope() as session:
+        completed = session.scalars(select(Batch.id).where(
+            Batch.id.in_(batch_ids), Batch.state == BatchState.COMPLETED)).all()
+    for batch_id in completed:
+        enqueue_batch_dispatch(batch_id)
 
 
 def enqueue_restores() -> None:
     """Start restores now (after the commit that recorded them), not at the next beat poll."""
-    from workers.storage_tasks import process_restores
+    _task("storage.process_restores").apply_async()
 
-    process_restores.delay()
+
+def enqueue_export_run(run_id: int) -> None:
+    """Build and send one export run (queue ``exports``), after the commit that created it."""
+    _task("exports.run_report", run_id).apply_async()

@@ -1,12 +1,12 @@
-"""Events that workers publish after their commits (pipeline/events.py has the contract)."""
+"""Events that workers publish after their commits (pipeline/ops/events.py has the contract)."""
 
 from __future__ import annotations
 
 import logging
 
-from pipeline import events
-from pipeline.forwarding import ForwardResult
+from pipeline.delivery.forwarding import ForwardResult
 from pipeline.models import ReportDefinition, ReportRun, Study
+from pipeline.ops import events
 from workers import runtime
 
 log = logging.getLogger(__name__)

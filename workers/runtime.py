@@ -10,11 +10,11 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings, load_settings
-from pipeline.byte_cache import ByteCache, CachedStore
-from pipeline.database import make_engine, make_session_factory
-from pipeline.grouping import spool_dir_for
+from pipeline.db.engine import make_engine, make_session_factory
+from pipeline.dicom.grouping import spool_dir_for
+from pipeline.ops.telemetry import Telemetry
 from pipeline.storage import ObjectStore, open_store
-from pipeline.telemetry import Telemetry
+from pipeline.storage.byte_cache import ByteCache, CachedStore
 
 _override: Settings | None = None
 
@@ -53,6 +53,17 @@ def spool_dir():  # noqa: ANN201
     return spool_dir_for(settings().var_dir)
 
 
+# Imported by warm_up, named as strings so the import happens in the pool process, not at
+# module load (a test imports each one, so a moved module cannot fail silently here).
+WARM_UP_MODULES = (
+    "pipeline.delivery.destinations.stowrs",
+    "pipeline.delivery.destinations.dimse",
+    "pipeline.delivery.destinations.folder",
+    "pipeline.dicom.rewrite",
+    "pydicom",
+)
+
+
 def warm_up() -> None:
     """Pay a fresh pool process's start-up costs before its first task, not during it: the
     forwarding benchmark saw a new child's first study take 2-3 s (imports of the senders,
@@ -61,8 +72,7 @@ def warm_up() -> None:
     import logging
 
     try:
-        for module in ("pipeline.destinations.stowrs", "pipeline.destinations.dimse",
-                       "pipeline.destinations.folder", "pipeline.metadata_rewrite", "pydicom"):
+        for module in WARM_UP_MODULES:
             importlib.import_module(module)
         store()
         with engine().connect():

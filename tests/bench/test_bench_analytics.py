@@ -35,9 +35,10 @@ import requests
 import sqlalchemy as sa
 from sqlalchemy import select
 
-from pipeline import drilldown, events, stats
-from pipeline.database import make_engine, make_session_factory
+from pipeline.analytics import drilldown, stats
+from pipeline.db.engine import make_engine, make_session_factory
 from pipeline.models import Delivery, Instance, Study, Upload
+from pipeline.ops import events
 from tests.bench.analytics_data import add_hour, raw_facility, raw_overview, seed
 from tests.bench.helpers import percentile
 from tests.integration.analytics_services import EventsServer, chromium_driver

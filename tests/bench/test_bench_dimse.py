@@ -44,7 +44,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pipeline.samples import synthetic_study
+from pipeline.dicom.samples import synthetic_study
 from tests.bench.conftest import RESULTS_DIR, _git_commit
 from tests.bench.helpers import summary, upload_concurrently, wait_queues_idle
 from tests.integration.gateway_client import Gateway
@@ -335,7 +335,7 @@ def _compare(stack: GatewayStack, orthanc, make_user, tmp_path: Path) -> dict:
     return {
         "object_store": stack.label,
         "instances": total,
-        "layout": f"{STUDIES} studies x {STUDY_SIZE} instances (synthetic CT, pipeline.samples)",
+        "layout": f"{STUDIES} studies x {STUDY_SIZE} instances (synthetic CT, pipeline.dicom.samples)",
         "megabytes": round(megabytes, 2),
         "workers": stack.workers,
         "instances_per_association_or_request": batch_size,

@@ -40,7 +40,7 @@ def seed(url: str, facilities: int = FACILITIES) -> list[int]:
     import sqlalchemy as sa
 
     from api.cli import upgrade_database
-    from pipeline.database import make_engine
+    from pipeline.db.engine import make_engine
 
     upgrade_database(url)
     engine = make_engine(url)
@@ -95,11 +95,11 @@ def _timed(build) -> tuple[float, float, float]:  # noqa: ANN001
 
 
 def _case(url: str, ids: list[int], grouping: list[str], folder: str, out: multiprocessing.Queue) -> None:
-    from pipeline.database import make_engine, make_session_factory
-    from pipeline.excel_export import write_xlsx
-    from pipeline.pdf_export import write_pdf
-    from pipeline.report_data import build
-    from pipeline.report_definitions import ReportSpec
+    from pipeline.db.engine import make_engine, make_session_factory
+    from pipeline.exports.data import build
+    from pipeline.exports.definitions import ReportSpec
+    from pipeline.exports.formats.pdf import write_pdf
+    from pipeline.exports.formats.xlsx import write_xlsx
 
     engine = make_engine(url)
     session = make_session_factory(engine)()

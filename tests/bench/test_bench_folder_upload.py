@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
-from pipeline.samples import synthetic_study
+from pipeline.dicom.samples import synthetic_study
 from tests.bench.helpers import cpu_delta, cpu_snapshot, machine_busy_seconds, wait_queues_idle
 from tests.clinic_samples import large_instance
 from tests.integration.gateway_client import Gateway

@@ -7,7 +7,7 @@ Two panels of 200 series, in one run:
 - synthetic: 200 facilities, two years each: a weekly profile, a level, a trend, noise,
   public holidays and random closure weeks that the facility's calendar knows.
 
-The production path is measured: ``pipeline.forecasting.forecast_series`` with its default
+The production path is measured: ``pipeline.forecasting.daily.forecast_series`` with its default
 grid, backtest and fallback, one series per task over a pool of one process per core (the
 weekly job's fan-out over a worker with ``-c <cores>``).
 
@@ -132,7 +132,7 @@ def mase(actual: np.ndarray, predicted: np.ndarray, train: np.ndarray) -> float:
 
 
 def _ours(series: dict) -> dict:
-    from pipeline import forecasting
+    from pipeline.forecasting import daily as forecasting
 
     y = series["y"]
     began, began_cpu = time.perf_counter(), time.process_time()
@@ -228,7 +228,7 @@ def hourly_panel(seed: int = 20261125, weeks: int = 8) -> list[np.ndarray]:
 def score_hourly() -> dict:
     """The next-48-hour models on the hourly panel: each series' last 48 hours held out, the
     production choice (by its own backtest before them) against each candidate alone."""
-    from pipeline import hourly_forecasting as hf
+    from pipeline.forecasting import hourly as hf
 
     began = time.process_time()
     rows, chosen = [], []

@@ -30,7 +30,7 @@ import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
-from pipeline.samples import synthetic_study
+from pipeline.dicom.samples import synthetic_study
 from tests.bench.helpers import (
     cpu_delta,
     cpu_snapshot,
@@ -236,7 +236,7 @@ def test_forwarding_gateway_vs_dicomweb_client(
               f"{CONTENDED_SHARE:.0%} of the machine's CPU: figures are noisy")
     bench_results["forwarding"] = {
         "instances": total,
-        "layout": f"{STUDIES} studies x {STUDY_SIZE} instances (synthetic CT, pipeline.samples)",
+        "layout": f"{STUDIES} studies x {STUDY_SIZE} instances (synthetic CT, pipeline.dicom.samples)",
         "megabytes": round(megabytes, 2),
         "measure": "gateway: POST /complete -> Orthanc count == all (after all files parsed and "
                    "queues idle); baseline: DICOMwebClient.store_instances, 50 datasets per call",

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from pipeline.samples import synthetic_study
+from pipeline.dicom.samples import synthetic_study
 from tests.bench.helpers import (
     cpu_delta,
     cpu_snapshot,

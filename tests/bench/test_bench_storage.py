@@ -4,10 +4,10 @@ and how fast the nightly tiering job moves objects.
 1. Saving (``test_two_year_saving``). Two years of studies from 50 facilities are simulated
    day by day on PostgreSQL, twice on the same workload: under the shipped default policy
    (STANDARD 30 d, GLACIER_IR to 365 d, DEEP_ARCHIVE) and under the issue's literal one
-   (STANDARD 90 d). Each night the production job (``pipeline.tiering.run``, the code the
+   (STANDARD 90 d). Each night the production job (``pipeline.lifecycle.tiering.run``, the code the
    ``storage.run_lifecycle`` task runs) catalogues the day's instances, bundles small ones,
    moves what is due, and on the last night of year one and two the production report
-   (``pipeline.storage_report.build``, the code behind ``GET /api/v1/storage/report``) prices
+   (``pipeline.lifecycle.cost_report.build``, the code behind ``GET /api/v1/storage/report``) prices
    the result, storage plus the month's transition requests and modelled cold reads, against
    keeping everything in STANDARD. The objects live in the embedded folder
    store (sparse files: a 500 MB mammogram costs no disk), because moto_server keeps bodies in
@@ -54,9 +54,12 @@ from celery import Celery
 from sqlalchemy import case, func, insert, select
 from sqlalchemy.orm import Session
 
-from pipeline import lifecycle, storage_report, tiering
-from pipeline.intake import original_key
-from pipeline.lifecycle import DEFAULT_PRICES, TierPolicy
+from pipeline.dicom.samples import PYDICOM_FILES
+from pipeline.intake.uploads import original_key
+from pipeline.lifecycle import cost_report as storage_report
+from pipeline.lifecycle import policy as lifecycle
+from pipeline.lifecycle import tiering
+from pipeline.lifecycle.policy import DEFAULT_PRICES, TierPolicy
 from pipeline.models import (
     Batch,
     Instance,
@@ -67,7 +70,6 @@ from pipeline.models import (
     Upload,
     utcnow,
 )
-from pipeline.samples import PYDICOM_FILES
 from pipeline.storage import FolderStore, S3Store
 from tests.bench.conftest import RESULTS_DIR, _git_commit
 from tests.integration.services import WorkerFleet, wait_until
@@ -369,7 +371,7 @@ def test_two_year_saving(gateway_env, db, tmp_path_factory):
             } for name, arm in arms.items()},
         },
         "note": "saving_fraction = 1 - monthly bill / all-STANDARD monthly bill, both from "
-                "pipeline.storage_report over the catalogue the production job left, at the night's "
+                "pipeline.lifecycle.cost_report over the catalogue the production job left, at the night's "
                 "clock: storage plus the 30 days' transition requests and modelled cold reads (2% of "
                 "IA/GLACIER_IR bytes a month: retrieval per GB + GET requests); no restores happen in "
                 "the simulation; saving_by_cold_read_rate shows the same report at other read rates",

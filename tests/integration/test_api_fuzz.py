@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api import create_app
-from api.openapi import openapi_document
+from api.http.openapi import openapi_document
 from config import load_settings
 from tests.integration.gateway_client import Gateway
 from tests.sample_data import synthetic_study

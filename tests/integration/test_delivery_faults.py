@@ -18,7 +18,7 @@ import pytest
 import redis
 import requests
 
-from pipeline import events
+from pipeline.ops import events
 from tests.integration.gateway_client import Gateway
 from tests.integration.services import (
     LOOPBACK,

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from pipeline.destinations import (
+from pipeline.delivery.destinations import (
     InstanceOutcome,
     OutgoingInstance,
     TransientDestinationError,
@@ -248,10 +248,9 @@ def test_cstore_pads_an_odd_deflated_data_set(orthanc, dimse, tmp_path):
 
 
 def test_cstore_socket_has_nagle_off(orthanc):
+    from pipeline.delivery.destinations.dimse import _NoDelayAE
     from pynetdicom import build_context
     from pynetdicom.sop_class import Verification
-
-    from pipeline.destinations.dimse import _NoDelayAE
 
     assoc = _NoDelayAE(ae_title="RELAYPACS").associate(
         "127.0.0.1", orthanc.dicom_port, [build_context(Verification)], ae_title=orthanc.aet

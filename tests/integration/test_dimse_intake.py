@@ -25,8 +25,8 @@ from pynetdicom.dsutils import create_file_meta, split_dataset
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore
 from sqlalchemy import create_engine, select
 
+from pipeline.dicom.samples import PYDICOM_FILES, synthetic_study
 from pipeline.models import Upload
-from pipeline.samples import PYDICOM_FILES, synthetic_study
 from tests.dimse_scu import store_files
 from tests.integration.services import LOOPBACK, ServiceProcess, free_port, relaypacs_argv
 

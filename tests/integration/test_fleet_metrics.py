@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from pipeline.telemetry import FLUSH_SECONDS
+from pipeline.ops.telemetry import FLUSH_SECONDS
 from tests.integration.gateway_client import Gateway
 from tests.sample_data import synthetic_study
 

@@ -13,7 +13,7 @@ import requests
 from celery import Celery
 from sqlalchemy import select
 
-from pipeline.database import make_engine, make_session_factory
+from pipeline.db.engine import make_engine, make_session_factory
 from pipeline.models import DailyFacilityStats, Facility, FacilityCalendar, HourlyStats, UploadForecast, User
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from pipeline.events import ALLOWED_FIELDS
+from pipeline.ops.events import ALLOWED_FIELDS
 from tests.integration.analytics_services import EventsServer, SseReader
 from tests.integration.gateway_client import Gateway
 from tests.sample_data import synthetic_study

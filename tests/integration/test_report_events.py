@@ -12,7 +12,7 @@ import pytest
 import redis
 import requests
 
-from pipeline import events
+from pipeline.ops import events
 from tests.integration.services import poll_for
 from tests.integration.test_scheduled_exports import exports_worker, mailbox  # noqa: F401 - fixtures
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipeline import stats
-from pipeline.database import make_engine, make_session_factory
+from pipeline.analytics import stats
+from pipeline.db.engine import make_engine, make_session_factory
 from tests.analytics_seed import Seeder
 from tests.integration.analytics_services import PostgresPair, wait_replayed
 from tests.integration.gateway_client import Gateway
@@ -93,7 +93,7 @@ def seed_user(session) -> tuple[int, int]:  # noqa: ANN001
 
     user = session.scalar(sa.select(User).where(User.email.like("seed-%")))
     if user is None:
-        from pipeline.accounts import create_user
+        from pipeline.accounts.users import create_user
 
         user, _ = create_user(session, "seed-uploader@replica.test", "Replica Clinic", "uploader")
     return user.facility_id, user.id

@@ -32,8 +32,8 @@ from pypdf import PdfReader
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
+from pipeline.exports.definitions import period_bounds, period_label
 from pipeline.models import Facility, HourlyStats, User
-from pipeline.report_definitions import period_bounds, period_label
 from tests.integration.services import free_port, poll_for
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline import events
+from pipeline.ops import events
 from tests.integration.analytics_services import EventsServer
 from tests.integration.services import LOOPBACK
 from tests.integration.sse_load import hold_and_fan_out

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
-from pipeline.intake import READ_BLOCK
+from pipeline.intake.uploads import READ_BLOCK
 from tests.integration.gateway_client import OCTET, Gateway
 from tests.integration.services import ApiServer
 

@@ -20,8 +20,8 @@ import requests
 from celery import Celery
 from sqlalchemy import func, select, update
 
-from pipeline import bundles
-from pipeline.accounts import get_or_create_facility
+from pipeline.accounts.users import get_or_create_facility
+from pipeline.lifecycle import bundles
 from pipeline.models import (
     Delivery,
     DeliveryState,

@@ -54,7 +54,7 @@ def enqueued(monkeypatch):
 
 @pytest.fixture
 def make_token(session):
-    from pipeline.accounts import create_user
+    from pipeline.accounts.users import create_user
 
     counter = iter(range(10_000))
 

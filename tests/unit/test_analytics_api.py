@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import event
 
-from pipeline import drilldown, stats
+from pipeline.analytics import drilldown, stats
 from tests.analytics_seed import Seeder
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)

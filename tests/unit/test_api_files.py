@@ -267,10 +267,10 @@ def test_refused_creation_body_leaves_no_upload_behind(client, uploader, enqueue
 def test_a_batch_closed_while_the_body_streamed_refuses_the_file(session, make_token):
     from datetime import timedelta
 
-    from pipeline import intake
-    from pipeline.accounts import user_for_token
+    from pipeline.accounts.users import user_for_token
+    from pipeline.intake import uploads as intake
+    from pipeline.intake.tus import TusError
     from pipeline.models import Batch, BatchState, Upload
-    from pipeline.tus import TusError
 
     user = user_for_token(session, make_token("Clinic A"))
     batch = Batch(facility_id=user.facility_id, user_id=user.id)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.byte_cache import ByteCache, CachedStore, cacheable
 from pipeline.storage import FolderStore
+from pipeline.storage.byte_cache import ByteCache, CachedStore, cacheable
 
 ORIGINAL = "2026/11/24/upload-0a1b/original.dcm"
 CHUNK = "2026/11/24/upload-0a1b/chunks/000000000000000"

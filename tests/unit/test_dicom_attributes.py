@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.dicom_attributes import (
-    INHERITED_ON_MOVE,
-    Level,
-    MetadataError,
-    level_of,
-    normalise_attributes,
-)
+from pipeline.dicom.attributes import INHERITED_ON_MOVE, Level, MetadataError, level_of, normalise_attributes
 
 
 def test_typical_template_values_are_accepted_and_normalised():

@@ -4,7 +4,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pipeline.dicom_headers import Quarantine, read_header
+from pipeline.dicom.headers import Quarantine, read_header
 
 SAMPLES = Path(pydicom.__file__).parent / "data" / "test_files"
 

@@ -8,11 +8,11 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline import dimse_intake
-from pipeline.accounts import get_or_create_facility
-from pipeline.intake import upload_prefix
+from pipeline.accounts.users import get_or_create_facility
+from pipeline.dicom.samples import PYDICOM_FILES, synthetic_study
+from pipeline.intake import dimse as dimse_intake
+from pipeline.intake.uploads import upload_prefix
 from pipeline.models import Batch, BatchState, Upload, UploadState, User, utcnow
-from pipeline.samples import PYDICOM_FILES, synthetic_study
 from pipeline.storage import FolderStore
 
 GAP = timedelta(seconds=120)

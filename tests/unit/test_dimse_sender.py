@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pipeline.delivery.destinations.dimse import PRIORITY, _pdvs, c_store_command, p_data_tf
 from pydicom.uid import generate_uid
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -10,8 +11,6 @@ from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
-
-from pipeline.destinations.dimse import PRIORITY, _pdvs, c_store_command, p_data_tf
 
 
 def pynetdicom_command(sop_class: str, sop_instance: str, message_id: int) -> bytes:

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import create_engine
 
 from beat_schedule import BEAT_SCHEDULE
-from pipeline import events
-from pipeline.read_replicas import ReplicaRouter
+from pipeline.db.read_replicas import ReplicaRouter
+from pipeline.ops import events
 
 
 def test_events_carry_ids_and_counts_only():
@@ -119,9 +119,9 @@ def test_report_run_events_and_notifications():
 
 
 def test_run_now_publishes_the_queued_state(client, make_token, monkeypatch):
-    from api import reports as reports_api
+    from api.exports import reports as reports_api
 
-    monkeypatch.setattr(reports_api, "_enqueue", lambda run_id: None)  # no worker here
+    monkeypatch.setattr(reports_api.chains, "enqueue_export_run", lambda run_id: None)  # no worker here
     bus = events.event_bus(None)
     start = bus.publish(events.Event(events.UPLOAD_INITIATED, 0))
     token = make_token("Events Reports", role="qa_manager")

@@ -8,8 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 
 from openpyxl import load_workbook
 
-from pipeline.excel_export import write_csv, write_xlsx
-from pipeline.report_data import Column, ReportData, Section
+from pipeline.exports.data import Column, ReportData, Section
+from pipeline.exports.formats.xlsx import write_csv, write_xlsx
 
 HOSTILE = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "plain"]
 

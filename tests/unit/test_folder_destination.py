@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from pipeline.delivery.destinations.folder import BLOCK_SIZE, FolderSender
 
-from pipeline.destinations import OutgoingInstance, TransientDestinationError, make_sender
-from pipeline.destinations.folder import BLOCK_SIZE, FolderSender
+from pipeline.delivery.destinations import OutgoingInstance, TransientDestinationError, make_sender
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 
@@ -86,7 +86,7 @@ def test_write_is_atomic_rename(tmp_path, monkeypatch):
     def no_space(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("pipeline.destinations.folder.os.replace", no_space)
+    monkeypatch.setattr("pipeline.delivery.destinations.folder.os.replace", no_space)
     [outcome] = FolderSender(tmp_path).send(STUDY, [instance("1.2.3", b"x")])
     assert outcome == outcome.__class__("1.2.3", False, None, "write failed: ENOSPC", True)
     assert tree(tmp_path) == [STUDY]

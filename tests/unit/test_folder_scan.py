@@ -1,5 +1,5 @@
-from pipeline.folder_scan import scan_folder
-from pipeline.samples import PYDICOM_FILES, synthetic_study
+from pipeline.dicom.samples import PYDICOM_FILES, synthetic_study
+from pipeline.intake.client.folder_scan import scan_folder
 
 
 def test_recognises_dicom_by_content_and_lists_skipped(tmp_path):

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 
-from pipeline import forecasting as fc
+from pipeline.forecasting import daily as fc
 
 START = date(2025, 1, 6)  # a Monday
 # One or two small candidates keep the unit suite fast; the default grid is for production.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from pipeline import forecast_store
+from pipeline.forecasting import store as forecast_store
 from pipeline.models import DailyFacilityStats, Facility, FacilityCalendar
 
 TODAY = date(2026, 6, 1)

@@ -10,15 +10,15 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline import grouping
+from pipeline.dicom import grouping
+from pipeline.dicom.samples import synthetic_study
 from pipeline.models import Batch, Instance, InstanceOrigin, Study, Upload, UploadState, utcnow
-from pipeline.samples import synthetic_study
 
 
 @pytest.fixture
 def stored_upload(session, make_token, app):
     """An ASSEMBLED upload whose original is in the store, as the API leaves a whole file."""
-    from pipeline.accounts import user_for_token
+    from pipeline.accounts.users import user_for_token
 
     store = app.extensions["relaypacs"].store
     user = user_for_token(session, make_token("Clinic A"))

@@ -7,7 +7,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 
-from pipeline import accounts, audit
+from pipeline.accounts import audit
+from pipeline.accounts import users as accounts
 from pipeline.models import AuditEvent
 
 
@@ -95,7 +96,7 @@ def test_overlong_url_and_headers_get_a_json_414_and_431(client, make_token):
 
 
 def test_every_authenticated_operation_documents_the_bound_errors(app):
-    from api.openapi import openapi_document
+    from api.http.openapi import openapi_document
 
     for path, methods in openapi_document(app)["paths"].items():
         for method, doc in methods.items():

@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 
-from pipeline import hourly_forecasting as hf
+from pipeline.forecasting import hourly as hf
 
 START = datetime(2026, 3, 2, 0, 0, tzinfo=UTC)  # a Monday, midnight
 

@@ -4,14 +4,14 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline import intake
+from pipeline.intake import uploads as intake
+from pipeline.intake.tus import TusError
 from pipeline.models import Batch, UploadState, utcnow
-from pipeline.tus import TusError
 
 
 @pytest.fixture
 def upload(session, make_token):
-    from pipeline.accounts import user_for_token
+    from pipeline.accounts.users import user_for_token
 
     user = user_for_token(session, make_token("Clinic A"))
     batch = Batch(facility_id=user.facility_id, user_id=user.id)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pipeline.dicom_attributes import element_for
-from pipeline.metadata_rewrite import RewriteError, edits_digest, elements_of, rewrite_part10
+from pipeline.dicom.attributes import element_for
+from pipeline.dicom.rewrite import RewriteError, edits_digest, elements_of, rewrite_part10
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 

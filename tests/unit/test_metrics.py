@@ -1,4 +1,4 @@
-from pipeline.telemetry import Telemetry, _field, render
+from pipeline.ops.telemetry import Telemetry, _field, render
 
 
 def test_histogram_and_counters_render_as_prometheus_text():

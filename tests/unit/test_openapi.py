@@ -1,6 +1,6 @@
 """The OpenAPI description covers every /api/v1 route and method the app serves."""
 
-from api.openapi import openapi_document
+from api.http.openapi import openapi_document
 
 
 def test_every_api_route_is_described(app):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.folder_upload import OverrideFileError, load_overrides
+from pipeline.intake.client.folder_upload import OverrideFileError, load_overrides
 
 
 def test_csv_with_patient_id_and_keyword_columns(tmp_path):

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.report_definitions import ReportSpec, period_bounds, period_label
-from pipeline.report_schedule import ScheduleError, latest_due, next_due, run_key, zone
+from pipeline.exports.definitions import ReportSpec, period_bounds, period_label
+from pipeline.exports.schedule import ScheduleError, latest_due, next_due, run_key, zone
 
 BERLIN = "Europe/Berlin"
 

@@ -11,10 +11,11 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy import select
 
-from api import reports as reports_api
-from pipeline import report_delivery, report_runs
+from api.exports import reports as reports_api
+from pipeline.exports import mail as report_delivery
+from pipeline.exports import runs as report_runs
+from pipeline.exports.definitions import period_bounds
 from pipeline.models import AuditEvent, ReportDefinition, ReportRun, ReportRunState
-from pipeline.report_definitions import period_bounds
 from tests.analytics_seed import Seeder
 
 MONDAY = datetime(2026, 3, 30, 5, 0, tzinfo=UTC)  # 07:00 in Berlin, the first summer-time Monday
@@ -31,7 +32,7 @@ def auth(token: str) -> dict:
 @pytest.fixture
 def queued(monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(reports_api, "_enqueue", calls.append)
+    monkeypatch.setattr(reports_api.chains, "enqueue_export_run", calls.append)
     return calls
 
 
@@ -45,7 +46,7 @@ def world(session, make_token):
                     latencies_ms=(500 + i,))
     seed.upload(batch, MONDAY - timedelta(days=4), state="quarantined")
     session.commit()
-    from pipeline import stats
+    from pipeline.analytics import stats
 
     stats.rebuild_all(session, now=MONDAY)
     session.commit()
@@ -182,8 +183,8 @@ def test_presigned_url_for_s3_stores():
 
 
 def test_grouping_by_modality_and_user_sums_in_the_database(session, world):
-    from pipeline import report_data
-    from pipeline.report_definitions import ReportSpec
+    from pipeline.exports import data as report_data
+    from pipeline.exports.definitions import ReportSpec
 
     spec = ReportSpec(name="Mix", metrics=["uploads", "quarantined"], grouping=["modality", "user"],
                       timezone="Europe/Berlin")
@@ -201,9 +202,9 @@ def test_grouping_by_modality_and_user_sums_in_the_database(session, world):
 def test_forecast_metric_reads_the_newest_stored_forecast(session, world):
     """The "forecast" metric is issue 7's stored forecast summed over the next period, not a
     guess of the report's own: the newest row wins, and days it does not cover are said so."""
-    from pipeline import report_data
+    from pipeline.exports import data as report_data
+    from pipeline.exports.definitions import ReportSpec
     from pipeline.models import UploadForecast
-    from pipeline.report_definitions import ReportSpec
 
     start, end = period_bounds("last_week", MONDAY, "Europe/Berlin")
     first = end.astimezone(ZoneInfo("Europe/Berlin")).date()  # Monday 30 March
@@ -245,9 +246,9 @@ def test_forecast_metric_reads_the_newest_stored_forecast(session, world):
 def test_time_buckets_are_local_days_and_weeks_in_sql(session, world):
     """Bucketing happens in the database in the report's zone: 23:30 UTC on Sunday 29 March
     is already Monday in Berlin (summer time since 01:00 UTC that day), so it counts there."""
-    from pipeline import report_data
+    from pipeline.exports import data as report_data
+    from pipeline.exports.definitions import ReportSpec
     from pipeline.models import Facility, HourlyStats, User
-    from pipeline.report_definitions import ReportSpec
 
     facility = Facility(name="Buckets Clinic")
     session.add(facility)

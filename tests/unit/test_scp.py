@@ -11,9 +11,9 @@ from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import Verification  # type: ignore
 
-from api.scp import StorageScp
+from api.intake.scp import StorageScp
+from pipeline.dicom.samples import PYDICOM_FILES, synthetic_study
 from pipeline.models import Batch, Upload, UploadState
-from pipeline.samples import PYDICOM_FILES, synthetic_study
 from pipeline.storage import FolderStore
 from tests.dimse_scu import store_files
 

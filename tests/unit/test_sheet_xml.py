@@ -14,9 +14,9 @@ import pytest
 from openpyxl import Workbook, load_workbook
 from openpyxl.cell import WriteOnlyCell
 
-from pipeline.excel_export import write_xlsx
-from pipeline.report_data import Column, ReportData, Section, SharedRows
-from pipeline.sheet_xml import EXCEL_MAX_ROWS, RowWriter, SheetTooLarge, splice
+from pipeline.exports.data import Column, ReportData, Section, SharedRows
+from pipeline.exports.formats.sheet_xml import EXCEL_MAX_ROWS, RowWriter, SheetTooLarge, splice
+from pipeline.exports.formats.xlsx import write_xlsx
 
 ROWS = [
     (datetime(2025, 3, 30, 1, 0), "Clinic & <Sons>", 5, 5_000_000_000, 0.25, Decimal("12.5")),

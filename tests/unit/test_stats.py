@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from pipeline import stats
+from pipeline.analytics import stats
 from pipeline.models import DailyFacilityStats, Delivery, HourlyStats, Upload
 from tests.analytics_seed import Seeder
 
@@ -122,7 +122,7 @@ def test_late_rows_and_late_deliveries_are_counted(session, seeded):
 
 
 def test_weekly_rollup_follows_late_rows_and_week_answers_match_hourly(session, seeded):
-    from pipeline import drilldown
+    from pipeline.analytics import drilldown
     from pipeline.models import WeeklyFacilityStats
 
     seed, facility_id, _, batch = seeded

@@ -14,8 +14,11 @@ import pytest
 from sqlalchemy import func, select
 
 from config import load_settings
-from pipeline import bundles, lifecycle, restore, storage, storage_report, tiering
-from pipeline.lifecycle import PolicyError, TierPolicy
+from pipeline import storage
+from pipeline.lifecycle import bundles, restore, tiering
+from pipeline.lifecycle import cost_report as storage_report
+from pipeline.lifecycle import policy as lifecycle
+from pipeline.lifecycle.policy import PolicyError, TierPolicy
 from pipeline.models import (
     Instance,
     ObjectState,

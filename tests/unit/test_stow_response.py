@@ -14,19 +14,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-
-from pipeline.destinations import (
-    InstanceOutcome,
-    OutgoingInstance,
-    TransientDestinationError,
-    make_sender,
-)
-from pipeline.destinations.base import failure_is_retryable, is_valid_uid, outcome_for_status
-from pipeline.destinations.stowrs import (
+from pipeline.delivery.destinations.base import failure_is_retryable, is_valid_uid, outcome_for_status
+from pipeline.delivery.destinations.stowrs import (
     BLOCK_SIZE,
     MultipartBody,
     parse_retry_after,
     parse_stow_response,
+)
+
+from pipeline.delivery.destinations import (
+    InstanceOutcome,
+    OutgoingInstance,
+    TransientDestinationError,
+    make_sender,
 )
 
 A, B, C = "1.2.3.1", "1.2.3.2", "1.2.3.3"

@@ -14,7 +14,8 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import event
 
-from pipeline import grouping, renditions
+from pipeline.delivery import renditions
+from pipeline.dicom import grouping
 from pipeline.models import (
     Batch,
     Delivery,

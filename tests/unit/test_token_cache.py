@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy import event, update
 
-from pipeline import accounts
+from pipeline.accounts import users as accounts
 from pipeline.models import User, utcnow
 
 

@@ -2,7 +2,7 @@ import base64
 
 import pytest
 
-from pipeline.tus import TusError, clean_filename, parse_checksum, parse_metadata
+from pipeline.intake.tus import TusError, clean_filename, parse_checksum, parse_metadata
 
 
 def b64(s: str) -> str:

@@ -9,7 +9,7 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from pipeline.tus_upload import TusUploadFailed, upload_file
+from pipeline.intake.client.tus_upload import TusUploadFailed, upload_file
 
 
 @pytest.fixture

@@ -1,0 +1,17 @@
+"""The facility dashboard's forecast panel (issue 7): the newest stored daily and next-48-hour
+upload forecasts of the facility on the page, for the ``_forecast.html`` partial.
+
+A template global rather than a field of the page's data, so the panel stays a partial and a
+script of its own beside the dashboard's. The facility page has already checked that the
+signed-in user may see this facility before the template asks.
+"""
+
+from __future__ import annotations
+
+from api.http.context import read_db
+from pipeline.forecasting import store as forecast_store
+
+
+def facility_forecast(facility_id: int) -> dict:
+    """{"day": the newest 28-day forecast or None, "hour": the newest 48-hour one or None}."""
+    return forecast_store.latest_for_facility_all_granularities(read_db(), facility_id, "uploads")

@@ -1,0 +1,290 @@
+"""``GET /api/v1/events``: Server-Sent Events fed from Redis, served by ``relaypacs events``.
+
+Why a separate asyncio process: the intake API runs gunicorn gthread workers, one thread per
+open request, so 1,000 open streams would need 1,000 threads. Here an open stream is a
+coroutine parked on a shared future: the process holds one Redis subscription whatever
+the number of clients, and per client only its socket and the id of the last event sent.
+
+How a client is fed:
+- one reader task per process subscribes to the live channel and appends each event to a
+  shared ring of recent events, then wakes every stream (one future for all of them);
+- each stream walks the ring from its own position and writes what its caller may see
+  (admins every facility, anyone else their own facility);
+- ``Last-Event-ID`` (header, or ``lastEventId`` in the query for clients that cannot set
+  headers) replays from the Redis stream first; a stream that falls behind the ring (a
+  slow reader) catches up from the Redis stream the same way, so nothing is skipped.
+
+Authentication is the API's: ``Authorization: Bearer TOKEN`` (or the dashboard's cookie),
+the same token table and roles, checked once when the stream opens. The same stream is
+also served at ``/dashboard/events``, under the dashboard cookie's path, for the page's
+EventSource; when the page comes from another origin listed in RELAYPACS_CORS_ORIGINS
+(never "*": the stream carries credentials) that origin may read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+
+from config import Settings
+from pipeline.accounts.users import user_for_token
+from pipeline.db.engine import make_engine, make_session_factory
+from pipeline.models import Role
+from pipeline.ops import events
+
+log = logging.getLogger(__name__)
+
+RING_SIZE = 4096
+KEEPALIVE_SECONDS = 15.0
+RETRY_MS = 3000
+REPLAY_PAGE = 500
+DASHBOARD_COOKIE = "relaypacs_dashboard"
+
+
+class LiveFeed:
+    """The process's one view of the live channel: a ring of recent events and a future
+    that every waiting stream shares."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self.ring: deque[tuple[int, str, str, dict]] = deque(maxlen=RING_SIZE)
+        self.seq = 0  # sequence number of the newest event in the ring
+        self._changed: asyncio.Future[None] | None = None
+        self._task: asyncio.Task | None = None
+        self.last_stream_id = "0-0"
+        self.connected = asyncio.Event()
+
+    def changed(self) -> asyncio.Future[None]:
+        if self._changed is None or self._changed.done():
+            self._changed = asyncio.get_running_loop().create_future()
+        return self._changed
+
+    def _append(self, stream_id: str, payload: str) -> None:
+        if events.stream_id_key(stream_id) <= events.stream_id_key(self.last_stream_id):
+            return  # already seen (a gap fill overlapping live messages)
+        try:
+            parsed = json.loads(payload)
+        except ValueError:
+            return
+        self.seq += 1
+        self.last_stream_id = stream_id
+        self.ring.append((self.seq, stream_id, payload, parsed))
+        if self._changed is not None and not self._changed.done():
+            self._changed.set_result(None)
+
+    def after(self, seq: int) -> list[tuple[int, str, str, dict]] | None:
+        """Ring entries newer than ``seq``; None when some were already dropped."""
+        if not self.ring or seq >= self.seq:
+            return []
+        if seq < self.ring[0][0] - 1:
+            return None
+        return [entry for entry in self.ring if entry[0] > seq]
+
+    async def run(self) -> None:
+        """Subscribe, and after any reconnect fill the gap from the stream."""
+        import redis.asyncio as aioredis
+
+        delay = 0.5
+        while True:
+            client = aioredis.Redis.from_url(self.redis_url)
+            try:
+                pubsub = client.pubsub()
+                await pubsub.subscribe(events.CHANNEL)
+                await self._fill_gap(client)
+                self.connected.set()
+                delay = 0.5
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    stream_id, _, payload = message["data"].decode().partition(" ")
+                    self._append(stream_id, payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis went away: reconnect with backoff
+                self.connected.clear()
+                log.warning("event feed lost Redis (%s); reconnecting", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    async def _fill_gap(self, client) -> None:  # noqa: ANN001
+        if self.last_stream_id == "0-0":
+            # First connection: live starts now; older events are replayed on request only.
+            newest = await client.xrevrange(events.STREAM_KEY, count=1)
+            if newest:
+                self.last_stream_id = newest[0][0].decode()
+            return
+        while True:
+            rows = await client.xrange(events.STREAM_KEY, min=f"({self.last_stream_id}", max="+",
+                                       count=REPLAY_PAGE)
+            for stream_id, fields in rows:
+                self._append(stream_id.decode(), fields[b"e"].decode())
+            if len(rows) < REPLAY_PAGE:
+                return
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+class EventServer:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.redis_url:
+            raise RuntimeError("relaypacs events needs RELAYPACS_REDIS_URL: events reach it through Redis")
+        self.settings = settings
+        self.feed = LiveFeed(settings.redis_url)
+        self.sessions = make_session_factory(make_engine(settings.database_url))
+        # Token checks run on a few threads (the database driver blocks); a burst of
+        # connecting clients queues here instead of opening a connection each.
+        self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="events-auth")
+        self.redis = None
+        self.streams = 0
+
+    def _lookup(self, token: str) -> tuple[int, bool] | None:
+        with self.sessions() as session:
+            user = user_for_token(session, token)
+            if user is None:
+                return None
+            return user.facility_id, user.role == Role.ADMIN
+
+    async def authenticate(self, request: web.Request) -> tuple[int, bool]:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else request.cookies.get(DASHBOARD_COOKIE, "")
+        if not token:
+            raise _error(401, "missing bearer token", hint="Authorization: Bearer TOKEN")
+        loop = asyncio.get_running_loop()
+        found = await loop.run_in_executor(self.executor, self._lookup, token)
+        if found is None:
+            raise _error(401, "invalid or revoked token")
+        return found
+
+    def cors_headers(self, request: web.Request) -> dict[str, str]:
+        """Credentialed CORS for the origins named in settings (a dashboard served elsewhere)."""
+        origin = request.headers.get("Origin", "")
+        if origin and origin in self.settings.cors_origins:
+            return {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true",
+                    "Vary": "Origin"}
+        return {}
+
+    async def replay(self, after: str, count: int = REPLAY_PAGE) -> list[tuple[str, str]]:
+        rows = await self.redis.xrange(events.STREAM_KEY, min=f"({after}", max="+", count=count)
+        return [(sid.decode(), fields[b"e"].decode()) for sid, fields in rows]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        facility_id, is_admin = await self.authenticate(request)
+        last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or ""
+        if last_id and events.stream_id_key(last_id) == (0, 0) and last_id != "0-0":
+            raise _error(400, "Last-Event-ID must be an id this stream sent, like 1711111111111-0")
+        # Where live delivery starts, taken before the client can see the headers: an event
+        # published the moment it does is then in the ring after this position, not lost.
+        position, newest = self.feed.seq, self.feed.last_stream_id
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",  # a proxy in front must not buffer the stream
+            **self.cors_headers(request),
+        })
+        await response.prepare(request)
+        await response.write(f"retry: {RETRY_MS}\n: connected\n\n".encode())
+        self.streams += 1
+        try:
+            await self._stream(response, facility_id, is_admin, last_id, position, newest)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.streams -= 1
+        return response
+
+    async def _stream(self, response: web.StreamResponse, facility_id: int, is_admin: bool,
+                      last_id: str, position: int, newest: str) -> None:
+        """Live events after ``position`` in the ring; older ones come from the Redis stream."""
+        sent = last_id or newest
+        if last_id:
+            sent = await self._catch_up(response, facility_id, is_admin, last_id)
+        while True:
+            waiter = self.feed.changed()
+            entries = self.feed.after(position)
+            if entries is None:  # fell off the ring: read what we missed from Redis
+                position = self.feed.seq
+                sent = await self._catch_up(response, facility_id, is_admin, sent)
+                continue
+            for seq, stream_id, payload, parsed in entries:
+                position = seq
+                if events.stream_id_key(stream_id) <= events.stream_id_key(sent):
+                    continue
+                sent = stream_id
+                if events.visible_to(parsed, facility_id, is_admin):
+                    await response.write(events.sse_frame(stream_id, payload, parsed.get("type", "message")))
+            if entries:
+                continue
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+
+    async def _catch_up(self, response: web.StreamResponse, facility_id: int, is_admin: bool,
+                        after: str) -> str:
+        while True:
+            rows = await self.replay(after)
+            for stream_id, payload in rows:
+                after = stream_id
+                parsed = json.loads(payload)
+                if events.visible_to(parsed, facility_id, is_admin):
+                    await response.write(events.sse_frame(stream_id, payload, parsed.get("type", "message")))
+            if len(rows) < REPLAY_PAGE:
+                return after
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "redis": self.feed.connected.is_set(),
+                                  "streams": self.streams})
+
+    async def on_startup(self, _app: web.Application) -> None:
+        import redis.asyncio as aioredis
+
+        self.redis = aioredis.Redis.from_url(self.settings.redis_url)
+        self.feed.start()
+
+    async def on_cleanup(self, _app: web.Application) -> None:
+        await self.feed.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+        self.executor.shutdown(wait=False)
+
+
+def _error(status: int, message: str, **extra: object) -> web.HTTPException:
+    body = json.dumps({"error": {"status": status, "message": message, **extra}})
+    kind = {400: web.HTTPBadRequest, 401: web.HTTPUnauthorized}[status]
+    return kind(text=body, content_type="application/json")
+
+
+def create_event_app(settings: Settings) -> web.Application:
+    server = EventServer(settings)
+    app = web.Application()
+    app["server"] = server
+    app.router.add_get("/api/v1/events", server.handle)
+    app.router.add_get("/dashboard/events", server.handle)
+    app.router.add_get("/healthz", server.healthz)
+    app.on_startup.append(server.on_startup)
+    app.on_cleanup.append(server.on_cleanup)
+    return app
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    started = time.monotonic()
+    app = create_event_app(settings)
+    log.info("event stream on %s:%d (%.1f s to start)", host, port, time.monotonic() - started)
+    # backlog: a burst of clients reconnecting at once must not be refused by the kernel.
+    web.run_app(app, host=host, port=port, backlog=2048, access_log=None, print=None)

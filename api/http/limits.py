@@ -1,0 +1,69 @@
+"""Per-token rate limits: uploads get generous limits, listings stricter, writes strictest;
+and dashboard sign-in attempts per client address.
+
+Counters live in Redis (fixed one-minute windows) so every API process shares them; with
+no Redis configured (embedded mode) each process counts on its own.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from flask import request
+
+from api.http.errors import ApiError
+
+WINDOW_SECONDS = 60
+
+
+def request_class(method: str, path: str) -> str:
+    if path.startswith("/api/v1/files"):
+        return "upload"
+    return "read" if method in ("GET", "HEAD") else "write"
+
+
+class RateLimiter:
+    def __init__(self, limits: dict[str, int], redis_url: str | None) -> None:
+        self.limits = limits
+        self.redis = None
+        if redis_url:
+            import redis
+
+            self.redis = redis.Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+        self._local: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _count(self, key: str) -> int:
+        if self.redis is not None:
+            try:
+                with self.redis.pipeline() as pipe:
+                    pipe.incr(key)
+                    pipe.expire(key, WINDOW_SECONDS * 2)
+                    return int(pipe.execute()[0])
+            except Exception:  # noqa: BLE001 - a limiter outage must not take the API down
+                return 0
+        with self._lock:
+            if len(self._local) > 100_000:
+                self._local.clear()
+            self._local[key] = self._local.get(key, 0) + 1
+            return self._local[key]
+
+    def check(self, user_id: int) -> None:
+        self._check(str(user_id), request_class(request.method, request.path))
+
+    def check_login(self, remote_addr: str) -> None:
+        """Sign-in attempts per client address: tokens are long and random, but nobody should
+        get to try thousands of them, and the audit trail should not be flooded either."""
+        self._check(f"addr:{remote_addr}", "login")
+
+    def _check(self, subject: str, kind: str) -> None:
+        limit = self.limits.get(kind)
+        if not limit:
+            return
+        now = time.time()
+        window = int(now // WINDOW_SECONDS)
+        if self._count(f"relaypacs:rate:{subject}:{kind}:{window}") > limit:
+            retry_after = int((window + 1) * WINDOW_SECONDS - now) + 1
+            raise ApiError(429, f"rate limit of {limit} {kind} requests per minute reached",
+                           retry_after=retry_after)

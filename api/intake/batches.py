@@ -1,0 +1,105 @@
+"""Batches: one clinic session of many files; open, watch, complete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, g, jsonify
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from api.http.auth import actor, check_facility, current_user, require
+from api.http.context import db
+from api.http.errors import ApiError
+from api.http.openapi import operation
+from pipeline.accounts import audit
+from pipeline.dicom.attributes import MetadataError
+from pipeline.editing import batch_edits
+from pipeline.intake.batch_report import batch_report, batch_summary
+from pipeline.models import Batch, BatchState, Role, utcnow
+from workers import chains
+
+blueprint = Blueprint("batches", __name__)
+WRITERS = (Role.UPLOADER, Role.ADMIN)
+
+
+def _load(batch_id: int) -> Batch:
+    batch = db().get(Batch, batch_id)
+    if batch is None:
+        raise ApiError(404, f"batch {batch_id} not found")
+    check_facility(batch.facility_id)
+    return batch
+
+
+class BatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str | None = Field(None, max_length=200)
+    template: str | None = Field(None, min_length=1, max_length=200,
+                                 description="name of one of the facility's templates")
+    overrides: dict[str, dict[str, Any]] | None = Field(
+        None, description="PatientID -> {DICOM keyword: value}")
+
+
+class BatchListQuery(BaseModel):
+    limit: int = Field(50, ge=1, le=200)
+
+
+@blueprint.route("", methods=["POST"])
+@require(*WRITERS)
+@operation("Open a batch (one clinic session of many files)", body=BatchCreate,
+           responses={201: "the new batch"})
+def create():  # noqa: ANN201
+    body: BatchCreate = g.body
+    label, template, overrides = body.label, body.template, body.overrides
+    user = current_user()
+    batch = Batch(facility_id=user.facility_id, user_id=user.id, label=label)
+    session = db()
+    session.add(batch)
+    session.flush()
+    try:  # the template must exist; keywords and values are checked against the dictionary
+        batch_edits.start_batch(session, batch, user, template_name=template, overrides=overrides)
+    except MetadataError as exc:
+        session.rollback()
+        raise ApiError(400, str(exc)) from exc
+    audit.record(session, actor(), "batch.created", f"batch:{batch.id}",
+                 {"template": template, "override_patients": len(overrides or {})})
+    session.commit()
+    response = jsonify(batch_summary(batch))
+    response.status_code = 201
+    response.headers["Location"] = f"/api/v1/batches/{batch.id}"
+    return response
+
+
+@blueprint.route("", methods=["GET"])
+@require()
+@operation("List batches, newest first", query=BatchListQuery)
+def list_batches():  # noqa: ANN201
+    user = current_user()
+    limit = g.query.limit
+    query = select(Batch).order_by(Batch.id.desc()).limit(limit)
+    if user.role != Role.ADMIN:
+        query = query.where(Batch.facility_id == user.facility_id)
+    return jsonify({"batches": [batch_summary(b) for b in db().scalars(query)]})
+
+
+@blueprint.route("/<int:batch_id>", methods=["GET"])
+@require()
+@operation("Batch status: every file, study and delivery")
+def show(batch_id: int):  # noqa: ANN201
+    batch = _load(batch_id)
+    return jsonify(batch_report(db(), batch))
+
+
+@blueprint.route("/<int:batch_id>/complete", methods=["POST"])
+@require(*WRITERS)
+@operation("The client sent everything: forward when every file is processed")
+def complete(batch_id: int):  # noqa: ANN201
+    batch = _load(batch_id)
+    session = db()
+    if batch.state == BatchState.OPEN:
+        batch.state = BatchState.COMPLETED
+        batch.completed_at = utcnow()
+        audit.record(session, actor(), "batch.completed", f"batch:{batch.id}")
+        session.commit()
+    chains.enqueue_batch_dispatch(batch.id)  # after the commit that made it visible
+    return jsonify(batch_summary(batch))

@@ -1,0 +1,284 @@
+"""tus 1.0.0 at /api/v1/files: creation, creation-with-upload, checksum, termination,
+expiration. The request only validates, streams the body to staging and moves the
+offset; assembly and parsing happen in workers.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from email.utils import format_datetime
+
+from flask import Blueprint, Response, request, url_for
+from sqlalchemy import func, select
+from werkzeug.exceptions import ClientDisconnected
+
+from api.events.publish import chunk_recorded, upload_created
+from api.http.auth import check_facility, current_user, require
+from api.http.context import db, resources
+from api.http.errors import ApiError
+from api.http.openapi import STANDARD_ERRORS, operation
+from pipeline.intake import uploads as intake
+from pipeline.intake.tus import (
+    ALLOWED_HEADERS,
+    EXPOSED_HEADERS,
+    EXTENSIONS,
+    OFFSET_CONTENT_TYPE,
+    TUS_VERSION,
+    TusError,
+    check_version,
+    parse_checksum,
+    parse_metadata,
+    parse_non_negative,
+)
+from pipeline.models import Batch, Role, Upload, UploadState
+from workers import chains
+
+blueprint = Blueprint("files", __name__)
+TUS_HEADER = ("Tus-Resumable", True, "1.0.0")
+WRITERS = (Role.UPLOADER, Role.ADMIN)
+
+
+class BodyStream:
+    """Request body as a file-like whose disconnects look like I/O errors to pipeline/."""
+
+    def __init__(self, stream) -> None:  # noqa: ANN001
+        self.stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.stream.read(size)
+        except ClientDisconnected as exc:
+            raise OSError("client disconnected") from exc
+
+
+@blueprint.after_request
+def _tus_headers(response: Response) -> Response:
+    response.headers["Tus-Resumable"] = TUS_VERSION
+    origins = resources().settings.cors_origins
+    origin = request.headers.get("Origin")
+    if origin and ("*" in origins or origin in origins):
+        response.headers["Access-Control-Allow-Origin"] = origin if "*" not in origins else "*"
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    return response
+
+
+def _headers(upload: Upload, **extra: str) -> dict[str, str]:
+    return {
+        "Upload-Offset": str(upload.offset),
+        "Upload-Expires": format_datetime(upload.expires_at, usegmt=True),
+        "Cache-Control": "no-store",
+        **extra,
+    }
+
+
+def _load(upload_id: str) -> Upload:
+    if not upload_id.isalnum() or len(upload_id) > 32:
+        raise ApiError(404, "no such upload")
+    upload = db().get(Upload, upload_id)
+    if upload is None:
+        raise ApiError(404, "no such upload")
+    check_facility(upload.facility_id)
+    if upload.state == UploadState.TERMINATED:
+        raise ApiError(404, "upload was terminated")
+    if upload.state == UploadState.EXPIRED:
+        raise ApiError(410, "upload expired; start it again")
+    return upload
+
+
+@blueprint.route("", methods=["OPTIONS"])
+@blueprint.route("/<upload_id>", methods=["OPTIONS"])
+@operation("tus discovery and CORS preflight (no credentials)", public=True,
+           responses={204: "tus capabilities"}, errors=())
+def options(upload_id: str | None = None) -> Response:
+    """Discovery and CORS preflight: browsers send it without credentials, so no auth."""
+    settings = resources().settings
+    response = Response(status=204)
+    response.headers.update({
+        "Tus-Version": TUS_VERSION,
+        "Tus-Extension": EXTENSIONS,
+        "Tus-Max-Size": str(settings.max_upload_bytes),
+        "Tus-Checksum-Algorithm": "sha1,sha256",
+        "Access-Control-Allow-Methods": "POST, HEAD, PATCH, DELETE, OPTIONS",
+        "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+        "Access-Control-Max-Age": "86400",
+    })
+    return response
+
+
+@blueprint.route("", methods=["POST"])
+@require(*WRITERS)
+@operation("tus creation (and creation-with-upload)", responses={201: "created; see Location"},
+           errors=(*STANDARD_ERRORS, 409, 412, 413, 415, 460),
+           headers=(TUS_HEADER, ("Upload-Length", True, "file size in bytes"),
+                    ("Upload-Metadata", True, "filename and batch_id, base64"),
+                    ("Upload-Checksum", False, "sha1|sha256 <base64> of the body")))
+def create() -> Response:
+    check_version(request.headers.get("Tus-Resumable"))
+    settings = resources().settings
+    if request.headers.get("Upload-Defer-Length"):
+        raise TusError(400, "Upload-Defer-Length is not supported; send Upload-Length")
+    length = parse_non_negative(request.headers.get("Upload-Length"), "Upload-Length")
+    if length > settings.max_upload_bytes:
+        raise TusError(413, f"Upload-Length {length} exceeds the limit of "
+                            f"{settings.max_upload_bytes} bytes")
+    metadata = parse_metadata(request.headers.get("Upload-Metadata"))
+    batch_ref = metadata.get("batch_id", "")
+    if not batch_ref.isdigit():
+        raise ApiError(400, "Upload-Metadata must carry batch_id (open one with POST /api/v1/batches)")
+    session = db()
+    batch = session.get(Batch, int(batch_ref))
+    if batch is None:
+        raise ApiError(404, f"batch {batch_ref} not found")
+    check_facility(batch.facility_id)
+    checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+    open_uploads = session.scalar(select(func.count()).select_from(Upload).where(
+        Upload.user_id == current_user().id, Upload.state == UploadState.RECEIVING))
+    if open_uploads >= settings.max_open_uploads:
+        raise ApiError(429, f"{open_uploads} uploads are open; finish or terminate some first",
+                       retry_after=60)
+    expiry = timedelta(seconds=settings.upload_expiry_seconds)
+    has_body = request.content_length or request.headers.get("Transfer-Encoding")
+    upload = intake.new_upload(
+        batch=batch, user_id=current_user().id, length=length, metadata=metadata,
+        max_bytes=settings.max_upload_bytes, expiry=expiry,
+    )
+    if has_body and request.content_type == OFFSET_CONTENT_TYPE:
+        # creation-with-upload: the first chunk (for most files, all of it) rides on the POST.
+        upload = _create_with_chunk(upload, checksum)
+        return Response(status=201, headers=_headers(upload, Location=_location(upload)))
+    intake.add_upload(session, upload)
+    session.commit()
+    upload_created(upload)  # event after the commit (issue 5)
+    if intake.finish_if_complete(session, upload):
+        session.commit()
+        chains.enqueue_upload_chain(upload.id)
+    return Response(status=201, headers=_headers(upload, Location=_location(upload)))
+
+
+def _location(upload: Upload) -> str:
+    return url_for("files.head", upload_id=upload.id, _external=True)
+
+
+def _create_with_chunk(upload: Upload, checksum) -> Upload:  # noqa: ANN001
+    """Store the POST's body, then add the upload with its offset in one commit.
+
+    The row goes in after the body: until the response names the upload nobody can write
+    to it, so it needs no lease, and a body refused (460, 413) leaves no upload behind.
+    """
+    settings = resources().settings
+    store = resources().store
+    session = db()
+    staged = intake.stage_chunk(
+        store, upload, BodyStream(request.stream), offset=0, checksum=checksum,
+        spool_dir=settings.var_dir / "spool",
+    )
+    try:
+        intake.record_new_upload(session, upload, staged)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        if staged is not None:
+            store.delete(staged.key)
+        raise
+    upload_created(upload, first_chunk=staged is not None)  # events after the commit (issue 5)
+    _enqueue_if_complete(upload)
+    return upload
+
+
+def _enqueue_if_complete(upload: Upload) -> None:
+    """After the commit that made the state visible: a whole file stored as its original
+    goes straight to parsing, a file of several chunks to assembly first."""
+    if upload.state == UploadState.ASSEMBLED:
+        chains.enqueue_parse(upload.id)
+    elif upload.state == UploadState.RECEIVED:
+        chains.enqueue_upload_chain(upload.id)
+
+
+@blueprint.route("/<upload_id>", methods=["HEAD"])
+@require()
+@operation("tus offset of an upload", headers=(TUS_HEADER,), errors=(*STANDARD_ERRORS, 410, 412))
+def head(upload_id: str) -> Response:
+    check_version(request.headers.get("Tus-Resumable"))
+    upload = _load(upload_id)
+    return Response(status=200, headers=_headers(upload, **{"Upload-Length": str(upload.length)}))
+
+
+@blueprint.route("/<upload_id>", methods=["PATCH"])
+@require(*WRITERS)
+@operation("tus: append a chunk at Upload-Offset", responses={204: "stored; new Upload-Offset"},
+           errors=(*STANDARD_ERRORS, 409, 410, 412, 413, 415, 423, 460),
+           headers=(TUS_HEADER, ("Upload-Offset", True, "where this chunk starts"),
+                    ("Upload-Checksum", False, "sha1|sha256 <base64> of the body")))
+def patch(upload_id: str) -> Response:
+    check_version(request.headers.get("Tus-Resumable"))
+    if request.content_type != OFFSET_CONTENT_TYPE:
+        raise TusError(415, f"Content-Type must be {OFFSET_CONTENT_TYPE}")
+    offset = parse_non_negative(request.headers.get("Upload-Offset"), "Upload-Offset")
+    checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+    upload = _load(upload_id)
+    if upload.state != UploadState.RECEIVING and upload.offset == upload.length:
+        raise ApiError(409, "upload is already complete", upload_offset=upload.offset)
+    if offset != upload.offset:
+        raise ApiError(409, f"Upload-Offset {offset} does not match the server's {upload.offset}",
+                       upload_offset=upload.offset)
+    upload = _write_chunk(upload, offset, checksum)
+    return Response(status=204, headers=_headers(upload))
+
+
+def _write_chunk(upload: Upload, offset: int, checksum) -> Upload:  # noqa: ANN001
+    settings = resources().settings
+    store = resources().store
+    session = db()
+    upload_id = upload.id
+    lease = intake.acquire_lease(session, upload_id, settings.upload_lock_seconds)
+    session.commit()
+
+    def renew() -> None:
+        intake.renew_lease(session, upload_id, lease, settings.upload_lock_seconds)
+        session.commit()
+
+    try:
+        staged = intake.stage_chunk(
+            store, upload, BodyStream(request.stream), offset=offset, checksum=checksum,
+            spool_dir=settings.var_dir / "spool", renew=renew,
+        )
+        if staged is None:
+            intake.release_lease(session, upload_id, lease)
+            session.commit()
+            return session.get(Upload, upload_id, populate_existing=True)
+        try:
+            # Gives the lease back in the same statement.
+            upload = intake.record_chunk(
+                session, upload_id, lease, staged,
+                expiry=timedelta(seconds=settings.upload_expiry_seconds),
+            )
+            session.commit()
+        except Exception:
+            session.rollback()
+            store.delete(staged.key)
+            raise
+    except BaseException:
+        session.rollback()
+        intake.release_lease(session, upload_id, lease)
+        session.commit()
+        raise
+    chunk_recorded(upload)  # events after the commit (issue 5)
+    _enqueue_if_complete(upload)
+    return upload
+
+
+@blueprint.route("/<upload_id>", methods=["DELETE"])
+@require(*WRITERS)
+@operation("tus termination", responses={204: "terminated"}, headers=(TUS_HEADER,),
+           errors=(*STANDARD_ERRORS, 409, 410, 412))
+def terminate(upload_id: str) -> Response:
+    check_version(request.headers.get("Tus-Resumable"))
+    upload = _load(upload_id)
+    session = db()
+    keys = intake.terminate(session, upload)
+    session.commit()
+    for key in keys:
+        resources().store.delete(key)
+    # The batch may have been waiting only for this file.
+    chains.enqueue_batch_dispatch(upload.batch_id)
+    return Response(status=204)

@@ -1,0 +1,155 @@
+"""Grouping: a parsed instance is recorded under its study and series, idempotently by
+SOPInstanceUID, so a file sent twice is stored once and forwarded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pipeline.dicom.headers import InstanceHeader, Quarantine, read_header
+from pipeline.editing.study_organisation import record_origin
+from pipeline.models import Delivery, DeliveryState, Instance, Series, Study, Upload, UploadState
+from pipeline.storage import ObjectStore, iter_object
+
+
+def _insert_or_get(session: Session, model: type, where: dict, values: dict):  # noqa: ANN202
+    """Insert a row the caller just looked for and did not find; returns it and whether it
+    is ours. Two parse tasks may meet the same new study at once: the loser re-reads the
+    winner's row."""
+    try:
+        with session.begin_nested():
+            row = model(**where, **values)
+            session.add(row)
+        return row, True
+    except IntegrityError:
+        return session.scalar(select(model).filter_by(**where)), False
+
+
+def _get_or_create(session: Session, model: type, where: dict, values: dict):  # noqa: ANN202
+    found = session.scalar(select(model).filter_by(**where))
+    if found is not None:
+        return found
+    return _insert_or_get(session, model, where, values)[0]
+
+
+# Objects up to this size are parsed from memory; bigger ones spill to the spool folder.
+IN_MEMORY_BYTES = 4 * 1024 * 1024
+
+
+def read_stored_header(store: ObjectStore, key: str, spool_dir: Path,
+                       expected_sha256: str | None = None) -> InstanceHeader:
+    """Copy the object locally (S3 bodies cannot seek), hashing it, and parse its header.
+
+    With ``expected_sha256`` the bytes must be those hashed when they arrived: a file sent
+    in one request is stored as its original by the API and never re-read by assembly, so
+    this is where an object changed in storage is caught (quarantined ``corrupt_object``).
+    """
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_BYTES, dir=spool_dir) as tmp:
+        for block in iter_object(store, key):
+            tmp.write(block)
+            digest.update(block)
+        if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
+            raise Quarantine("corrupt_object", "stored bytes differ from the bytes received")
+        size = tmp.tell()
+        tmp.seek(0)
+        return read_header(tmp, size)
+
+
+def quarantine(session: Session, upload: Upload, reason: str, detail: str) -> None:
+    upload.state = UploadState.QUARANTINED
+    upload.quarantine_reason = reason
+    upload.quarantine_detail = detail[:1000]
+    session.flush()
+
+
+def record_instance(session: Session, upload: Upload, header: InstanceHeader) -> Instance:
+    """Record the study/series/instance for an assembled upload."""
+    study = _get_or_create(
+        session,
+        Study,
+        {"facility_id": upload.facility_id, "study_instance_uid": header.study_instance_uid},
+        {
+            "patient_id": header.patient_id,
+            "study_date": header.study_date,
+            "modality": header.modality,
+            "description": header.study_description,
+        },
+    )
+    series = _get_or_create(
+        session,
+        Series,
+        {"study_id": study.id, "series_instance_uid": header.series_instance_uid},
+        {"modality": header.modality},
+    )
+    assert upload.object_key and upload.sha256
+    size = upload.length
+    instance = session.scalar(
+        select(Instance).where(
+            Instance.facility_id == upload.facility_id,
+            Instance.sop_instance_uid == header.sop_instance_uid,
+        )
+    )
+    new = False
+    if instance is None:
+        instance, new = _insert_or_get(
+            session,
+            Instance,
+            {"facility_id": upload.facility_id, "sop_instance_uid": header.sop_instance_uid},
+            {
+                "series_id": series.id,
+                "study_id": study.id,
+                "sop_class_uid": header.sop_class_uid,
+                "transfer_syntax_uid": header.transfer_syntax_uid,
+                "object_key": upload.object_key,
+                "size": size,
+                "sha256": upload.sha256,
+                "batch_id": upload.batch_id,
+                "upload_id": upload.id,
+            },
+        )
+    elif instance.sha256 != upload.sha256:
+        # Same SOPInstanceUID, new bytes: a corrected re-send. The new version replaces the
+        # old one and goes out again; identical bytes are simply a duplicate and go nowhere.
+        instance.object_key = upload.object_key
+        instance.sha256 = upload.sha256
+        instance.size = size
+        instance.transfer_syntax_uid = header.transfer_syntax_uid
+        instance.batch_id = upload.batch_id
+        instance.upload_id = upload.id
+        for delivery in session.scalars(select(Delivery).where(Delivery.instance_id == instance.id)):
+            delivery.state = DeliveryState.PENDING
+            delivery.batch_id = upload.batch_id
+            delivery.reason = "new version re-sent"
+    record_origin(session, instance, header, new=new)
+    upload.sop_instance_uid = header.sop_instance_uid
+    upload.state = UploadState.PARSED
+    session.flush()
+    return instance
+
+
+def parse_and_group(session: Session, store: ObjectStore, upload: Upload, spool_dir: Path) -> None:
+    """Parse an assembled upload and record it, or quarantine it with the reason."""
+    if upload.state != UploadState.ASSEMBLED:
+        return
+    assert upload.object_key
+    try:
+        header = read_stored_header(store, upload.object_key, spool_dir, upload.sha256)
+    except Quarantine as q:
+        quarantine(session, upload, q.reason, q.detail)
+        return
+    record_instance(session, upload, header)
+
+
+def spool_dir_for(var_dir: Path) -> Path:
+    path = Path(var_dir) / "spool"
+    os.makedirs(path, exist_ok=True)
+    return path

@@ -1,0 +1,91 @@
+"""Assembly: the staged chunks of a finished upload become one stored object.
+
+Each chunk is re-hashed while it is copied and compared with the digest recorded when it
+arrived, the total length must equal Upload-Length, and a whole-file checksum the client
+declared in Upload-Metadata (``checksum: "sha256 <base64>"``) must match.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from pipeline.intake.tus import CHECKSUM_ALGORITHMS
+from pipeline.intake.uploads import original_key
+from pipeline.models import Upload, UploadState
+from pipeline.storage import ObjectStore, iter_object
+
+
+class AssemblyError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Assembled:
+    upload_id: str
+    staged_keys: list[str]  # for the caller to delete once the new state is committed
+
+
+def _declared_digest(declared: str | None) -> tuple[str, bytes] | None:
+    if not declared:
+        return None
+    algorithm, _, value = declared.partition(" ")
+    algorithm = algorithm.lower()
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise AssemblyError("bad_checksum", f"unsupported whole-file checksum {algorithm!r}")
+    try:
+        return algorithm, base64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise AssemblyError("bad_checksum", "whole-file checksum is not base64") from exc
+
+
+def assemble(session: Session, store: ObjectStore, upload: Upload, spool_dir: Path) -> Assembled:
+    """Join and verify the chunks; idempotent (an assembled upload is left as it is)."""
+    if upload.state != UploadState.RECEIVED:
+        return Assembled(upload.id, [])
+    declared = _declared_digest(upload.declared_checksum)
+    whole = hashlib.sha256()
+    other = CHECKSUM_ALGORITHMS[declared[0]]() if declared else None
+    expected_offset = 0
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=spool_dir, prefix="assemble-")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in upload.chunks:
+                if chunk.offset != expected_offset:
+                    raise AssemblyError("gap", f"chunk at {chunk.offset}, expected {expected_offset}")
+                chunk_hash = hashlib.sha256()
+                for block in iter_object(store, chunk.object_key):
+                    chunk_hash.update(block)
+                    whole.update(block)
+                    if other is not None:
+                        other.update(block)
+                    out.write(block)
+                if chunk_hash.hexdigest() != chunk.sha256:
+                    raise AssemblyError("corrupt_chunk", f"chunk at {chunk.offset} changed in storage")
+                expected_offset += chunk.length
+        if expected_offset != upload.length:
+            raise AssemblyError("length", f"{expected_offset} bytes assembled, {upload.length} declared")
+        if declared is not None and other is not None and other.digest() != declared[1]:
+            raise AssemblyError("checksum_mismatch", f"whole-file {declared[0]} does not match")
+        key = original_key(upload)
+        store.put_file(key, tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+    staged = [c.object_key for c in upload.chunks]
+    upload.chunks.clear()
+    upload.object_key = key
+    upload.sha256 = whole.hexdigest()
+    upload.state = UploadState.ASSEMBLED
+    session.flush()
+    return Assembled(upload.id, staged)

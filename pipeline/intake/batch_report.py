@@ -1,0 +1,128 @@
+"""What a client polls: every file's state, every study found, every delivery of a batch."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from pipeline.editing.batch_edits import change_log
+from pipeline.editing.study_organisation import batch_studies, problems_of
+from pipeline.models import Batch, Delivery, Destination, Instance, Study, Upload
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def batch_summary(batch: Batch) -> dict:
+    return {
+        "id": batch.id,
+        "label": batch.label,
+        "state": batch.state,
+        "facility_id": batch.facility_id,
+        "template": batch.template,
+        "created_at": _iso(batch.created_at),
+        "completed_at": _iso(batch.completed_at),
+        "forwarding_started_at": _iso(batch.forwarding_started_at),
+    }
+
+
+def batch_report(session: Session, batch: Batch) -> dict:
+    uploads = session.scalars(
+        select(Upload).where(Upload.batch_id == batch.id).order_by(Upload.created_at, Upload.id)
+    ).all()
+    sop_uids = [u.sop_instance_uid for u in uploads if u.sop_instance_uid]
+    instances = {
+        i.sop_instance_uid: i
+        for i in session.scalars(
+            select(Instance).where(
+                Instance.facility_id == batch.facility_id, Instance.sop_instance_uid.in_(sop_uids)
+            )
+        )
+    } if sop_uids else {}
+    instance_ids = [i.id for i in instances.values()]
+    deliveries = session.scalars(
+        select(Delivery).where(Delivery.instance_id.in_(instance_ids)).order_by(Delivery.id)
+    ).all() if instance_ids else []
+    destinations = {d.id: d.name for d in session.scalars(select(Destination))}
+    studies = {
+        s.id: s
+        for s in session.scalars(
+            select(Study).where(Study.id.in_({i.study_id for i in instances.values()}))
+        )
+    } if instances else {}
+    by_id = {i.id: i for i in instances.values()}
+
+    files = []
+    for u in uploads:
+        instance = instances.get(u.sop_instance_uid or "")
+        files.append({
+            "upload_id": u.id,
+            "filename": u.filename,
+            "state": u.state,
+            "offset": u.offset,
+            "length": u.length,
+            "quarantine_reason": u.quarantine_reason,
+            "quarantine_detail": u.quarantine_detail,
+            "sop_instance_uid": u.sop_instance_uid,
+            "study_instance_uid": studies[instance.study_id].study_instance_uid if instance else None,
+        })
+
+    per_study: dict[int, dict] = defaultdict(lambda: {"instances": set(), "series": set(),
+                                                      "deliveries": defaultdict(Counter)})
+    for instance in instances.values():
+        per_study[instance.study_id]["instances"].add(instance.id)
+        per_study[instance.study_id]["series"].add(instance.series_id)
+    for d in deliveries:
+        per_study[d.study_id]["deliveries"][destinations.get(d.destination_id, "?")][d.state] += 1
+    study_rows = [
+        {
+            "study_instance_uid": studies[sid].study_instance_uid,
+            "patient_id": studies[sid].patient_id,
+            "modality": studies[sid].modality,
+            "study_date": studies[sid].study_date,
+            "series": len(info["series"]),
+            "instances": len(info["instances"]),
+            "deliveries": {dest: dict(c) for dest, c in info["deliveries"].items()},
+        }
+        for sid, info in sorted(per_study.items())
+    ]
+    delivery_rows = [
+        {
+            "sop_instance_uid": by_id[d.instance_id].sop_instance_uid,
+            "destination": destinations.get(d.destination_id),
+            "state": d.state,
+            "attempts": d.attempts,
+            "status_code": d.status_code,
+            "reason": d.reason,
+            "delivered_at": _iso(d.delivered_at),
+            # Which bytes went out: the original, or a rewritten rendition of it.
+            "sent_object_key": d.sent_object_key,
+            "sent_sha256": d.sent_sha256,
+            "rewritten": d.sent_object_key is not None
+            and d.sent_object_key != by_id[d.instance_id].object_key,
+        }
+        for d in deliveries
+    ]
+    file_states = Counter(f["state"] for f in files)
+    delivery_states = Counter(d.state for d in deliveries)
+    return {
+        **batch_summary(batch),
+        "totals": {
+            "files": len(files),
+            "bytes": sum(u.length for u in uploads),
+            "bytes_received": sum(u.offset for u in uploads),
+            "files_by_state": dict(file_states),
+            "studies": len(study_rows),
+            "deliveries_by_state": dict(delivery_states),
+        },
+        "files": files,
+        "studies": study_rows,
+        "deliveries": delivery_rows,
+        # Who changed what (template, overrides, moves), and what still looks wrong.
+        "changes": change_log(session, batch.id),
+        "problems": problems_of(batch_studies(session, batch)),
+    }

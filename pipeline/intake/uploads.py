@@ -1,0 +1,360 @@
+"""tus uploads: creating them, staging each PATCH body as its own object, and moving the
+offset forward under a lease that any API process can take.
+
+Why a lease row and not a database lock held for the whole request: a chunk over a slow
+link can take minutes, and holding a transaction (and a pooled connection) open that long
+would starve the pool. The lease is a conditional UPDATE, so it works across processes on
+PostgreSQL and on the embedded SQLite alike, and a crashed holder simply lets it expire.
+
+A body that turns out to be the whole file (offset 0, Upload-Length bytes, the declared
+whole-file checksum matching) is stored straight under the upload's ``original.dcm`` key
+and recorded ASSEMBLED: assembly would only copy that one chunk to the same bytes under
+another key (a GET, a PUT and a DELETE per file), so the parse step is next. A clinic
+folder is mostly such files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import case, or_, select, update
+from sqlalchemy.orm import Session
+
+from pipeline.intake.tus import Checksum, TusError, clean_filename, parse_checksum
+from pipeline.models import Batch, BatchState, Upload, UploadChunk, UploadState, utcnow
+from pipeline.storage import ObjectStore
+
+READ_BLOCK = 64 * 1024
+RENEW_EVERY_SECONDS = 10.0
+
+
+def upload_prefix(upload_id: str, created_at: datetime) -> str:
+    """Date-partitioned home of one upload: ``YYYY/MM/DD/upload-ID``."""
+    return f"{created_at:%Y/%m/%d}/upload-{upload_id}"
+
+
+def chunk_key(upload: Upload, offset: int) -> str:
+    return f"{upload_prefix(upload.id, upload.created_at)}/chunks/{offset:015d}"
+
+
+def original_key(upload: Upload) -> str:
+    return f"{upload_prefix(upload.id, upload.created_at)}/original.dcm"
+
+
+def new_upload(
+    *,
+    batch: Batch,
+    user_id: int,
+    length: int,
+    metadata: dict[str, str],
+    max_bytes: int,
+    expiry: timedelta,
+    now: datetime | None = None,
+) -> Upload:
+    """A checked, transient upload (not in the session yet): its id and creation date fix
+    its object keys, so a creation-with-upload body can be stored before the row exists."""
+    if length > max_bytes:
+        raise TusError(413, f"Upload-Length {length} exceeds the limit of {max_bytes} bytes")
+    if batch.state != BatchState.OPEN:
+        raise TusError(409, f"batch {batch.id} is {batch.state}; open a new batch")
+    now = now or utcnow()
+    declared = metadata.get("checksum") or metadata.get("sha256")
+    if declared and metadata.get("sha256") and not declared.startswith("sha256 "):
+        declared = f"sha256 {declared}"
+    return Upload(
+        id=secrets.token_hex(16),
+        batch_id=batch.id,
+        facility_id=batch.facility_id,
+        user_id=user_id,
+        filename=clean_filename(metadata.get("filename")),
+        length=length,
+        offset=0,
+        state=UploadState.RECEIVING,
+        declared_checksum=declared,
+        created_at=now,
+        updated_at=now,
+        expires_at=now + expiry,
+    )
+
+
+def add_upload(session: Session, upload: Upload) -> Upload:
+    """Add an upload made by :func:`new_upload` that has no body yet (plain creation)."""
+    session.add(upload)
+    session.get(Batch, upload.batch_id).last_activity_at = upload.created_at
+    session.flush()
+    return upload
+
+
+def record_new_upload(
+    session: Session, upload: Upload, staged: StagedChunk | None, *, now: datetime | None = None
+) -> Upload:
+    """Add an upload whose first chunk rode on the creating request, in one transaction.
+
+    No lease: nobody can write to an upload before the response has told them its id. The
+    batch must still be open when the row goes in (it may have been completed while the
+    body streamed): the UPDATE that records the batch's activity checks that under the
+    batch row's lock, so a completion never misses a file it did not wait for.
+    """
+    now = now or utcnow()
+    claimed = session.execute(
+        update(Batch)
+        .where(Batch.id == upload.batch_id, Batch.state == BatchState.OPEN)
+        .values(last_activity_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        raise TusError(409, f"batch {upload.batch_id} was closed while this file was sent; "
+                            "open a new batch")
+    if staged is not None:
+        upload.offset = staged.length
+        upload.updated_at = now
+        if staged.whole:
+            upload.state = UploadState.ASSEMBLED
+            upload.object_key = staged.key
+            upload.sha256 = staged.sha256
+    if upload.state == UploadState.RECEIVING and upload.offset == upload.length:
+        upload.state = UploadState.RECEIVED  # several chunks' worth, or an empty file
+    session.add(upload)
+    if staged is not None and not staged.whole:
+        session.add(_chunk_row(upload.id, staged))
+    session.flush()
+    return upload
+
+
+def acquire_lease(session: Session, upload_id: str, seconds: int, now: datetime | None = None) -> str:
+    """Take the upload's write lease or raise 423; the caller commits to make it visible."""
+    now = now or utcnow()
+    token = secrets.token_hex(8)
+    result = session.execute(
+        update(Upload)
+        .where(
+            Upload.id == upload_id,
+            or_(Upload.lock_token.is_(None), Upload.lock_expires_at < now),
+        )
+        .values(lock_token=token, lock_expires_at=now + timedelta(seconds=seconds))
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise TusError(423, "another request is writing to this upload; retry shortly")
+    return token
+
+
+def renew_lease(session: Session, upload_id: str, token: str, seconds: int) -> bool:
+    result = session.execute(
+        update(Upload)
+        .where(Upload.id == upload_id, Upload.lock_token == token)
+        .values(lock_expires_at=utcnow() + timedelta(seconds=seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def release_lease(session: Session, upload_id: str, token: str) -> None:
+    session.execute(
+        update(Upload)
+        .where(Upload.id == upload_id, Upload.lock_token == token)
+        .values(lock_token=None, lock_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+@dataclass(frozen=True)
+class StagedChunk:
+    key: str
+    offset: int
+    length: int
+    sha256: str
+    # The body was the whole file, stored as the upload's original: nothing to assemble.
+    whole: bool = False
+
+
+def _chunk_row(upload_id: str, staged: StagedChunk) -> UploadChunk:
+    return UploadChunk(upload_id=upload_id, offset=staged.offset, length=staged.length,
+                       object_key=staged.key, sha256=staged.sha256)
+
+
+def declared_checksum(declared: str | None) -> Checksum | None:
+    """The whole-file checksum from Upload-Metadata, or None when there is none or it cannot
+    be read (assembly then quarantines the file with the reason)."""
+    if not declared:
+        return None
+    try:
+        return parse_checksum(declared)
+    except TusError:
+        return None
+
+
+def stage_chunk(
+    store: ObjectStore,
+    upload: Upload,
+    stream: BinaryIO,
+    *,
+    offset: int,
+    checksum: Checksum | None,
+    spool_dir: Path,
+    renew: Callable[[], None] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> StagedChunk | None:
+    """Copy a PATCH body to staging storage, block by block, never all of it in memory.
+
+    The body is spooled to a local temp file while hashing, then stored as one object.
+    A body cut off by a dropped connection is kept up to where it stopped (so the client
+    resumes from there), unless it carried a checksum we can no longer verify.
+    A body that is the whole file, with the declared whole-file checksum (if any) matching,
+    is stored as the upload's original (``whole``). Returns None when nothing was received.
+    """
+    clock = clock or time.monotonic
+    remaining = upload.length - offset
+    chunk_hash = hashlib.sha256()
+    tus_hash = checksum.new_hasher() if checksum else None
+    declared = declared_checksum(upload.declared_checksum) if offset == 0 else None
+    whole_hash = None
+    if declared is not None and declared.algorithm != "sha256":
+        whole_hash = declared.new_hasher()
+    may_be_whole = offset == 0 and (declared is not None or not upload.declared_checksum)
+    hashers = [h for h in (chunk_hash, tus_hash, whole_hash) if h is not None]
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=spool_dir, prefix="chunk-")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as spool:
+            received, interrupted = _spool_body(
+                stream, spool, hashers, limit=remaining, upload_length=upload.length,
+                renew=renew, clock=clock,
+            )
+        if interrupted is not None and checksum is not None:
+            raise TusError(400, "body interrupted before its checksum could be verified")
+        if tus_hash is not None and tus_hash.digest() != checksum.digest:
+            raise TusError(460, f"{checksum.algorithm} checksum mismatch; chunk discarded")
+        if received == 0:
+            return None
+        whole = may_be_whole and interrupted is None and received == upload.length
+        if whole and declared is not None:
+            digest = (whole_hash or chunk_hash).digest()
+            # A mismatch goes the assembly way, which quarantines the file with the reason.
+            whole = digest == declared.digest
+        key = original_key(upload) if whole else chunk_key(upload, offset)
+        store.put_file(key, tmp)
+        return StagedChunk(key=key, offset=offset, length=received, sha256=chunk_hash.hexdigest(),
+                           whole=whole)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _spool_body(
+    stream: BinaryIO,
+    spool: BinaryIO,
+    hashers: list,
+    *,
+    limit: int,
+    upload_length: int,
+    renew: Callable[[], None] | None,
+    clock: Callable[[], float],
+) -> tuple[int, Exception | None]:
+    """Copy ``stream`` to ``spool`` a block at a time, feeding every hasher, renewing the
+    lease every RENEW_EVERY_SECONDS; 413 past ``limit`` bytes. Returns the bytes received
+    and, when the client went away mid-body, the error that cut it off."""
+    received = 0
+    last_renew = clock()
+    while True:
+        try:
+            block = stream.read(READ_BLOCK)
+        except (OSError, ValueError) as exc:  # client went away mid-body
+            return received, exc
+        if not block:
+            return received, None
+        received += len(block)
+        if received > limit:
+            raise TusError(413, f"chunk goes past Upload-Length ({upload_length} bytes)")
+        spool.write(block)
+        for hasher in hashers:
+            hasher.update(block)
+        if renew is not None and clock() - last_renew > RENEW_EVERY_SECONDS:
+            renew()
+            last_renew = clock()
+
+
+def record_chunk(
+    session: Session, upload_id: str, lease: str, staged: StagedChunk, *, expiry: timedelta,
+    now: datetime | None = None,
+) -> Upload:
+    """Advance the offset for a staged chunk and give the lease back, in one UPDATE; 409 if
+    the lease was lost meanwhile. Activity pushes the expiry forward: only idle uploads
+    expire. The last chunk makes the upload RECEIVED (ASSEMBLED when it was the whole file)."""
+    now = now or utcnow()
+    end = Upload.offset + staged.length
+    values: dict = {
+        "offset": end, "updated_at": now, "expires_at": now + expiry,
+        "lock_token": None, "lock_expires_at": None,
+        "state": case((end == Upload.length, UploadState.RECEIVED.value), else_=Upload.state),
+    }
+    if staged.whole:
+        values.update(state=UploadState.ASSEMBLED.value, object_key=staged.key, sha256=staged.sha256)
+    upload = session.scalars(
+        update(Upload)
+        .where(Upload.id == upload_id, Upload.lock_token == lease, Upload.offset == staged.offset,
+               Upload.state == UploadState.RECEIVING)  # not terminated or expired meanwhile
+        .values(**values)
+        .returning(Upload),
+        execution_options={"synchronize_session": False, "populate_existing": True},
+    ).one_or_none()
+    if upload is None:
+        raise TusError(409, "upload changed while this chunk was written; HEAD and resume")
+    if not staged.whole:
+        session.add(_chunk_row(upload_id, staged))
+    session.execute(
+        update(Batch).where(Batch.id == upload.batch_id).values(last_activity_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    return upload
+
+
+def finish_if_complete(session: Session, upload: Upload) -> bool:
+    """A zero-length or creation-with-upload file may be complete at creation."""
+    if upload.state == UploadState.RECEIVING and upload.offset == upload.length:
+        upload.state = UploadState.RECEIVED
+        session.flush()
+    return upload.state == UploadState.RECEIVED
+
+
+def terminate(session: Session, upload: Upload) -> list[str]:
+    """tus termination: forget the upload; returns staged keys for the caller to delete."""
+    if upload.state not in (UploadState.RECEIVING, UploadState.RECEIVED):
+        raise TusError(409, f"upload is already {upload.state}; it can no longer be terminated")
+    keys = [c.object_key for c in upload.chunks]
+    upload.chunks.clear()
+    upload.state = UploadState.TERMINATED
+    session.flush()
+    return keys
+
+
+@dataclass(frozen=True)
+class Expired:
+    upload_ids: list[str]
+    batch_ids: list[int]
+    staged_keys: list[str]  # for the caller to delete after the commit
+
+
+def expire_abandoned(session: Session, now: datetime | None = None) -> Expired:
+    """tus expiration: uploads idle past ``expires_at`` are dropped with their chunks."""
+    now = now or utcnow()
+    uploads = session.scalars(
+        select(Upload).where(Upload.state == UploadState.RECEIVING, Upload.expires_at < now)
+    ).all()
+    keys: list[str] = []
+    for upload in uploads:
+        keys.extend(c.object_key for c in upload.chunks)
+        upload.chunks.clear()
+        upload.state = UploadState.EXPIRED
+    session.flush()
+    return Expired([u.id for u in uploads], sorted({u.batch_id for u in uploads}), keys)
