@@ -1,8 +1,10 @@
-"""The contract every PACS destination implements, and the registry that builds them.
+"""The contract every PACS destination implements, and the status classification they share.
 
 A sender delivers the ORIGINAL Part-10 bytes of a study's instances to one destination and
 reports one `InstanceOutcome` per instance. It never re-encodes: byte-identical forwarding is
 what makes a delivery auditable and what keeps compressed or odd-but-valid files intact.
+Every sender module imports this one and this one imports no sender: the factory that builds
+a sender for a destination row is the package's `make_sender`.
 
 Failure classification is shared by STOW-RS and DIMSE because both report the same PS3.4 status
 codes (STOW-RS FailureReason/WarningReason values are C-STORE statuses):
@@ -23,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 __all__ = [
     "InstanceOutcome",
@@ -35,9 +37,7 @@ __all__ = [
     "format_status",
     "is_valid_uid",
     "is_warning",
-    "make_sender",
     "outcome_for_status",
-    "sender_kinds",
 ]
 
 
@@ -170,75 +170,3 @@ def outcome_for_status(sop_instance_uid: str, code: int) -> InstanceOutcome:
         f"refused by the PACS: {label}",
         failure_is_retryable(code),
     )
-
-
-# -- registry -----------------------------------------------------------------------------------
-# Factories import their module lazily so that a STOW-only deployment never imports pynetdicom
-# and importing the contract never pulls in requests.
-
-SenderFactory = Callable[[dict[str, Any], float, int], Sender]
-
-
-def _stowrs(options: dict[str, Any], timeout: float, batch_size: int) -> Sender:
-    from pipeline.delivery.destinations.stowrs import StowRsSender
-
-    return StowRsSender(
-        _required(options, "url"),
-        user=options.get("user"),
-        password=options.get("password"),
-        token=options.get("token"),
-        verify=options.get("verify", True),
-        timeout=timeout,
-        batch_size=batch_size,
-    )
-
-
-def _dimse(options: dict[str, Any], timeout: float, batch_size: int) -> Sender:
-    from pipeline.delivery.destinations.dimse import DimseSender
-
-    return DimseSender(
-        _required(options, "aet"),
-        _required(options, "host"),
-        int(_required(options, "port")),
-        calling_aet=options.get("calling_aet") or "RELAYPACS",
-        timeout=timeout,
-    )
-
-
-def _folder(options: dict[str, Any], timeout: float, batch_size: int) -> Sender:
-    from pipeline.delivery.destinations.folder import FolderSender
-
-    return FolderSender(_required(options, "path"))
-
-
-_FACTORIES: dict[str, SenderFactory] = {
-    "stowrs": _stowrs,
-    "dimse": _dimse,
-    "folder": _folder,
-}
-
-
-def _required(options: dict[str, Any], key: str) -> Any:
-    value = options.get(key)
-    if value in (None, ""):
-        raise ValueError(f"destination option {key!r} is required")
-    return value
-
-
-def sender_kinds() -> tuple[str, ...]:
-    return tuple(_FACTORIES)
-
-
-def make_sender(
-    kind: str, options: dict[str, Any], *, timeout: float = 120.0, batch_size: int = 40
-) -> Sender:
-    """Build the sender for a destination row: kind "stowrs", "dimse" or "folder"."""
-    try:
-        factory = _FACTORIES[kind]
-    except KeyError:
-        raise ValueError(
-            f"unknown destination kind {kind!r}; expected one of {', '.join(_FACTORIES)}"
-        ) from None
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    return factory(options, timeout, batch_size)
