@@ -1,0 +1,102 @@
+"""What arrives: a batch (one clinic session), its uploads (one file each, tus) and their staged
+chunks.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from pipeline.models.base import Base, utcnow
+
+
+class BatchState(enum.StrEnum):
+    OPEN = "open"
+    COMPLETED = "completed"  # the client said it sent everything
+    FORWARDING = "forwarding"  # studies handed to the pacs queue
+    DONE = "done"
+
+
+class UploadState(enum.StrEnum):
+    RECEIVING = "receiving"
+    RECEIVED = "received"  # last byte in, assembly queued
+    ASSEMBLED = "assembled"
+    PARSED = "parsed"
+    QUARANTINED = "quarantined"
+    TERMINATED = "terminated"
+    EXPIRED = "expired"
+
+
+TERMINAL_UPLOAD_STATES = frozenset(
+    {UploadState.PARSED, UploadState.QUARANTINED, UploadState.TERMINATED, UploadState.EXPIRED}
+)
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    label: Mapped[str | None] = mapped_column(String(200))
+    template: Mapped[str | None] = mapped_column(String(200))
+    overrides: Mapped[dict | None] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=BatchState.OPEN)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_activity_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None]
+    forwarding_started_at: Mapped[datetime | None]
+    uploads: Mapped[list[Upload]] = relationship(back_populates="batch", order_by="Upload.id")
+
+
+class Upload(Base):
+    """One file sent over tus; its bytes live in staging chunks until assembled."""
+
+    __tablename__ = "uploads"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"), index=True)
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    filename: Mapped[str] = mapped_column(String(255))
+    length: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[str] = mapped_column(String(16), default=UploadState.RECEIVING)
+    # Optional whole-file digest the client declared in Upload-Metadata ("sha256 <b64>").
+    declared_checksum: Mapped[str | None] = mapped_column(String(200))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    object_key: Mapped[str | None] = mapped_column(String(512))
+    quarantine_reason: Mapped[str | None] = mapped_column(String(64))
+    quarantine_detail: Mapped[str | None] = mapped_column(Text)
+    # Lease held while one request appends a chunk; any API process may take it.
+    lock_token: Mapped[str | None] = mapped_column(String(32))
+    lock_expires_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    batch: Mapped[Batch] = relationship(back_populates="uploads")
+    chunks: Mapped[list[UploadChunk]] = relationship(
+        order_by="UploadChunk.offset", cascade="all, delete-orphan"
+    )
+
+
+class UploadChunk(Base):
+    """A staged PATCH body: stored as its own object so any process can serve the next."""
+
+    __tablename__ = "upload_chunks"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    length: Mapped[int] = mapped_column(BigInteger)
+    object_key: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (UniqueConstraint("upload_id", "offset"),)
