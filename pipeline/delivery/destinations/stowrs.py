@@ -1,5 +1,9 @@
 """STOW-RS sender (PS3.18 10.5): original Part-10 bytes as multipart/related, streamed.
 
+This module owns the HTTP side: the request body, batching, whole-request failures and the
+verification of instances an answer leaves unaccounted for. What an answer says about each
+instance is read by `stow_response`.
+
 One `requests.Session` per sender keeps connections alive across batches. A study is split into
 requests of `batch_size` instances; each request body is a generator that reads one instance at a
 time in 1 MiB blocks, so memory stays flat whatever the study size (chunked transfer encoding).
@@ -7,17 +11,15 @@ time in 1 MiB blocks, so memory stays flat whatever the study size (chunked tran
 The response is trusted only as far as it goes. Orthanc's DICOMweb plugin 1.7, for one, answers
 400 to a batch in which one part was unparseable although the other parts WERE stored, and does
 not mention the unparseable part at all; other servers answer 200 or 400 with no body, or with
-XML. Every instance the response does not account for
-is therefore looked up with QIDO-RS; when the PACS cannot answer QIDO-RS, each such instance is
-resent alone, whose single-part answer is unambiguous (a duplicate counts as stored).
+XML. Every instance the response does not account for is therefore looked up with QIDO-RS; when
+the PACS cannot answer QIDO-RS, each such instance is resent alone, whose single-part answer is
+unambiguous (a duplicate counts as stored).
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import secrets
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -27,10 +29,15 @@ from pipeline.delivery.destinations.base import (
     InstanceOutcome,
     OutgoingInstance,
     TransientDestinationError,
-    describe_status,
-    format_status,
     is_valid_uid,
-    outcome_for_status,
+)
+from pipeline.delivery.destinations.stow_response import (
+    CONFIGURATION_REFUSALS,
+    SOP_INSTANCE_UID,
+    first_value,
+    is_transient,
+    parse_retry_after,
+    parse_stow_response,
 )
 
 log = logging.getLogger(__name__)
@@ -38,30 +45,9 @@ log = logging.getLogger(__name__)
 BLOCK_SIZE = 1 << 20
 DICOM_JSON = "application/dicom+json"
 
-# DICOM JSON tags of the store-instances response (PS3.18 Table 10.5.3-1).
-REFERENCED_SOP_SEQUENCE = "00081199"
-FAILED_SOP_SEQUENCE = "00081198"
-REFERENCED_SOP_INSTANCE_UID = "00081155"
-FAILURE_REASON = "00081197"
-WARNING_REASON = "00081196"
-SOP_INSTANCE_UID = "00080018"
-
-# Whole-request answers that a later attempt can get past.
-_TRANSIENT_STATUSES = frozenset({408, 425, 429})
-
 # When more instances than this are unaccounted for, one study listing is cheaper than one
 # QIDO query per instance.
 _LIST_STUDY_THRESHOLD = 3
-
-# Whole-request refusals that concern the destination's configuration, not the instances.
-_CONFIGURATION_REFUSALS = {
-    401: "the PACS refused the credentials (check the destination's user/password/token)",
-    403: "the PACS refused access for these credentials (check the destination's permissions)",
-    404: "the STOW-RS URL does not exist (check the destination URL)",
-    405: "the URL does not accept STOW-RS (check the destination URL)",
-    413: "the request is larger than the PACS accepts",
-    415: "the PACS refused the multipart/related application/dicom media type",
-}
 
 
 class MultipartBody:
@@ -96,141 +82,6 @@ class MultipartBody:
                 raise
             yield b"\r\n"
         yield f"--{self.boundary}--\r\n".encode("ascii")
-
-
-# -- response parsing (pure) --------------------------------------------------------------------
-
-
-def _sequence_items(dataset: dict[str, Any], tag: str) -> list[dict[str, Any]]:
-    element = dataset.get(tag)
-    if not isinstance(element, dict):
-        return []
-    value = element.get("Value")
-    if not isinstance(value, list):
-        return []
-    return [item for item in value if isinstance(item, dict)]
-
-
-def _first_value(item: dict[str, Any], tag: str) -> Any:
-    element = item.get(tag)
-    if isinstance(element, dict):
-        value = element.get("Value")
-        if isinstance(value, list) and value:
-            return value[0]
-    return None
-
-
-def _status_value(raw: Any) -> int | None:
-    """A FailureReason/WarningReason: US in DICOM JSON, but some servers send hex text."""
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, int):
-        return raw & 0xFFFF
-    if isinstance(raw, str):
-        text = raw.strip().lower().removeprefix("0x")
-        try:
-            return int(text, 16) & 0xFFFF
-        except ValueError:
-            return None
-    return None
-
-
-def _response_dataset(json_body: Any) -> dict[str, Any]:
-    # PS3.18 answers one dataset; a few servers wrap it in a one-element array.
-    if isinstance(json_body, list) and json_body and isinstance(json_body[0], dict):
-        return json_body[0]
-    if isinstance(json_body, dict):
-        return json_body
-    return {}
-
-
-def parse_stow_response(
-    status: int, json_body: Any, sent_uids: Sequence[str]
-) -> tuple[list[InstanceOutcome], list[str]]:
-    """Turn one STOW-RS answer into outcomes for the instances it accounts for.
-
-    Returns (outcomes, unaccounted_uids): every sent UID is in exactly one of the two. An
-    instance is unaccounted when the response neither lists it as stored nor as failed, or
-    lists it as both; the caller must find out what happened to it rather than assume.
-    Transient statuses (5xx, 429...) are the caller's business and never reach here.
-    """
-    wanted = list(dict.fromkeys(sent_uids))
-    code = str(status)
-
-    if status in _CONFIGURATION_REFUSALS:
-        reason = f"HTTP {status}: {_CONFIGURATION_REFUSALS[status]}"
-        return [InstanceOutcome(uid, False, code, reason, False) for uid in wanted], []
-
-    dataset = _response_dataset(json_body)
-    stored: dict[str, InstanceOutcome] = {}
-    failed: dict[str, InstanceOutcome] = {}
-    for item in _sequence_items(dataset, REFERENCED_SOP_SEQUENCE):
-        uid = _first_value(item, REFERENCED_SOP_INSTANCE_UID)
-        if not isinstance(uid, str):
-            continue
-        warning = _status_value(_first_value(item, WARNING_REASON))
-        if warning is not None and warning != 0:
-            # Whatever the code reads, ReferencedSOPSequence means the PACS kept the instance.
-            label = f"{format_status(warning)} {describe_status(warning)}"
-            stored[uid] = InstanceOutcome(
-                uid, True, format_status(warning), f"stored with warning: {label}", False
-            )
-        else:
-            stored[uid] = InstanceOutcome(uid, True, code, None, False)
-    for item in _sequence_items(dataset, FAILED_SOP_SEQUENCE):
-        uid = _first_value(item, REFERENCED_SOP_INSTANCE_UID)
-        if not isinstance(uid, str):
-            continue
-        reason_code = _status_value(_first_value(item, FAILURE_REASON))
-        if reason_code is None:
-            failed[uid] = InstanceOutcome(
-                uid,
-                False,
-                code,
-                f"refused by the PACS (HTTP {status}) without a reason code",
-                False,
-            )
-        else:
-            outcome = outcome_for_status(uid, reason_code)
-            # A "failure" whose code reads as success is contradictory: never count it stored.
-            failed[uid] = (
-                outcome
-                if not outcome.stored
-                else InstanceOutcome(
-                    uid,
-                    False,
-                    outcome.status_code,
-                    f"listed as failed with reason {outcome.status_code}",
-                    False,
-                )
-            )
-
-    outcomes: list[InstanceOutcome] = []
-    unaccounted: list[str] = []
-    for uid in wanted:
-        in_stored, in_failed = uid in stored, uid in failed
-        if in_stored and not in_failed:
-            outcomes.append(stored[uid])
-        elif in_failed and not in_stored:
-            outcomes.append(failed[uid])
-        else:
-            unaccounted.append(uid)
-    return outcomes, unaccounted
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds: either delta-seconds or an HTTP-date (RFC 9110 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 # -- sender -------------------------------------------------------------------------------------
@@ -292,7 +143,7 @@ class StowRsSender:
                 return
             # A destination that refuses us is as unusable as one that is down; the message says
             # which, and the HTTP status is kept for the operator.
-            detail = _CONFIGURATION_REFUSALS.get(response.status_code, "unexpected answer")
+            detail = CONFIGURATION_REFUSALS.get(response.status_code, "unexpected answer")
             raise TransientDestinationError(
                 f"DICOMweb health check answered HTTP {response.status_code}: {detail}",
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
@@ -335,7 +186,7 @@ class StowRsSender:
             raise TransientDestinationError(f"STOW-RS request failed: {type(exc).__name__}") from exc
         with response:
             status = response.status_code
-            if status >= 500 or status in _TRANSIENT_STATUSES:
+            if is_transient(status):
                 raise TransientDestinationError(
                     f"STOW-RS answered HTTP {status}",
                     retry_after=parse_retry_after(response.headers.get("Retry-After")),
@@ -457,7 +308,7 @@ class StowRsSender:
             raise TransientDestinationError(f"QIDO-RS verification failed: {type(exc).__name__}") from exc
         with response:
             status = response.status_code
-            if status >= 500 or status in _TRANSIENT_STATUSES:
+            if is_transient(status):
                 raise TransientDestinationError(
                     f"QIDO-RS verification answered HTTP {status}",
                     retry_after=parse_retry_after(response.headers.get("Retry-After")),
@@ -469,7 +320,7 @@ class StowRsSender:
             body = _json_or_none(response)
         if not isinstance(body, list):
             raise _QidoUnavailable("answer is not a DICOM JSON array")
-        found = (_first_value(item, SOP_INSTANCE_UID) for item in body if isinstance(item, dict))
+        found = (first_value(item, SOP_INSTANCE_UID) for item in body if isinstance(item, dict))
         return {uid for uid in found if isinstance(uid, str)}
 
 

@@ -14,13 +14,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from pipeline.delivery.destinations.base import failure_is_retryable, is_valid_uid, outcome_for_status
-from pipeline.delivery.destinations.stowrs import (
-    BLOCK_SIZE,
-    MultipartBody,
-    parse_retry_after,
-    parse_stow_response,
-)
 
 from pipeline.delivery.destinations import (
     InstanceOutcome,
@@ -28,6 +21,9 @@ from pipeline.delivery.destinations import (
     TransientDestinationError,
     make_sender,
 )
+from pipeline.delivery.destinations.base import failure_is_retryable, is_valid_uid, outcome_for_status
+from pipeline.delivery.destinations.stow_response import parse_retry_after, parse_stow_response
+from pipeline.delivery.destinations.stowrs import BLOCK_SIZE, MultipartBody
 
 A, B, C = "1.2.3.1", "1.2.3.2", "1.2.3.3"
 
