@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from pipeline.delivery.destinations.folder import BLOCK_SIZE, FolderSender
 
 from pipeline.delivery.destinations import OutgoingInstance, TransientDestinationError, make_sender
+from pipeline.delivery.destinations.folder import BLOCK_SIZE, FolderSender
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 
