@@ -14,8 +14,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pipeline.dicom.headers import InstanceHeader, Quarantine, read_header
-from pipeline.editing.study_organisation import record_origin
-from pipeline.models import Delivery, DeliveryState, Instance, Series, Study, Upload, UploadState
+from pipeline.models import (
+    Delivery,
+    DeliveryState,
+    Instance,
+    InstanceOrigin,
+    Series,
+    Study,
+    Upload,
+    UploadState,
+)
 from pipeline.storage import ObjectStore, iter_object
 
 
@@ -153,3 +161,17 @@ def spool_dir_for(var_dir: Path) -> Path:
     path = Path(var_dir) / "spool"
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def record_origin(session: Session, instance: Instance, header: InstanceHeader,
+                  new: bool = False) -> None:
+    """Remember what the stored original says (called when an instance is recorded);
+    ``new``: the instance was just inserted, so there is no origin row to look up."""
+    origin = None if new else session.get(InstanceOrigin, instance.id)
+    origin = origin or InstanceOrigin(instance_id=instance.id)
+    origin.study_instance_uid = header.study_instance_uid
+    origin.series_instance_uid = header.series_instance_uid
+    origin.patient_id = header.patient_id
+    origin.study_date = header.study_date
+    origin.accession_number = header.accession_number
+    session.add(origin)

@@ -28,7 +28,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.dicom.attributes import MetadataError
-from pipeline.dicom.headers import UID_PATTERN, InstanceHeader
+from pipeline.dicom.headers import UID_PATTERN
 from pipeline.editing.batch_edits import BatchEdits, EditConflict, batch_edits, record, started_deliveries
 from pipeline.models import (
     Batch,
@@ -55,20 +55,6 @@ class Identity:
     patient_id: str | None
     study_date: str | None
     accession_number: str | None
-
-
-def record_origin(session: Session, instance: Instance, header: InstanceHeader,
-                  new: bool = False) -> None:
-    """Remember what the stored original says (called when an instance is recorded);
-    ``new``: the instance was just inserted, so there is no origin row to look up."""
-    origin = None if new else session.get(InstanceOrigin, instance.id)
-    origin = origin or InstanceOrigin(instance_id=instance.id)
-    origin.study_instance_uid = header.study_instance_uid
-    origin.series_instance_uid = header.series_instance_uid
-    origin.patient_id = header.patient_id
-    origin.study_date = header.study_date
-    origin.accession_number = header.accession_number
-    session.add(origin)
 
 
 def first_instance_id(session: Session, study: Study) -> int | None:

@@ -34,9 +34,9 @@ from pipeline.models.delivery import DestinationHealth as DestinationHealth
 from pipeline.models.delivery import InstanceRendition as InstanceRendition
 from pipeline.models.delivery import RoutingRule as RoutingRule
 from pipeline.models.dicom import Instance as Instance
+from pipeline.models.dicom import InstanceOrigin as InstanceOrigin
 from pipeline.models.dicom import Series as Series
 from pipeline.models.dicom import Study as Study
-from pipeline.models.editing import InstanceOrigin as InstanceOrigin
 from pipeline.models.editing import MetadataChange as MetadataChange
 from pipeline.models.editing import UploadTemplate as UploadTemplate
 from pipeline.models.exports import ReportDefinition as ReportDefinition

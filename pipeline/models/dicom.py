@@ -1,4 +1,5 @@
-"""What the files are: studies, series and instances, recorded by their DICOM UIDs."""
+"""What the files are: studies, series and instances, recorded by their DICOM UIDs, and each
+instance's identity as its stored original says (what moves and overrides compare against)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,18 @@ class Instance(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     series: Mapped[Series] = relationship(back_populates="instances")
     __table_args__ = (UniqueConstraint("facility_id", "sop_instance_uid"),)
+
+
+class InstanceOrigin(Base):
+    """Identity of an instance as its stored original says: what moves, overrides and
+    problem detection compare against, without reading the object again."""
+
+    __tablename__ = "instance_origins"
+    instance_id: Mapped[int] = mapped_column(
+        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    accession_number: Mapped[str | None] = mapped_column(String(16))

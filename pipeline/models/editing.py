@@ -1,6 +1,5 @@
-"""What a clinic changes before forwarding: upload templates, the record of every metadata change,
-and each instance's identity as its original says.
-"""
+"""What a clinic changes before forwarding: upload templates and the record of every metadata
+change (the originals never change; what went out is a rendition)."""
 
 from __future__ import annotations
 
@@ -49,18 +48,3 @@ class MetadataChange(Base):
     subject: Mapped[str | None] = mapped_column(String(200))  # template name, PatientID, study
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-
-class InstanceOrigin(Base):
-    """Identity of an instance as its stored original says: what moves, overrides and
-    problem detection compare against, without reading the object again."""
-
-    __tablename__ = "instance_origins"
-    instance_id: Mapped[int] = mapped_column(
-        ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
-    )
-    study_instance_uid: Mapped[str] = mapped_column(String(64))
-    series_instance_uid: Mapped[str] = mapped_column(String(64))
-    patient_id: Mapped[str | None] = mapped_column(String(64))
-    study_date: Mapped[str | None] = mapped_column(String(8))
-    accession_number: Mapped[str | None] = mapped_column(String(16))
