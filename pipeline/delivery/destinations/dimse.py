@@ -1,5 +1,9 @@
 """DIMSE C-STORE sender (pynetdicom): original bytes over one association per study.
 
+This module owns the association (negotiation, reuse, release), the C-STORE flow over it and
+the outcome of each instance. The data set it sends is read by `dimse_dataset`; the command
+set and the P-DATA-TF PDUs are encoded and written by `dimse_pdu`.
+
 Why it is built the way it is:
 - One association per sender (one forwarding run of a study), kept open across its `send()`
   calls and released by `close()`, not one per instance or per batch: negotiation costs a round
@@ -10,10 +14,6 @@ Why it is built the way it is:
   allows 128 contexts per association (odd context ids 1..255); a study with more pairs than
   that is sent over several associations. A batch needing a pair the open association lacks
   gets a new association.
-- Raw bytes: the data set is sent as it sits in the Part-10 file, after the file meta, never
-  decoded by pydicom. Objects up to IN_MEMORY_BYTES are read into memory (the forwarding
-  prefetch usually has them there already); bigger ones go through pynetdicom's chunked send
-  from a file path, in PDU-sized reads (S3 bodies spooled to a temporary file in 1 MiB blocks).
 - The C-STORE requests of an association are sent with its reactor thread paused once, not
   around each request as `send_c_store()` does: that pause waits for a thread that checks in
   once a millisecond (sleeping 0.1 ms steps meanwhile), and resuming it between requests is
@@ -34,25 +34,16 @@ Why it is built the way it is:
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
-import os
 import select
-import shutil
 import socket
-import struct
-import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from itertools import chain
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset, read_preamble
-from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
@@ -71,20 +62,29 @@ from pipeline.delivery.destinations.base import (
     format_status,
     outcome_for_status,
 )
+from pipeline.delivery.destinations.dimse_dataset import (
+    DataSet,
+    Unsendable,
+    open_data_set,
+    read_transfer_syntax,
+)
+from pipeline.delivery.destinations.dimse_pdu import (
+    COMMAND_PDV,
+    DATA_PDV,
+    LAST_COMMAND_PDV,
+    LAST_DATA_PDV,
+    c_store_command,
+    file_pdvs,
+    fragment_size,
+    pdvs,
+    send_pdvs,
+)
 
 log = logging.getLogger(__name__)
 
-BLOCK_SIZE = 1 << 20
 MAX_CONTEXTS = 128
-META_HEAD_SIZE = 64 * 1024
-# Objects up to this size are sent from memory; bigger ones stream from a file.
-IN_MEMORY_BYTES = 64 * 1024 * 1024
 # How long the DUL thread's readiness check waits for incoming data (see _WaitingSocket).
 SOCKET_WAIT = 0.01
-# P-DATA-TF PDUs are written to the socket in batches of about this many bytes.
-SEND_BYTES = 256 * 1024
-# C-STORE priority LOW, pynetdicom's default (PS3.7 9.1.1.1.7).
-PRIORITY = 2
 
 # A-ASSOCIATE-AC presentation context results (PS3.8 9.3.3.2).
 _ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
@@ -107,7 +107,7 @@ class _WaitingSocket(AssociationSocket):
     sleeps 1 ms between polls, which cost an idle association 2.6 % of a core (measured) and
     the C-STORE-RSP up to a millisecond before it was read. Primitives queued for the DUL
     (release, abort) wait at most SOCKET_WAIT; the C-STORE PDUs do not go through its queue
-    (see `_send_pdvs`)."""
+    (see `dimse_pdu.send_pdvs`)."""
 
     @property
     def ready(self) -> bool:
@@ -138,139 +138,6 @@ class _NoDelayAE(AE):
         # The socket's wait is the DUL's idle pause now; its own sleep only adds latency.
         assoc.dul._run_loop_delay = 0.0001
         return assoc_socket
-
-
-def _split_part10(stream: BinaryIO) -> tuple[Dataset, int]:
-    """The file meta information of a Part-10 stream and the offset of its data set."""
-    read_preamble(stream, False)
-    meta = read_dataset(
-        stream,
-        is_implicit_VR=False,
-        is_little_endian=True,
-        stop_when=lambda tag, vr, length: tag.group != 2,
-    )
-    return meta, stream.tell()
-
-
-def read_transfer_syntax(stream: BinaryIO) -> tuple[str | None, str | None]:
-    """(MediaStorageSOPClassUID, TransferSyntaxUID) from a Part-10 file's meta information.
-
-    Raises ValueError when the stream is not a Part-10 file.
-    """
-    # Object-store bodies cannot seek, and pydicom's reader needs to: the meta group is read
-    # from a buffered head of the file (it is a few hundred bytes in practice).
-    head = io.BytesIO(stream.read(META_HEAD_SIZE))
-    try:
-        meta, _ = _split_part10(head)
-    except Exception as exc:
-        raise ValueError(f"not a DICOM Part-10 file ({type(exc).__name__})") from exc
-    sop_class = meta.get("MediaStorageSOPClassUID")
-    syntax = meta.get("TransferSyntaxUID")
-    return (str(sop_class) if sop_class else None, str(syntax) if syntax else None)
-
-
-def _local_path(stream: BinaryIO) -> Path | None:
-    """The file behind `stream` when it is a plain local file read from its start."""
-    if not isinstance(stream, io.BufferedReader) or not isinstance(stream.raw, io.FileIO):
-        return None
-    name = stream.name
-    if not isinstance(name, str) or not os.path.isfile(name):
-        return None
-    try:
-        if stream.tell() != 0:
-            return None
-    except OSError:
-        return None
-    return Path(name)
-
-
-@contextlib.contextmanager
-def _part10_path(stream: BinaryIO) -> Iterator[Path]:
-    """A path to the Part-10 bytes of `stream`: the stored file itself, or a temporary copy."""
-    path = _local_path(stream)
-    if path is not None:
-        yield path
-        return
-    spool = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed before use, removed below
-        prefix="relaypacs-cstore-", suffix=".dcm", delete=False
-    )
-    try:
-        with spool:
-            shutil.copyfileobj(stream, spool, BLOCK_SIZE)
-        yield Path(spool.name)
-    finally:
-        os.unlink(spool.name)
-
-
-@contextlib.contextmanager
-def _padded_copy(path: Path) -> Iterator[Path]:
-    """A temporary copy of `path` with one trailing NUL byte."""
-    spool = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed before use, removed below
-        prefix="relaypacs-cstore-", suffix=".dcm", delete=False
-    )
-    try:
-        with spool, open(path, "rb") as source:
-            shutil.copyfileobj(source, spool, BLOCK_SIZE)
-            spool.write(b"\x00")
-        yield Path(spool.name)
-    finally:
-        os.unlink(spool.name)
-
-
-class _Unsendable(Exception):
-    """The instance's bytes cannot go out as a C-STORE; the message is its final reason."""
-
-
-@dataclass(frozen=True)
-class _DataSet:
-    """One instance's data set as stored, and the file meta that says what it is."""
-
-    meta: Dataset
-    data: bytes | None = None  # the data set bytes, for objects sent from memory
-    path: tuple[Path, int] | None = None  # (Part-10 file, offset of the data set) otherwise
-
-
-@contextlib.contextmanager
-def _data_set(instance: OutgoingInstance) -> Iterator[_DataSet]:
-    """The instance's data set, unchanged but for the pad byte a deflated stream may lack.
-
-    Every DICOM encoding has an even length. An odd data set is a truncated or corrupt file,
-    which a DCMTK-based SCP answers by waiting for the missing byte until its timeout and then
-    aborting; the one legitimate case is a deflated stream whose mandatory pad byte was left
-    out (PS3.5 A.5), and that pad is added here.
-    """
-    with instance.open() as stream:
-        if instance.size <= IN_MEMORY_BYTES:
-            raw = stream.read()
-            meta, offset = _file_meta(io.BytesIO(raw))
-            data = raw[offset:]
-            yield _DataSet(meta, data=data + b"\x00" if _needs_pad(meta, len(data)) else data)
-            return
-        with _part10_path(stream) as path:
-            with open(path, "rb") as fh:
-                meta, offset = _file_meta(fh)
-            if not _needs_pad(meta, path.stat().st_size - offset):
-                yield _DataSet(meta, path=(path, offset))
-                return
-            with _padded_copy(path) as padded:
-                yield _DataSet(meta, path=(padded, offset))
-
-
-def _file_meta(stream: BinaryIO) -> tuple[Dataset, int]:
-    try:
-        return _split_part10(stream)
-    except Exception as exc:
-        raise _Unsendable(f"not a DICOM Part-10 file ({type(exc).__name__})") from exc
-
-
-def _needs_pad(meta: Dataset, length: int) -> bool:
-    """Whether a data set of ``length`` bytes needs its deflate pad byte; refuses an empty one
-    and an odd one that is not deflated."""
-    if not length:
-        raise _Unsendable("no data set after the file meta; not sent")
-    if length % 2 and meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        raise _Unsendable("odd-length data set (truncated or corrupt); not sent")
-    return bool(length % 2)
 
 
 def _chunks_of_pairs(
@@ -474,9 +341,9 @@ class DimseSender:
         if not assoc.is_established:
             raise _AssociationLost
         try:
-            with _data_set(instance) as data_set:
+            with open_data_set(instance) as data_set:
                 status = _c_store(assoc, data_set, negotiated.next_message_id())
-        except _Unsendable as exc:
+        except Unsendable as exc:
             return InstanceOutcome(uid, False, None, str(exc), False)
         if status is None or "Status" not in status:
             # Timeout, abort or an unparseable answer: the association is no longer usable.
@@ -484,14 +351,13 @@ class DimseSender:
         return outcome_for_status(uid, int(status.Status))
 
 
-def _c_store(assoc: Association, data_set: _DataSet, message_id: int) -> Dataset | None:
+def _c_store(assoc: Association, data_set: DataSet, message_id: int) -> Dataset | None:
     """One C-STORE of the data set's bytes as they are; the response's status elements, or
     None when no usable response came (timeout or abort). The caller has paused the reactor.
 
     This is `Association.send_c_store()` for a data set already encoded, minus its pause
-    handshake and its command encoding: pynetdicom builds the seven-element command set as a
-    pydicom Dataset and encodes it twice (once for its group length), which was two thirds of
-    the sender's CPU per instance (py-spy); it is written here with `struct` instead.
+    handshake and its command encoding, which `dimse_pdu` writes with `struct` (it was two
+    thirds of the sender's CPU per instance in pynetdicom, py-spy).
     """
     meta = data_set.meta
     try:
@@ -499,125 +365,31 @@ def _c_store(assoc: Association, data_set: _DataSet, message_id: int) -> Dataset
         sop_instance = str(meta.MediaStorageSOPInstanceUID)
         syntax = meta.TransferSyntaxUID
     except AttributeError as exc:
-        raise _Unsendable("not sent: file meta unusable (required elements missing)") from exc
+        raise Unsendable("not sent: file meta unusable (required elements missing)") from exc
     try:
         # The context negotiated for exactly this pair: the bytes are never converted.
         context = assoc._get_valid_context(sop_class, syntax, "scu", allow_conversion=False)
         command = c_store_command(sop_class, sop_instance, message_id)
     except ValueError as exc:
         log.warning("C-STORE of one instance not attempted: %s", exc)
-        raise _Unsendable(f"not sent: file meta unusable ({exc})") from exc
+        raise Unsendable(f"not sent: file meta unusable ({exc})") from exc
     context_id = int(context.context_id)  # type: ignore[arg-type]
-    fragment = _fragment_size(assoc)
+    fragment = fragment_size(int(assoc.dimse.maximum_pdu_size))
     with contextlib.ExitStack() as files:
         if data_set.data is not None:
-            body = _pdvs(data_set.data, fragment, DATA_PDV, LAST_DATA_PDV)
+            body = pdvs(data_set.data, fragment, DATA_PDV, LAST_DATA_PDV)
         else:
             assert data_set.path is not None
             path, offset = data_set.path
             fh = files.enter_context(open(path, "rb"))  # noqa: SIM115 - closed by the stack
             fh.seek(offset)
-            body = _file_pdvs(fh, path.stat().st_size - offset, fragment)
-        _send_pdvs(assoc, context_id, chain(_pdvs(command, fragment, COMMAND_PDV, LAST_COMMAND_PDV), body))
+            body = file_pdvs(fh, path.stat().st_size - offset, fragment)
+        send_pdvs(assoc, context_id, chain(pdvs(command, fragment, COMMAND_PDV, LAST_COMMAND_PDV), body))
     _, response = assoc.dimse.get_msg(block=True)
     if response is None:
         assoc._handle_no_response()
         return None
     return assoc._check_received_status(response)
-
-
-# Message control header of a PDV (PS3.8 E.2): bit 0 command/data, bit 1 last fragment.
-DATA_PDV, COMMAND_PDV, LAST_DATA_PDV, LAST_COMMAND_PDV = b"\x00", b"\x01", b"\x02", b"\x03"
-_LONGEST_UID = 64
-
-
-def _uid_value(uid: str) -> bytes:
-    value = uid.rstrip("\x00 ").encode("ascii", "strict")
-    if not value or len(value) > _LONGEST_UID:
-        raise ValueError(f"UID of {len(value)} characters")
-    return value + b"\x00" * (len(value) % 2)  # UI values are padded with NUL to even length
-
-
-def _element(element: int, value: bytes) -> bytes:
-    """A command element, implicit VR little endian, group 0000 (PS3.7 6.3.1)."""
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
-def c_store_command(sop_class: str, sop_instance: str, message_id: int) -> bytes:
-    """The encoded command set of a C-STORE-RQ with a data set (PS3.7 9.3.1.1)."""
-    try:
-        body = b"".join((
-            _element(0x0002, _uid_value(sop_class)),  # Affected SOP Class UID
-            _element(0x0100, struct.pack("<H", 0x0001)),  # Command Field: C-STORE-RQ
-            _element(0x0110, struct.pack("<H", message_id)),  # Message ID
-            _element(0x0700, struct.pack("<H", PRIORITY)),  # Priority
-            _element(0x0800, struct.pack("<H", 0x0001)),  # Command Data Set Type: present
-            _element(0x1000, _uid_value(sop_instance)),  # Affected SOP Instance UID
-        ))
-    except UnicodeEncodeError as exc:
-        raise ValueError("UID is not ASCII") from exc
-    return _element(0x0000, struct.pack("<I", len(body))) + body  # Command Group Length
-
-
-def _fragment_size(assoc: Association) -> int:
-    """The most data bytes one PDV may carry: the peer's maximum PDU length less the PDV's
-    own 6 header bytes (PS3.8 9.3.5); 0 means the peer set no limit."""
-    maximum = int(assoc.dimse.maximum_pdu_size)
-    return maximum - 6 if maximum else 0
-
-
-def _pdvs(data: bytes, size: int, flag: bytes, last_flag: bytes) -> Iterator[bytes]:
-    if not size or len(data) <= size:
-        yield last_flag + data
-        return
-    view = memoryview(data)
-    ends = range(size, len(data), size)
-    start = 0
-    for end in ends:
-        yield flag + view[start:end]
-        start = end
-    yield last_flag + view[start:]
-
-
-def _file_pdvs(fh: BinaryIO, length: int, size: int) -> Iterator[bytes]:
-    """The data set PDVs of `length` bytes read from `fh`, one fragment in memory at a time."""
-    size = size or length
-    left = length
-    while left > size:
-        chunk = fh.read(size)
-        if len(chunk) != size:
-            raise OSError("the file shrank while it was being sent")
-        left -= size
-        yield DATA_PDV + chunk
-    chunk = fh.read(left)
-    if len(chunk) != left:
-        raise OSError("the file shrank while it was being sent")
-    yield LAST_DATA_PDV + chunk
-
-
-def p_data_tf(context_id: int, pdv: bytes) -> bytes:
-    """A P-DATA-TF PDU carrying one PDV (PS3.8 9.3.5): type 04, the PDU length, then the item:
-    its length, the presentation context id and the PDV (control header byte and fragment)."""
-    return struct.pack(">BBIIB", 0x04, 0x00, len(pdv) + 5, len(pdv) + 1, context_id) + pdv
-
-
-def _send_pdvs(assoc: Association, context_id: int, pdvs: Iterable[bytes]) -> None:
-    """Write a message's P-DATA-TF PDUs to the association socket from this thread, in
-    writes of about SEND_BYTES. pynetdicom would queue each PDU for its DUL thread, which
-    takes it from the queue, runs it through the state machine and encodes it (a thread hop
-    and its work per PDU); in the data transfer state that is only this write (action DT-1).
-    A failed write closes the connection through the DUL as usual (event 17), and the wait
-    for the response then ends in an abort."""
-    pending: list[bytes] = []
-    size = 0
-    for pdv in pdvs:
-        pending.append(p_data_tf(context_id, pdv))
-        size += len(pending[-1])
-        if size >= SEND_BYTES:
-            assoc.dul.socket.send(b"".join(pending))
-            pending, size = [], 0
-    if pending:
-        assoc.dul.socket.send(b"".join(pending))
 
 
 @contextlib.contextmanager

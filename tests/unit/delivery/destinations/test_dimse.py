@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from pipeline.delivery.destinations.dimse import PRIORITY, _pdvs, c_store_command, p_data_tf
 from pydicom.uid import generate_uid
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -11,6 +10,8 @@ from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from pipeline.delivery.destinations.dimse_pdu import PRIORITY, c_store_command, p_data_tf, pdvs
 
 
 def pynetdicom_command(sop_class: str, sop_instance: str, message_id: int) -> bytes:
@@ -45,12 +46,12 @@ def test_command_set_refuses_an_unusable_uid(bad):
 
 def test_pdvs_split_at_the_fragment_size_and_flag_the_last():
     data = bytes(range(250)) * 4  # 1000 bytes
-    pdvs = list(_pdvs(data, 300, b"\x00", b"\x02"))
-    assert [len(p) - 1 for p in pdvs] == [300, 300, 300, 100]
-    assert [p[:1] for p in pdvs] == [b"\x00", b"\x00", b"\x00", b"\x02"]
-    assert b"".join(p[1:] for p in pdvs) == data
-    assert list(_pdvs(data, 1000, b"\x00", b"\x02")) == [b"\x02" + data]
-    assert list(_pdvs(data, 0, b"\x01", b"\x03")) == [b"\x03" + data]
+    fragments = list(pdvs(data, 300, b"\x00", b"\x02"))
+    assert [len(p) - 1 for p in fragments] == [300, 300, 300, 100]
+    assert [p[:1] for p in fragments] == [b"\x00", b"\x00", b"\x00", b"\x02"]
+    assert b"".join(p[1:] for p in fragments) == data
+    assert list(pdvs(data, 1000, b"\x00", b"\x02")) == [b"\x02" + data]
+    assert list(pdvs(data, 0, b"\x01", b"\x03")) == [b"\x03" + data]
 
 
 @pytest.mark.parametrize("context_id", [1, 3, 255])
