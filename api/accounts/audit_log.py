@@ -9,7 +9,6 @@ from sqlalchemy import select
 from api.http.auth import require
 from api.http.context import db
 from api.http.openapi import operation
-from pipeline.accounts.audit import as_dict
 from pipeline.models import AuditEvent, Role
 
 blueprint = Blueprint("audit", __name__)
@@ -37,4 +36,18 @@ def list_events():  # noqa: ANN201
         query = query.where(AuditEvent.facility_id == q.facility_id)
     if q.action:
         query = query.where(AuditEvent.action == q.action)
-    return jsonify({"events": [as_dict(e) for e in db().scalars(query)]})
+    return jsonify({"events": [event_json(e) for e in db().scalars(query)]})
+
+
+def event_json(event: AuditEvent) -> dict:
+    return {
+        "id": event.id,
+        "at": event.at.isoformat(),
+        "user_id": event.user_id,
+        "facility_id": event.facility_id,
+        "action": event.action,
+        "target": event.target,
+        "detail": event.detail,
+        "remote_addr": event.remote_addr,
+        "request_id": event.request_id,
+    }

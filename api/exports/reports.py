@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from api.events.publish import report_run_changed
+from api.exports.serializers import definition_json, run_json
 from api.http.auth import actor, check_facility, current_user, require
 from api.http.context import db, resources
 from api.http.errors import ApiError
@@ -91,7 +92,7 @@ def list_reports():  # noqa: ANN201
     stmt = select(ReportDefinition).order_by(ReportDefinition.id)
     if user.role != Role.ADMIN:
         stmt = stmt.where(ReportDefinition.facility_id == user.facility_id)
-    return jsonify({"reports": [report_runs.definition_dict(d) for d in db().scalars(stmt)]})
+    return jsonify({"reports": [definition_json(d) for d in db().scalars(stmt)]})
 
 
 @blueprint.route("", methods=["POST"])
@@ -103,7 +104,7 @@ def create():  # noqa: ANN201
     definition = ReportDefinition(facility_id=_owner_facility(spec), created_by=current_user().id,
                                   created_at=utcnow())
     _save(definition, spec, "report.created")
-    response = jsonify(report_runs.definition_dict(definition))
+    response = jsonify(definition_json(definition))
     response.status_code = 201
     response.headers["Location"] = f"/api/v1/reports/{definition.id}"
     return response
@@ -114,8 +115,8 @@ def create():  # noqa: ANN201
 @operation("A report definition and its latest runs")
 def show(report_id: int):  # noqa: ANN201
     definition = _load(report_id)
-    body = report_runs.definition_dict(definition)
-    body["runs"] = [report_runs.as_dict(r) for r in report_runs.latest_runs(db(), report_id, 10)]
+    body = definition_json(definition)
+    body["runs"] = [run_json(r) for r in report_runs.latest_runs(db(), report_id, 10)]
     return jsonify(body)
 
 
@@ -128,7 +129,7 @@ def replace(report_id: int):  # noqa: ANN201
     spec: report_definitions.ReportSpec = g.body
     definition.facility_id = _owner_facility(spec)
     _save(definition, spec, "report.updated")
-    return jsonify(report_runs.definition_dict(definition))
+    return jsonify(definition_json(definition))
 
 
 @blueprint.route("/<int:report_id>", methods=["DELETE"])
@@ -156,7 +157,7 @@ def run_now(report_id: int):  # noqa: ANN201
     db().commit()
     report_run_changed(definition, run)  # before the worker can move it on to "working"
     chains.enqueue_export_run(run.id)  # after the commit: the worker must find the row
-    response = jsonify(report_runs.as_dict(run))
+    response = jsonify(run_json(run))
     response.status_code = 202
     return response
 
@@ -166,7 +167,7 @@ def run_now(report_id: int):  # noqa: ANN201
 @operation("Run history of a report, newest first")
 def runs(report_id: int):  # noqa: ANN201
     _load(report_id)
-    return jsonify({"runs": [report_runs.as_dict(r) for r in report_runs.latest_runs(db(), report_id)]})
+    return jsonify({"runs": [run_json(r) for r in report_runs.latest_runs(db(), report_id)]})
 
 
 def _run(report_id: int, run_id: int) -> ReportRun:
@@ -190,7 +191,7 @@ def replay(report_id: int, run_id: int):  # noqa: ANN201
     db().commit()
     report_run_changed(db().get_one(ReportDefinition, report_id), run)
     chains.enqueue_export_run(run_id)
-    response = jsonify(report_runs.as_dict(run))
+    response = jsonify(run_json(run))
     response.status_code = 202
     return response
 

@@ -54,17 +54,3 @@ def token_use_due_after(session: Session, actor: Actor,
         return False, latest + TOKEN_USE_WINDOW
     record(session, actor, "token.used", now=now)
     return True, now + TOKEN_USE_WINDOW
-
-
-def as_dict(event: AuditEvent) -> dict:
-    return {
-        "id": event.id,
-        "at": event.at.isoformat(),
-        "user_id": event.user_id,
-        "facility_id": event.facility_id,
-        "action": event.action,
-        "target": event.target,
-        "detail": event.detail,
-        "remote_addr": event.remote_addr,
-        "request_id": event.request_id,
-    }

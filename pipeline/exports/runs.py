@@ -247,29 +247,6 @@ def backoff_seconds(attempt: int, base: int, cap: int = 3600) -> int:
     return int(min(cap, base * 2 ** max(attempt - 1, 0)))
 
 
-def as_dict(run: ReportRun) -> dict:
-    return {
-        "id": run.id, "report_id": run.report_id, "run_key": run.run_key, "trigger": run.trigger,
-        "due_at": run.due_at.isoformat(),
-        "period_start": run.period_start.isoformat() if run.period_start else None,
-        "period_end": run.period_end.isoformat() if run.period_end else None,
-        "state": run.state, "attempts": run.attempts,
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "error": run.error, "files": sorted(run.artifacts or {}), "bytes": run.artifact_bytes,
-        "recipients_notified": run.recipients_notified or [], "delivery": run.delivery,
-    }
-
-
-def definition_dict(definition: ReportDefinition) -> dict:
-    return {
-        "id": definition.id, "facility_id": definition.facility_id, **definition.spec,
-        "cron": definition.cron,
-        "next_due_at": definition.next_due_at.isoformat() if definition.next_due_at else None,
-        "created_at": definition.created_at.isoformat(), "updated_at": definition.updated_at.isoformat(),
-    }
-
-
 def latest_runs(session: Session, report_id: int, limit: int = 50) -> list[ReportRun]:
     return list(session.scalars(select(ReportRun).where(ReportRun.report_id == report_id)
                                 .order_by(ReportRun.due_at.desc(), ReportRun.id.desc()).limit(limit)))
