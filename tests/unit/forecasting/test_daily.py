@@ -98,14 +98,6 @@ def test_failed_fit_falls_back(monkeypatch):
     assert result.candidates[0]["error"].startswith("LinAlgError")
 
 
-def test_pipeline_forecasting_is_pure():
-    from pathlib import Path
-
-    lines = Path(fc.__file__).read_text().splitlines()
-    imports = [line for line in lines if line.startswith(("import ", "from "))]
-    assert not [line for line in imports if any(n in line for n in ("flask", "celery", "sqlalchemy"))]
-
-
 def test_holiday_effect_is_estimated_not_assumed_closed():
     n = 168
     y = weekly(n, trend=0.0)

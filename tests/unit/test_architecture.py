@@ -1,0 +1,44 @@
+"""The layout's import rules hold: import-linter checks the contracts in pyproject.toml
+(pipeline never imports api, workers, flask or celery; workers never import api; api reaches
+workers only through workers.chains and workers.app; config imports none of them; the
+forecasting models import no SQLAlchemy; forecasting, analytics and delivery are independent;
+no import cycles between areas or between the modules of one area)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _lint(cwd: Path, config: Path) -> subprocess.CompletedProcess:
+    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert lint, "import-linter is not installed (test extra)"
+    return subprocess.run([lint, str(config), "--no-cache"], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_every_import_contract_is_kept():
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    assert len(contracts) >= 7
+    result = _lint(ROOT, ROOT / "pyproject.toml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for contract in contracts:
+        assert contract["name"].split()[0] in result.stdout
+
+
+def test_a_broken_rule_is_reported(tmp_path):
+    """The same contracts on a copy of the tree with one forbidden import added: the check fails."""
+    for package in ("pipeline", "api", "workers", "config"):
+        shutil.copytree(ROOT / package, tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "static", "templates"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    daily = tmp_path / "pipeline" / "forecasting" / "daily.py"
+    daily.write_text(daily.read_text() + "\nimport sqlalchemy  # noqa: E402, F401\n")
+    result = _lint(tmp_path, tmp_path / "pyproject.toml")
+    assert result.returncode != 0
+    assert "forecasting models are pure" in result.stdout and "BROKEN" in result.stdout
