@@ -42,3 +42,28 @@ def test_a_broken_rule_is_reported(tmp_path):
     result = _lint(tmp_path, tmp_path / "pyproject.toml")
     assert result.returncode != 0
     assert "forecasting models are pure" in result.stdout and "BROKEN" in result.stdout
+
+
+def test_pipeline_modules_live_in_area_packages():
+    loose = sorted(p.name for p in (ROOT / "pipeline").glob("*.py") if p.name != "__init__.py")
+    assert not loose, f"modules outside an area package: {loose}"
+
+
+def test_every_source_folder_is_a_package_the_wheel_finds():
+    """setuptools' discovery (packages.find) takes regular packages only: a folder of modules
+    without __init__.py would be left out of the wheel and work only from a checkout."""
+    folders = {p.parent for top in ("pipeline", "api", "workers", "config") for p in (ROOT / top).rglob("*.py")}
+    missing = sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists())
+    assert not missing, missing
+
+
+def test_every_data_file_is_in_the_wheel():
+    """Templates, static files and Alembic's script template ship in the wheel: each non-Python
+    file under a package is matched by a [tool.setuptools.package-data] pattern."""
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {path for package, patterns in package_data.items()
+               for pattern in patterns for path in (ROOT / package.replace(".", "/")).glob(pattern)}
+    data = {p for top in ("pipeline", "api", "workers", "config") for p in (ROOT / top).rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc")}
+    missing = sorted(str(p.relative_to(ROOT)) for p in data - shipped)
+    assert not missing, missing
