@@ -8,7 +8,7 @@ from celery import Celery
 from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun, worker_process_init
 
 from beat_schedule import BEAT_SCHEDULE
-from config import load_settings
+from config import Settings, load_settings
 from config.celery import celery_config
 from config.logging import configure_logging, request_id
 from workers import runtime
@@ -34,6 +34,13 @@ app.conf.imports = list(TASK_MODULES)
 def load_tasks() -> None:
     """Register every task with the app, for a worker started inside another process (the demo)."""
     app.loader.import_default_modules()
+
+
+def use_settings(settings: Settings) -> None:
+    """Run the app and its tasks in this process on ``settings`` rather than the environment's
+    (the demo's in-process worker: its own database, object store and in-memory broker)."""
+    runtime.configure(settings)
+    app.conf.update(celery_config(settings))
 
 
 @worker_process_init.connect

@@ -4,7 +4,8 @@ workers for the API, the CLI and the tasks themselves.
 Tasks are named here by their stable names (``area.verb_noun``), never imported: a caller that
 enqueues work needs the Celery app and the broker, not the task modules and what they import,
 and the task modules can enqueue what follows through this module without an import cycle.
-The routes in config send each name to its queue.
+The routes in config send each name to its queue. An operator's shell command may also run a
+storage job here, in its own process, to print what the run did (the ``run_*_here`` functions).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy import select
 
 from pipeline.models import Batch, BatchState
 from workers import runtime
-from workers.app import app
+from workers.app import app, load_tasks
 
 
 def _task(name: str, *args: object):  # noqa: ANN202 - a celery Signature
@@ -64,3 +65,20 @@ def enqueue_restores() -> None:
 def enqueue_export_run(run_id: int) -> None:
     """Build and send one export run (queue ``exports``), after the commit that created it."""
     _task("exports.run_report", run_id).apply_async()
+
+
+def _run_here(signature):  # noqa: ANN001, ANN202 - a celery Signature; the task's result
+    # The task's own code, called in this process (no broker round trip, no worker); work it
+    # enqueues, such as the continuation of a long lifecycle run, still goes to the workers.
+    load_tasks()
+    return app.tasks[signature.task](*signature.args, **signature.kwargs)
+
+
+def run_lifecycle_here(now: str | None = None, facility_ids: list[int] | None = None) -> dict:
+    """The nightly storage lifecycle, run now in the calling process (``relaypacs storage tier``)."""
+    return _run_here(_task("storage.run_lifecycle", now, facility_ids))
+
+
+def run_replication_here() -> dict:
+    """The DR copy, run now in the calling process (``relaypacs storage replicate``)."""
+    return _run_here(_task("storage.replicate"))

@@ -10,56 +10,21 @@ run twice or to be killed half way: the next run picks up where it stopped.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
 from functools import cache
 
 from celery.signals import worker_process_init
 
-from config import Settings
-from pipeline.lifecycle import policy as lifecycle
 from pipeline.lifecycle import replication, restore, tiering
 from pipeline.lifecycle import runs as storage_runs
-from pipeline.models import utcnow
+from pipeline.lifecycle.job_options import clock, tiering_options
 from pipeline.storage import TieredStore, open_s3_store, open_store
 from workers import chains, runtime
 from workers.app import app
 
 log = logging.getLogger(__name__)
 
-# Stop a run cleanly before Celery's soft time limit (3300 s) and continue in a new task.
-RUN_SECONDS = 3000.0
 # A restore pass asked for while another runs comes back after this long.
 RESTORE_RECHECK_SECONDS = 5.0
-
-
-def clock(now: str | None) -> datetime:
-    if not now:
-        return utcnow()
-    parsed = datetime.fromisoformat(now)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def tiering_options(settings: Settings, facility_ids: list[int] | None = None,
-                    max_seconds: float | None = RUN_SECONDS) -> tiering.TieringOptions:
-    """Validated options from settings (a bad policy fails here, loudly, with its reason)."""
-    if settings.storage_restore_tier not in lifecycle.RESTORE_TIERS:
-        raise lifecycle.PolicyError(f"restore tier must be one of {', '.join(lifecycle.RESTORE_TIERS)}")
-    if settings.dr_storage_class not in lifecycle.CLASSES:
-        raise lifecycle.PolicyError(f"unknown DR storage class {settings.dr_storage_class!r}")
-    lifecycle.parse_prices(settings.storage_prices)
-    lifecycle.check_read_fraction(settings.storage_cold_reads_per_month)
-    return tiering.TieringOptions(
-        policy=lifecycle.TierPolicy.of(settings.storage_tiers),
-        bundle_below=settings.storage_bundle_below_bytes,
-        managed_by=settings.storage_managed_by,
-        concurrency=settings.storage_tier_concurrency,
-        abort_multipart_days=settings.storage_abort_multipart_days,
-        upload_expiry=timedelta(seconds=settings.upload_expiry_seconds),
-        spool_dir=runtime.spool_dir(),
-        max_seconds=max_seconds,
-        facility_ids=tuple(facility_ids) if facility_ids else None,
-        rendition_days=settings.storage_rendition_days,
-    )
 
 
 @cache

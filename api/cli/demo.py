@@ -1,4 +1,4 @@
-"""``relaypacs demo``: the whole pipeline on embedded defaults, with no services.
+"""``relaypacs demo`` and what it runs: the whole pipeline on embedded defaults, with no services.
 
 A fresh folder under ./var/demo holds a SQLite database, the object store and the
 forwarding destination; Celery runs on its in-memory broker with a worker thread in this
@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,15 @@ from config import load_settings
 from pipeline.dicom.samples import DEMO_BROKEN, DEMO_SAMPLES, shipped, synthetic_study
 
 TUS = {"Tus-Resumable": "1.0.0"}
+
+
+@click.command()
+@click.option("--synthetic", default=20, show_default=True, type=int,
+              help="instances in the synthetic CT series")
+@click.option("--chunk-size", default=16 * 1024, show_default=True, type=int)
+def demo(synthetic: int, chunk_size: int) -> None:
+    """The whole pipeline on embedded defaults, no services needed."""
+    sys.exit(run_demo(synthetic=synthetic, chunk_size=chunk_size))
 
 
 def demo_uploads(synthetic: int) -> list[tuple[str, bytes]]:
@@ -41,15 +51,13 @@ def run_demo(synthetic: int = 20, chunk_size: int = 16 * 1024) -> int:
     from celery.contrib.testing.worker import start_worker
 
     from api import create_app
-    from api.cli import upgrade_database
-    from config.celery import celery_config
     from config.logging import configure_logging
     from pipeline.accounts.users import create_user
     from pipeline.db.engine import make_engine, make_session_factory
+    from pipeline.db.migrate import upgrade_database
     from pipeline.delivery.destinations.registry import add_destination
-    from workers import runtime
     from workers.app import app as celery_app
-    from workers.app import load_tasks
+    from workers.app import load_tasks, use_settings
 
     configure_logging("WARNING")  # the demo prints its own summary; request logs would drown it
     # memory:// has no host by design; kombu warns about it on every publish.
@@ -72,8 +80,7 @@ def run_demo(synthetic: int = 20, chunk_size: int = 16 * 1024) -> int:
     add_destination(session, "demo-pacs", folder=str(pacs_folder))
     session.commit()
 
-    runtime.configure(settings)
-    celery_app.conf.update(celery_config(settings))
+    use_settings(settings)
     celery_app.conf.task_routes = None  # one in-process worker consumes every stage
     celery_app.conf.task_default_queue = "intake"
     celery_app.conf.broker_transport_options = {"polling_interval": 0.05}

@@ -7,13 +7,8 @@ import json
 
 import click
 
+from api.cli.session import open_session
 from config import load_settings
-
-
-def _session():  # noqa: ANN202
-    from pipeline.db.engine import make_engine, make_session_factory
-
-    return make_session_factory(make_engine(load_settings().database_url))()
 
 
 def _facility_ids(session, names: tuple[str, ...]) -> list[int] | None:  # noqa: ANN001
@@ -70,7 +65,7 @@ def report_command(facilities: tuple[str, ...], as_json: bool) -> None:
 
     _, prices = _policy()
     settings = load_settings()
-    with _session() as session:
+    with open_session() as session:
         dr_class = settings.dr_storage_class if settings.dr_storage_url else None
         built = storage_report.build(session, prices, facility_ids=_facility_ids(session, facilities),
                                      dr_storage_class=dr_class,
@@ -106,18 +101,21 @@ def tier_command(dry_run: bool, now: str | None, facilities: tuple[str, ...]) ->
     """Run the nightly lifecycle now, in this process (or only show its plan)."""
     _policy()
     from pipeline.lifecycle import tiering
-    from workers import runtime
-    from workers.storage import clock, run_lifecycle, tiering_options
+    from pipeline.lifecycle.job_options import clock, tiering_options
+    from pipeline.storage import open_store
+    from workers import chains
 
-    with _session() as session:
+    with open_session() as session:
         facility_ids = _facility_ids(session, facilities)
     if not dry_run:
-        click.echo(json.dumps(run_lifecycle(now=now, facility_ids=facility_ids), indent=2))
+        click.echo(json.dumps(chains.run_lifecycle_here(now=now, facility_ids=facility_ids), indent=2))
         return
-    options = tiering_options(runtime.settings(), facility_ids)
-    with runtime.session_scope() as session:
-        result = tiering.run(session, runtime.store(), options, clock(now), checkpoint=session.flush,
-                             dry_run=True)
+    settings = load_settings()
+    options = tiering_options(settings, facility_ids)
+    # A dry run plans from the database alone, so the store needs no host byte cache here.
+    with open_session() as session:
+        result = tiering.run(session, open_store(settings.storage_url), options, clock(now),
+                             checkpoint=session.flush, dry_run=True)
         session.rollback()
     click.echo(json.dumps(result.as_dict(), indent=2))
 
@@ -126,11 +124,12 @@ def tier_command(dry_run: bool, now: str | None, facilities: tuple[str, ...]) ->
 def setup_command() -> None:
     """Enable bucket versioning; with managed_by=s3, write the lifecycle rules."""
     from pipeline.lifecycle import tiering
-    from workers import runtime
-    from workers.storage import tiering_options
+    from pipeline.lifecycle.job_options import tiering_options
+    from pipeline.storage import open_store
 
     _policy()
-    done = tiering.ensure_bucket_setup(runtime.store(), tiering_options(runtime.settings()))
+    settings = load_settings()
+    done = tiering.ensure_bucket_setup(open_store(settings.storage_url), tiering_options(settings))
     click.echo(f"versioning {'enabled' if done['versioning'] else 'already on (or not applicable)'}; "
                f"lifecycle rules {'written' if done['lifecycle'] else 'unchanged'}")
 
@@ -149,7 +148,7 @@ def restore_command(study_id: int | None, instance_id: int | None, purpose: str)
     if (study_id is None) == (instance_id is None):
         raise click.ClickException("give exactly one of --study and --instance")
     tier = load_settings().storage_restore_tier
-    with _session() as session:
+    with open_session() as session:
         if study_id is not None:
             requests = restore.request_for_study(session, study_id, purpose=purpose, tier=tier)
         else:
@@ -177,10 +176,10 @@ def restore_command(study_id: int | None, instance_id: int | None, purpose: str)
 def replicate_command(retry_failed: bool) -> None:
     """Copy pending objects to the DR bucket now, in this process."""
     from pipeline.lifecycle import replication
-    from workers.storage import replicate
+    from workers import chains
 
     if retry_failed:
-        with _session() as session:
+        with open_session() as session:
             click.echo(f"{replication.retry_failed(session)} DR copies back to pending", err=True)
             session.commit()
-    click.echo(json.dumps(replicate(), indent=2))
+    click.echo(json.dumps(chains.run_replication_here(), indent=2))

@@ -39,8 +39,8 @@ def seed(url: str, facilities: int = FACILITIES) -> list[int]:
     weekday and facility (so sums, rates and percentiles differ from group to group)."""
     import sqlalchemy as sa
 
-    from api.cli import upgrade_database
     from pipeline.db.engine import make_engine
+    from pipeline.db.migrate import upgrade_database
 
     upgrade_database(url)
     engine = make_engine(url)

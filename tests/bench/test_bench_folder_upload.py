@@ -45,7 +45,7 @@ PER_STUDY = 50
 
 
 def default_jobs() -> int:
-    from api.cli import upload
+    from api.cli.upload import upload
 
     return next(p.default for p in upload.params if p.name == "jobs")
 

@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api.cli import upgrade_database
 from pipeline.analytics import drilldown, stats
 from pipeline.db.engine import make_engine, make_session_factory
+from pipeline.db.migrate import upgrade_database
 from tests.analytics_seed import Seeder
 from tests.integration.services import create_database, database_url, drop_database
 

@@ -21,7 +21,7 @@ def settings(tmp_path):
 @pytest.fixture
 def app(settings):
     from api import create_app
-    from api.cli import upgrade_database
+    from pipeline.db.migrate import upgrade_database
 
     upgrade_database(settings.database_url)
     return create_app(settings)
