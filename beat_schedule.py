@@ -30,7 +30,7 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 3600.0,
         "options": {"expires": 3500},
     },
-    # Scheduled exports (issue 8): schedules live in report_definitions; this tick creates
+    # Scheduled exports: schedules live in report_definitions; this tick creates
     # the due runs (unique per report and slot, so a second beat is harmless).
     "exports-dispatch-due": {
         "task": "exports.dispatch_due",

@@ -1,4 +1,4 @@
-"""The facility dashboard's forecast panel (issue 7): the newest stored daily and next-48-hour
+"""The facility dashboard's forecast panel: the newest stored daily and next-48-hour
 upload forecasts of the facility on the page, for the ``_forecast.html`` partial.
 
 A template global rather than a field of the page's data, so the panel stays a partial and a

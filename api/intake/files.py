@@ -148,7 +148,7 @@ def create() -> Response:
         return Response(status=201, headers=_headers(upload, Location=_location(upload)))
     intake.add_upload(session, upload)
     session.commit()
-    upload_created(upload)  # event after the commit (issue 5)
+    upload_created(upload)  # after the commit: a subscriber may read the row at once
     if intake.finish_if_complete(session, upload):
         session.commit()
         chains.enqueue_upload_chain(upload.id)
@@ -180,7 +180,7 @@ def _create_with_chunk(upload: Upload, checksum) -> Upload:  # noqa: ANN001
         if staged is not None:
             store.delete(staged.key)
         raise
-    upload_created(upload, first_chunk=staged is not None)  # events after the commit (issue 5)
+    upload_created(upload, first_chunk=staged is not None)  # after the commit: a subscriber may read the row at once
     _enqueue_if_complete(upload)
     return upload
 
@@ -262,7 +262,7 @@ def _write_chunk(upload: Upload, offset: int, checksum) -> Upload:  # noqa: ANN0
         intake.release_lease(session, upload_id, lease)
         session.commit()
         raise
-    chunk_recorded(upload)  # events after the commit (issue 5)
+    chunk_recorded(upload)  # after the commit: a subscriber may read the row at once
     _enqueue_if_complete(upload)
     return upload
 

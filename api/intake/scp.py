@@ -11,7 +11,8 @@ Network choices:
   (``STORE_RECV_CHUNKED_DATASET``), never decoded and never held whole in memory: the file is
   pynetdicom's file meta for the accepted context followed by the data set bytes as they came.
 - TCP_NODELAY on every accepted socket: a C-STORE-RSP is a small write the sender waits for,
-  the pattern Nagle's algorithm plus delayed ACK stalls (see NOTES).
+  the pattern Nagle's algorithm plus delayed ACK stalls (C-STORE measured at about 10
+  instances/s with Nagle on, 100-200 with it off).
 - Associations are served concurrently (one thread each); a modality's concurrent associations
   are serialised only around its batch row.
 """

@@ -1,6 +1,6 @@
 """The numbers of a report, from what is already materialised: hourly stats (volume,
 quality, delivery), quarantined uploads by reason, the storage report by tier, and the
-stored upload forecasts (issue 7).
+stored upload forecasts.
 
 A report is a summary (label, value, number format) and sections (a table each). Section
 rows are produced by a callable, so every format (xlsx, pdf, csv) streams them instead of
@@ -300,7 +300,7 @@ def _trend_unit(unit: str, start: datetime, end: datetime) -> str:
 
 def _forecast(session: Session, facility_ids: Sequence[int], start: datetime, end: datetime,
               tz: ZoneInfo) -> tuple[list[tuple], tuple[object, str | None]]:
-    """Per facility, the newest stored uploads forecast (pipeline/forecasting/store, issue 7)
+    """Per facility, the newest stored uploads forecast (pipeline/forecasting/store)
     summed over the next period (as long as this one, from its end); and the total for the
     summary. A forecast whose days do not cover the whole next period gives no total (None)
     rather than a number that silently counts fewer days."""
@@ -365,7 +365,7 @@ def _quarantine_rows(session: Session, facility_ids: Sequence[int], start: datet
 
 
 def _storage_rows(session: Session, facility_ids: Sequence[int]) -> Iterator[tuple]:
-    # The storage catalogue (issue 6) may not be installed: the section is then empty.
+    # The storage catalogue (the lifecycle job fills it) may not be installed: the section is then empty.
     try:
         from pipeline.lifecycle import cost_report as storage_report
     except ImportError:  # pragma: no cover
@@ -446,7 +446,7 @@ def build(session: Session, spec: ReportSpec, facility_ids: Sequence[int], start
              Column("Forecast made", "yyyy-mm-dd hh:mm", 18), Column("Days covered", "#,##0"),
              Column("Uploads forecast", "#,##0", 18)],
             lambda: iter(forecast_rows), chart="bar", chart_series=(4,),
-            note="The newest stored forecast of each facility (ARIMA or seasonal naive, issue 7), "
+            note="The newest stored forecast of each facility (ARIMA or seasonal naive), "
                  "summed over the days of the next period it covers."))
     return data
 

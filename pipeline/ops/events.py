@@ -1,4 +1,4 @@
-"""Domain events (DESIGN.md): what they carry, who may see them, and the bus they go out on.
+"""Domain events: what they carry, who may see them, and the bus they go out on.
 
 Events carry ids, the facility and counts, never patient data or file names (a file name
 can be a patient's name). Every state change is a committed row first; the event only

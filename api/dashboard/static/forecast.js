@@ -1,4 +1,4 @@
-// RelayPACS dashboard, forecast charts (issue 7): the facility's newest stored forecasts
+// RelayPACS dashboard, forecast charts: the facility's newest stored forecasts
 // (embedded as #forecast-data by the _forecast partial) drawn as plain SVG: the 95% band,
 // the 80% band over it, the mean as a line with a point per day or hour. Separate from
 // dashboard.js so the two evolve independently (both draw with plot.js); marks the section
