@@ -39,7 +39,8 @@ class Settings:
     # Local copy of recently written/read instance objects on a worker host (pipeline/
     # byte_cache.py): spares S3 GETs when the same host parses and forwards. 0 turns it off.
     byte_cache_mb: int = 2048
-    # Instances per STOW-RS request (measured against Orthanc: batches of 20-50 gave 201-243 instances/s, one per request 149-187).
+    # Instances per STOW-RS request (measured against Orthanc: batches of 20-50 gave 201-243
+    # instances/s, one instance per request 149-187).
     stow_batch_size: int = 40
     stow_timeout_seconds: float = 120.0
     delivery_max_attempts: int = 20

@@ -180,7 +180,8 @@ def _create_with_chunk(upload: Upload, checksum) -> Upload:  # noqa: ANN001
         if staged is not None:
             store.delete(staged.key)
         raise
-    upload_created(upload, first_chunk=staged is not None)  # after the commit: a subscriber may read the row at once
+    # After the commit: a subscriber may read the row at once.
+    upload_created(upload, first_chunk=staged is not None)
     _enqueue_if_complete(upload)
     return upload
 

@@ -52,7 +52,8 @@ def test_pipeline_modules_live_in_area_packages():
 def test_every_source_folder_is_a_package_the_wheel_finds():
     """setuptools' discovery (packages.find) takes regular packages only: a folder of modules
     without __init__.py would be left out of the wheel and work only from a checkout."""
-    folders = {p.parent for top in ("pipeline", "api", "workers", "config") for p in (ROOT / top).rglob("*.py")}
+    folders = {p.parent for top in ("pipeline", "api", "workers", "config")
+               for p in (ROOT / top).rglob("*.py")}
     missing = sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists())
     assert not missing, missing
 
