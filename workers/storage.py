@@ -14,6 +14,7 @@ from functools import cache
 
 from celery.signals import worker_process_init
 
+from pipeline.delivery import forwarding
 from pipeline.lifecycle import replication, restore, tiering
 from pipeline.lifecycle import runs as storage_runs
 from pipeline.lifecycle.job_options import clock, tiering_options
@@ -83,8 +84,8 @@ def process_restores(now: str | None = None) -> dict:
                 process_restores.apply_async(kwargs={"now": now}, countdown=RESTORE_RECHECK_SECONDS)
             return {"skipped": "already running"}
         run = storage_runs.start(session, "restores", at)
-        result = restore.process(session, runtime.store(), now=at, days=cfg.storage_restore_days,
-                                 checkpoint=session.commit)
+        result = restore.process(session, runtime.store(), replay=forwarding.replay, now=at,
+                                 days=cfg.storage_restore_days, checkpoint=session.commit)
         storage_runs.finish(run, result.as_dict())
     chains.enqueue_forwarding(result.forwards)  # after the commit that made them pending
     return result.as_dict()

@@ -14,6 +14,11 @@ as a dead letter that says "restoring, expected by ...". The storage worker then
 3. puts a bundled instance back as its own object for a while (``rehydrated``), so readers
    keep reading ``instance.object_key`` unchanged;
 4. completes the request: a forward replays the deliveries parked for it; a read is ready.
+
+Delivery sits above this module (its renditions pass every read through ``require_readable``),
+so this module imports nothing from pipeline.delivery: ``process`` is given the function that
+puts dead-lettered deliveries back in the queue (``replay``, in practice
+``pipeline.delivery.forwarding.replay``), as it is given the ``checkpoint`` that commits.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from pipeline.intake.batches import reopen_for_replay
 from pipeline.lifecycle import bundles
 from pipeline.lifecycle import policy as lifecycle
 from pipeline.models import (
@@ -45,6 +51,10 @@ OPEN_STATES = (RestoreState.REQUESTED, RestoreState.RESTORING, RestoreState.READ
 # A copy about to expire is not worth starting a send with.
 READ_MARGIN = timedelta(hours=1)
 PURPOSES = ("forward", "read")
+
+# Puts failed deliveries back in the queue and returns the (study_id, destination_id) pairs
+# to forward again (pipeline.delivery.forwarding.replay).
+Replay = Callable[[Session, Sequence[Delivery]], list[tuple[int, int]]]
 
 
 def _holder(session: Session, row: StoredObject) -> StoredObject:
@@ -243,7 +253,7 @@ def _rehydrate(session: Session, store: TieredStore, row: StoredObject, holder: 
 
 
 def _complete(session: Session, store: TieredStore, requests: Sequence[RestoreRequest], now: datetime,
-              days: int, result: ProcessResult) -> None:
+              days: int, result: ProcessResult, replay: Replay) -> None:
     for request in requests:
         holder = session.get(StoredObject, request.stored_object_id)
         row = holder
@@ -261,17 +271,14 @@ def _complete(session: Session, store: TieredStore, requests: Sequence[RestoreRe
             elif row is not None and row.state == ObjectState.REHYDRATED:
                 row.rehydrated_until = max(row.rehydrated_until or now, now + timedelta(days=days))
         if request.purpose == "forward" and request.instance_id is not None:
-            result.forwards.extend(_replay_parked(session, request.instance_id))
+            result.forwards.extend(_replay_parked(session, request.instance_id, replay))
         request.state = RestoreState.DONE
         request.completed_at = now
         result.done += 1
 
 
-def _replay_parked(session: Session, instance_id: int) -> list[tuple[int, int]]:
+def _replay_parked(session: Session, instance_id: int, replay: Replay) -> list[tuple[int, int]]:
     """Deliveries parked because the bytes were cold go back in the queue."""
-    from pipeline.delivery.forwarding import replay
-    from pipeline.intake.batches import reopen_for_replay
-
     parked = list(session.scalars(select(Delivery).where(
         Delivery.instance_id == instance_id, Delivery.state == DeliveryState.FAILED,
         Delivery.status_code == ARCHIVED_STATUS)))
@@ -288,9 +295,14 @@ def has_unstarted(session: Session) -> bool:
                           .limit(1)) is not None
 
 
-def process(session: Session, store: TieredStore, *, now: datetime | None = None, days: int = 7,
-            checkpoint: Callable[[], None] | None = None, limit: int = 1000) -> ProcessResult:
-    """One pass over open requests: start restores, poll them, complete what is back."""
+def process(session: Session, store: TieredStore, *, replay: Replay, now: datetime | None = None,
+            days: int = 7, checkpoint: Callable[[], None] | None = None,
+            limit: int = 1000) -> ProcessResult:
+    """One pass over open requests: start restores, poll them, complete what is back.
+
+    ``replay`` puts the deliveries parked for a completed forward restore back in the queue
+    (``pipeline.delivery.forwarding.replay``); it runs before the checkpoint that marks the
+    request done, so both are committed together."""
     now = now or utcnow()
     checkpoint = checkpoint or session.flush
     result = ProcessResult()
@@ -303,7 +315,7 @@ def process(session: Session, store: TieredStore, *, now: datetime | None = None
     checkpoint()
     _poll(session, store, open_in(RestoreState.RESTORING), now, result)
     checkpoint()
-    _complete(session, store, open_in(RestoreState.READY), now, days, result)
+    _complete(session, store, open_in(RestoreState.READY), now, days, result, replay)
     checkpoint()
     result.forwards = sorted(set(result.forwards))
     return result
