@@ -211,7 +211,8 @@ class _Batcher:
                 prepared[delivery.id] = renditions_for.prepare(
                     self.session, self.store, instances[delivery.instance_id])
             except ObjectMissing as exc:
-                # ObjectArchived (issue 6: cold bytes, restore requested) carries its own reason.
+                # ObjectArchived (cold bytes, a restore request recorded) carries its own reason,
+                # which says when the bytes are expected back; the restore replays the delivery.
                 _dead_letter(delivery, now, getattr(exc, "reason", "stored object is missing"),
                              getattr(exc, "status", "missing"))
                 self.result.failed += 1

@@ -218,8 +218,8 @@ def prepare(session: Session, store: ObjectStore, instance: Instance) -> Renditi
     Raises ``RenditionError`` when edits apply but the file cannot be rewritten: sending the
     unedited original instead could file images under the wrong patient.
     """
-    # Issue 6: cold bytes (archive class, or inside a bundle) are read through a restore;
-    # this records one and raises ObjectArchived (an ObjectMissing) that says when.
+    # Cold bytes (archive class, or inside a bundle) cannot be read until restored: this
+    # records a restore request and raises ObjectArchived (an ObjectMissing) that says when.
     require_readable(session, instance)
     edits = planned_edits(session, store, instance)
     if not edits:
@@ -232,7 +232,8 @@ def prepare(session: Session, store: ObjectStore, instance: Instance) -> Renditi
     key = rendition_key(instance.object_key, digest)
     sha256, size = _write(store, instance, edits, key)
     if row is not None:
-        # Rebuilt after the lifecycle run expired it: its days start again (pipeline/lifecycle/tiering.py).
+        # Rebuilt after the lifecycle run deleted it (older than storage_rendition_days, counted
+        # from created_at): its days start again.
         row.created_at = utcnow()
     if row is None:
         row = InstanceRendition(instance_id=instance.id, digest=digest, object_key=key,
