@@ -123,13 +123,13 @@ def tier_command(dry_run: bool, now: str | None, facilities: tuple[str, ...]) ->
 @storage.command("setup")
 def setup_command() -> None:
     """Enable bucket versioning; with managed_by=s3, write the lifecycle rules."""
-    from pipeline.lifecycle import tiering
+    from pipeline.lifecycle import bucket_rules
     from pipeline.lifecycle.job_options import tiering_options
     from pipeline.storage import open_store
 
     _policy()
     settings = load_settings()
-    done = tiering.ensure_bucket_setup(open_store(settings.storage_url), tiering_options(settings))
+    done = bucket_rules.ensure_bucket_setup(open_store(settings.storage_url), tiering_options(settings))
     click.echo(f"versioning {'enabled' if done['versioning'] else 'already on (or not applicable)'}; "
                f"lifecycle rules {'written' if done['lifecycle'] else 'unchanged'}")
 
