@@ -15,6 +15,7 @@ def forecast(facility: str, horizon: int, metric: str) -> None:
     """Forecast one facility's daily volume now and store it (the weekly job does them all)."""
     import json
 
+    from api.forecasting.serializers import forecast_json
     from pipeline.forecasting import store as forecast_store
 
     with open_session() as session:
@@ -26,4 +27,4 @@ def forecast(facility: str, horizon: int, metric: str) -> None:
             facility_id = found.id
         row = forecast_store.run_forecast(session, facility_id, metric, horizon=horizon)
         session.commit()
-        click.echo(json.dumps(forecast_store.as_dict(row), indent=2))
+        click.echo(json.dumps(forecast_json(row), indent=2))

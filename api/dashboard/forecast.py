@@ -8,10 +8,12 @@ signed-in user may see this facility before the template asks.
 
 from __future__ import annotations
 
+from api.forecasting.serializers import forecast_json
 from api.http.context import read_db
 from pipeline.forecasting import store as forecast_store
 
 
 def facility_forecast(facility_id: int) -> dict:
     """{"day": the newest 28-day forecast or None, "hour": the newest 48-hour one or None}."""
-    return forecast_store.latest_for_facility_all_granularities(read_db(), facility_id, "uploads")
+    rows = forecast_store.latest_for_facility_all_granularities(read_db(), facility_id, "uploads")
+    return {granularity: forecast_json(row) if row else None for granularity, row in rows.items()}

@@ -13,6 +13,7 @@ from flask import Blueprint, g, jsonify
 from pydantic import BaseModel, Field
 
 from api.analytics.drilldown import VIEWERS
+from api.forecasting.serializers import forecast_json
 from api.http.auth import check_facility, current_user, require
 from api.http.context import close_read_session, read_db
 from api.http.errors import ApiError
@@ -51,4 +52,4 @@ def list_forecasts():  # noqa: ANN201
     else:
         raise ApiError(400, "facility must be a facility id or 'total'")
     rows = forecast_store.latest(read_db(), wanted, q.metric, q.granularity)
-    return jsonify({"forecasts": [forecast_store.as_dict(r) for r in rows]})
+    return jsonify({"forecasts": [forecast_json(r) for r in rows]})

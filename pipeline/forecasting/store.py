@@ -185,40 +185,20 @@ def latest(session: Session, facility_ids: Sequence[int | None] | None, metric: 
 
 
 def latest_for_facility(session: Session, facility_id: int | None, metric: str = "uploads",
-                        granularity: str = "day") -> dict | None:
-    """The newest stored forecast of one facility (``None``: the all-facility total) as a
-    plain dict (``as_dict``), or None if it has none yet: what exports and the dashboard read."""
+                        granularity: str = "day") -> UploadForecast | None:
+    """The newest stored forecast of one facility (``None``: the all-facility total), or None
+    if it has none yet."""
     rows = latest(session, [facility_id], metric, granularity)
-    return as_dict(rows[0]) if rows else None
+    return rows[0] if rows else None
 
 
 def latest_for_facility_all_granularities(session: Session, facility_id: int,
-                                          metric: str = "uploads") -> dict[str, dict | None]:
+                                          metric: str = "uploads") -> dict[str, UploadForecast | None]:
     """{"day": ..., "hour": ...}: the newest forecast of each granularity of one facility, in
     one statement (the dashboard's facility page asks on every load)."""
     newest = (select(func.max(UploadForecast.id))
               .where(UploadForecast.facility_id == facility_id, UploadForecast.metric == metric)
               .group_by(UploadForecast.granularity))
     rows = session.scalars(select(UploadForecast).where(UploadForecast.id.in_(newest)))
-    found = {row.granularity: as_dict(row) for row in rows}
+    found = {row.granularity: row for row in rows}
     return {granularity: found.get(granularity) for granularity in GRANULARITIES}
-
-
-def _iso(value: datetime | None, granularity: str) -> str | None:
-    if value is None:
-        return None
-    if granularity == "day":
-        return value.date().isoformat()
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-
-
-def as_dict(row: UploadForecast) -> dict:
-    granularity = row.granularity or "day"
-    return {
-        "id": row.id, "facility_id": row.facility_id, "metric": row.metric, "granularity": granularity,
-        "created_at": row.created_at.isoformat(), "horizon": row.horizon, "model": row.model,
-        "order": row.model_order, "aic": row.aic,
-        "train_start": _iso(row.train_start, granularity), "train_end": _iso(row.train_end, granularity),
-        "fallback_reason": row.fallback_reason, "regressors": row.regressors,
-        "candidates": row.candidates, "backtest": row.backtest, "points": row.points,
-    }

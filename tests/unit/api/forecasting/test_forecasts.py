@@ -134,7 +134,7 @@ def test_hourly_forecasts_stored_served_and_scoped(client, session, world):
     assert client.get("/api/v1/forecasts?granularity=minute", headers=auth(world["admin"])).status_code == 400
 
     latest = forecast_store.latest_for_facility(session, world["a"], "uploads", "hour")
-    assert latest is not None and latest["id"] == row.id and latest["model"] == row.model
+    assert latest is not None and latest.id == row.id and latest.model == row.model
     assert forecast_store.latest_for_facility(session, world["b"], "uploads", "hour") is None
 
 
