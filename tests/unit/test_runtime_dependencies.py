@@ -105,6 +105,31 @@ def test_third_party_imports_are_runtime_dependencies():
     assert not problems, "declare these in pyproject.toml [project].dependencies:\n" + "\n".join(problems)
 
 
+def _lock(name: str) -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements" / name).read_text().splitlines():
+        if line and not line.startswith((" ", "#", "-")):
+            package, _, version = line.partition(" ")[0].partition("==")
+            pins[_normalise(package)] = version
+    return pins
+
+
+def test_locks_agree_with_pyproject_and_each_other():
+    """`make demo`, CI and the image install the locks, not the ranges: a dependency added to
+    pyproject.toml without `make lock` would be missing there and still pass here."""
+    runtime, test = _lock("runtime.txt"), _lock("test.txt")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extra = [Requirement(text) for text in project["optional-dependencies"]["test"]]
+    for lock, requirements in ((runtime, runtime_requirements()), (test, runtime_requirements() + extra)):
+        for requirement in requirements:
+            version = lock.get(_normalise(requirement.name))
+            assert version is not None, f"{requirement.name} is not in the lock: run `make lock`"
+            assert requirement.specifier.contains(version, prereleases=True), (
+                f"{requirement.name}=={version} is outside {requirement}: run `make lock`")
+    assert {n: v for n, v in test.items() if n in runtime} == runtime
+    assert runtime.keys() <= test.keys()
+
+
 def test_closure_follows_extras_and_ignores_the_test_extra():
     provided = runtime_closure()
     # celery[redis] brings redis through celery's own "redis" extra; pytest is test-only.
