@@ -13,7 +13,8 @@ UV_VERSION := 0.13.9
 # are root with apt-get, otherwise the command to run is printed. A venv without pip (what a
 # failed `python3 -m venv` leaves) is made again.
 $(VENV)/bin/pip:
-	python3 -m venv --clear $(VENV) || { rm -rf $(VENV); \
+	@echo "python3 -m venv --clear $(VENV)"
+	@python3 -m venv --clear $(VENV) || { rm -rf $(VENV); \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "python3 -m venv needs python3-venv: installing it" >&2; \
 	    export DEBIAN_FRONTEND=noninteractive; \
