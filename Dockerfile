@@ -10,11 +10,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, so a code change does not reinstall them.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-    > /tmp/requirements.txt
-RUN pip install -r /tmp/requirements.txt gunicorn
+# Dependencies first, so a code change does not reinstall them: the runtime lock (`make lock`),
+# the same versions `make demo` and CI install; gunicorn is one of them.
+COPY requirements/runtime.txt requirements/runtime.txt
+RUN pip install -r requirements/runtime.txt
 
 COPY . .
 RUN pip install --no-deps . \

@@ -1,15 +1,47 @@
 # Two commands matter: `make demo` and `make test` (what CI runs via .ci/run).
 VENV := .venv
 PYTHON := $(VENV)/bin/python
+# Locked versions (`make lock`): the runtime set alone, and runtime + the test extra with the
+# same pins. pyproject.toml keeps the ranges for installs into an environment of your own.
+RUNTIME_LOCK := requirements/runtime.txt
+TEST_LOCK := requirements/test.txt
+UV_VERSION := 0.13.9
 
-.PHONY: demo test bench bench-forecast-deps bench-forecast lint
+.PHONY: demo test lock bench bench-forecast-deps bench-forecast lint
 
-$(VENV)/bin/relaypacs:
-	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install -e .
+# python3 -m venv needs ensurepip, which Debian ships in python3-venv: installed here when we
+# are root with apt-get, otherwise the command to run is printed. A venv without pip (what a
+# failed `python3 -m venv` leaves) is made again.
+$(VENV)/bin/pip:
+	@echo "python3 -m venv --clear $(VENV)"
+	@python3 -m venv --clear $(VENV) || { rm -rf $(VENV); \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "python3 -m venv needs python3-venv: installing it" >&2; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -q && apt-get install -y -q --no-install-recommends python3-venv \
+	    && python3 -m venv $(VENV); \
+	  else echo "python3 -m venv failed; on Debian/Ubuntu run: sudo apt-get install python3-venv" >&2; \
+	    exit 1; fi; }
+
+# The runtime lock only (no test extra), then the project itself without resolving again.
+$(VENV)/bin/relaypacs: pyproject.toml $(RUNTIME_LOCK) | $(VENV)/bin/pip
+	$(PYTHON) -m pip install -q -r $(RUNTIME_LOCK)
+	$(PYTHON) -m pip install -q --no-deps -e .
+	touch $@
 
 demo: $(VENV)/bin/relaypacs
 	$(VENV)/bin/relaypacs demo
+
+# Recompile both locks from pyproject.toml with uv: pins that still fit are kept; `make lock
+# UPGRADE=1` moves every pin to the newest version allowed. The test lock is constrained by
+# the runtime one, so the two never disagree.
+lock: | $(VENV)/bin/pip
+	$(VENV)/bin/uv --version 2>/dev/null | grep -qx "uv $(UV_VERSION)" \
+	  || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip compile -q pyproject.toml --python $(PYTHON) $(if $(UPGRADE),--upgrade) \
+	  --custom-compile-command "make lock" -o $(RUNTIME_LOCK)
+	$(VENV)/bin/uv pip compile -q pyproject.toml --extra test -c $(RUNTIME_LOCK) --python $(PYTHON) \
+	  $(if $(UPGRADE),--upgrade) --custom-compile-command "make lock" -o $(TEST_LOCK)
 
 # pytest exits 5 when it collected no test at all: that is a failure here, not a pass.
 test:

@@ -77,15 +77,18 @@ if command -v rabbitmq-server >/dev/null && ! port_open 5672; then
 fi
 
 # --- the venv --------------------------------------------------------------------------------
-if [ ! -x .venv/bin/python ]; then
+# A venv without pip is what a failed `python3 -m venv` leaves behind: make it again.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   log "creating .venv"
-  python3 -m venv .venv
+  python3 -m venv --clear .venv
 fi
-# Reinstall only when pyproject.toml changed since the last install.
-stamp=".venv/.relaypacs-installed-$(sha256sum pyproject.toml | cut -c1-16)"
+# The test lock (runtime + test extra, `make lock`), then the project without resolving again.
+# Reinstall only when pyproject.toml or the lock changed since the last install.
+stamp=".venv/.relaypacs-installed-$(cat pyproject.toml requirements/test.txt | sha256sum | cut -c1-16)"
 if [ ! -e "$stamp" ] || [ ! -x .venv/bin/relaypacs ]; then
-  log "pip install -e '.[test]'"
-  .venv/bin/python -m pip install -q -e '.[test]'
+  log "pip install -r requirements/test.txt && pip install --no-deps -e ."
+  .venv/bin/python -m pip install -q -r requirements/test.txt
+  .venv/bin/python -m pip install -q --no-deps -e .
   rm -f .venv/.relaypacs-installed-*
   touch "$stamp"
 fi
