@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, g
+from flask import Flask, g, request
 
 from api import (
     analytics,
@@ -26,7 +26,7 @@ from api.limits import RateLimiter
 from config import Settings, load_settings
 from config.logging import configure_logging
 from pipeline.byte_cache import ByteCache, CachedStore
-from pipeline.database import make_engine, make_session_factory
+from pipeline.database import SchemaGuard, make_engine, make_session_factory
 from pipeline.storage import ObjectStore, open_store
 from pipeline.telemetry import Telemetry
 
@@ -78,6 +78,23 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     observability.register(app)
     errors.register(app)
+    # Checked now and, until at head, again at most every few seconds: a process started
+    # before or during `relaypacs db upgrade` serves 503s (not 500s), then works without a
+    # restart. /healthz stays up: it is liveness, and a restart would not help.
+    schema = app.extensions["relaypacs.schema"] = SchemaGuard(engine)
+    schema.problem()
+
+    @app.before_request
+    def _require_schema():  # noqa: ANN202
+        if request.endpoint == "health.healthz":
+            return None
+        problem = schema.problem()
+        if problem is None:
+            return None
+        response = errors.error_response(503, problem)
+        response.headers["Retry-After"] = str(int(schema.recheck_seconds))
+        return response
+
     app.register_blueprint(health.blueprint)
     app.register_blueprint(files.blueprint, url_prefix="/api/v1/files")
     app.register_blueprint(batches.blueprint, url_prefix="/api/v1/batches")

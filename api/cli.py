@@ -116,9 +116,21 @@ def upgrade() -> None:
 
 
 def _session():  # noqa: ANN202
-    from pipeline.database import make_engine, make_session_factory
+    """A session on a schema at head: every command that reads or writes rows comes here, so
+    an unmigrated database gets one clear message instead of a "no such table" traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
 
-    return make_session_factory(make_engine(load_settings().database_url))()
+    from pipeline.database import make_engine, make_session_factory, schema_problem
+
+    engine = make_engine(load_settings().database_url)
+    try:
+        problem = schema_problem(engine)
+    except SQLAlchemyError as exc:
+        reason = getattr(exc, "orig", None) or exc  # the driver's words, not the SQL
+        raise click.ClickException(f"cannot reach the database: {reason}") from exc
+    if problem:
+        raise click.ClickException(problem)
+    return make_session_factory(engine)()
 
 
 @main.group()

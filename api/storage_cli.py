@@ -11,9 +11,9 @@ from config import load_settings
 
 
 def _session():  # noqa: ANN202
-    from pipeline.database import make_engine, make_session_factory
+    from api.cli import _session as checked_session  # the one place that checks the schema
 
-    return make_session_factory(make_engine(load_settings().database_url))()
+    return checked_session()
 
 
 def _facility_ids(session, names: tuple[str, ...]) -> list[int] | None:  # noqa: ANN001
