@@ -354,11 +354,15 @@ def routes_list() -> None:
 @click.option("--synthetic", default=20, show_default=True, type=int,
               help="instances in the synthetic CT series")
 @click.option("--chunk-size", default=16 * 1024, show_default=True, type=int)
-def demo(synthetic: int, chunk_size: int) -> None:
+@click.option("--serve", is_flag=True, help="then keep the API and dashboard up on the demo's data")
+@click.option("--host", default="127.0.0.1", show_default=True, help="with --serve")
+@click.option("--port", default=8000, show_default=True, type=int, help="with --serve (0: any free)")
+def demo(synthetic: int, chunk_size: int, serve: bool, host: str, port: int) -> None:
     """The whole pipeline on embedded defaults, no services needed."""
     from api.demo import run_demo
 
-    sys.exit(run_demo(synthetic=synthetic, chunk_size=chunk_size))
+    sys.exit(run_demo(synthetic=synthetic, chunk_size=chunk_size, serve=serve, host=host,
+                      port=port))
 
 
 @main.command()
