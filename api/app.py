@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, g, request
 
 from api import (
@@ -82,7 +84,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     # before or during `relaypacs db upgrade` serves 503s (not 500s), then works without a
     # restart. /healthz stays up: it is liveness, and a restart would not help.
     schema = app.extensions["relaypacs.schema"] = SchemaGuard(engine)
-    schema.problem()
+    if problem := schema.problem():
+        logging.getLogger(__name__).warning("answering 503 until the schema is at head: %s", problem)
 
     @app.before_request
     def _require_schema():  # noqa: ANN202
