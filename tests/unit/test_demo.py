@@ -31,7 +31,10 @@ def _demo(tmp_path, *args: str) -> subprocess.Popen:
 def test_demo_delivers_everything_and_says_where_the_time_went(tmp_path):
     started = time.perf_counter()
     process = _demo(tmp_path)
-    output, _ = process.communicate(timeout=DEMO_TIMEOUT)
+    try:
+        output, _ = process.communicate(timeout=DEMO_TIMEOUT)
+    finally:
+        process.kill()  # only a demo that overran is still there
     wall = time.perf_counter() - started
     print(f"relaypacs demo: {wall:.1f} s wall clock\n{output}")
     assert process.returncode == 0, output
