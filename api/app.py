@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Flask, g
+import logging
+
+from flask import Flask, g, request
 
 from api.accounts import audit_log
 from api.analytics import drilldown as analytics
@@ -20,6 +22,7 @@ from api.lifecycle import storage as storage_api
 from config import Settings, load_settings
 from config.logging import configure_logging
 from pipeline.db.engine import make_engine, make_session_factory
+from pipeline.db.migrate import SchemaGuard
 from pipeline.ops.telemetry import Telemetry
 from pipeline.storage import ObjectStore, open_store
 from pipeline.storage.byte_cache import ByteCache, CachedStore
@@ -72,6 +75,24 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     observability.register(app)
     errors.register(app)
+    # Checked now and, until at head, again at most every few seconds: a process started
+    # before or during `relaypacs db upgrade` serves 503s (not 500s), then works without a
+    # restart. /healthz stays up: it is liveness, and a restart would not help.
+    schema = app.extensions["relaypacs.schema"] = SchemaGuard(engine)
+    if problem := schema.problem():
+        logging.getLogger(__name__).warning("answering 503 until the schema is at head: %s", problem)
+
+    @app.before_request
+    def _require_schema():  # noqa: ANN202
+        if request.endpoint == "health.healthz":
+            return None
+        problem = schema.problem()
+        if problem is None:
+            return None
+        response = errors.error_response(503, problem)
+        response.headers["Retry-After"] = str(int(schema.recheck_seconds))
+        return response
+
     app.register_blueprint(health.blueprint)
     app.register_blueprint(files.blueprint, url_prefix="/api/v1/files")
     app.register_blueprint(batches.blueprint, url_prefix="/api/v1/batches")
