@@ -68,3 +68,21 @@ def test_every_data_file_is_in_the_wheel():
             if p.is_file() and p.suffix not in (".py", ".pyc")}
     missing = sorted(str(p.relative_to(ROOT)) for p in data - shipped)
     assert not missing, missing
+
+
+def test_readme_tree_and_code_agree():
+    """README's Architecture tree names every package of pipeline/ and api/ and every module
+    of workers/, and names nothing that is not there."""
+    readme = (ROOT / "README.md").read_text()
+    tree = readme.split("The code is laid out by area", 1)[1].split("```", 2)[1]
+    named = {token for line in tree.splitlines() for token in line.split()
+             if token.endswith(("/", ".py")) and not token.startswith(("`", "("))}
+    packages = {f"{p.parent.name}/" for top in ("pipeline", "api") for p in (ROOT / top).rglob("__init__.py")
+                if "migrations" not in p.parts}
+    workers = {p.name for p in (ROOT / "workers").glob("*.py")
+               if p.name not in ("__init__.py", "runtime.py", "event_publishing.py")}
+    missing = sorted((packages | workers) - named)
+    assert not missing, f"not in README's tree: {missing}"
+    existing = packages | workers | {"workers/", "config/", "beat_schedule.py", "app.py", "chains.py"}
+    stale = sorted(named - existing)
+    assert not stale, f"in README's tree but not in the code: {stale}"
