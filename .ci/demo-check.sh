@@ -47,7 +47,7 @@ if [ "$rc" -ne 0 ]; then
   log "FAIL: relaypacs demo exited $rc"
   exit 1
 fi
-# The summary api/demo.py prints last: the batch done, and instances in the destination folder.
+# The summary api/cli/demo.py prints last: the batch done, and instances in the destination folder.
 if ! grep -Eq '^batch [0-9]+: done[ ;]' demo.log \
    || ! grep -Eq '^deliveries: .*; [1-9][0-9]* instances in destination folder ' demo.log; then
   log "FAIL: relaypacs demo printed no delivery summary (a done batch, instances delivered)"

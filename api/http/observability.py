@@ -16,7 +16,7 @@ from config.logging import request_id
 log = logging.getLogger("relaypacs.access")
 # JSON bodies are small; tus PATCH bodies are streamed and bounded by Upload-Length instead.
 MAX_JSON_BYTES = 1024 * 1024
-# Bounds the app answers with a JSON 414/431; gunicorn's own (api/cli.py) sit above them and
+# Bounds the app answers with a JSON 414/431; gunicorn's own (api/cli/services.py) sit above them and
 # are the last resort for what never reaches Flask.
 MAX_URL_BYTES = 4096
 MAX_HEADER_BYTES = 16 * 1024
