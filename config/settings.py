@@ -105,6 +105,22 @@ class Settings:
     export_working_timeout_seconds: int = 1800
     export_max_attempts: int = 5
     export_retry_base_seconds: int = 60
+    # The DICOM listener (relaypacs scp). Associations served at once; one more is rejected
+    # as transient ("local limit exceeded"), so the modality retries later. Each association
+    # holds a thread and, while it stores, a database connection (the pool has 30).
+    scp_max_associations: int = 20
+    # A data set larger than this is not received: the association is aborted once that many
+    # bytes of it arrived. Unset, the tus limit (RELAYPACS_MAX_UPLOAD_BYTES) applies.
+    scp_max_dataset_bytes: int = 2 * 1024**3
+    # DICOM TLS: the listener speaks TLS only when a certificate and key (PEM) are given; with
+    # a CA bundle, callers must present a certificate it signed.
+    scp_tls_cert: Path | None = None
+    scp_tls_key: Path | None = None
+    scp_tls_ca: Path | None = None
+    # Fernet keys (url-safe base64, 32 bytes) for secrets at rest, newest first: the first
+    # encrypts, every one decrypts (rotation). Unset with the embedded SQLite database, a key
+    # is generated once in the var folder (secret.key, mode 0600).
+    secret_keys: tuple[str, ...] = field(default=(), repr=False)
     extra: dict[str, str] = field(default_factory=dict)
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -156,6 +172,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     origins = tuple(
         o.strip() for o in env.get("RELAYPACS_CORS_ORIGINS", "*").split(",") if o.strip()
     )
+    def path(name: str) -> Path | None:
+        raw = env.get(name, "").strip()
+        return Path(raw).absolute() if raw else None
+
     rate_limits = dict(Settings.rate_limits)
     for part in env.get("RELAYPACS_RATE_LIMITS", "").split(","):
         name, _, value = part.partition("=")
@@ -238,4 +258,13 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         export_retry_base_seconds=_int(
             env, "RELAYPACS_EXPORT_RETRY_BASE_SECONDS", Settings.export_retry_base_seconds
         ),
+        scp_max_associations=_int(env, "RELAYPACS_SCP_MAX_ASSOCIATIONS", Settings.scp_max_associations),
+        scp_max_dataset_bytes=_int(
+            env, "RELAYPACS_SCP_MAX_DATASET_BYTES",
+            _int(env, "RELAYPACS_MAX_UPLOAD_BYTES", Settings.max_upload_bytes)),
+        scp_tls_cert=path("RELAYPACS_SCP_TLS_CERT"),
+        scp_tls_key=path("RELAYPACS_SCP_TLS_KEY"),
+        scp_tls_ca=path("RELAYPACS_SCP_TLS_CA"),
+        secret_keys=tuple(
+            k.strip() for k in env.get("RELAYPACS_SECRET_KEY", "").split(",") if k.strip()),
     )

@@ -1,6 +1,6 @@
 """The ``relaypacs`` command line: the ``main`` group, and the registration of the commands and
-groups that live one per module beside it (services, db, users, destinations, deliveries,
-routes, storage, forecast, upload, demo).
+groups that live one per module beside it (services, db, users, destinations, scp-callers,
+deliveries, routes, storage, forecast, upload, demo).
 
 The modules do not import this one, so adding a group is a module plus one line below.
 """
@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import click
 
-from api.cli import db, deliveries, demo, destinations, forecasts, routes, services, storage, upload, users
+from api.cli import (
+    db,
+    deliveries,
+    demo,
+    destinations,
+    forecasts,
+    routes,
+    scp_callers,
+    services,
+    storage,
+    upload,
+    users,
+)
 
 
 @click.group()
@@ -22,6 +34,7 @@ _REGISTERED = (
     db.db,
     users.users,
     destinations.destinations,
+    scp_callers.scp_callers,
     deliveries.deliveries,
     routes.routes,
     storage.storage,

@@ -82,12 +82,16 @@ def events(host: str, port: int) -> None:
 @click.option("--aet", required=True, help="this SCP's AE title (modalities call it)")
 @click.option("--port", required=True, type=click.IntRange(1, 65535))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--facility", help="facility that owns received studies (default: the AE title)")
+@click.option("--facility", help="serve only this facility's callers (default: every facility "
+              "on the allow-list, `relaypacs scp-callers`)")
 def scp(aet: str, port: int, host: str, facility: str | None) -> None:
-    """Run a DICOM Storage SCP: pushed instances take the same chain as uploads."""
+    """Run a DICOM Storage SCP: pushed instances take the same chain as uploads.
+
+    Only callers on the allow-list (`relaypacs scp-callers add`) are accepted; each one's
+    instances go to the facility its entry names."""
     from api.intake.scp import serve
 
-    serve(load_settings(), ae_title=aet, port=port, host=host, facility=facility or aet)
+    serve(load_settings(), ae_title=aet, port=port, host=host, facility=facility)
 
 
 COMMANDS = (api, worker, beat, events, scp)

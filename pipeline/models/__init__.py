@@ -1,6 +1,6 @@
 """The database schema, one module per area, on one shared metadata (``base.Base``):
 
-- accounts: facilities, users, the audit trail; intake: batches, uploads, chunks;
+- accounts: facilities, users, the audit trail; intake: batches, uploads, chunks, listener callers;
 - dicom: studies, series, instances; editing: templates, metadata changes, origins;
 - delivery: destinations, breaker state, routing rules, deliveries, renditions;
 - lifecycle: stored objects and tiers, restores, lifecycle runs;
@@ -47,6 +47,7 @@ from pipeline.models.forecasting import UploadForecast as UploadForecast
 from pipeline.models.intake import TERMINAL_UPLOAD_STATES as TERMINAL_UPLOAD_STATES
 from pipeline.models.intake import Batch as Batch
 from pipeline.models.intake import BatchState as BatchState
+from pipeline.models.intake import ScpCaller as ScpCaller
 from pipeline.models.intake import Upload as Upload
 from pipeline.models.intake import UploadChunk as UploadChunk
 from pipeline.models.intake import UploadState as UploadState

@@ -36,8 +36,11 @@ class Destination(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     kind: Mapped[str] = mapped_column(String(16))  # stowrs | dimse | folder
-    # Kind-specific settings: url/user/password, aet/host/port, path.
+    # Kind-specific settings: url/user, aet/host/port, path. Never a secret: safe to show.
     options: Mapped[dict] = mapped_column(JSON, default=dict)
+    # The password and bearer token, as one Fernet token of a JSON object: decrypted only
+    # where a sender is built (pipeline.delivery.destinations.credentials).
+    sealed_secrets: Mapped[str | None] = mapped_column(Text)
     # NULL: serves every facility.
     facility_id: Mapped[int | None] = mapped_column(ForeignKey("facilities.id"))
     enabled: Mapped[bool] = mapped_column(default=True)

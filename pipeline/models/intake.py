@@ -1,5 +1,5 @@
 """What arrives: a batch (one clinic session), its uploads (one file each, tus) and their staged
-chunks.
+chunks; the callers the DICOM listener accepts.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from pipeline.models.accounts import Facility
 from pipeline.models.base import Base, utcnow
 
 
@@ -100,3 +101,20 @@ class UploadChunk(Base):
     object_key: Mapped[str] = mapped_column(String(512))
     sha256: Mapped[str] = mapped_column(String(64))
     __table_args__ = (UniqueConstraint("upload_id", "offset"),)
+
+
+class ScpCaller(Base):
+    """A modality allowed to send to the DICOM listener, and the facility it sends for.
+
+    An entry is a calling AE title, optionally from one source network (CIDR): the same AE
+    title (modalities often keep their factory default) can belong to two facilities told
+    apart by their networks. An association whose caller matches no entry is rejected."""
+
+    __tablename__ = "scp_callers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), index=True)
+    # NULL: from any address.
+    network: Mapped[str | None] = mapped_column(String(64))
+    facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    facility: Mapped[Facility] = relationship()

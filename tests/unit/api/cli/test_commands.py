@@ -9,12 +9,13 @@ from click.testing import CliRunner
 from api.cli import main
 
 TOP_LEVEL = {"api", "worker", "beat", "events", "scp", "db", "users", "destinations", "deliveries",
-             "routes", "storage", "forecast", "upload", "demo"}
+             "routes", "storage", "forecast", "upload", "demo", "scp-callers"}
 
 GROUPS = {
     "db": {"upgrade"},
     "users": {"create", "revoke", "rotate"},
     "destinations": {"add", "list"},
+    "scp-callers": {"add", "list", "remove"},
     "deliveries": {"list", "retry"},
     "routes": {"add", "list"},
     "storage": {"policy", "report", "tier", "setup", "restore", "replicate"},
