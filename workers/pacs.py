@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from pipeline.delivery import forwarding, routing
-from pipeline.delivery.destinations import make_sender
+from pipeline.delivery.destinations import sender_for
 from pipeline.intake import batches as batch_progress
 from pipeline.models import Batch, Delivery, Destination
 from workers import chains, event_publishing, runtime
@@ -47,8 +47,8 @@ def forward_study(self, study_id: int, destination_id: int) -> dict:  # noqa: AN
         destination = session.get(Destination, destination_id)
         if destination is None or not destination.enabled:
             return {"skipped": True}
-        sender = make_sender(destination.kind, destination.options,
-                             timeout=cfg.stow_timeout_seconds, batch_size=cfg.stow_batch_size)
+        sender = sender_for(destination, runtime.secret_box(),
+                            timeout=cfg.stow_timeout_seconds, batch_size=cfg.stow_batch_size)
         try:
             result = forwarding.forward_study(
                 session, runtime.store(), sender, study_id=study_id,

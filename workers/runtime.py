@@ -1,4 +1,4 @@
-"""Process-wide resources for tasks: settings, engine, session scope, object store."""
+"""Process-wide resources for tasks: settings, engine, session scope, object store, secret keys."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings, load_settings
 from pipeline.db.engine import make_engine, make_session_factory
+from pipeline.delivery.destinations.credentials import SecretBox
 from pipeline.dicom.grouping import spool_dir_for
 from pipeline.ops.telemetry import Telemetry
 from pipeline.storage import ObjectStore, open_store
@@ -42,6 +43,12 @@ def store() -> ObjectStore:
         # A folder store is local already; S3 reads are what the host cache spares.
         return CachedStore(opened, ByteCache(cfg.var_dir / "byte-cache", cfg.byte_cache_mb * 1024**2))
     return opened
+
+
+@cache
+def secret_box() -> SecretBox:
+    """Destination secrets' keys, resolved at the first destination with a secret."""
+    return SecretBox.from_settings(settings())
 
 
 @cache
@@ -92,7 +99,7 @@ def reset() -> None:
     """Drop cached resources (after fork: the child must not reuse the parent's sockets)."""
     if engine.cache_info().currsize:
         engine().dispose(close=False)
-    for cached in (settings, engine, session_factory, store, telemetry):
+    for cached in (settings, engine, session_factory, store, secret_box, telemetry):
         cached.cache_clear()
 
 

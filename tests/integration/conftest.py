@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.integration.services import (
     RUNNING,
@@ -141,6 +142,8 @@ def gateway_env(postgres_url: str, redis_url: str, s3: MotoS3, it_dir: Path) -> 
         **s3.env,
         "RELAYPACS_VAR_DIR": str(var_dir),
         "RELAYPACS_BATCH_QUIET_SECONDS": "5",
+        # PostgreSQL: destination passwords need a configured key (no key file fallback).
+        "RELAYPACS_SECRET_KEY": Fernet.generate_key().decode(),
     }
     run_cli(["db", "upgrade"], env)
     return env

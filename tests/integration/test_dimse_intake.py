@@ -28,7 +28,7 @@ from sqlalchemy import create_engine, select
 from pipeline.dicom.samples import PYDICOM_FILES, synthetic_study
 from pipeline.models import Upload
 from tests.dimse_scu import store_files
-from tests.integration.services import LOOPBACK, ServiceProcess, free_port, relaypacs_argv
+from tests.integration.services import LOOPBACK, ServiceProcess, free_port, relaypacs_argv, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -75,8 +75,14 @@ def facility() -> str:
     return f"DIMSE Clinic {secrets.token_hex(3)}"
 
 
+# The modalities of this module, on the listener's allow-list for the module's facility.
+CALLERS = ("IT_ECHO", "CT_STORESCU", "CT_PYNETDICOM", "BAD_MODALITY")
+
+
 @pytest.fixture(scope="module")
 def scp(gateway_env, it_dir, facility) -> Iterator[StorageScpProcess]:
+    for calling in CALLERS:
+        run_cli(["scp-callers", "add", calling, "--facility", facility], gateway_env)
     server = StorageScpProcess(gateway_env, it_dir / "logs" / "scp.log", facility).start()
     try:
         yield server

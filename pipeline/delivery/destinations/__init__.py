@@ -1,7 +1,9 @@
 """Destinations: senders that deliver the original Part-10 bytes of a study to a PACS.
 
 This package owns the factory: `make_sender(kind, options)` builds the sender for a
-destination's stored configuration, one kind ("stowrs", "dimse", "folder") per module. Every
+destination's stored configuration, one kind ("stowrs", "dimse", "folder") per module;
+`sender_for(destination, secret_box)` does it for a row, the one place its sealed password or
+token is decrypted (`credentials`). Every
 sender follows the `Sender` protocol of `base` and reports one `InstanceOutcome` per instance;
 `base` also holds the retryable/final classification shared by all kinds and imports no sender.
 """
@@ -9,7 +11,7 @@ sender follows the `Sender` protocol of `base` and reports one `InstanceOutcome`
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.delivery.destinations.base import (
     InstanceOutcome,
@@ -18,6 +20,10 @@ from pipeline.delivery.destinations.base import (
     TransientDestinationError,
 )
 
+if TYPE_CHECKING:
+    from pipeline.delivery.destinations.credentials import SecretBox
+    from pipeline.models import Destination
+
 __all__ = [
     "InstanceOutcome",
     "OutgoingInstance",
@@ -25,6 +31,7 @@ __all__ = [
     "SenderFactory",
     "TransientDestinationError",
     "make_sender",
+    "sender_for",
     "sender_kinds",
 ]
 
@@ -96,3 +103,12 @@ def make_sender(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     return factory(options, timeout, batch_size)
+
+
+def sender_for(destination: Destination, secret_box: SecretBox, *, timeout: float = 120.0,
+               batch_size: int = 40) -> Sender:
+    """The sender of a destination row, its secrets decrypted into the sender and nowhere else."""
+    from pipeline.delivery.destinations.credentials import sender_options
+
+    return make_sender(destination.kind, sender_options(destination, secret_box),
+                       timeout=timeout, batch_size=batch_size)

@@ -1,4 +1,8 @@
-"""Destinations as rows: validated specs for the STOW-RS, DIMSE and folder kinds."""
+"""Destinations as rows: validated specs for the STOW-RS, DIMSE and folder kinds.
+
+A password or bearer token never goes into ``options``: it is sealed with the secret keys
+(``credentials``) into its own column.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.accounts.users import get_or_create_facility
+from pipeline.delivery.destinations.credentials import SecretBox, seal_into, split_secrets
 from pipeline.models import Destination
 
 _DIMSE = re.compile(r"^(?P<aet>[^@\\]{1,16})@(?P<host>[A-Za-z0-9.\-]+):(?P<port>\d{1,5})$")
@@ -31,7 +36,9 @@ def add_destination(
     dimse: str | None = None,
     folder: str | None = None,
     facility: str | None = None,
+    secret_box: SecretBox | None = None,
 ) -> Destination:
+    """Validate and add a destination; ``secret_box`` seals a password or token (required then)."""
     if not _NAME.match(name):
         raise DestinationSpecError("name: letters, digits, '_', '.', '-' (at most 100)")
     if sum(x is not None for x in (stow_url, dimse, folder)) != 1:
@@ -57,8 +64,13 @@ def add_destination(
     else:
         options = {"path": str(Path(folder).absolute())}
         kind = "folder"
+    options, secrets = split_secrets(options)
+    if secrets and secret_box is None:
+        raise ValueError("a password or token is stored only sealed: pass a secret_box")
     facility_id = get_or_create_facility(session, facility).id if facility else None
     dest = Destination(name=name, kind=kind, options=options, facility_id=facility_id)
+    if secrets:
+        seal_into(dest, secrets, secret_box)  # type: ignore[arg-type]
     session.add(dest)
     session.flush()
     return dest

@@ -14,7 +14,7 @@ TOP_LEVEL = {"api", "worker", "beat", "events", "scp", "db", "users", "destinati
 GROUPS = {
     "db": {"upgrade"},
     "users": {"create", "revoke", "rotate"},
-    "destinations": {"add", "list"},
+    "destinations": {"add", "list", "rotate-key", "new-key"},
     "scp-callers": {"add", "list", "remove"},
     "deliveries": {"list", "retry"},
     "routes": {"add", "list"},
