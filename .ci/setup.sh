@@ -23,6 +23,9 @@ wait_port() {  # PORT NAME
 packages=(orthanc orthanc-dicomweb dcmtk docker-compose postgresql redis-server python3-venv)
 # Headless Chromium for the dashboard test (Debian's own browser and driver, no download).
 packages+=(chromium chromium-driver)
+# The front proxy of tests/integration/test_behind_nginx.py (started by the test on its own
+# config and loopback ports; the packaged service is never used).
+packages+=(nginx)
 # A C compiler builds the LD_PRELOAD shim that keeps the test Orthanc on loopback.
 command -v cc >/dev/null || packages+=(gcc libc6-dev)
 missing=()
@@ -45,6 +48,18 @@ elif [ -s /run/orthanc.pid ]; then
     kill "$pid" || true
   fi
   rm -f /run/orthanc.pid
+fi
+
+# --- the packaged nginx service: the proxy test starts its own nginx -------------------------
+# Only the packaged service's pid file is read: test nginx processes keep theirs in temp dirs.
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  systemctl disable --now nginx.service >/dev/null 2>&1 || true
+elif [ -s /run/nginx.pid ]; then
+  pid="$(cat /run/nginx.pid)"
+  if [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = /usr/sbin/nginx ]; then
+    log "stopping the packaged nginx service (pid $pid)"
+    kill "$pid" || true
+  fi
 fi
 
 # --- PostgreSQL 127.0.0.1:5432, trust auth for user postgres ----------------------------------

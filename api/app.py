@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, g, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api.accounts import audit_log
+from api.accounts import audit_log, sign_in
 from api.analytics import drilldown as analytics
 from api.dashboard import forecast as dashboard_forecast
 from api.dashboard import pages as dashboard
@@ -58,6 +59,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging()
     app = Flask(__name__)
     app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
+    if settings.trusted_proxies > 0:
+        # The client's address (audit trail, sign-in limit), scheme (the cookie's Secure flag)
+        # and host as the trusted proxies saw them; headers beyond that many hops are ignored,
+        # so a client cannot forge its address by sending X-Forwarded-For itself.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n,  # type: ignore[method-assign]
+                                x_port=n, x_prefix=0)
     engine = make_engine(settings.database_url)
     app.extensions["relaypacs"] = Resources(
         settings=settings,
@@ -101,6 +109,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(deliveries.blueprint, url_prefix="/api/v1/deliveries")
     app.register_blueprint(storage_api.blueprint, url_prefix="/api/v1/storage")
     app.register_blueprint(audit_log.blueprint, url_prefix="/api/v1/audit")
+    app.register_blueprint(sign_in.api_blueprint, url_prefix="/api/v1/auth")
+    app.register_blueprint(sign_in.blueprint)
     app.register_blueprint(analytics.blueprint, url_prefix="/api/v1/analytics")
     app.register_blueprint(forecasts.blueprint, url_prefix="/api/v1/forecasts")
     app.register_blueprint(reports.blueprint, url_prefix="/api/v1/reports")

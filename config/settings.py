@@ -121,6 +121,20 @@ class Settings:
     # encrypts, every one decrypts (rotation). Unset with the embedded SQLite database, a key
     # is generated once in the var folder (secret.key, mode 0600).
     secret_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Sign-in sessions: one ends after this long without a request, and at the latest
+    # this long after sign-in whatever the activity.
+    session_idle_seconds: int = 30 * 60
+    session_lifetime_seconds: int = 12 * 3600
+    # How long a mailed password-reset link works.
+    password_reset_ttl_seconds: int = 3600
+    # Where people reach the gateway (https://gateway.example): the base of the links in
+    # password-reset mails. Never taken from a request's Host header, which anyone can set.
+    public_url: str | None = None
+    # Proxies in front of the API whose X-Forwarded-For/-Proto/-Host/-Port are believed (0:
+    # none; behind one nginx: 1). More than the real number lets a client forge its address.
+    trusted_proxies: int = 0
+    # An open event stream checks this often that its token or session still works.
+    events_auth_recheck_seconds: float = 20.0
     extra: dict[str, str] = field(default_factory=dict)
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -267,4 +281,13 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         scp_tls_ca=path("RELAYPACS_SCP_TLS_CA"),
         secret_keys=tuple(
             k.strip() for k in env.get("RELAYPACS_SECRET_KEY", "").split(",") if k.strip()),
+        session_idle_seconds=_int(env, "RELAYPACS_SESSION_IDLE_SECONDS", Settings.session_idle_seconds),
+        session_lifetime_seconds=_int(
+            env, "RELAYPACS_SESSION_LIFETIME_SECONDS", Settings.session_lifetime_seconds),
+        password_reset_ttl_seconds=_int(
+            env, "RELAYPACS_PASSWORD_RESET_TTL_SECONDS", Settings.password_reset_ttl_seconds),
+        public_url=(env.get("RELAYPACS_PUBLIC_URL") or "").rstrip("/") or None,
+        trusted_proxies=_int(env, "RELAYPACS_TRUSTED_PROXIES", Settings.trusted_proxies),
+        events_auth_recheck_seconds=_float(
+            env, "RELAYPACS_EVENTS_AUTH_RECHECK_SECONDS", Settings.events_auth_recheck_seconds),
     )

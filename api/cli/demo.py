@@ -5,7 +5,7 @@ forwarding destination; Celery runs on its in-memory broker with a worker thread
 process. Sample studies from pydicom are uploaded over tus in small chunks through the
 real API, grouped, and forwarded; then the batch report is printed, with where the time
 went. The hourly stats are materialised once so the dashboard shows the batch: with
-``--serve`` the API stays up on the demo's database and objects, with an admin token printed;
+``--serve`` the API stays up on the demo's database and objects, with the admin's password printed;
 without it, the demo prints the command that serves them.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import secrets
 import shlex
 import sys
 import time
@@ -73,6 +74,7 @@ def run_demo(synthetic: int = 20, chunk_size: int = 16 * 1024, serve: bool = Fal
 
     from api import create_app
     from config.logging import configure_logging
+    from pipeline.accounts.passwords import set_password
     from pipeline.accounts.users import create_user
     from pipeline.db.engine import make_engine, make_session_factory
     from pipeline.db.migrate import upgrade_database
@@ -100,8 +102,11 @@ def run_demo(synthetic: int = 20, chunk_size: int = 16 * 1024, serve: bool = Fal
     upgrade_database(settings.database_url)
     session = make_session_factory(make_engine(settings.database_url))()
     _, token = create_user(session, "radiographer@demo.clinic", "Demo Clinic", "uploader")
-    # The dashboard signs in with an admin or QA manager token, never an uploader's.
-    _, admin_token = create_user(session, "admin@demo.clinic", "Demo Clinic", "admin")
+    # People sign in to the dashboard with email and password (an admin or QA manager): the
+    # demo admin gets a random one, printed at the end.
+    admin, _ = create_user(session, "admin@demo.clinic", "Demo Clinic", "admin")
+    admin_password = secrets.token_urlsafe(12)
+    set_password(session, admin, admin_password)
     pacs_folder = home / "pacs"
     pacs_folder.mkdir(parents=True)
     add_destination(session, "demo-pacs", folder=str(pacs_folder))
@@ -169,9 +174,9 @@ def run_demo(synthetic: int = 20, chunk_size: int = 16 * 1024, serve: bool = Fal
     _print_report(report, pacs_folder, phases, time.perf_counter() - started)
     status = 0 if report.get("state") == "done" else 1
     if serve:
-        _serve(app, admin_token, host, port)
+        _serve(app, admin_password, host, port)
     else:
-        _print_how_to_look(settings, admin_token)
+        _print_how_to_look(settings, admin_password)
     return status
 
 
@@ -181,7 +186,7 @@ def _phase(phases: dict[str, float], name: str, since: float) -> float:
     return now
 
 
-def _serve(app, admin_token: str, host: str, port: int) -> None:  # noqa: ANN001
+def _serve(app, admin_password: str, host: str, port: int) -> None:  # noqa: ANN001
     """The demo's API (dashboard included) on the demo's database and objects until Ctrl-C."""
     from werkzeug.serving import make_server
 
@@ -189,8 +194,8 @@ def _serve(app, admin_token: str, host: str, port: int) -> None:  # noqa: ANN001
     server = make_server(host, port, app, threaded=True)
     url = f"http://{host}:{server.server_port}"
     click.echo(f"\nserving the demo at {url} (dashboard: {url}/dashboard); Ctrl-C stops")
-    click.echo("sign in with the demo admin's token (admin@demo.clinic):")
-    click.echo(admin_token)
+    click.echo("sign in as admin@demo.clinic with the password:")
+    click.echo(admin_password)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -199,15 +204,15 @@ def _serve(app, admin_token: str, host: str, port: int) -> None:  # noqa: ANN001
         server.server_close()
 
 
-def _print_how_to_look(settings, admin_token: str) -> None:  # noqa: ANN001
+def _print_how_to_look(settings, admin_password: str) -> None:  # noqa: ANN001
     env = " ".join(f"{name}={shlex.quote(str(value))}" for name, value in (
         ("RELAYPACS_VAR_DIR", settings.var_dir), ("RELAYPACS_DATABASE_URL", settings.database_url),
         ("RELAYPACS_STORAGE_URL", settings.storage_url)))
     click.echo("\nto see this batch in the dashboard, serve the demo's database:")
     click.echo(f"  {env} relaypacs api --port 8000")
     click.echo("  (or run `relaypacs demo --serve`: a fresh demo, then the same)")
-    click.echo("then sign in at http://127.0.0.1:8000/dashboard with the demo admin's token:")
-    click.echo(admin_token)
+    click.echo("then sign in at http://127.0.0.1:8000/dashboard as admin@demo.clinic with the password:")
+    click.echo(admin_password)
 
 
 def _print_report(report: dict, pacs_folder: Path, phases: dict[str, float],

@@ -37,7 +37,10 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
         # Above the app's own JSON 414/431 bounds (api/http/observability.py), so a client normally
         # gets those; these only stop what would never reach the app.
         "--limit-request-line", "8190", "--limit-request-fields", "100",
-        "--limit-request-field_size", "16384", "api:create_app()",
+        "--limit-request-field_size", "16384",
+        # gunicorn believes X-Forwarded-Proto from 127.0.0.1 by default; RELAYPACS_TRUSTED_PROXIES
+        # (werkzeug's ProxyFix in create_app) is the one place that decides what to believe.
+        "--forwarded-allow-ips", "", "api:create_app()",
     ])
 
 

@@ -6,26 +6,22 @@ page: no second round trip, no chart library, no build step. The page then liste
 event stream (``relaypacs events``, at RELAYPACS_DASHBOARD_EVENTS_URL) and updates its
 numbers and charts as uploads arrive and studies are delivered.
 
-A browser cannot send ``Authorization: Bearer`` on a navigation, so the dashboard signs in
-once with an API token and keeps it in an HttpOnly, SameSite=Strict cookie (scoped to
-/dashboard): the same token, the same roles and facility scoping as the API.
+People sign in once at /login (api/accounts/sign_in.py) with email and password; the pages
+read the session cookie (api.http.auth), with the same roles and facility scoping as the API.
+Someone signed in whose role is not a viewer gets 403.
 """
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
-
-from flask import Blueprint, Response, g, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
 
 from api.analytics.drilldown import VIEWERS
-from api.http.auth import actor, user_for_token
-from api.http.context import close_read_session, db, read_db, resources
+from api.http.auth import csrf_token, signed_in_user
+from api.http.context import close_read_session, read_db, resources
 from api.http.errors import ApiError
-from pipeline.accounts import audit
 from pipeline.analytics import drilldown, stats
 from pipeline.models import Role, User
 
-COOKIE = "relaypacs_dashboard"
 blueprint = Blueprint("dashboard", __name__, template_folder="templates",
                       static_folder="static", static_url_path="/static")
 blueprint.teardown_app_request(close_read_session)
@@ -53,11 +49,9 @@ def duration(ms: float | None) -> str:
 
 
 def _signed_in() -> User | None:
-    token = request.cookies.get(COOKIE, "")
-    user = user_for_token(db(), token) if token else None
-    if user is None or Role(user.role) not in VIEWERS:
-        return None
-    g.user = user
+    user = signed_in_user()
+    if user is not None and Role(user.role) not in VIEWERS:
+        raise ApiError(403, "the dashboard is for admins and QA managers")
     return user
 
 
@@ -68,11 +62,15 @@ def _page(template: str, data: dict, rng: drilldown.Range, user: User) -> str | 
     as_of = stats.as_of(read_db())
     data["as_of"] = as_of.isoformat() if as_of else None
     if request.args.get("format") == "json":
-        return jsonify(data)
-    query = {k: v for k, v in request.args.items() if k in ("from", "to", "granularity")}
-    return render_template(template, data=data, rng=rng, user=user, query=query,
-                           granularities=drilldown.GRANULARITIES,
-                           events_url=resources().settings.dashboard_events_url)
+        response = jsonify(data)
+    else:
+        query = {k: v for k, v in request.args.items() if k in ("from", "to", "granularity")}
+        response = Response(render_template(
+            template, data=data, rng=rng, user=user, query=query, csrf_token=csrf_token(),
+            granularities=drilldown.GRANULARITIES, events_url=resources().settings.dashboard_events_url))
+    # Never cached: after a sign-out, the back button asks the server (and gets the sign-in page).
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _range() -> drilldown.Range:
@@ -84,53 +82,13 @@ def _range() -> drilldown.Range:
 
 
 def _login_redirect() -> Response:
-    return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+    return redirect(url_for("accounts.login_form", next=request.full_path.rstrip("?")))
 
 
 @blueprint.route("/login", methods=["GET"])
-def login_form() -> str:
-    return render_template("dashboard/login.html", user=None, error=None,
-                           next=request.args.get("next", ""))
-
-
-@blueprint.route("/login", methods=["POST"])
-def login():  # noqa: ANN201
-    target = request.form.get("next") or url_for("dashboard.overview")
-    # Only a local path: never bounce a fresh sign-in to another site.
-    if urlparse(target).netloc or not target.startswith("/dashboard"):
-        target = url_for("dashboard.overview")
-    try:
-        resources().limiter.check_login(request.remote_addr or "unknown")
-    except ApiError as exc:
-        page = render_template("dashboard/login.html", user=None, error=exc.message, next=target)
-        return page, 429, {"Retry-After": str(exc.extra["retry_after"])}
-    token = (request.form.get("token") or "").strip()
-    user = user_for_token(db(), token) if token else None
-    if user is None or Role(user.role) not in VIEWERS:
-        message = ("unknown or revoked token" if user is None
-                   else "the dashboard is for admins and QA managers")
-        _audit_login(user, "auth.login_refused", {"reason": message})
-        return render_template("dashboard/login.html", user=None, error=message, next=target), 401
-    _audit_login(user, "auth.login", None)
-    response = redirect(target)
-    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure,
-                        path="/dashboard", max_age=12 * 3600)
-    return response
-
-
-def _audit_login(user: User | None, action: str, detail: dict | None) -> None:
-    g.user = user  # the trail (and the access log line) name who signed in, when known
-    session = db()
-    audit.record(session, actor(), action, target=f"user:{user.id}" if user else None,
-                 detail=detail)
-    session.commit()
-
-
-@blueprint.route("/logout", methods=["POST"])
-def logout():  # noqa: ANN201
-    response = redirect(url_for("dashboard.login_form"))
-    response.delete_cookie(COOKIE, path="/dashboard")
-    return response
+def login_form() -> Response:
+    """The sign-in moved to /login (one for every page); old bookmarks land there."""
+    return redirect(url_for("accounts.login_form", next=request.args.get("next") or "/dashboard"))
 
 
 @blueprint.route("", methods=["GET"])

@@ -14,10 +14,13 @@ How a client is fed:
   headers) replays from the Redis stream first; a stream that falls behind the ring (a
   slow reader) catches up from the Redis stream the same way, so nothing is skipped.
 
-Authentication is the API's: ``Authorization: Bearer TOKEN`` (or the dashboard's cookie),
-the same token table and roles, checked once when the stream opens. The same stream is
-also served at ``/dashboard/events``, under the dashboard cookie's path, for the page's
-EventSource; when the page comes from another origin listed in RELAYPACS_CORS_ORIGINS
+Authentication is the API's: ``Authorization: Bearer TOKEN`` or the sign-in session cookie,
+the same tokens, sessions and roles, checked when the stream opens and again every
+RELAYPACS_EVENTS_AUTH_RECHECK_SECONDS while it is open: a stream whose token was revoked or
+expired, or whose session ended (logout, password change, disabled user, idle, lifetime),
+gets an ``auth.ended`` event and is closed. The recheck is not activity: an open page does
+not keep its session alive. The same stream is also served at ``/dashboard/events`` for the
+page's EventSource; when the page comes from another origin listed in RELAYPACS_CORS_ORIGINS
 (never "*": the stream carries credentials) that origin may read it.
 """
 
@@ -30,10 +33,12 @@ import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from config import Settings
+from pipeline.accounts.sessions import SessionPolicy, find_session
 from pipeline.accounts.users import user_for_token
 from pipeline.db.engine import make_engine, make_session_factory
 from pipeline.models import Role
@@ -45,7 +50,17 @@ RING_SIZE = 4096
 KEEPALIVE_SECONDS = 15.0
 RETRY_MS = 3000
 REPLAY_PAGE = 500
-DASHBOARD_COOKIE = "relaypacs_dashboard"
+SESSION_COOKIE = "relaypacs_session"  # api.http.auth.SESSION_COOKIE: the pages' sign-in
+ENDED_FRAME = (b'event: auth.ended\n'
+               b'data: {"type": "auth.ended", "reason": "signed out, or the token was revoked"}\n\n')
+
+
+@dataclass(frozen=True)
+class Caller:
+    facility_id: int
+    is_admin: bool
+    kind: str  # "token" or "session"
+    secret: str  # what to check again: the token, or the session cookie's value
 
 
 class LiveFeed:
@@ -153,24 +168,49 @@ class EventServer:
         self.executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="events-auth")
         self.redis = None
         self.streams = 0
+        self.policy = SessionPolicy(idle_seconds=settings.session_idle_seconds,
+                                    lifetime_seconds=settings.session_lifetime_seconds)
+        self.recheck_seconds = max(0.1, settings.events_auth_recheck_seconds)
 
-    def _lookup(self, token: str) -> tuple[int, bool] | None:
+    def _lookup(self, kind: str, secret: str, opening: bool) -> tuple[int, bool] | None:
+        """(facility, admin?) of the caller while its token or session works, else None.
+        Opening a stream is a request (session activity); a recheck is not."""
         with self.sessions() as session:
-            user = user_for_token(session, token)
+            if kind == "token":
+                user = user_for_token(session, secret)
+            else:
+                found = find_session(session, secret, self.policy, touch=opening)
+                session.commit()
+                user = found[1] if found else None
             if user is None:
                 return None
             return user.facility_id, user.role == Role.ADMIN
 
-    async def authenticate(self, request: web.Request) -> tuple[int, bool]:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip() if scheme.lower() == "bearer" else request.cookies.get(DASHBOARD_COOKIE, "")
-        if not token:
-            raise _error(401, "missing bearer token", hint="Authorization: Bearer TOKEN")
+    async def authenticate(self, request: web.Request) -> Caller:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if header:
+            kind, secret = "token", (token.strip() if scheme.lower() == "bearer" else "")
+        else:
+            kind, secret = "session", request.cookies.get(SESSION_COOKIE, "")
+        if not secret:
+            raise _error(401, "missing bearer token",
+                         hint="Authorization: Bearer TOKEN, or sign in at /login")
         loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(self.executor, self._lookup, token)
+        found = await loop.run_in_executor(self.executor, self._lookup, kind, secret, True)
         if found is None:
-            raise _error(401, "invalid or revoked token")
-        return found
+            raise _error(401, "invalid or revoked token" if kind == "token"
+                         else "session ended: sign in again")
+        return Caller(found[0], found[1], kind, secret)
+
+    async def still_allowed(self, caller: Caller) -> bool:
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.run_in_executor(self.executor, self._lookup, caller.kind, caller.secret, False)
+        except Exception as exc:  # noqa: BLE001 - a database blip must not cut every stream
+            log.warning("event stream auth recheck failed (%s); keeping the stream", type(exc).__name__)
+            return True
+        return found is not None
 
     def cors_headers(self, request: web.Request) -> dict[str, str]:
         """Credentialed CORS for the origins named in settings (a dashboard served elsewhere)."""
@@ -185,7 +225,7 @@ class EventServer:
         return [(sid.decode(), fields[b"e"].decode()) for sid, fields in rows]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        facility_id, is_admin = await self.authenticate(request)
+        caller = await self.authenticate(request)
         last_id = request.headers.get("Last-Event-ID") or request.query.get("lastEventId") or ""
         if last_id and events.stream_id_key(last_id) == (0, 0) and last_id != "0-0":
             raise _error(400, "Last-Event-ID must be an id this stream sent, like 1711111111111-0")
@@ -201,20 +241,29 @@ class EventServer:
         await response.write(f"retry: {RETRY_MS}\n: connected\n\n".encode())
         self.streams += 1
         try:
-            await self._stream(response, facility_id, is_admin, last_id, position, newest)
+            await self._stream(response, caller, last_id, position, newest)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
             self.streams -= 1
         return response
 
-    async def _stream(self, response: web.StreamResponse, facility_id: int, is_admin: bool,
+    async def _stream(self, response: web.StreamResponse, caller: Caller,
                       last_id: str, position: int, newest: str) -> None:
-        """Live events after ``position`` in the ring; older ones come from the Redis stream."""
+        """Live events after ``position`` in the ring; older ones come from the Redis stream.
+        Ends (after an ``auth.ended`` event) once the caller's token or session stops working."""
+        facility_id, is_admin = caller.facility_id, caller.is_admin
         sent = last_id or newest
         if last_id:
             sent = await self._catch_up(response, facility_id, is_admin, last_id)
+        next_check = time.monotonic() + self.recheck_seconds
+        last_write = time.monotonic()
         while True:
+            if time.monotonic() >= next_check:
+                if not await self.still_allowed(caller):
+                    await response.write(ENDED_FRAME)
+                    return
+                next_check = time.monotonic() + self.recheck_seconds
             waiter = self.feed.changed()
             entries = self.feed.after(position)
             if entries is None:  # fell off the ring: read what we missed from Redis
@@ -228,12 +277,16 @@ class EventServer:
                 sent = stream_id
                 if events.visible_to(parsed, facility_id, is_admin):
                     await response.write(events.sse_frame(stream_id, payload, parsed.get("type", "message")))
+                    last_write = time.monotonic()
             if entries:
                 continue
+            wait = min(KEEPALIVE_SECONDS - (time.monotonic() - last_write), next_check - time.monotonic())
             try:
-                await asyncio.wait_for(asyncio.shield(waiter), KEEPALIVE_SECONDS)
+                await asyncio.wait_for(asyncio.shield(waiter), max(0.05, wait))
             except TimeoutError:
-                await response.write(b": keepalive\n\n")
+                if time.monotonic() - last_write >= KEEPALIVE_SECONDS:
+                    await response.write(b": keepalive\n\n")
+                    last_write = time.monotonic()
 
     async def _catch_up(self, response: web.StreamResponse, facility_id: int, is_admin: bool,
                         after: str) -> str:

@@ -1,7 +1,17 @@
-"""Bearer-token authentication, roles, and facility scoping."""
+"""Who is calling, one path for every route: a bearer token (programs) or the sign-in
+session cookie (people, from the pages); roles, facility scoping, and CSRF protection of
+cookie-authenticated writes.
+
+A browser sends the cookie with any request to this site, including one a hostile page
+triggers; so a write (POST, PATCH, PUT, DELETE) authenticated by the cookie must also carry
+the session's CSRF token (``X-CSRF-Token`` header, or the ``csrf_token`` form field) that
+only our own pages can read. A bearer token is never sent by a browser on its own, so
+token requests need no CSRF token.
+"""
 
 from __future__ import annotations
 
+import hmac
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -14,12 +24,19 @@ from api.http.context import db, resources
 from api.http.errors import ApiError
 from api.http.observability import check_request_bounds
 from pipeline.accounts import audit
+from pipeline.accounts.sessions import SessionPolicy, find_session
 from pipeline.accounts.users import TokenCache
-from pipeline.models import Role, User, utcnow
+from pipeline.models import Role, User, UserSession, utcnow
 
 F = TypeVar("F", bound=Callable)
 
 ALL_ROLES = tuple(Role)
+# Path=/: one sign-in for every page and the API (the events process reads it too).
+SESSION_COOKIE = "relaypacs_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 # Token lookups remembered for 5 s per app (process): a revoked or rotated token is refused
 # by every API process at most 5 s later (pipeline.accounts.users.TokenCache).
@@ -68,23 +85,89 @@ def current_user() -> User:
     return g.user
 
 
+def session_policy() -> SessionPolicy:
+    settings = resources().settings
+    return SessionPolicy(idle_seconds=settings.session_idle_seconds,
+                         lifetime_seconds=settings.session_lifetime_seconds)
+
+
+def web_session() -> UserSession | None:
+    """The live sign-in session the request's cookie names (counted as activity), or None.
+    Looked up once per request."""
+    if "web_session" not in g:
+        raw = request.cookies.get(SESSION_COOKIE, "")
+        found = find_session(db(), raw, session_policy()) if raw else None
+        if found is not None:
+            db().commit()  # the touch of last_seen_at, if any, whatever the view does next
+        g.web_session = found[0] if found else None
+        if found:
+            g.session_user = found[1]
+    return g.web_session
+
+
+def signed_in_user() -> User | None:
+    """For pages: the session's user (and ``g.user``), or None when not signed in."""
+    if web_session() is None:
+        return None
+    g.user = g.session_user
+    return g.user
+
+
+def csrf_token() -> str | None:
+    row = web_session()
+    return row.csrf_token if row is not None else None
+
+
+def check_csrf() -> None:
+    """403 unless a cookie-authenticated write carries its session's CSRF token."""
+    if request.method in SAFE_METHODS:
+        return
+    expected = csrf_token() or ""
+    sent = request.headers.get(CSRF_HEADER) or ""
+    if not sent and request.mimetype in _FORM_TYPES:  # never touch a tus body's stream
+        sent = request.form.get(CSRF_FIELD) or ""
+    if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise ApiError(403, "missing or wrong CSRF token",
+                       hint=f"send the page's token in {CSRF_HEADER} (or the {CSRF_FIELD} form field)")
+
+
+def authenticate() -> User:
+    """The caller: bearer token if the request has an Authorization header, else the
+    session cookie; 401 with neither, or when the one sent no longer works."""
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "missing bearer token", hint="Authorization: Bearer TOKEN")
+        user = user_for_token(db(), token.strip())
+        if user is None:
+            raise ApiError(401, "invalid or revoked token")
+        g.user = user
+        g.auth = "token"
+        return user
+    if request.cookies.get(SESSION_COOKIE):
+        user = signed_in_user()
+        if user is None:
+            raise ApiError(401, "session ended: sign in again", hint="/login")
+        g.auth = "session"
+        check_csrf()
+        return user
+    raise ApiError(401, "missing bearer token",
+                   hint="Authorization: Bearer TOKEN, or sign in at /login")
+
+
 def require(*roles: Role) -> Callable[[F], F]:
-    """401 without a valid token, 403 when the user's role is not in ``roles``."""
+    """401 without a valid token or session, 403 when the user's role is not in ``roles``
+    (or a cookie-authenticated write lacks its CSRF token)."""
     allowed = set(roles or ALL_ROLES)
 
     def decorate(view: F) -> F:
         @wraps(view)
         def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-            header = request.headers.get("Authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise ApiError(401, "missing bearer token", hint="Authorization: Bearer TOKEN")
-            user = user_for_token(db(), token.strip())
-            if user is None:
-                raise ApiError(401, "invalid or revoked token")
-            g.user = user
+            user = authenticate()
             resources().limiter.check(user.id)
-            _record_token_use()
+            if g.auth == "token":
+                _record_token_use()
             if Role(user.role) not in allowed:
                 raise ApiError(403, f"role {user.role} may not do this")
             check_request_bounds()

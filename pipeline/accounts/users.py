@@ -1,4 +1,4 @@
-"""Facilities, users and their API tokens.
+"""Facilities, users and their API tokens; disabling a user (token, sign-in and sessions).
 
 A token is 32 random bytes shown once; only its sha256 is stored. A fast hash is the right
 tool here: the token has 256 bits of entropy, so there is nothing for a slow hash to protect.
@@ -18,6 +18,7 @@ from datetime import timedelta
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
+from pipeline.accounts.sessions import revoke_user_sessions
 from pipeline.models import Facility, Role, User, utcnow
 
 # Tokens expire; an admin rotates them (relaypacs users rotate) before they do.
@@ -66,7 +67,7 @@ def user_for_token(session: Session, token: str, *, fresh: bool = False) -> User
     user = session.scalar(select(User).where(User.token_hash == digest)
                           .execution_options(populate_existing=fresh))
     # compare_digest keeps the final check constant-time even though lookup was by index.
-    if user is None or user.revoked_at is not None or not hmac.compare_digest(
+    if user is None or user.revoked_at is not None or user.disabled_at is not None or not hmac.compare_digest(
         user.token_hash, digest
     ):
         return None
@@ -105,6 +106,8 @@ class TokenCache:
         entry = self._entries.get(digest)
         if entry is not None and now - entry[0] < self.ttl_seconds:
             cached = entry[1]
+            if cached.disabled_at is not None:
+                return None
             if cached.token_expires_at is not None and cached.token_expires_at <= utcnow():
                 return None
             return session.merge(cached, load=False)
@@ -141,6 +144,29 @@ def revoke(session: Session, email: str) -> User:
     if user is None:
         raise ValueError(f"no user with email {email!r}")
     user.revoked_at = user.revoked_at or utcnow()
+    session.flush()
+    _forget_user(user.id)
+    return user
+
+
+def disable_user(session: Session, email: str) -> tuple[User, int]:
+    """Lock a user out: no sign-in, no token, every session ended at once (the token within
+    ``TokenCache.ttl_seconds`` in other API processes). Returns the user and sessions ended."""
+    user = session.scalar(select(User).where(User.email == email))
+    if user is None:
+        raise ValueError(f"no user with email {email!r}")
+    user.disabled_at = user.disabled_at or utcnow()
+    ended = revoke_user_sessions(session, user.id, "user_disabled")
+    session.flush()
+    _forget_user(user.id)
+    return user, ended
+
+
+def enable_user(session: Session, email: str) -> User:
+    user = session.scalar(select(User).where(User.email == email))
+    if user is None:
+        raise ValueError(f"no user with email {email!r}")
+    user.disabled_at = None
     session.flush()
     _forget_user(user.id)
     return user

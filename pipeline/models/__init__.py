@@ -1,6 +1,7 @@
 """The database schema, one module per area, on one shared metadata (``base.Base``):
 
-- accounts: facilities, users, the audit trail; intake: batches, uploads, chunks, listener callers;
+- accounts: facilities, users, sessions, password resets, the audit trail;
+- intake: batches, uploads, chunks, the listener's allowed callers;
 - dicom: studies, series, instances; editing: templates, metadata changes, origins;
 - delivery: destinations, breaker state, routing rules, deliveries, renditions;
 - lifecycle: stored objects and tiers, restores, lifecycle runs;
@@ -15,8 +16,10 @@ importing this package registers every mapper (Alembic and ``configure_mappers``
 
 from pipeline.models.accounts import AuditEvent as AuditEvent
 from pipeline.models.accounts import Facility as Facility
+from pipeline.models.accounts import PasswordReset as PasswordReset
 from pipeline.models.accounts import Role as Role
 from pipeline.models.accounts import User as User
+from pipeline.models.accounts import UserSession as UserSession
 from pipeline.models.analytics import LATENCY_BUCKETS_MS as LATENCY_BUCKETS_MS
 from pipeline.models.analytics import STATS_INCLUDE as STATS_INCLUDE
 from pipeline.models.analytics import AnalyticsWatermark as AnalyticsWatermark

@@ -53,19 +53,22 @@ class SseReader:
     A plain socket, not requests: closing it must end a blocked read at once (a streamed
     requests response waits for its read timeout), and lines must be seen as they arrive."""
 
-    def __init__(self, url: str, token: str, last_event_id: str | None = None):
+    def __init__(self, url: str, token: str | None, last_event_id: str | None = None,
+                 cookie: str | None = None, path: str = "/api/v1/events"):
         host, _, port = url.removeprefix("http://").partition(":")
         self.sock = socket.create_connection((host, int(port)), timeout=10)
         extra = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
-        self.sock.sendall((f"GET /api/v1/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                           f"Authorization: Bearer {token}\r\n"
-                           f"Accept: text/event-stream\r\n{extra}\r\n").encode())
+        extra += f"Authorization: Bearer {token}\r\n" if token else ""
+        extra += f"Cookie: {cookie}\r\n" if cookie else ""
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                           f"Accept: text/event-stream\r\nConnection: close\r\n{extra}\r\n").encode())
         self.sock.settimeout(None)
         self.stream = self.sock.makefile("rb")
         self.status = int(self.stream.readline().split()[1])
         while self.stream.readline() not in (b"\r\n", b""):
             pass  # the rest of the response head
         self.events: list[dict] = []
+        self.ended = threading.Event()  # the server closed the stream
         self._thread = threading.Thread(target=self._read, daemon=True)
         if self.status == 200:
             self._thread.start()
@@ -76,6 +79,8 @@ class SseReader:
         with contextlib.suppress(OSError, ValueError):
             for line in self.stream:
                 text = line.decode().rstrip("\r\n")
+                if text == "0":  # the last chunk of a chunked body: the server ended the stream
+                    break
                 if text == "":
                     if "data" in current:
                         self.events.append({"id": current.get("id"), "event": current.get("event"),
@@ -84,6 +89,7 @@ class SseReader:
                 elif not text.startswith(":") and ": " in text:
                     key, _, value = text.partition(": ")
                     current[key] = value
+        self.ended.set()
 
     def wait_for(self, predicate, what: str, timeout: float = 60.0) -> list[dict]:  # noqa: ANN001
         wait_until(lambda: any(predicate(e) for e in self.events), what, timeout, 0.1)

@@ -604,8 +604,10 @@ def relaypacs_argv(*args: str) -> list[str]:
     return [str(VENV_BIN / "relaypacs"), *args]
 
 
-def run_cli(args: Iterable[str], env: Mapping[str, str], timeout: float = 120.0) -> str:
-    """Run ``relaypacs ARGS``; return stdout, or raise with both streams on failure."""
+def run_cli(args: Iterable[str], env: Mapping[str, str], timeout: float = 120.0,
+            input: str | None = None) -> str:  # noqa: A002
+    """Run ``relaypacs ARGS`` (``input`` on its stdin); return stdout, or raise with both
+    streams on failure."""
     argv = relaypacs_argv(*args)
     result = subprocess.run(
         argv,
@@ -613,7 +615,8 @@ def run_cli(args: Iterable[str], env: Mapping[str, str], timeout: float = 120.0)
         capture_output=True,
         text=True,
         timeout=timeout,
-        stdin=subprocess.DEVNULL,
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
     )
     if result.returncode != 0:
         raise RuntimeError(

@@ -10,12 +10,14 @@ import contextlib
 import time
 
 import pytest
+import requests
 from celery import Celery
 
 from beat_schedule import BEAT_SCHEDULE
 from tests.integration.analytics_services import EventsServer, chromium_driver
 from tests.integration.gateway_client import Gateway
 from tests.integration.services import ApiServer, run_cli, wait_until
+from tests.integration.sign_in_client import make_person
 from tests.sample_data import synthetic_study
 
 pytestmark = pytest.mark.integration
@@ -84,6 +86,16 @@ def test_drill_down_api_on_the_real_stack(api_server, populated, make_user):
     assert refused.status_code == 403
 
 
+def sign_in_page(driver, wait, email: str, password: str) -> None:  # noqa: ANN001
+    """Fill the sign-in form the browser is on (email and password) and submit it."""
+    from selenium.webdriver.common.by import By
+
+    wait.until(lambda d: d.find_elements(By.ID, "password"))
+    driver.find_element(By.ID, "email").send_keys(email)
+    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.ID, "sign-in").click()
+
+
 def test_dashboard_in_headless_chromium(api_server, populated, tmp_path, gateway_env):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -92,14 +104,12 @@ def test_dashboard_in_headless_chromium(api_server, populated, tmp_path, gateway
     # A stored forecast for the facility page's forecast panel (a day of history: seasonal
     # naive, 7 points with their bands).
     run_cli(["forecast", "--facility", FACILITY, "--horizon", "7"], gateway_env)
-    token = admin.http.headers["Authorization"].split(" ", 1)[1]
+    email, password, _ = make_person(gateway_env, "Dashboard HQ", "admin")
     driver = chromium_driver(tmp_path / "profile")
     try:
         wait = WebDriverWait(driver, 20)
         driver.get(f"{api_server.url}/dashboard")
-        wait.until(lambda d: d.find_elements(By.ID, "token"))
-        driver.find_element(By.ID, "token").send_keys(token)
-        driver.find_element(By.ID, "sign-in").click()
+        sign_in_page(driver, wait, email, password)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "body[data-charts-drawn='1']"))
         assert driver.find_elements(By.CSS_SELECTOR, "[data-chart='volume'] svg rect.bar")
         assert driver.find_elements(By.CSS_SELECTOR, "[data-chart='latency'] svg polyline")
@@ -137,7 +147,7 @@ def test_dashboard_updates_live_from_the_event_stream(populated, gateway_env, ma
     from selenium.webdriver.support.ui import WebDriverWait
 
     admin, facility = populated
-    token = admin.http.headers["Authorization"].split(" ", 1)[1]
+    email, password, _ = make_person(gateway_env, "Dashboard HQ", "admin")
     # Served from another port than the page (a proxy would put both on one origin): the
     # page names the stream's URL, and the events process allows the page's origin.
     events = EventsServer(gateway_env, it_dir / "logs" / "events-dashboard.log")
@@ -150,9 +160,8 @@ def test_dashboard_updates_live_from_the_event_stream(populated, gateway_env, ma
     batch_id = None
     try:
         wait = WebDriverWait(driver, 30)
-        driver.get(f"{api.url}/dashboard/login")
-        driver.find_element(By.ID, "token").send_keys(token)
-        driver.find_element(By.ID, "sign-in").click()
+        driver.get(f"{api.url}/login")
+        sign_in_page(driver, wait, email, password)
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "body[data-charts-drawn='1']"))
         driver.get(f"{api.url}/dashboard/facilities/{facility['id']}?granularity=hour")
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "body[data-live='1']"))
@@ -194,6 +203,49 @@ def test_dashboard_updates_live_from_the_event_stream(populated, gateway_env, ma
                 uploader.wait_state(batch_id, "done")
         api.stop(grace=5)
         events.stop(grace=5)
+
+
+def test_sign_in_survives_a_reload_and_sign_out_ends_it(api_server, gateway_env, tmp_path):
+    """A person signs in on the page, reloads (still signed in), signs out: a reload and the
+    back button show the sign-in page, and the old cookie no longer works on the API."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    email, password, _ = make_person(gateway_env, "Dashboard Sign-in Clinic", "qa_manager")
+    driver = chromium_driver(tmp_path / "profile")
+    try:
+        wait = WebDriverWait(driver, 20)
+        driver.get(f"{api_server.url}/dashboard")
+        assert "/login" in driver.current_url
+        driver.find_element(By.ID, "password")  # the sign-in form
+        sign_in_page(driver, wait, email, password)
+        wait.until(lambda d: d.find_elements(By.ID, "sign-out"))
+        signed_in_url = driver.current_url
+        assert "/dashboard/facilities/" in signed_in_url
+        cookie = driver.get_cookie("relaypacs_session")
+        assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Lax" and cookie["path"] == "/"
+        assert not driver.execute_script("return document.cookie").count("relaypacs_session")
+
+        driver.refresh()  # still signed in
+        wait.until(lambda d: d.find_elements(By.ID, "sign-out"))
+        assert driver.current_url == signed_in_url
+
+        driver.find_element(By.ID, "sign-out").click()
+        wait.until(lambda d: d.find_elements(By.ID, "password"))
+        assert "/login" in driver.current_url
+        driver.back()  # the dashboard page is not served from a cache: asked again, signed out
+        wait.until(lambda d: d.find_elements(By.ID, "password") and "/login" in d.current_url)
+        assert not driver.find_elements(By.ID, "sign-out")
+        driver.get(signed_in_url)
+        wait.until(lambda d: d.find_elements(By.ID, "password"))
+        assert "/login" in driver.current_url
+
+        # Whoever kept a copy of the cookie: the server ended the session.
+        old = requests.get(f"{api_server.url}/api/v1/batches", timeout=10,
+                           cookies={"relaypacs_session": cookie["value"]})
+        assert old.status_code == 401
+    finally:
+        driver.quit()
 
 
 def _bar_titles(driver) -> list[str]:  # noqa: ANN001

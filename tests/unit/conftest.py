@@ -64,3 +64,31 @@ def make_token(session):
         return token
 
     return make
+
+
+TEST_PASSWORD = "correct horse battery"  # noqa: S105 - a test fixture's password
+
+
+@pytest.fixture
+def sign_in(app):
+    """``sign_in(client, token)``: give the token's user a password and sign in through the
+    form at /login, as a person does; returns the response (302 when signed in)."""
+    from pipeline.accounts import passwords
+    from pipeline.accounts.users import user_for_token
+
+    def run(client, token: str, *, password: str = TEST_PASSWORD, next: str | None = None,  # noqa: A002
+            **client_kwargs):  # noqa: ANN001, ANN003
+        session = app.extensions["relaypacs"].session_factory()
+        try:
+            user = user_for_token(session, token)
+            assert user is not None, "sign_in needs a valid token"
+            if user.password_hash is None:
+                user.password_hash = passwords.hash_password(TEST_PASSWORD)
+                session.commit()
+            email = user.email
+        finally:
+            session.close()
+        form = {"email": email, "password": password, **({"next": next} if next else {})}
+        return client.post("/login", data=form, **client_kwargs)
+
+    return run

@@ -68,7 +68,7 @@ def test_api_answers_503_until_the_schema_is_at_head(empty_db):
     bearer = {"Authorization": "Bearer nope"}
     assert client.get("/healthz").status_code == 200  # liveness: the process is up
     assert _is_upgrade_503(client.get("/readyz"))
-    assert _is_upgrade_503(client.post("/dashboard/login", data={"token": "x"}))
+    assert _is_upgrade_503(client.post("/login", data={"email": "x@y.test", "password": "x"}))
     assert _is_upgrade_503(client.get("/api/v1/batches/1", headers=bearer))
     assert _is_upgrade_503(client.get("/metrics"))
 
@@ -80,7 +80,7 @@ def test_api_answers_503_until_the_schema_is_at_head(empty_db):
     guard.clock = lambda: now + guard.recheck_seconds + 1
     # ...then at head, and the routes answer as usual.
     assert "checks" in client.get("/readyz").get_json()
-    assert client.post("/dashboard/login", data={"token": "x"}).status_code == 401
+    assert client.post("/login", data={"email": "x@y.test", "password": "x"}).status_code == 401
     assert client.get("/api/v1/batches/1", headers=bearer).status_code == 401
 
 

@@ -118,11 +118,11 @@ def test_listing_statement_count_does_not_grow_with_rows(app, client, world):
     assert len(eager) <= 4 < 3 * 49 < len(naive)
 
 
-def test_dashboard_pages_render_after_sign_in(client, world):
+def test_dashboard_pages_render_after_sign_in(client, world, sign_in):
     assert client.get("/dashboard").status_code == 302
-    refused = client.post("/dashboard/login", data={"token": world["uploader_token"]})
-    assert refused.status_code == 401
-    signed = client.post("/dashboard/login", data={"token": world["admin"], "next": "/dashboard"})
+    assert sign_in(client, world["uploader_token"]).status_code == 302
+    assert client.get("/dashboard").status_code == 403  # signed in, but not a viewer
+    signed = sign_in(client, world["admin"], next="/dashboard")
     assert signed.status_code == 302 and "HttpOnly" in signed.headers["Set-Cookie"]
     page = client.get("/dashboard")
     assert page.status_code == 200
@@ -133,23 +133,28 @@ def test_dashboard_pages_render_after_sign_in(client, world):
     assert client.get(f"/dashboard/facilities/{world['north']}/users/{world['uploader']}").status_code == 200
     assert client.get("/dashboard/static/dashboard.js").status_code == 200
     assert "plot.js" in html and client.get("/dashboard/static/plot.js").status_code == 200
-    offsite = client.post("/dashboard/login", data={"token": world["admin"], "next": "https://evil.test/"})
+    offsite = sign_in(client, world["admin"], next="https://evil.test/")
     assert offsite.headers["Location"] in ("/dashboard", "/dashboard/")
 
 
-def test_qa_manager_dashboard_is_their_facility(client, world):
-    client.post("/dashboard/login", data={"token": world["qa_north"]})
+def csrf(client, world) -> str:  # noqa: ANN001
+    page = client.get(f"/dashboard/facilities/{world['north']}").get_data(as_text=True)
+    return page.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+
+
+def test_qa_manager_dashboard_is_their_facility(client, world, sign_in):
+    sign_in(client, world["qa_north"])
     landing = client.get("/dashboard")
     assert landing.status_code == 302
     assert landing.headers["Location"].endswith(f"/facilities/{world['north']}")
     assert client.get(landing.headers["Location"]).status_code == 200
     assert client.get(f"/dashboard/facilities/{world['south']}").status_code == 403
-    client.post("/dashboard/logout")
+    client.post("/logout", data={"csrf_token": csrf(client, world)})
     assert client.get(f"/dashboard/facilities/{world['north']}").status_code == 302  # signed out
 
 
-def test_live_dashboard_names_its_stream_and_serves_its_data_scoped(client, world):
-    client.post("/dashboard/login", data={"token": world["qa_north"]})
+def test_live_dashboard_names_its_stream_and_serves_its_data_scoped(client, world, sign_in):
+    sign_in(client, world["qa_north"])
     page = client.get(f"/dashboard/facilities/{world['north']}").get_data(as_text=True)
     assert 'data-events-url="/dashboard/events"' in page
     assert f'data-facility-id="{world["north"]}"' in page
@@ -160,5 +165,5 @@ def test_live_dashboard_names_its_stream_and_serves_its_data_scoped(client, worl
     assert sum(p["uploads"] for p in body["series"]) == body["totals"]["uploads"]
     # The JSON is the page's data: the same facility scoping.
     assert client.get(f"/dashboard/facilities/{world['south']}?format=json").status_code == 403
-    client.post("/dashboard/logout")
+    client.post("/logout", data={"csrf_token": csrf(client, world)})
     assert client.get(f"/dashboard/facilities/{world['north']}?format=json").status_code == 302

@@ -13,7 +13,7 @@ TOP_LEVEL = {"api", "worker", "beat", "events", "scp", "db", "users", "destinati
 
 GROUPS = {
     "db": {"upgrade"},
-    "users": {"create", "revoke", "rotate"},
+    "users": {"create", "revoke", "rotate", "set-password", "disable", "enable"},
     "destinations": {"add", "list", "rotate-key", "new-key"},
     "scp-callers": {"add", "list", "remove"},
     "deliveries": {"list", "retry"},

@@ -42,9 +42,10 @@ def test_demo_delivers_everything_and_says_where_the_time_went(tmp_path):
     assert "deliveries: {'delivered': 28}; 28 instances in destination folder" in output
     for phase in ("tus upload", "assembly + parse", "forwarding", "total"):
         assert phase in output
-    # How to look at it afterwards: the demo's database, served, and a token to sign in with.
+    # How to look at it afterwards: the demo's database, served, and how to sign in.
     assert f"RELAYPACS_DATABASE_URL=sqlite:///{tmp_path}/demo/" in output
-    assert re.search(r"^rp_\S+$", output.splitlines()[-1])
+    assert "as admin@demo.clinic with the password:" in output.splitlines()[-2]
+    assert re.search(r"^[A-Za-z0-9_\-]{16}$", output.splitlines()[-1])
 
 
 def test_demo_serve_shows_the_batch_on_the_dashboard(tmp_path):
@@ -59,14 +60,14 @@ def test_demo_serve_shows_the_batch_on_the_dashboard(tmp_path):
             lines.append(line)
             found = re.search(r"serving the demo at (http://\S+)", line)
             url = url or (found and found.group(1))
-            if url and line.startswith("rp_"):
+            if url and len(lines) >= 2 and "with the password:" in lines[-2]:
                 break
-        token = lines[-1].strip()
-        assert url and token.startswith("rp_"), "".join(lines)
+        password = lines[-1].strip()
+        assert url and password, "".join(lines)
 
         browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
-        body = urllib.parse.urlencode({"token": token}).encode()
-        page = browser.open(f"{url}/dashboard/login", data=body, timeout=10).read().decode()
+        body = urllib.parse.urlencode({"email": "admin@demo.clinic", "password": password}).encode()
+        page = browser.open(f"{url}/login", data=body, timeout=10).read().decode()
         uploads = re.search(r'id="total-uploads" data-measure="uploads">([\d,]+)<', page)
         delivered = re.search(r'id="total-delivered" data-measure="delivered">([\d,]+)<', page)
         assert uploads and delivered, page

@@ -138,7 +138,7 @@ def test_hourly_forecasts_stored_served_and_scoped(client, session, world):
     assert forecast_store.latest_for_facility(session, world["b"], "uploads", "hour") is None
 
 
-def test_dashboard_facility_page_shows_its_forecasts(client, session, world):
+def test_dashboard_facility_page_shows_its_forecasts(client, session, world, sign_in):
     import json
     import re
 
@@ -150,7 +150,7 @@ def test_dashboard_facility_page_shows_its_forecasts(client, session, world):
     forecast_store.run_forecast(session, world["a"], "bytes", horizon=7, today=TODAY, grid=GRID, folds=1)
     session.commit()
 
-    assert client.post("/dashboard/login", data={"token": world["qa_a"]}).status_code == 302
+    assert sign_in(client, world["qa_a"]).status_code == 302
     html = client.get(f"/dashboard/facilities/{world['a']}").get_data(as_text=True)
     embedded = re.search(r'<script type="application/json" id="forecast-data">(.*?)</script>', html, re.S)
     assert embedded, "forecast panel missing"
@@ -163,6 +163,6 @@ def test_dashboard_facility_page_shows_its_forecasts(client, session, world):
     # Another facility's page (and so its forecast) stays closed to this QA manager.
     assert client.get(f"/dashboard/facilities/{world['b']}").status_code == 403
     # A facility without forecasts still renders, with an empty panel.
-    assert client.post("/dashboard/login", data={"token": world["admin"]}).status_code == 302
+    assert sign_in(client, world["admin"]).status_code == 302
     html = client.get(f"/dashboard/facilities/{world['b']}").get_data(as_text=True)
     assert '<script type="application/json" id="forecast-data">{"day": null, "hour": null}</script>' in html

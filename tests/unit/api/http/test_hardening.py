@@ -105,18 +105,17 @@ def test_every_authenticated_operation_documents_the_bound_errors(app):
             assert {"413", "414", "431"} <= set(doc["responses"]), (method, path)
 
 
-def test_dashboard_sign_ins_are_audited_and_throttled_per_address(app, client, make_token):
+def test_sign_ins_are_audited_and_throttled_per_address(app, client, make_token, sign_in):
     app.extensions["relaypacs"].limiter.limits["login"] = 3
     admin_token = make_token("Clinic A", "admin")
-    assert client.post("/dashboard/login", data={"token": admin_token}).status_code == 302
-    assert client.post("/dashboard/login", data={"token": "not-a-token"}).status_code == 401
-    assert client.post("/dashboard/login", data={"token": make_token("Clinic A")}).status_code == 401
-    throttled = client.post("/dashboard/login", data={"token": admin_token})
+    assert sign_in(client, admin_token).status_code == 302
+    assert client.post("/login", data={"email": "nobody@x.test", "password": "p" * 12}).status_code == 401
+    assert sign_in(client, admin_token, password="wrong password").status_code == 401  # noqa: S106
+    throttled = sign_in(client, admin_token)
     assert throttled.status_code == 429 and 0 < int(throttled.headers["Retry-After"]) <= 61
     assert b"rate limit" in throttled.data
     # Another address has its own budget.
-    other = client.post("/dashboard/login", data={"token": admin_token},
-                        environ_base={"REMOTE_ADDR": "10.0.0.9"})
+    other = sign_in(client, admin_token, environ_base={"REMOTE_ADDR": "10.0.0.9"})
     assert other.status_code == 302
 
     events = client.get("/api/v1/audit", headers=auth(admin_token)).get_json()["events"]
@@ -124,7 +123,7 @@ def test_dashboard_sign_ins_are_audited_and_throttled_per_address(app, client, m
               for e in events if e["action"].startswith("auth.")]
     assert sorted(logins) == sorted([
         ("auth.login", True, None), ("auth.login", True, None),
-        ("auth.login_refused", False, "unknown or revoked token"),
-        ("auth.login_refused", True, "the dashboard is for admins and QA managers")])
+        ("auth.login_refused", False, "unknown email"),
+        ("auth.login_refused", True, "wrong password")])
     # The token itself is never written to the trail.
     assert admin_token not in repr(events)
