@@ -19,6 +19,7 @@ def parse_and_group(upload_id: str) -> None:
         upload = session.get(Upload, upload_id)
         if upload is None:
             return
-        grouping.parse_and_group(session, runtime.store(), upload, runtime.spool_dir())
+        grouping.parse_and_group(session, runtime.store(), upload, runtime.spool_dir(),
+                                 runtime.parse_limits())
         batch_id = upload.batch_id
     chains.enqueue_dispatch_if_completed([batch_id])

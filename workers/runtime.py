@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config import Settings, load_settings
 from pipeline.db.engine import make_engine, make_session_factory
 from pipeline.dicom.grouping import spool_dir_for
+from pipeline.dicom.headers import ParseLimits
 from pipeline.ops.telemetry import Telemetry
 from pipeline.storage import ObjectStore, open_store
 from pipeline.storage.byte_cache import ByteCache, CachedStore
@@ -47,6 +48,10 @@ def store() -> ObjectStore:
 @cache
 def telemetry() -> Telemetry:
     return Telemetry(settings().redis_url)
+
+
+def parse_limits() -> ParseLimits:
+    return ParseLimits.from_settings(settings())
 
 
 def spool_dir():  # noqa: ANN201

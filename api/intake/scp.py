@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings
 from pipeline.db.engine import make_engine, make_session_factory
+from pipeline.dicom.headers import ParseLimits
 from pipeline.intake import dimse as dimse_intake
 from pipeline.models import utcnow
 from pipeline.storage import ObjectStore, open_store
@@ -127,6 +128,7 @@ class StorageScp:
         self.enqueue_parse = enqueue_parse
         self.enqueue_dispatch = enqueue_dispatch
         self.gap = timedelta(seconds=settings.batch_quiet_seconds)
+        self.parse_limits = ParseLimits.from_settings(settings)
         with self.session_factory() as session:
             self.account = dimse_intake.scp_account(session, facility)
             session.commit()
@@ -155,7 +157,7 @@ class StorageScp:
         path = event.dataset_path
         upload = dimse_intake.new_upload()
         try:
-            refusal = dimse_intake.check_received(path)
+            refusal = dimse_intake.check_received(path, self.parse_limits)
             stored = dimse_intake.store_original(self.store, upload, path)
             # Serialised per sender in this process (the row lock does it across processes), so
             # a modality's parallel associations do not open two batches at once.
