@@ -24,7 +24,7 @@ from pipeline.models import (
     Upload,
     UploadState,
 )
-from pipeline.storage import ObjectStore, iter_object
+from pipeline.storage import ObjectMissing, ObjectStore, iter_object
 
 
 def _insert_or_get(session: Session, model: type, where: dict, values: dict):  # noqa: ANN202
@@ -63,9 +63,12 @@ def read_stored_header(store: ObjectStore, key: str, spool_dir: Path,
     spool_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     with tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_BYTES, dir=spool_dir) as tmp:
-        for block in iter_object(store, key):
-            tmp.write(block)
-            digest.update(block)
+        try:
+            for block in iter_object(store, key):
+                tmp.write(block)
+                digest.update(block)
+        except ObjectMissing as exc:
+            raise Quarantine("missing_object", "the stored file is no longer in storage") from exc
         if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
             raise Quarantine("corrupt_object", "stored bytes differ from the bytes received")
         size = tmp.tell()

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import case, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.intake.tus import Checksum, TusError, clean_filename, parse_checksum
@@ -328,13 +328,25 @@ def finish_if_complete(session: Session, upload: Upload) -> bool:
 
 
 def terminate(session: Session, upload: Upload) -> list[str]:
-    """tus termination: forget the upload; returns staged keys for the caller to delete."""
-    if upload.state not in (UploadState.RECEIVING, UploadState.RECEIVED):
+    """tus termination: forget the upload; returns staged keys for the caller to delete.
+
+    Conditional on the state (the UPDATE also locks the row until the caller commits): an
+    assembly that finished meanwhile wins with 409, and one still running finds the upload
+    ended when it comes to record its result, so neither brings the other's upload back."""
+    ended = session.execute(
+        update(Upload)
+        .where(Upload.id == upload.id,
+               Upload.state.in_([UploadState.RECEIVING, UploadState.RECEIVED]))
+        .values(state=UploadState.TERMINATED.value, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(upload)
+    if ended.rowcount != 1:
         raise TusError(409, f"upload is already {upload.state}; it can no longer be terminated")
-    keys = [c.object_key for c in upload.chunks]
-    upload.chunks.clear()
-    upload.state = UploadState.TERMINATED
+    keys = list(session.scalars(select(UploadChunk.object_key).where(UploadChunk.upload_id == upload.id)))
+    session.execute(delete(UploadChunk).where(UploadChunk.upload_id == upload.id))
     session.flush()
+    session.expire(upload, ["chunks"])
     return keys
 
 
@@ -348,13 +360,18 @@ class Expired:
 def expire_abandoned(session: Session, now: datetime | None = None) -> Expired:
     """tus expiration: uploads idle past ``expires_at`` are dropped with their chunks."""
     now = now or utcnow()
-    uploads = session.scalars(
-        select(Upload).where(Upload.state == UploadState.RECEIVING, Upload.expires_at < now)
+    # One conditional UPDATE: a chunk recorded between a read and a write here is never lost
+    # under an expiry it already pushed back.
+    rows = session.execute(
+        update(Upload)
+        .where(Upload.state == UploadState.RECEIVING, Upload.expires_at < now)
+        .values(state=UploadState.EXPIRED.value)
+        .returning(Upload.id, Upload.batch_id)
+        .execution_options(synchronize_session=False)
     ).all()
-    keys: list[str] = []
-    for upload in uploads:
-        keys.extend(c.object_key for c in upload.chunks)
-        upload.chunks.clear()
-        upload.state = UploadState.EXPIRED
+    ids = [r.id for r in rows]
+    keys = list(session.scalars(select(UploadChunk.object_key).where(UploadChunk.upload_id.in_(ids))))
+    if ids:
+        session.execute(delete(UploadChunk).where(UploadChunk.upload_id.in_(ids)))
     session.flush()
-    return Expired([u.id for u in uploads], sorted({u.batch_id for u in uploads}), keys)
+    return Expired(ids, sorted({r.batch_id for r in rows}), keys)
