@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 
+from celery.exceptions import Reject
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -138,8 +139,12 @@ def upload_attempt(upload_id: str, stage: str) -> Iterator[attempts.Attempt]:
     a worker that dies in between leaves it raised, and past ``max_worker_losses`` the upload
     is quarantined instead of redelivered (``attempt.go`` is False). A retryable error goes
     up to the task's retry policy; any other error quarantines the upload with its reason,
-    so no batch waits for ever on a file nobody can process. A MemoryError is counted like a
-    dead worker: the host may just have been short of memory, but not every time.
+    so no batch waits for ever on a file nobody can process.
+
+    A MemoryError is counted like a dead worker (the host may just have been short of memory,
+    but not every time) and the message is given back to the broker at once, as for a dead
+    worker. Let through, it would end the whole worker: Celery's parent process treats a
+    child's MemoryError as unrecoverable and exits.
     """
     with session_scope() as session:
         attempt = attempts.begin(session, upload_id, settings().max_worker_losses)
@@ -148,8 +153,8 @@ def upload_attempt(upload_id: str, stage: str) -> Iterator[attempts.Attempt]:
         return
     try:
         yield attempt
-    except MemoryError:
-        raise
+    except MemoryError as exc:
+        raise Reject(f"{stage} of upload {upload_id} ran out of memory", requeue=True) from exc
     except RETRYABLE:
         _end_attempt(upload_id)
         raise
