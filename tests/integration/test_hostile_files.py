@@ -54,8 +54,8 @@ def _vm_size(pid: int) -> int:
 def limited_worker(stack: dict, it_dir: Path) -> Iterator[Worker]:
     """``relaypacs worker -Q intake,dicom,pacs -c 1`` whose processes may each grow HEADROOM more;
     a pool process forked later inherits its parent's limit."""
-    worker = Worker("intake,dicom,pacs", 1, stack["env"], it_dir / "logs" / f"hostile-worker-{time.time_ns()}.log",
-                    name="hostile-worker")
+    log = it_dir / "logs" / f"hostile-worker-{time.time_ns()}.log"
+    worker = Worker("intake,dicom,pacs", 1, stack["env"], log, name="hostile-worker")
     worker.start()
     worker.wait_ready(worker.is_ready, 60)
     time.sleep(1.0)  # the pool process finishes its warm-up imports
