@@ -26,6 +26,7 @@ from pipeline.intake.tus import (
     TUS_VERSION,
     TusError,
     check_version,
+    is_ascii_number,
     parse_checksum,
     parse_metadata,
     parse_non_negative,
@@ -123,7 +124,7 @@ def create() -> Response:
                             f"{settings.max_upload_bytes} bytes")
     metadata = parse_metadata(request.headers.get("Upload-Metadata"))
     batch_ref = metadata.get("batch_id", "")
-    if not batch_ref.isdigit():
+    if not is_ascii_number(batch_ref) or len(batch_ref) > 18:
         raise ApiError(400, "Upload-Metadata must carry batch_id (open one with POST /api/v1/batches)")
     session = db()
     batch = session.get(Batch, int(batch_ref))
