@@ -232,17 +232,24 @@ def _write_chunk(upload: Upload, offset: int, checksum) -> Upload:  # noqa: ANN0
     store = resources().store
     session = db()
     upload_id = upload.id
-    lease = intake.acquire_lease(session, upload_id, settings.upload_lock_seconds)
+    try:
+        lease = intake.acquire_lease(session, upload_id, settings.upload_lock_seconds, offset=offset)
+    except TusError:
+        session.rollback()
+        raise
     session.commit()
+    sessions = resources().session_factory
 
     def renew() -> None:
-        intake.renew_lease(session, upload_id, lease, settings.upload_lock_seconds)
-        session.commit()
+        # Its own session: it also runs on the renewal thread while the body is PUT.
+        with sessions() as own:
+            intake.renew_lease(own, upload_id, lease, settings.upload_lock_seconds)
+            own.commit()
 
     try:
         staged = intake.stage_chunk(
             store, upload, BodyStream(request.stream), offset=offset, checksum=checksum,
-            spool_dir=settings.var_dir / "spool", renew=renew,
+            spool_dir=settings.var_dir / "spool", renew=renew, lease=lease,
         )
         if staged is None:
             intake.release_lease(session, upload_id, lease)

@@ -103,7 +103,9 @@ def assemble(session: Session, store: ObjectStore, upload: Upload, spool_dir: Pa
     )
     if claimed.rowcount != 1:
         session.refresh(upload)
-        return Assembled(upload.id, [key], ended=True)
+        # Another assembly of the same upload (a re-driven duplicate) may have won with
+        # this very key: then the object is that upload's, not ours to delete.
+        return Assembled(upload.id, [] if upload.object_key == key else [key], ended=True)
     session.execute(delete(UploadChunk).where(UploadChunk.upload_id == upload.id))
     session.flush()
     session.expire(upload)
