@@ -25,6 +25,13 @@ class Settings:
     broker_url: str = ""
     redis_url: str | None = None
     storage_url: str = ""
+    # Reading a deflated file's header inflates it at most to this many bytes, and past
+    # 8 MiB at most to this many times its deflated size; beyond, it is quarantined.
+    dicom_inflate_max_bytes: int = 256 * 1024 * 1024
+    dicom_inflate_max_ratio: int = 200
+    # A parse or assembly that killed its worker this many times (out of memory, a crash) is
+    # not tried again: the upload is quarantined ("worker_lost") instead of looping.
+    max_worker_losses: int = 2
     # tus limits: a single DICOM file larger than this is refused with 413.
     max_upload_bytes: int = 2 * 1024**3
     # An upload nobody touched for this long expires (tus expiration extension).
@@ -205,6 +212,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         redis_url=env.get("RELAYPACS_REDIS_URL") or None,
         storage_url=storage_url,
         max_upload_bytes=_int(env, "RELAYPACS_MAX_UPLOAD_BYTES", Settings.max_upload_bytes),
+        dicom_inflate_max_bytes=_int(
+            env, "RELAYPACS_DICOM_INFLATE_MAX_BYTES", Settings.dicom_inflate_max_bytes),
+        dicom_inflate_max_ratio=_int(
+            env, "RELAYPACS_DICOM_INFLATE_MAX_RATIO", Settings.dicom_inflate_max_ratio),
+        max_worker_losses=_int(env, "RELAYPACS_MAX_WORKER_LOSSES", Settings.max_worker_losses),
         upload_expiry_seconds=_int(
             env, "RELAYPACS_UPLOAD_EXPIRY_SECONDS", Settings.upload_expiry_seconds
         ),

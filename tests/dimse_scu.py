@@ -14,18 +14,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.delivery.destinations.dimse import _keep_own_responses as keep_own_responses
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 
+from pipeline.delivery.destinations.dimse import _keep_own_responses as keep_own_responses
+
 
 def store_files(host: str, port: int, called_aet: str, calling_aet: str,
-                paths: Sequence[Path]) -> list[int]:
-    """C-STORE each file (CT or MR, explicit VR little endian); the status of each."""
+                paths: Sequence[Path], transfer_syntax: str = ExplicitVRLittleEndian) -> list[int]:
+    """C-STORE each file (CT or MR, in ``transfer_syntax``); the status of each."""
     ae = AE(ae_title=calling_aet)
     for sop_class in (CTImageStorage, MRImageStorage):
-        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+        ae.add_requested_context(sop_class, transfer_syntax)
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     assoc = ae.associate(host, port, ae_title=called_aet)

@@ -15,10 +15,11 @@ from workers.app import app
 @app.task(name="dicom.parse_and_group", max_retries=5, autoretry_for=(OSError,),
           retry_backoff=True, retry_jitter=True)
 def parse_and_group(upload_id: str) -> None:
-    with runtime.session_scope() as session:
-        upload = session.get(Upload, upload_id)
-        if upload is None:
-            return
-        grouping.parse_and_group(session, runtime.store(), upload, runtime.spool_dir())
-        batch_id = upload.batch_id
-    chains.enqueue_dispatch_if_completed([batch_id])
+    with runtime.upload_attempt(upload_id, "parse") as attempt:
+        if attempt.go:
+            with runtime.session_scope() as session:
+                upload = session.get(Upload, upload_id)
+                grouping.parse_and_group(session, runtime.store(), upload, runtime.spool_dir(),
+                                         runtime.parse_limits())
+    if attempt.batch_id is not None:
+        chains.enqueue_dispatch_if_completed([attempt.batch_id])

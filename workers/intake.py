@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import or_, select
 
-from pipeline.dicom import grouping
+from pipeline.intake import attempts
 from pipeline.intake import uploads as intake
 from pipeline.intake.assembly import AssemblyError, assemble
 from pipeline.models import Batch, BatchState, Delivery, DeliveryState, Upload, UploadState, utcnow
@@ -21,17 +21,20 @@ from workers.app import app
 @app.task(name="intake.assemble_upload", max_retries=5, autoretry_for=(OSError,),
           retry_backoff=True, retry_jitter=True)
 def assemble_upload(upload_id: str) -> None:
-    with runtime.session_scope() as session:
-        upload = session.get(Upload, upload_id)
-        if upload is None:
-            return
-        try:
-            done = assemble(session, runtime.store(), upload, runtime.spool_dir())
-        except AssemblyError as exc:
-            grouping.quarantine(session, upload, exc.reason, exc.detail)
-            done = None
+    done = None
+    with runtime.upload_attempt(upload_id, "assembly") as attempt:
+        if attempt.go:
+            with runtime.session_scope() as session:
+                upload = session.get(Upload, upload_id)
+                try:
+                    done = assemble(session, runtime.store(), upload, runtime.spool_dir())
+                except AssemblyError as exc:
+                    attempts.quarantine(session, upload_id, exc.reason, exc.detail)
     for key in done.staged_keys if done else []:
         runtime.store().delete(key)  # after the commit: the rows no longer point at them
+    if attempt.batch_id is not None and (done is None or done.ended):
+        # Quarantined or ended here: the batch may have been waiting only for this file.
+        chains.enqueue_dispatch_if_completed([attempt.batch_id])
 
 
 @app.task(name="intake.expire_abandoned_uploads")

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 
+from celery.exceptions import Reject
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings, load_settings
 from pipeline.db.engine import make_engine, make_session_factory
 from pipeline.delivery.destinations.credentials import SecretBox
 from pipeline.dicom.grouping import spool_dir_for
+from pipeline.dicom.headers import ParseLimits
+from pipeline.intake import attempts
 from pipeline.ops.telemetry import Telemetry
 from pipeline.storage import ObjectStore, open_store
 from pipeline.storage.byte_cache import ByteCache, CachedStore
@@ -54,6 +59,10 @@ def secret_box() -> SecretBox:
 @cache
 def telemetry() -> Telemetry:
     return Telemetry(settings().redis_url)
+
+
+def parse_limits() -> ParseLimits:
+    return ParseLimits.from_settings(settings())
 
 
 def spool_dir():  # noqa: ANN201
@@ -122,3 +131,52 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# Failures of the services around a task, not of the file it works on: retried, never a
+# reason to quarantine a good file.
+RETRYABLE = (OSError, OperationalError, InterfaceError)
+
+
+@contextmanager
+def upload_attempt(upload_id: str, stage: str) -> Iterator[attempts.Attempt]:
+    """Run one attempt at an upload's ``stage`` (assembly, parse) so that it always settles.
+
+    The attempt is counted (committed) before the work, and the count set back when it ends:
+    a worker that dies in between leaves it raised, and past ``max_worker_losses`` the upload
+    is quarantined instead of redelivered (``attempt.go`` is False). A retryable error goes
+    up to the task's retry policy; any other error quarantines the upload with its reason,
+    so no batch waits for ever on a file nobody can process.
+
+    A MemoryError is counted like a dead worker (the host may just have been short of memory,
+    but not every time) and the message is given back to the broker at once, as for a dead
+    worker. Let through, it would end the whole worker: Celery's parent process treats a
+    child's MemoryError as unrecoverable and exits.
+    """
+    with session_scope() as session:
+        attempt = attempts.begin(session, upload_id, settings().max_worker_losses)
+    if not attempt.go:
+        yield attempt
+        return
+    try:
+        yield attempt
+    except MemoryError as exc:
+        raise Reject(f"{stage} of upload {upload_id} ran out of memory", requeue=True) from exc
+    except RETRYABLE:
+        _end_attempt(upload_id)
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the upload must settle
+        # The type only: exception text may quote file contents (patient data).
+        logging.getLogger(__name__).exception("%s of upload %s failed: %s", stage, upload_id,
+                                              type(exc).__name__)
+        with session_scope() as session:
+            attempts.quarantine(session, upload_id, f"{stage}_failed",
+                                f"{stage} failed ({type(exc).__name__}); see the worker log")
+            attempts.end(session, upload_id)
+    else:
+        _end_attempt(upload_id)
+
+
+def _end_attempt(upload_id: str) -> None:
+    with session_scope() as session:
+        attempts.end(session, upload_id)

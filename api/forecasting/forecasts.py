@@ -46,7 +46,7 @@ def list_forecasts():  # noqa: ANN201
         if user.role != Role.ADMIN:
             raise ApiError(403, "the all-facility total is for admins")
         wanted = [None]
-    elif q.facility.isdigit():
+    elif q.facility.isascii() and q.facility.isdigit() and len(q.facility) <= 18:
         check_facility(int(q.facility))
         wanted = [int(q.facility)]
     else:

@@ -8,6 +8,7 @@ import time
 import uuid
 
 from flask import Flask, Response, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.http.context import resources
 from api.http.errors import ApiError
@@ -32,15 +33,25 @@ def check_request_bounds() -> None:
     header_bytes = sum(len(k) + len(v) + 4 for k, v in request.headers.items())
     if header_bytes > MAX_HEADER_BYTES:
         raise ApiError(431, f"headers of {header_bytes} bytes are over {MAX_HEADER_BYTES}")
-    if request.mimetype == "application/json" and (request.content_length or 0) > MAX_JSON_BYTES:
-        raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes")
+    if request.mimetype == "application/json":
+        if (request.content_length or 0) > MAX_JSON_BYTES:
+            raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes")
+        # A chunked body has no Content-Length to check: bound the read itself. werkzeug
+        # stops reading at max_content_length without an error (the body would just be cut
+        # short), so read one byte more than allowed and refuse when it is there.
+        request.max_content_length = MAX_JSON_BYTES + 1
     # PostgreSQL text cannot hold NUL: refuse it at the door rather than fail in a query.
     if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
         raise ApiError(400, "NUL characters are not allowed in the URL")
-    if request.mimetype == "application/json" and (
-        b"\\u0000" in request.get_data(cache=True) or b"\x00" in request.get_data(cache=True)
-    ):
-        raise ApiError(400, "NUL characters are not allowed in JSON text")
+    if request.mimetype == "application/json":
+        try:
+            data = request.get_data(cache=True)
+        except RequestEntityTooLarge as exc:
+            raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes") from exc
+        if len(data) > MAX_JSON_BYTES:
+            raise ApiError(413, f"JSON body over {MAX_JSON_BYTES} bytes")
+        if b"\\u0000" in data or b"\x00" in data:
+            raise ApiError(400, "NUL characters are not allowed in JSON text")
 
 
 def register(app: Flask) -> None:

@@ -26,6 +26,7 @@ from pipeline.intake.tus import (
     TUS_VERSION,
     TusError,
     check_version,
+    is_ascii_number,
     parse_checksum,
     parse_metadata,
     parse_non_negative,
@@ -123,7 +124,7 @@ def create() -> Response:
                             f"{settings.max_upload_bytes} bytes")
     metadata = parse_metadata(request.headers.get("Upload-Metadata"))
     batch_ref = metadata.get("batch_id", "")
-    if not batch_ref.isdigit():
+    if not is_ascii_number(batch_ref) or len(batch_ref) > 18:
         raise ApiError(400, "Upload-Metadata must carry batch_id (open one with POST /api/v1/batches)")
     session = db()
     batch = session.get(Batch, int(batch_ref))
@@ -231,17 +232,24 @@ def _write_chunk(upload: Upload, offset: int, checksum) -> Upload:  # noqa: ANN0
     store = resources().store
     session = db()
     upload_id = upload.id
-    lease = intake.acquire_lease(session, upload_id, settings.upload_lock_seconds)
+    try:
+        lease = intake.acquire_lease(session, upload_id, settings.upload_lock_seconds, offset=offset)
+    except TusError:
+        session.rollback()
+        raise
     session.commit()
+    sessions = resources().session_factory
 
     def renew() -> None:
-        intake.renew_lease(session, upload_id, lease, settings.upload_lock_seconds)
-        session.commit()
+        # Its own session: it also runs on the renewal thread while the body is PUT.
+        with sessions() as own:
+            intake.renew_lease(own, upload_id, lease, settings.upload_lock_seconds)
+            own.commit()
 
     try:
         staged = intake.stage_chunk(
             store, upload, BodyStream(request.stream), offset=offset, checksum=checksum,
-            spool_dir=settings.var_dir / "spool", renew=renew,
+            spool_dir=settings.var_dir / "spool", renew=renew, lease=lease,
         )
         if staged is None:
             intake.release_lease(session, upload_id, lease)

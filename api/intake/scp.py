@@ -65,6 +65,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config import Settings
 from pipeline.accounts import audit
 from pipeline.db.engine import make_engine, make_session_factory
+from pipeline.dicom.headers import ParseLimits
 from pipeline.intake import callers
 from pipeline.intake import dimse as dimse_intake
 from pipeline.models import Facility, ScpCaller, utcnow
@@ -257,6 +258,7 @@ class StorageScp:
         self._locks: dict[tuple[int, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._peers: dict[Any, _Peer] = {}  # by pynetdicom Association
+        self.parse_limits = ParseLimits.from_settings(settings)
         self._ae: AE | None = None
         self._server: _ListenerServer | None = None
         # Module-level switch in pynetdicom; this process only receives (see module docstring).
@@ -465,7 +467,7 @@ class StorageScp:
         path = event.dataset_path
         upload = dimse_intake.new_upload()
         try:
-            refusal = dimse_intake.check_received(path)
+            refusal = dimse_intake.check_received(path, self.parse_limits)
             stored = dimse_intake.store_original(self.store, upload, path)
             # Serialised per sender in this process (the row lock does it across processes), so
             # a modality's parallel associations do not open two batches at once.

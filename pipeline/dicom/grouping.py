@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pipeline.dicom.headers import InstanceHeader, Quarantine, read_header
+from pipeline.dicom.headers import DEFAULT_LIMITS, InstanceHeader, ParseLimits, Quarantine, read_header
 from pipeline.models import (
     Delivery,
     DeliveryState,
@@ -24,7 +24,7 @@ from pipeline.models import (
     Upload,
     UploadState,
 )
-from pipeline.storage import ObjectStore, iter_object
+from pipeline.storage import ObjectMissing, ObjectStore, iter_object
 
 
 def _insert_or_get(session: Session, model: type, where: dict, values: dict):  # noqa: ANN202
@@ -52,7 +52,8 @@ IN_MEMORY_BYTES = 4 * 1024 * 1024
 
 
 def read_stored_header(store: ObjectStore, key: str, spool_dir: Path,
-                       expected_sha256: str | None = None) -> InstanceHeader:
+                       expected_sha256: str | None = None,
+                       limits: ParseLimits = DEFAULT_LIMITS) -> InstanceHeader:
     """Copy the object locally (S3 bodies cannot seek), hashing it, and parse its header.
 
     With ``expected_sha256`` the bytes must be those hashed when they arrived: a file sent
@@ -62,14 +63,17 @@ def read_stored_header(store: ObjectStore, key: str, spool_dir: Path,
     spool_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     with tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_BYTES, dir=spool_dir) as tmp:
-        for block in iter_object(store, key):
-            tmp.write(block)
-            digest.update(block)
+        try:
+            for block in iter_object(store, key):
+                tmp.write(block)
+                digest.update(block)
+        except ObjectMissing as exc:
+            raise Quarantine("missing_object", "the stored file is no longer in storage") from exc
         if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
             raise Quarantine("corrupt_object", "stored bytes differ from the bytes received")
         size = tmp.tell()
         tmp.seek(0)
-        return read_header(tmp, size)
+        return read_header(tmp, size, limits)
 
 
 def quarantine(session: Session, upload: Upload, reason: str, detail: str) -> None:
@@ -144,13 +148,14 @@ def record_instance(session: Session, upload: Upload, header: InstanceHeader) ->
     return instance
 
 
-def parse_and_group(session: Session, store: ObjectStore, upload: Upload, spool_dir: Path) -> None:
+def parse_and_group(session: Session, store: ObjectStore, upload: Upload, spool_dir: Path,
+                    limits: ParseLimits = DEFAULT_LIMITS) -> None:
     """Parse an assembled upload and record it, or quarantine it with the reason."""
     if upload.state != UploadState.ASSEMBLED:
         return
     assert upload.object_key
     try:
-        header = read_stored_header(store, upload.object_key, spool_dir, upload.sha256)
+        header = read_stored_header(store, upload.object_key, spool_dir, upload.sha256, limits)
     except Quarantine as q:
         quarantine(session, upload, q.reason, q.detail)
         return

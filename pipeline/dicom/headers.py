@@ -3,24 +3,62 @@
 pydicom silently accepts truncated files, so besides reading the header we walk the
 top-level elements once (values of large elements deferred, not read) and check that every
 declared length fits inside the file. The result names the quarantine reason, if any.
+
+Every file is hostile until parsed: whatever goes wrong while reading it ends in a
+``Quarantine`` with a reason, never in an exception that fails the task and leaves the upload
+waiting. A Deflated Explicit VR Little Endian body (which pydicom inflates whole in memory) is
+inflated here instead, a block at a time into a spool file, within ``ParseLimits``: zeros
+deflate about 1,000 times, so a 10 MB upload could otherwise take 10 GB.
 """
 
 from __future__ import annotations
 
 import re
 import struct
+import tempfile
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info, data_element_generator, read_preamble
+from pydicom.filereader import _read_file_meta_info, data_element_generator, read_dataset, read_preamble
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from config import Settings
 
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _UNDEFINED = 0xFFFFFFFF
+_PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
+_INFLATE_BLOCK = 1024 * 1024
+# An inflated body up to this size stays in memory; a bigger one spills to the spool folder.
+_INFLATED_IN_MEMORY = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ParseLimits:
+    """Bounds on what reading one header may cost.
+
+    A deflated body is inflated at most to ``inflate_max_bytes``, and past
+    ``inflate_ratio_from_bytes`` at most to ``inflate_max_ratio`` times its deflated size:
+    real image data deflates 2-10 times, so a bigger ratio on a big body is a bomb, while a
+    small body (a blank structured report) may deflate as well as it likes.
+    """
+
+    inflate_max_bytes: int = 256 * 1024 * 1024
+    inflate_max_ratio: int = 200
+    inflate_ratio_from_bytes: int = 8 * 1024 * 1024
+
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ParseLimits:
+        return cls(inflate_max_bytes=settings.dicom_inflate_max_bytes,
+                   inflate_max_ratio=settings.dicom_inflate_max_ratio)
+
+
+DEFAULT_LIMITS = ParseLimits()
 
 
 @dataclass(frozen=True)
@@ -47,6 +85,9 @@ class Quarantine(Exception):
 
 
 def _uid(ds: pydicom.Dataset, keyword: str) -> str:
+    element = ds.get(keyword)
+    if element is not None and ds[keyword].VR not in ("UI", "UN"):
+        raise Quarantine("invalid_uid", f"{keyword} has VR {ds[keyword].VR}, not UI")
     value = str(ds.get(keyword, "") or "").strip().rstrip("\x00")
     if not value:
         raise Quarantine("missing_uid", f"{keyword} is missing")
@@ -69,42 +110,120 @@ def check_complete(fp: BinaryIO, size: int) -> None:
     meta = _read_file_meta_info(fp)
     ts = pydicom.uid.UID(str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)))
     if ts == DeflatedExplicitVRLittleEndian or not ts.is_transfer_syntax:
-        return  # a deflated body has no element lengths to check without inflating it
+        return  # a deflated body is checked once inflated (read_header)
+    _check_elements(fp, size, ts.is_implicit_VR, ts.is_little_endian)
+
+
+def _check_elements(fp: BinaryIO, size: int, implicit: bool, little: bool) -> None:
+    """Walk the top-level elements from ``fp``'s position: each must end inside the file, and
+    the last one at its end (pydicom stops quietly at a partial element header)."""
+    end = fp.tell()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for element in data_element_generator(
-                fp, ts.is_implicit_VR, ts.is_little_endian, defer_size=4096
-            ):
+            for element in data_element_generator(fp, implicit, little, defer_size=4096):
                 if (
                     isinstance(element, RawDataElement)
                     and element.length != _UNDEFINED
                     and element.value_tell + element.length > size
                 ):
                     raise Quarantine("truncated", f"element {element.tag} runs past end of file")
+                end = fp.tell()
     except Quarantine:
         raise
     except (EOFError, ValueError, OSError, struct.error) as exc:
         raise Quarantine("truncated", f"file ends inside an element ({type(exc).__name__})") from exc
+    if end < size:
+        raise Quarantine("truncated", f"file ends inside an element header ({size - end} bytes left)")
 
 
-def read_header(fp: BinaryIO, size: int) -> InstanceHeader:
-    """Parse the header of a Part-10 file; raise ``Quarantine`` when it must not go out."""
+def inflate(source: BinaryIO, target: BinaryIO, limits: ParseLimits = DEFAULT_LIMITS) -> int:
+    """Inflate the raw deflate stream from ``source`` to ``target`` a block at a time, within
+    ``limits``; returns the inflated size. Raises ``Quarantine`` for a bomb or a bad stream."""
+    start = source.tell()
+    deflated = source.seek(0, 2) - start
+    source.seek(start)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = 0
+    try:
+        while not inflater.eof:
+            data = inflater.unconsumed_tail or source.read(_INFLATE_BLOCK)
+            if not data:
+                raise Quarantine("truncated", "deflated data set ends before its end marker")
+            block = inflater.decompress(data, _INFLATE_BLOCK)
+            inflated += len(block)
+            _check_inflated(inflated, deflated, limits)
+            target.write(block)
+    except zlib.error as exc:
+        raise Quarantine("unreadable", "deflated data set is not a valid deflate stream") from exc
+    return inflated
+
+
+def _check_inflated(inflated: int, deflated: int, limits: ParseLimits) -> None:
+    if inflated > limits.inflate_max_bytes:
+        raise Quarantine("inflate_limit", f"deflated data set inflates past {limits.inflate_max_bytes} "
+                                          f"bytes (from {deflated} deflated)")
+    if inflated > limits.inflate_ratio_from_bytes and inflated > limits.inflate_max_ratio * max(deflated, 1):
+        raise Quarantine("inflate_limit", f"deflated data set inflates more than "
+                                          f"{limits.inflate_max_ratio} times ({deflated} bytes deflated)")
+
+
+def _stop_at_pixels(tag: int, _vr: str | None, _length: int) -> bool:
+    return tag in _PIXEL_DATA_TAGS
+
+
+def _read_deflated(fp: BinaryIO, limits: ParseLimits) -> pydicom.Dataset:
+    """The data set of a Deflated Explicit VR Little Endian file, inflated within ``limits``
+    into a spool file (never whole in memory), its elements checked like any other file's."""
+    with tempfile.SpooledTemporaryFile(max_size=_INFLATED_IN_MEMORY) as body:
+        size = inflate(fp, body, limits)
+        body.seek(0)
+        _check_elements(body, size, False, True)
+        body.seek(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return read_dataset(body, False, True, stop_when=_stop_at_pixels)
+
+
+def read_header(fp: BinaryIO, size: int, limits: ParseLimits = DEFAULT_LIMITS) -> InstanceHeader:
+    """Parse the header of a Part-10 file; raise ``Quarantine`` when it must not go out.
+
+    Any failure to read the file is a ``Quarantine`` with a reason: the bytes are what they
+    are, and reading them again would fail again."""
     if size < 132:
         raise Quarantine("not_dicom", "file is too short to be DICOM")
     fp.seek(128)
     if fp.read(4) != b"DICM":
         fp.seek(0)
         raise Quarantine("not_dicom", "no DICM preamble marker (not a DICOM Part-10 file)")
-    fp.seek(0)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError) as exc:
+        return _read_header(fp, size, limits)
+    except Quarantine:
+        raise
+    except RecursionError as exc:
+        raise Quarantine("too_deep", "sequences are nested too deeply to read") from exc
+    except MemoryError:
+        raise  # the host's state, not necessarily the file's: the caller counts such failures
+    except Exception as exc:  # noqa: BLE001 - whatever a malformed file makes pydicom raise
         raise Quarantine("unreadable", f"header cannot be parsed ({type(exc).__name__})") from exc
-    check_complete(fp, size)
-    ts = ds.file_meta.get("TransferSyntaxUID")
+
+
+def _read_header(fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceHeader:
+    fp.seek(0)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    ts = meta.get("TransferSyntaxUID")
+    if ts is not None and pydicom.uid.UID(str(ts)) == DeflatedExplicitVRLittleEndian:
+        ds = _read_deflated(fp, limits)
+    else:
+        fp.seek(0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(fp, stop_before_pixels=True)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, OSError) as exc:
+            raise Quarantine("unreadable", f"header cannot be parsed ({type(exc).__name__})") from exc
+        check_complete(fp, size)
     return InstanceHeader(
         sop_instance_uid=_uid(ds, "SOPInstanceUID"),
         sop_class_uid=_uid(ds, "SOPClassUID"),

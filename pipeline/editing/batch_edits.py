@@ -179,6 +179,10 @@ def set_override(session: Session, batch: Batch, user: User, patient_id: str,
     normalised = normalise_attributes(changes, allow_removal=True)
     if not normalised:
         raise MetadataError("no attributes given")
+    # The overrides are one JSON value, read, merged and written back: the batch row is
+    # locked (FOR UPDATE on PostgreSQL) and read again, so a concurrent edit of another
+    # patient is merged into, not overwritten. Locked before the deliveries, as every edit does.
+    session.refresh(batch, with_for_update=True)
     if started_deliveries(session, study_ids=patient_study_ids(session, batch.id, patient_id)):
         raise EditConflict("this patient's studies have started going to the PACS; "
                            "their metadata can no longer be changed in this batch")

@@ -14,12 +14,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from pipeline.intake.tus import CHECKSUM_ALGORITHMS
 from pipeline.intake.uploads import original_key
-from pipeline.models import Upload, UploadState
-from pipeline.storage import ObjectStore, iter_object
+from pipeline.models import Upload, UploadChunk, UploadState, utcnow
+from pipeline.storage import ObjectMissing, ObjectStore, iter_object
 
 
 class AssemblyError(Exception):
@@ -33,6 +34,9 @@ class AssemblyError(Exception):
 class Assembled:
     upload_id: str
     staged_keys: list[str]  # for the caller to delete once the new state is committed
+    # The upload was terminated or expired meanwhile: nothing was assembled, and
+    # ``staged_keys`` holds the object written for it, to delete.
+    ended: bool = False
 
 
 def _declared_digest(declared: str | None) -> tuple[str, bytes] | None:
@@ -65,12 +69,17 @@ def assemble(session: Session, store: ObjectStore, upload: Upload, spool_dir: Pa
                 if chunk.offset != expected_offset:
                     raise AssemblyError("gap", f"chunk at {chunk.offset}, expected {expected_offset}")
                 chunk_hash = hashlib.sha256()
-                for block in iter_object(store, chunk.object_key):
-                    chunk_hash.update(block)
-                    whole.update(block)
-                    if other is not None:
-                        other.update(block)
-                    out.write(block)
+                try:
+                    for block in iter_object(store, chunk.object_key):
+                        chunk_hash.update(block)
+                        whole.update(block)
+                        if other is not None:
+                            other.update(block)
+                        out.write(block)
+                except ObjectMissing as exc:
+                    # Gone for good (deleted by a clean-up): trying again cannot bring it back.
+                    raise AssemblyError("missing_chunk", f"chunk at {chunk.offset} is no longer in "
+                                                         "staging storage") from exc
                 if chunk_hash.hexdigest() != chunk.sha256:
                     raise AssemblyError("corrupt_chunk", f"chunk at {chunk.offset} changed in storage")
                 expected_offset += chunk.length
@@ -83,9 +92,21 @@ def assemble(session: Session, store: ObjectStore, upload: Upload, spool_dir: Pa
     finally:
         tmp.unlink(missing_ok=True)
     staged = [c.object_key for c in upload.chunks]
-    upload.chunks.clear()
-    upload.object_key = key
-    upload.sha256 = whole.hexdigest()
-    upload.state = UploadState.ASSEMBLED
+    # Conditional: a DELETE (or expiry) that ended the upload while its chunks were joined
+    # wins, and the object just written goes with it, instead of the upload coming back.
+    claimed = session.execute(
+        update(Upload)
+        .where(Upload.id == upload.id, Upload.state == UploadState.RECEIVED)
+        .values(state=UploadState.ASSEMBLED.value, object_key=key, sha256=whole.hexdigest(),
+                updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        session.refresh(upload)
+        # Another assembly of the same upload (a re-driven duplicate) may have won with
+        # this very key: then the object is that upload's, not ours to delete.
+        return Assembled(upload.id, [] if upload.object_key == key else [key], ended=True)
+    session.execute(delete(UploadChunk).where(UploadChunk.upload_id == upload.id))
     session.flush()
+    session.expire(upload)
     return Assembled(upload.id, staged)

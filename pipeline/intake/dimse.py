@@ -38,7 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from pipeline.accounts.users import get_or_create_facility
-from pipeline.dicom.headers import Quarantine, read_header
+from pipeline.dicom.headers import DEFAULT_LIMITS, ParseLimits, Quarantine, read_header
 from pipeline.intake.uploads import original_key
 from pipeline.models import Batch, BatchState, Role, Upload, UploadState, User, utcnow
 from pipeline.storage import ObjectStore
@@ -194,12 +194,13 @@ def display_name(sop_instance_uid: str | None) -> str:
     return f"{uid}.dcm" if uid and len(uid) <= 64 and _UID.match(uid) else "dimse-instance.dcm"
 
 
-def check_received(path: Path) -> Refusal | None:
-    """None when the header parses and is complete; else the failure status to answer."""
+def check_received(path: Path, limits: ParseLimits = DEFAULT_LIMITS) -> Refusal | None:
+    """None when the header parses and is complete; else the failure status to answer.
+    ``limits`` bound what a hostile data set may cost the listener (a deflate bomb)."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as fp:
-            read_header(fp, size)
+            read_header(fp, size, limits)
     except Quarantine as q:
         status = DATASET_MISMATCH if q.reason in _MISMATCH_REASONS else CANNOT_UNDERSTAND
         return Refusal(status, q.reason)

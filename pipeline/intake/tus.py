@@ -81,10 +81,15 @@ def parse_checksum(header: str | None) -> Checksum | None:
     return Checksum(algorithm, digest)
 
 
+def is_ascii_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() and int() also take '²', '١٢' or full-width digits."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_non_negative(header: str | None, name: str) -> int:
     if header is None or header == "":
         raise TusError(400, f"{name} header is required")
-    if not header.isdigit() or len(header) > 19:
+    if not is_ascii_number(header) or len(header) > 19:
         raise TusError(400, f"{name} must be a non-negative integer")
     return int(header)
 

@@ -16,9 +16,11 @@ folder is mostly such files.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import case, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from pipeline.intake.tus import Checksum, TusError, clean_filename, parse_checksum
@@ -42,12 +44,17 @@ def upload_prefix(upload_id: str, created_at: datetime) -> str:
     return f"{created_at:%Y/%m/%d}/upload-{upload_id}"
 
 
-def chunk_key(upload: Upload, offset: int) -> str:
-    return f"{upload_prefix(upload.id, upload.created_at)}/chunks/{offset:015d}"
+def chunk_key(upload: Upload, offset: int, lease: str | None = None) -> str:
+    """A staged body's key; with the writer's ``lease`` in it, two requests that ever write
+    the same offset (one whose lease ran out mid-PUT) never share a key, so the loser's
+    clean-up can only delete its own object."""
+    suffix = f"-{lease}" if lease else ""
+    return f"{upload_prefix(upload.id, upload.created_at)}/chunks/{offset:015d}{suffix}"
 
 
-def original_key(upload: Upload) -> str:
-    return f"{upload_prefix(upload.id, upload.created_at)}/original.dcm"
+def original_key(upload: Upload, lease: str | None = None) -> str:
+    suffix = f"-{lease}" if lease else ""
+    return f"{upload_prefix(upload.id, upload.created_at)}/original{suffix}.dcm"
 
 
 def new_upload(
@@ -130,20 +137,33 @@ def record_new_upload(
     return upload
 
 
-def acquire_lease(session: Session, upload_id: str, seconds: int, now: datetime | None = None) -> str:
-    """Take the upload's write lease or raise 423; the caller commits to make it visible."""
+def acquire_lease(session: Session, upload_id: str, seconds: int, now: datetime | None = None,
+                  *, offset: int | None = None) -> str:
+    """Take the upload's write lease or raise; the caller commits to make it visible.
+
+    In the same statement the upload must still be RECEIVING and, with ``offset``, at that
+    offset: what the request checked before may have changed by the time it gets the lease
+    (another writer's chunk landed, a DELETE), and a stale writer must not start (409).
+    423 while another request holds an unexpired lease."""
     now = now or utcnow()
     token = secrets.token_hex(8)
+    conditions = [Upload.id == upload_id, Upload.state == UploadState.RECEIVING,
+                  or_(Upload.lock_token.is_(None), Upload.lock_expires_at < now)]
+    if offset is not None:
+        conditions.append(Upload.offset == offset)
     result = session.execute(
         update(Upload)
-        .where(
-            Upload.id == upload_id,
-            or_(Upload.lock_token.is_(None), Upload.lock_expires_at < now),
-        )
+        .where(*conditions)
         .values(lock_token=token, lock_expires_at=now + timedelta(seconds=seconds))
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:
+        row = session.execute(select(Upload.state, Upload.offset, Upload.lock_token,
+                                     Upload.lock_expires_at).where(Upload.id == upload_id)).one_or_none()
+        if row is None or row.state != UploadState.RECEIVING:
+            raise TusError(409, "upload is no longer receiving chunks; HEAD and resume")
+        if offset is not None and row.offset != offset:
+            raise TusError(409, f"Upload-Offset {offset} does not match the server's {row.offset}")
         raise TusError(423, "another request is writing to this upload; retry shortly")
     return token
 
@@ -203,6 +223,7 @@ def stage_chunk(
     spool_dir: Path,
     renew: Callable[[], None] | None = None,
     clock: Callable[[], float] | None = None,
+    lease: str | None = None,
 ) -> StagedChunk | None:
     """Copy a PATCH body to staging storage, block by block, never all of it in memory.
 
@@ -211,6 +232,10 @@ def stage_chunk(
     resumes from there), unless it carried a checksum we can no longer verify.
     A body that is the whole file, with the declared whole-file checksum (if any) matching,
     is stored as the upload's original (``whole``). Returns None when nothing was received.
+
+    ``lease`` (the writer's token) goes into the staged key, and ``renew`` keeps the lease
+    while the body arrives and while it is PUT to storage: a PUT that outlasts the lease would
+    let another request write the same offset meanwhile.
     """
     clock = clock or time.monotonic
     remaining = upload.length - offset
@@ -242,12 +267,37 @@ def stage_chunk(
             digest = (whole_hash or chunk_hash).digest()
             # A mismatch goes the assembly way, which quarantines the file with the reason.
             whole = digest == declared.digest
-        key = original_key(upload) if whole else chunk_key(upload, offset)
-        store.put_file(key, tmp)
+        key = original_key(upload, lease) if whole else chunk_key(upload, offset, lease)
+        _while_renewing(renew, lambda: store.put_file(key, tmp))
         return StagedChunk(key=key, offset=offset, length=received, sha256=chunk_hash.hexdigest(),
                            whole=whole)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _while_renewing(renew: Callable[[], None] | None, work: Callable[[], None]) -> None:
+    """Run ``work`` (a PUT of any length) while another thread renews the lease every
+    RENEW_EVERY_SECONDS; ``renew`` must therefore use its own database session."""
+    if renew is None:
+        work()
+        return
+    done = threading.Event()
+
+    def keep() -> None:
+        while not done.wait(RENEW_EVERY_SECONDS):
+            try:
+                renew()
+            except Exception:  # noqa: BLE001 - a renewal missed: record_chunk tells with 409
+                logging.getLogger(__name__).warning("lease renewal failed", exc_info=True)
+
+    keeper = threading.Thread(target=keep, name="lease-renewal", daemon=True)
+    renew()
+    keeper.start()
+    try:
+        work()
+    finally:
+        done.set()
+        keeper.join()
 
 
 def _spool_body(
@@ -328,13 +378,25 @@ def finish_if_complete(session: Session, upload: Upload) -> bool:
 
 
 def terminate(session: Session, upload: Upload) -> list[str]:
-    """tus termination: forget the upload; returns staged keys for the caller to delete."""
-    if upload.state not in (UploadState.RECEIVING, UploadState.RECEIVED):
+    """tus termination: forget the upload; returns staged keys for the caller to delete.
+
+    Conditional on the state (the UPDATE also locks the row until the caller commits): an
+    assembly that finished meanwhile wins with 409, and one still running finds the upload
+    ended when it comes to record its result, so neither brings the other's upload back."""
+    ended = session.execute(
+        update(Upload)
+        .where(Upload.id == upload.id,
+               Upload.state.in_([UploadState.RECEIVING, UploadState.RECEIVED]))
+        .values(state=UploadState.TERMINATED.value, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(upload)
+    if ended.rowcount != 1:
         raise TusError(409, f"upload is already {upload.state}; it can no longer be terminated")
-    keys = [c.object_key for c in upload.chunks]
-    upload.chunks.clear()
-    upload.state = UploadState.TERMINATED
+    keys = list(session.scalars(select(UploadChunk.object_key).where(UploadChunk.upload_id == upload.id)))
+    session.execute(delete(UploadChunk).where(UploadChunk.upload_id == upload.id))
     session.flush()
+    session.expire(upload, ["chunks"])
     return keys
 
 
@@ -348,13 +410,18 @@ class Expired:
 def expire_abandoned(session: Session, now: datetime | None = None) -> Expired:
     """tus expiration: uploads idle past ``expires_at`` are dropped with their chunks."""
     now = now or utcnow()
-    uploads = session.scalars(
-        select(Upload).where(Upload.state == UploadState.RECEIVING, Upload.expires_at < now)
+    # One conditional UPDATE: a chunk recorded between a read and a write here is never lost
+    # under an expiry it already pushed back.
+    rows = session.execute(
+        update(Upload)
+        .where(Upload.state == UploadState.RECEIVING, Upload.expires_at < now)
+        .values(state=UploadState.EXPIRED.value)
+        .returning(Upload.id, Upload.batch_id)
+        .execution_options(synchronize_session=False)
     ).all()
-    keys: list[str] = []
-    for upload in uploads:
-        keys.extend(c.object_key for c in upload.chunks)
-        upload.chunks.clear()
-        upload.state = UploadState.EXPIRED
+    ids = [r.id for r in rows]
+    keys = list(session.scalars(select(UploadChunk.object_key).where(UploadChunk.upload_id.in_(ids))))
+    if ids:
+        session.execute(delete(UploadChunk).where(UploadChunk.upload_id.in_(ids)))
     session.flush()
-    return Expired([u.id for u in uploads], sorted({u.batch_id for u in uploads}), keys)
+    return Expired(ids, sorted({r.batch_id for r in rows}), keys)

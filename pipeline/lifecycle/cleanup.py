@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.lifecycle.options import RunResult, TieringOptions
 from pipeline.models import (
+    TERMINAL_UPLOAD_STATES,
     Delivery,
     DeliveryState,
     Instance,
@@ -26,7 +27,6 @@ from pipeline.models import (
     ObjectState,
     StoredObject,
     Upload,
-    UploadState,
 )
 from pipeline.storage import TieredStore
 
@@ -81,7 +81,11 @@ def expire_renditions(session: Session, store: TieredStore, now: datetime, *, op
 def sweep_staging(session: Session, store: TieredStore, *, today: datetime, options: TieringOptions,
                   result: RunResult) -> None:
     """Staged chunks left behind (a worker died between the commit and the deletes): list
-    only the few day partitions just past the upload expiry, never the whole bucket."""
+    only the few day partitions just past the upload expiry, never the whole bucket.
+
+    Only an upload that has ended (parsed, quarantined, terminated, expired) loses its chunks:
+    one RECEIVED long ago may still wait for assembly behind an intake backlog. A run scoped
+    to facilities touches theirs only; chunks with no upload row at all are nobody's and go."""
     newest = today - options.upload_expiry - timedelta(days=1)
     for back in range(options.staging_days):
         day = newest - timedelta(days=back)
@@ -92,10 +96,13 @@ def sweep_staging(session: Session, store: TieredStore, *, today: datetime, opti
                 chunks.setdefault(parts[3].removeprefix("upload-"), []).append(key)
         if not chunks:
             continue
-        live = set(session.scalars(select(Upload.id).where(
-            Upload.id.in_(list(chunks)), Upload.state == UploadState.RECEIVING)))
+        rows = dict(session.execute(select(Upload.id, Upload.facility_id).where(
+            Upload.id.in_(list(chunks)))).all())
+        ended = set(session.scalars(select(Upload.id).where(
+            Upload.id.in_(list(rows)), Upload.state.in_(list(TERMINAL_UPLOAD_STATES)))))
         for upload_id, keys in chunks.items():
-            if upload_id in live:
+            if upload_id in rows and (upload_id not in ended or (
+                    options.facility_ids and rows[upload_id] not in options.facility_ids)):
                 continue
             for key in keys:
                 store.delete(key)

@@ -11,6 +11,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     ForeignKey,
+    Integer,
     String,
     Text,
     UniqueConstraint,
@@ -84,6 +85,9 @@ class Upload(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     sop_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    # Attempts at assembly or parse that started and never ended (their worker died): a
+    # file that kills workers is quarantined after a few, never redelivered for ever.
+    unfinished_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     batch: Mapped[Batch] = relationship(back_populates="uploads")
     chunks: Mapped[list[UploadChunk]] = relationship(
         order_by="UploadChunk.offset", cascade="all, delete-orphan"

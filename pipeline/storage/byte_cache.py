@@ -34,7 +34,7 @@ from pipeline.storage import ObjectStore
 
 # Keys whose bytes never change once written: a new upload gets a new id, a rendition's
 # name is the digest of its edits.
-IMMUTABLE_KEY = re.compile(r"(/original\.dcm|/renditions/[0-9a-f]{16,128}\.dcm)$")
+IMMUTABLE_KEY = re.compile(r"(/original(-[0-9a-f]{16})?\.dcm|/renditions/[0-9a-f]{16,128}\.dcm)$")
 # Bigger objects stream from S3 as before: one of them would push out hundreds of instances.
 MAX_OBJECT_BYTES = 64 * 1024 * 1024
 # Eviction scans the folder, so it runs once per this many writes by a process.

@@ -248,9 +248,10 @@ def test_cstore_pads_an_odd_deflated_data_set(orthanc, dimse, tmp_path):
 
 
 def test_cstore_socket_has_nagle_off(orthanc):
-    from pipeline.delivery.destinations.dimse import _NoDelayAE
     from pynetdicom import build_context
     from pynetdicom.sop_class import Verification
+
+    from pipeline.delivery.destinations.dimse import _NoDelayAE
 
     assoc = _NoDelayAE(ae_title="RELAYPACS").associate(
         "127.0.0.1", orthanc.dicom_port, [build_context(Verification)], ae_title=orthanc.aet

@@ -66,3 +66,20 @@ def test_idle_uploads_expire_and_return_their_chunks(session, upload):
     assert expired.batch_ids == [upload.batch_id]
     session.refresh(upload)
     assert upload.state == UploadState.EXPIRED
+
+
+def test_acquiring_the_lease_rechecks_state_and_offset(session, upload):
+    with pytest.raises(TusError) as err:
+        intake.acquire_lease(session, upload.id, 60, offset=4)  # the request saw another offset
+    assert err.value.status == 409
+    upload.state = UploadState.TERMINATED
+    session.commit()
+    with pytest.raises(TusError) as err:
+        intake.acquire_lease(session, upload.id, 60, offset=0)
+    assert err.value.status == 409
+
+
+def test_staged_keys_carry_the_lease(upload):
+    assert intake.chunk_key(upload, 0, "ab12") != intake.chunk_key(upload, 0, "cd34")
+    assert intake.chunk_key(upload, 0, "ab12").endswith("/chunks/000000000000000-ab12")
+    assert intake.original_key(upload, "ab12").endswith("/original-ab12.dcm")

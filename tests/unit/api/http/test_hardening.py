@@ -127,3 +127,52 @@ def test_sign_ins_are_audited_and_throttled_per_address(app, client, make_token,
         ("auth.login_refused", True, "wrong password")])
     # The token itself is never written to the trail.
     assert admin_token not in repr(events)
+
+
+class CountingBody:
+    """A chunked request body (no Content-Length) of ``size`` bytes of JSON, counting what the
+    server reads."""
+
+    def __init__(self, size: int) -> None:
+        self.data = b'{"label": "' + b"x" * (size - 13) + b'"}'
+        self.read_bytes = 0
+
+    def read(self, n: int = -1) -> bytes:
+        n = len(self.data) - self.read_bytes if n is None or n < 0 else n
+        block = self.data[self.read_bytes:self.read_bytes + n]
+        self.read_bytes += len(block)
+        return block
+
+    def readline(self, n: int = -1) -> bytes:
+        return self.read(n)
+
+    def tell(self) -> int:
+        return self.read_bytes
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.read_bytes  # the test client rewinds a fresh stream: it is at 0
+
+
+def test_chunked_json_body_is_bounded_while_it_is_read(client, make_token):
+    body = CountingBody(8 * 1024 * 1024)
+    response = client.post(
+        "/api/v1/batches", input_stream=body,
+        headers={**auth(make_token()), "Content-Type": "application/json",
+                 "Transfer-Encoding": "chunked"},
+        # What gunicorn says for a chunked body it de-chunks itself.
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 413, response.data
+    assert response.get_json()["error"]["status"] == 413
+    assert body.read_bytes <= 1024 * 1024 + 64 * 1024, f"{body.read_bytes} bytes read"
+
+
+def test_chunked_json_body_under_the_bound_still_works(client, make_token):
+    body = CountingBody(4096)
+    response = client.post(
+        "/api/v1/batches", input_stream=body,
+        headers={**auth(make_token()), "Content-Type": "application/json",
+                 "Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 201, response.data

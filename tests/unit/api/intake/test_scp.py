@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore
@@ -20,6 +21,7 @@ from pipeline.intake import callers
 from pipeline.models import AuditEvent, Batch, Facility, Upload, UploadState
 from pipeline.storage import FolderStore
 from tests.dimse_scu import store_files
+from tests.hostile_files import deep_nesting, deflate_bomb
 from tests.tls_certs import make_tls_files
 
 SCP_AET = "RELAYPACS_UT"
@@ -109,6 +111,33 @@ def test_a_truncated_instance_is_kept_for_quarantine_but_refused(scp_factory, se
     (upload,) = session.query(Upload).all()
     assert upload.state == UploadState.ASSEMBLED  # the parse task quarantines it, as for tus
     assert enqueued == [("parse", upload.id)]
+
+
+def test_a_deflate_bomb_is_refused_without_inflating_it(scp_factory, session, tmp_path):
+    """The listener reads each header to choose its answer: a 50 KB deflated data set that
+    inflates to 50 MB must cost it neither the 50 MB nor a retry-later answer."""
+    _, port, enqueued = scp_factory()
+    bomb = tmp_path / "bomb.dcm"
+    bomb.write_bytes(deflate_bomb(50 * 1024 * 1024))
+    tracemalloc.start()
+    try:
+        statuses = store_files("127.0.0.1", port, SCP_AET, "CT_ROOM_1", [bomb],
+                               transfer_syntax=DeflatedExplicitVRLittleEndian)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert statuses == [0xC000]
+    assert peak < 24 * 1024 * 1024, f"{peak} bytes allocated while receiving a 50 KB data set"
+    (upload,) = session.query(Upload).all()
+    assert upload.state == UploadState.ASSEMBLED  # kept; the parse task quarantines it
+    assert enqueued == [("parse", upload.id)]
+
+
+def test_deeply_nested_sequences_are_refused_not_answered_retry_later(scp_factory, tmp_path):
+    _, port, _ = scp_factory()
+    deep = tmp_path / "deep.dcm"
+    deep.write_bytes(deep_nesting(3000))
+    assert _send(port, [deep]) == [0xC000]
 
 
 def test_storage_failure_answers_a700_and_records_nothing(scp_factory, session, tmp_path):
