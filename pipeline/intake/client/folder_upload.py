@@ -263,6 +263,8 @@ def waiting_line(report: dict) -> str | None:
         parts.append(f"quiet period ends in {_duration(waiting['quiet_period_ends_in_seconds'])}")
     if waiting.get("deliveries_pending"):
         parts.append(f"{_count(waiting['deliveries_pending'], 'delivery', 'deliveries')} pending")
+    if not parts and report.get("state") == "completed":
+        parts.append("forwarding to start")
     return "waiting: " + ", ".join(parts) if parts else None
 
 

@@ -54,5 +54,7 @@ def test_the_waiting_line_says_what_the_batch_waits_for():
                                     "3 deliveries pending")
     assert waiting_line({"state": "forwarding", "waiting": {"deliveries_pending": 1}}) == (
         "waiting: 1 delivery pending")
+    assert waiting_line({"state": "completed", "waiting": {"deliveries_pending": 0}}) == (
+        "waiting: forwarding to start")
     assert waiting_line({"state": "done", "waiting": {"deliveries_pending": 0}}) is None
     assert waiting_line({"state": "forwarding"}) is None  # a server without the field
