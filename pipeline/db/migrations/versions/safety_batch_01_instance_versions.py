@@ -66,15 +66,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index('ix_sop_instances_conflicts', table_name='sop_instances')
-    op.drop_table('sop_instances')
-    op.drop_index('uq_instances_current_version', table_name='instances')
-    op.drop_index('ix_instances_facility_sop', table_name='instances')
+    # Checked before anything changes: SQLite's DDL is not transactional.
     several = op.get_bind().execute(
         sa.text("SELECT count(*) FROM instances WHERE version_state <> 'current'")).scalar()
     if several:
         raise RuntimeError(f"{several} instances are older or held versions of a SOPInstanceUID; "
                            "the previous schema holds one row per SOPInstanceUID")
+    op.drop_index('ix_sop_instances_conflicts', table_name='sop_instances')
+    op.drop_table('sop_instances')
+    op.drop_index('uq_instances_current_version', table_name='instances')
+    op.drop_index('ix_instances_facility_sop', table_name='instances')
     with op.batch_alter_table('instances') as batch_op:
         batch_op.drop_column('version_state')
         batch_op.create_unique_constraint('uq_instances_facility_id_sop_instance_uid',
