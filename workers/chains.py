@@ -54,7 +54,7 @@ def enqueue_dispatch_if_completed(batch_ids: list[int]) -> None:
     with runtime.session_scope() as session:
         completed = session.scalars(select(Batch.id).where(
             Batch.id.in_(batch_ids),
-            (Batch.state == BatchState.COMPLETED) | Batch.forwarding_started_at.is_not(None),
+            Batch.state.in_([BatchState.COMPLETED, BatchState.FORWARDING, BatchState.DONE]),
         )).all()
     for batch_id in completed:
         enqueue_batch_dispatch(batch_id)

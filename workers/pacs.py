@@ -13,7 +13,7 @@ from sqlalchemy import select
 from pipeline.delivery import forwarding, routing
 from pipeline.delivery.destinations import make_sender
 from pipeline.intake import batches as batch_progress
-from pipeline.models import Batch, Delivery, Destination, utcnow
+from pipeline.models import Batch, Delivery, Destination
 from workers import chains, event_publishing, runtime
 from workers.app import app
 
@@ -49,7 +49,6 @@ def forward_quiet_batches() -> int:
     with runtime.session_scope() as session:
         for batch in batch_progress.quiet_open_batches(session, quiet):
             pairs.extend(routing.plan_deliveries(session, batch))
-            batch.forwarding_started_at = batch.forwarding_started_at or utcnow()
         for batch_id in batch_progress.quiet_completed_batches(session, quiet):
             if batch_progress.claim_completed_batch(session, batch_id, quiet=quiet):
                 pairs.extend(routing.plan_deliveries(session, session.get(Batch, batch_id)))

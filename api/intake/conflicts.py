@@ -62,16 +62,19 @@ def choose(batch_id: int, conflict_id: int):  # noqa: ANN201
     session = db()
     key = _conflict(batch, conflict_id)
     try:
-        versions.choose(session, key, g.body.upload_id, current_user())
+        pairs = versions.choose(session, key, g.body.upload_id, current_user())
     except LookupError as exc:
         raise ApiError(404, str(exc)) from exc
     except versions.ResolutionConflict as exc:
         raise ApiError(409, str(exc)) from exc
+    if pairs:
+        reopen_for_replay(session, set(_batches_of(key)))
     audit.record(session, actor(), "instance.version_chosen", f"sop_instance:{key.id}",
                  {"batch_id": batch.id, "upload_id": g.body.upload_id})
     session.commit()
     # The chosen version is planned by its batch's dispatch if that batch already forwards;
     # the other versions' batches may be done now.
+    chains.enqueue_forwarding(pairs)
     chains.enqueue_dispatch_if_completed(_batches_of(key))
     return jsonify(versions.describe(session, key))
 

@@ -179,6 +179,9 @@ def _candidates(session: Session, versions: list[Instance]) -> list[Candidate]:
     return out
 
 
+WITHHELD = "withheld: another version of this SOPInstanceUID was chosen or awaits a person"
+
+
 def withhold(session: Session, instance_ids: list[int], why: str) -> None:
     """Versions that must not go out lose their unsent deliveries: rows never tried are
     only a plan and go; rows already tried stay as the record, as dead letters that a replay
@@ -211,8 +214,7 @@ def apply(session: Session, key: SopInstance, versions: list[Instance], decision
     key.rule = decision.rule
     key.decided_by = user.id if user is not None else None
     key.decided_at = utcnow()
-    withhold(session, [v.id for v in others],
-             "withheld: another version of this SOPInstanceUID was chosen or awaits a person")
+    withhold(session, [v.id for v in others], WITHHELD)
     session.flush()
 
 
@@ -327,10 +329,11 @@ class ResolutionConflict(Exception):
     """The conflict's state does not allow this now (HTTP 409)."""
 
 
-def choose(session: Session, key: SopInstance, upload_id: str, user: User) -> Instance:
+def choose(session: Session, key: SopInstance, upload_id: str, user: User) -> list[tuple[int, int]]:
     """The version brought by ``upload_id`` is the one that goes out; the others are
-    superseded (what they delivered stays as the record). A version that has not reached a
-    destination yet is planned by its batch's dispatch."""
+    superseded (what they delivered stays as the record). Returns the (study, destination)
+    pairs of its deliveries put back to pending; destinations it was never planned for are
+    planned by its batch's dispatch."""
     versions = versions_of(session, key.facility_id, key.sop_instance_uid)
     chosen = next((v for v in versions if v.upload_id == upload_id), None)
     if chosen is None:
@@ -346,7 +349,19 @@ def choose(session: Session, key: SopInstance, upload_id: str, user: User) -> In
     apply(session, key, versions,
           Decision(chosen.id, ConflictKind(key.conflict), ConflictState.RESOLVED,
                    "chosen by a person"), user)
-    return chosen
+    # Its deliveries that were tried and then withheld while it waited go out again.
+    withheld = list(session.scalars(select(Delivery).where(
+        Delivery.instance_id == chosen.id, Delivery.state == DeliveryState.FAILED,
+        Delivery.reason == WITHHELD)))
+    for d in withheld:
+        d.state = DeliveryState.PENDING
+        d.attempts = 0
+        d.next_attempt_at = None
+        d.claim = None
+        d.reason = "chosen by a person"
+        d.updated_at = utcnow()
+    session.flush()
+    return sorted({(d.study_id, d.destination_id) for d in withheld})
 
 
 def send_again(session: Session, key: SopInstance, user: User) -> list[tuple[int, int]]:

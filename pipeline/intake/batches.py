@@ -4,7 +4,7 @@ A batch goes out when every file is settled (parsed, quarantined, terminated or 
 or, whatever its unfinished files do, once it has been quiet for the quiet period: an
 upload abandoned at 40 % must not hold the files that arrived whole for the day it takes to
 expire. Such a straggler, if it ever finishes, goes out on its own when its parse settles
-(a batch whose forwarding started plans each newly recorded file at once).
+(a completed batch whose forwarding started plans each newly recorded file at once).
 """
 
 from __future__ import annotations
@@ -83,9 +83,10 @@ def quiet_completed_batches(session: Session, quiet: timedelta, now: datetime | 
 
 
 def forwarding_started(batch: Batch) -> bool:
-    """Its files were planned for delivery once already: a file recorded later (a straggler,
-    a version a person chose) is planned on its own at once."""
-    return batch.forwarding_started_at is not None
+    """A completed batch whose files were planned for delivery: a file recorded later (a
+    straggler, a version a person chose) is planned on its own at once. (An open batch
+    plans what it holds at each quiet period instead.)"""
+    return batch.state in (BatchState.FORWARDING, BatchState.DONE)
 
 
 def settle_batch(session: Session, batch_id: int) -> bool:

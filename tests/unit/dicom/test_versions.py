@@ -229,3 +229,31 @@ def test_a_resend_after_the_old_version_reached_a_pacs_waits_for_a_person(sessio
         versions.choose(session, key_of(session, first), second.id, person)
     with pytest.raises(versions.ResolutionConflict):
         versions.send_again(session, key_of(session, first), person)  # already on its way
+
+
+def test_choosing_the_version_that_reached_a_pacs_sends_its_withheld_deliveries_again(
+        session, new_batch, ingest):
+    (wrong,) = patient_study(1, patient_id="P1", name="Doe^Ann")
+    pacs, archive = (Destination(name=n, kind="folder", options={"path": "/tmp/x"})
+                     for n in ("pacs", "archive"))
+    session.add_all([pacs, archive])
+    session.commit()
+    first = ingest(new_batch(), wrong)
+    old = instance_of(session, first)
+    _deliver(session, old, pacs, DeliveryState.DELIVERED)
+    _deliver(session, old, archive, DeliveryState.PENDING, attempts=2)  # archive was down
+    second = ingest(new_batch(), refiled(wrong, patient_id="P2", name="Roe^Bob"))
+    # While a person decides, the archive does not get the old version either.
+    archive_row = session.query(Delivery).filter_by(instance_id=old.id, destination_id=archive.id).one()
+    assert (archive_row.state, archive_row.reason) == (DeliveryState.FAILED, versions.WITHHELD)
+    from pipeline.delivery.forwarding import replay
+
+    assert replay(session, [archive_row]) == []  # a held version is not replayed either
+
+    person = session.query(User).first()
+    pairs = versions.choose(session, key_of(session, first), first.id, person)
+    session.commit()
+    assert pairs == [(old.study_id, archive.id)]
+    assert states(session, first, second) == [InstanceVersion.CURRENT, InstanceVersion.SUPERSEDED]
+    session.expire_all()
+    assert session.get(Delivery, archive_row.id).state == DeliveryState.PENDING
