@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -62,8 +63,8 @@ class ProgressLine:
 
 
 class WaitingLine:
-    """While following a batch: what it waits for, printed when that changes (the countdown
-    alone is shown again every 10 s at most)."""
+    """While following a batch: what it waits for, printed at once when a new kind of wait
+    appears (a conflict, a straggler), else every 10 s at most."""
 
     def __init__(self, every: float = 10.0) -> None:
         self.every = every
@@ -74,11 +75,15 @@ class WaitingLine:
         line = waiting_line(report)
         if not line:
             return
-        shape = line.split(", quiet period")[0]
         now = time.monotonic()
-        if shape != self.last.split(", quiet period")[0] or now - self.last_at >= self.every:
+        # Counts ticking down are shown every few seconds; a new kind of wait at once.
+        if _kinds(line) != _kinds(self.last) or now - self.last_at >= self.every:
             click.echo(line)
             self.last, self.last_at = line, now
+
+
+def _kinds(line: str) -> str:
+    return re.sub(r"\([^)]*\)|\d+m?\d*s?", "", line)
 
 
 def run_upload(folder: Path, server: str, token: str, *, jobs: int, chunk_size: int,

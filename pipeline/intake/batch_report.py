@@ -55,8 +55,10 @@ def waiting_for(session: Session, batch: Batch, uploads: list[Upload], conflicts
     unfinished = [u for u in uploads if u.state not in TERMINAL_UPLOAD_STATES]
     receiving = [u for u in unfinished if u.state == UploadState.RECEIVING]
     quiet_ends = None
-    if quiet_seconds is not None and unfinished and batch.state in (BatchState.OPEN,
-                                                                     BatchState.COMPLETED):
+    # The quiet period is what releases the batch from uploads still being received; files
+    # in the gateway's own hands are waited for.
+    if (quiet_seconds is not None and receiving and len(receiving) == len(unfinished)
+            and batch.state in (BatchState.OPEN, BatchState.COMPLETED)):
         last = batch.last_activity_at
         last = last if last.tzinfo else last.replace(tzinfo=now.tzinfo)
         quiet_ends = last + timedelta(seconds=quiet_seconds)

@@ -1,9 +1,9 @@
 """Where a batch stands: settled uploads, the one-time move to forwarding, and done.
 
 A batch goes out when every file is settled (parsed, quarantined, terminated or expired),
-or, whatever its unfinished files do, once it has been quiet for the quiet period: an
-upload abandoned at 40 % must not hold the files that arrived whole for the day it takes to
-expire. Such a straggler, if it ever finishes, goes out on its own when its parse settles
+or once it has been quiet for the quiet period with no file left in the gateway's own hands
+(received, assembled): a client's upload abandoned at 40 % must not hold the files that
+arrived whole for the day it takes to expire, while the gateway's own backlog is waited for. Such a straggler, if it ever finishes, goes out on its own when its parse settles
 (a completed batch whose forwarding started plans each newly recorded file at once).
 """
 
@@ -22,6 +22,7 @@ from pipeline.models import (
     Delivery,
     DeliveryState,
     Upload,
+    UploadState,
     utcnow,
 )
 
@@ -45,15 +46,24 @@ def unfinished_uploads(session: Session, batch_id: int) -> list[Upload]:
     ))
 
 
+def uploads_in_progress(session: Session, batch_id: int) -> int:
+    """Files whose bytes all arrived and that the gateway is assembling or parsing."""
+    return session.scalar(
+        select(func.count()).select_from(Upload).where(
+            Upload.batch_id == batch_id,
+            Upload.state.in_([UploadState.RECEIVED, UploadState.ASSEMBLED]))) or 0
+
+
 def claim_completed_batch(session: Session, batch_id: int, now: datetime | None = None, *,
                           quiet: timedelta | None = None) -> bool:
     """Move a completed batch to forwarding exactly once across all processes: when its
-    uploads are settled, or (with ``quiet``) when it has been idle that long whatever its
-    unfinished uploads do."""
+    uploads are settled, or (with ``quiet``) when it has been idle that long with only
+    uploads still being received (abandoned, or slow) left unsettled."""
     now = now or utcnow()
     if not uploads_settled(session, batch_id):
         batch = session.get(Batch, batch_id)
-        if quiet is None or batch is None or batch.last_activity_at >= now - quiet:
+        if (quiet is None or batch is None or batch.last_activity_at >= now - quiet
+                or uploads_in_progress(session, batch_id)):
             return False
     result = session.execute(
         update(Batch)
@@ -65,12 +75,14 @@ def claim_completed_batch(session: Session, batch_id: int, now: datetime | None 
 
 
 def quiet_open_batches(session: Session, quiet: timedelta, now: datetime | None = None) -> list[Batch]:
-    """Open batches idle for ``quiet``: forward what they hold (as Mercure does for series),
-    without closing them to more uploads and without waiting for unfinished uploads."""
+    """Open batches idle for ``quiet`` with no file in the gateway's hands: forward what they
+    hold (as Mercure does for series), without closing them to more uploads and without
+    waiting for uploads still being received."""
     now = now or utcnow()
-    return list(session.scalars(
+    batches = session.scalars(
         select(Batch).where(Batch.state == BatchState.OPEN, Batch.last_activity_at < now - quiet)
-    ))
+    ).all()
+    return [b for b in batches if not uploads_in_progress(session, b.id)]
 
 
 def quiet_completed_batches(session: Session, quiet: timedelta, now: datetime | None = None) -> list[int]:

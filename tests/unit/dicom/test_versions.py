@@ -257,3 +257,23 @@ def test_choosing_the_version_that_reached_a_pacs_sends_its_withheld_deliveries_
     assert states(session, first, second) == [InstanceVersion.CURRENT, InstanceVersion.SUPERSEDED]
     session.expire_all()
     assert session.get(Delivery, archive_row.id).state == DeliveryState.PENDING
+
+
+def test_a_person_may_still_move_a_corrected_version(session, store, new_batch, ingest):
+    """The guard is against the automatic mapping of a re-send, not against moves: a person
+    who files the corrected image into another study gets that study's patient."""
+    from pipeline.editing import study_organisation
+
+    (target_first,) = patient_study(1, patient_id="P-TARGET", name="Target^Patient")
+    (wrong,) = patient_study(1, patient_id="P-WRONG", name="Wrong^Patient")
+    ingest(new_batch(), wrong)
+    batch = new_batch()
+    ingest(batch, target_first)
+    second = ingest(batch, refiled(wrong, patient_id="P-RIGHT", name="Right^Patient"))
+    target_uid = pydicom.dcmread(io.BytesIO(target_first)).StudyInstanceUID
+    person = session.query(User).first()
+    study_organisation.move(session, batch, person, {
+        "sop_instance_uids": [second.sop_instance_uid], "target_study_instance_uid": target_uid})
+    session.commit()
+    ds = sent(session, store, instance_of(session, second))
+    assert (ds.PatientID, ds.StudyInstanceUID) == ("P-TARGET", target_uid)

@@ -38,6 +38,14 @@ def test_a_completed_batch_goes_out_after_the_quiet_period_whatever_a_straggler_
     assert not batches.claim_completed_batch(session, batch.id)  # not settled, no quiet given
     assert not batches.claim_completed_batch(session, batch.id, quiet=timedelta(minutes=5))
     assert batches.quiet_completed_batches(session, timedelta(seconds=60)) == [batch.id]
+    # A file in the gateway's own hands (being parsed) is waited for; only a client's is not.
+    parsing = session.get(Upload, "wholexdcm")
+    parsing.state = UploadState.ASSEMBLED
+    session.commit()
+    assert not batches.claim_completed_batch(session, batch.id, quiet=timedelta(seconds=60))
+    assert batch_report(session, batch, quiet_seconds=60)["waiting"]["quiet_period_ends_at"] is None
+    parsing.state = UploadState.PARSED
+    session.commit()
     assert batches.claim_completed_batch(session, batch.id, quiet=timedelta(seconds=60))
     session.commit()
     session.refresh(batch)
