@@ -28,6 +28,7 @@ def dispatch_batch(batch_id: int) -> int:
         if batch is None:
             return 0
         if batch_progress.claim_completed_batch(session, batch_id):
+            session.refresh(batch)  # the claim's UPDATE bypassed the loaded row
             pairs = routing.plan_deliveries(session, batch)
         elif batch_progress.forwarding_started(batch):
             pairs = routing.plan_deliveries(session, batch, new_only=True)

@@ -3,8 +3,9 @@
 A batch goes out when every file is settled (parsed, quarantined, terminated or expired),
 or once it has been quiet for the quiet period with no file left in the gateway's own hands
 (received, assembled): a client's upload abandoned at 40 % must not hold the files that
-arrived whole for the day it takes to expire, while the gateway's own backlog is waited for. Such a straggler, if it ever finishes, goes out on its own when its parse settles
-(a completed batch whose forwarding started plans each newly recorded file at once).
+arrived whole for the day it takes to expire, while the gateway's own backlog is waited for.
+Such a straggler, if it ever finishes, goes out on its own when its parse settles (a
+completed batch whose forwarding started plans each newly recorded file at once).
 """
 
 from __future__ import annotations
@@ -35,15 +36,6 @@ def uploads_settled(session: Session, batch_id: int) -> bool:
         .where(Upload.batch_id == batch_id, Upload.state.not_in(list(TERMINAL_UPLOAD_STATES)))
     )
     return busy == 0
-
-
-def unfinished_uploads(session: Session, batch_id: int) -> list[Upload]:
-    """The batch's files still being received, assembled or parsed, oldest first."""
-    return list(session.scalars(
-        select(Upload)
-        .where(Upload.batch_id == batch_id, Upload.state.not_in(list(TERMINAL_UPLOAD_STATES)))
-        .order_by(Upload.created_at, Upload.id)
-    ))
 
 
 def uploads_in_progress(session: Session, batch_id: int) -> int:
