@@ -43,3 +43,24 @@ def uids_of(data: bytes) -> tuple[str, str, str]:
     """(StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID) of a Part-10 file."""
     ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     return ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+
+
+def refiled(data: bytes, *, patient_id: str, name: str) -> bytes:
+    """The same SOPInstanceUID filed under another patient, study and series: what a clinic
+    sends to correct a misfiled image."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.PatientID = patient_id
+    ds.PatientName = name
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    return _save(ds)
+
+
+def transcoded(data: bytes, transfer_syntax_uid: str) -> bytes:
+    """The same instance (UIDs, patient, pixels) in another uncompressed transfer syntax."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = transfer_syntax_uid
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True, implicit_vr=transfer_syntax_uid == "1.2.840.10008.1.2",
+               little_endian=True)
+    return buffer.getvalue()

@@ -49,10 +49,13 @@ def enqueue_batch_dispatch(batch_id: int) -> None:
 
 def enqueue_dispatch_if_completed(batch_ids: list[int]) -> None:
     """Read after the caller's commit: if the client already completed the batch, this change
-    may have been the last one it waited for. (Completion itself also dispatches.)"""
+    may have been the last one it waited for (completion itself also dispatches); if the
+    batch's forwarding already started, the file recorded now goes out on its own."""
     with runtime.session_scope() as session:
         completed = session.scalars(select(Batch.id).where(
-            Batch.id.in_(batch_ids), Batch.state == BatchState.COMPLETED)).all()
+            Batch.id.in_(batch_ids),
+            Batch.state.in_([BatchState.COMPLETED, BatchState.FORWARDING, BatchState.DONE]),
+        )).all()
     for batch_id in completed:
         enqueue_batch_dispatch(batch_id)
 

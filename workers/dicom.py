@@ -6,20 +6,28 @@ Task names are stable (``area.verb_noun``): renaming a module must not orphan qu
 
 from __future__ import annotations
 
+from sqlalchemy.exc import OperationalError
+
 from pipeline.dicom import grouping
 from pipeline.models import Upload
 from workers import chains, runtime
 from workers.app import app
 
 
-@app.task(name="dicom.parse_and_group", max_retries=5, autoretry_for=(OSError,),
+# OperationalError: the database was unreachable or (SQLite) locked by the parse of another
+# file of the same instance; the task is idempotent, so trying again is safe.
+@app.task(name="dicom.parse_and_group", max_retries=5, autoretry_for=(OSError, OperationalError),
           retry_backoff=True, retry_jitter=True)
 def parse_and_group(upload_id: str) -> None:
+    batch_ids: list[int] = []
     with runtime.upload_attempt(upload_id, "parse") as attempt:
         if attempt.go:
             with runtime.session_scope() as session:
                 upload = session.get(Upload, upload_id)
                 grouping.parse_and_group(session, runtime.store(), upload, runtime.spool_dir(),
                                          runtime.parse_limits())
+                # A new version may have stopped another batch's work: that batch may be done now.
+                batch_ids = grouping.batches_of_versions(session, upload)
     if attempt.batch_id is not None:
-        chains.enqueue_dispatch_if_completed([attempt.batch_id])
+        batch_ids = sorted({*batch_ids, attempt.batch_id})
+    chains.enqueue_dispatch_if_completed(batch_ids)

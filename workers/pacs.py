@@ -20,11 +20,22 @@ from workers.app import app
 
 @app.task(name="pacs.dispatch_batch")
 def dispatch_batch(batch_id: int) -> int:
-    """A completed batch whose uploads are all settled goes to forwarding, exactly once."""
+    """A completed batch whose uploads are all settled goes to forwarding, exactly once; in a
+    batch already forwarding, a file recorded since (a straggler, a chosen version) goes out
+    on its own."""
     with runtime.session_scope() as session:
-        if not batch_progress.claim_completed_batch(session, batch_id):
+        batch = session.get(Batch, batch_id)
+        if batch is None:
             return 0
-        pairs = routing.plan_deliveries(session, session.get(Batch, batch_id))
+        if batch_progress.claim_completed_batch(session, batch_id):
+            session.refresh(batch)  # the claim's UPDATE bypassed the loaded row
+            pairs = routing.plan_deliveries(session, batch)
+        elif batch_progress.forwarding_started(batch):
+            pairs = routing.plan_deliveries(session, batch, new_only=True)
+            if pairs:
+                batch_progress.reopen_for_replay(session, {batch_id})
+        else:
+            return 0
         if not pairs:
             batch_progress.settle_batch(session, batch_id)
     return chains.enqueue_forwarding(pairs)
@@ -32,11 +43,16 @@ def dispatch_batch(batch_id: int) -> int:
 
 @app.task(name="pacs.forward_quiet_batches")
 def forward_quiet_batches() -> int:
+    """Batches quiet for the quiet period go out with what they hold, whatever their
+    unfinished uploads do: open ones stay open, completed ones move to forwarding."""
     quiet = timedelta(seconds=runtime.settings().batch_quiet_seconds)
     pairs: list[tuple[int, int]] = []
     with runtime.session_scope() as session:
         for batch in batch_progress.quiet_open_batches(session, quiet):
             pairs.extend(routing.plan_deliveries(session, batch))
+        for batch_id in batch_progress.quiet_completed_batches(session, quiet):
+            if batch_progress.claim_completed_batch(session, batch_id, quiet=quiet):
+                pairs.extend(routing.plan_deliveries(session, session.get(Batch, batch_id)))
     return chains.enqueue_forwarding(pairs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from pipeline.intake.client.folder_upload import (
     follow,
     load_overrides,
     upload_folder,
+    waiting_line,
 )
 
 
@@ -58,6 +60,30 @@ class ProgressLine:
     def close(self) -> None:
         if self.bar:
             self.bar.__exit__(None, None, None)
+
+
+class WaitingLine:
+    """While following a batch: what it waits for, printed at once when a new kind of wait
+    appears (a conflict, a straggler), else every 10 s at most."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.last = ""
+        self.last_at = 0.0
+
+    def __call__(self, report: dict) -> None:
+        line = waiting_line(report)
+        if not line:
+            return
+        now = time.monotonic()
+        # Counts ticking down are shown every few seconds; a new kind of wait at once.
+        if _kinds(line) != _kinds(self.last) or now - self.last_at >= self.every:
+            click.echo(line)
+            self.last, self.last_at = line, now
+
+
+def _kinds(line: str) -> str:
+    return re.sub(r"\([^)]*\)|\d+m?\d*s?", "", line)
 
 
 def run_upload(folder: Path, server: str, token: str, *, jobs: int, chunk_size: int,
@@ -110,7 +136,7 @@ def run_upload(folder: Path, server: str, token: str, *, jobs: int, chunk_size: 
     if wait <= 0:
         click.echo(f"batch {batch_id} completed; follow it at {server}/api/v1/batches/{batch_id}")
         return 0
-    report = follow(client, batch_id, wait)
+    report = follow(client, batch_id, wait, on_update=WaitingLine())
     click.echo(f"batch {batch_id}: {report['state']}")
     click.echo(f"{'study':<66} {'inst':>5}  deliveries")
     for study in report["studies"]:
@@ -118,6 +144,14 @@ def run_upload(folder: Path, server: str, token: str, *, jobs: int, chunk_size: 
         click.echo(f"{study['study_instance_uid']:<66} {study['instances']:>5}  {deliveries or '-'}")
     for problem in report.get("problems", []):
         click.echo(f"  PROBLEM study {problem['study_instance_uid']}: {problem['message']}")
+    for conflict in report.get("conflicts", []):
+        chosen = conflict["chosen_upload_id"]
+        names = {v["upload_id"]: v["filename"] for v in conflict["versions"]}
+        click.echo(f"  {'CONFLICT' if conflict['state'] == 'open' else 'versions'} "
+                   f"{conflict['sop_instance_uid']} ({conflict['kind']}): "
+                   + ", ".join(names.values())
+                   + (f"; sent: {names.get(chosen)}" if chosen else
+                      f"; a person chooses: {server}/api/v1/batches/{batch_id}/conflicts"))
     for f in report["files"]:
         if f["state"] == "quarantined":
             click.echo(f"  quarantined {f['filename']}: {f['quarantine_reason']} ({f['quarantine_detail']})")

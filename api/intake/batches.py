@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from api.http.auth import actor, check_facility, current_user, require
-from api.http.context import db
+from api.http.context import db, resources
 from api.http.errors import ApiError
 from api.http.openapi import operation
 from pipeline.accounts import audit
@@ -84,10 +84,10 @@ def list_batches():  # noqa: ANN201
 
 @blueprint.route("/<int:batch_id>", methods=["GET"])
 @require()
-@operation("Batch status: every file, study and delivery")
+@operation("Batch status: every file, study and delivery; conflicts; what it waits for")
 def show(batch_id: int):  # noqa: ANN201
     batch = _load(batch_id)
-    return jsonify(batch_report(db(), batch))
+    return jsonify(batch_report(db(), batch, quiet_seconds=resources().settings.batch_quiet_seconds))
 
 
 @blueprint.route("/<int:batch_id>/complete", methods=["POST"])

@@ -29,6 +29,7 @@ from pipeline.models import (
     Facility,
     HourlyStats,
     Instance,
+    InstanceVersion,
     Study,
     Upload,
     User,
@@ -406,7 +407,8 @@ def upload_listing(session: Session, user_id: int, rng: Range, *, limit: int = 5
                     Study.id.label("study_id"), Study.modality)
              .join(Batch, Batch.id == Upload.batch_id)
              .outerjoin(Instance, and_(Instance.facility_id == Upload.facility_id,
-                                       Instance.sop_instance_uid == Upload.sop_instance_uid))
+                                       Instance.sop_instance_uid == Upload.sop_instance_uid,
+                                       Instance.version_state == InstanceVersion.CURRENT))
              .outerjoin(Study, Study.id == Instance.study_id)
              .where(Upload.user_id == user_id, Upload.created_at >= rng.start, Upload.created_at < rng.end)
              .order_by(Upload.created_at.desc(), Upload.id.desc()).limit(limit))
@@ -449,7 +451,8 @@ def upload_listing_naive(session: Session, user_id: int, rng: Range, *, limit: i
     for upload in uploads:
         instance = session.scalar(select(Instance).where(
             Instance.facility_id == upload.facility_id,
-            Instance.sop_instance_uid == upload.sop_instance_uid)) if upload.sop_instance_uid else None
+            Instance.sop_instance_uid == upload.sop_instance_uid,
+            Instance.version_state == InstanceVersion.CURRENT)) if upload.sop_instance_uid else None
         study = session.get(Study, instance.study_id) if instance else None
         states: dict[str, int] = {}
         if instance is not None:

@@ -33,6 +33,7 @@ from pipeline.models import (
     DeliveryState,
     HourlyStats,
     Instance,
+    InstanceVersion,
     Study,
     Upload,
     UploadState,
@@ -198,7 +199,8 @@ def _slice_select(session: Session, window):  # noqa: ANN001, ANN202
         )
         .select_from(Upload)
         .outerjoin(Instance, and_(Instance.facility_id == Upload.facility_id,
-                                  Instance.sop_instance_uid == Upload.sop_instance_uid))
+                                  Instance.sop_instance_uid == Upload.sop_instance_uid,
+                                  Instance.version_state == InstanceVersion.CURRENT))
         .outerjoin(Study, Study.id == Instance.study_id)
         .outerjoin(per_instance, per_instance.c.instance_id == Instance.id)
         .where(window)

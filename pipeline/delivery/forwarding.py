@@ -31,7 +31,7 @@ from pipeline.delivery.destinations import (
     Sender,
     TransientDestinationError,
 )
-from pipeline.models import Delivery, DeliveryState, Instance, Study, utcnow
+from pipeline.models import Delivery, DeliveryState, Instance, InstanceVersion, Study, utcnow
 from pipeline.storage import ObjectArchived, ObjectMissing, ObjectStore
 
 # A row in flight this long has a dead sender (a live one finishes a batch within the
@@ -348,11 +348,15 @@ def forward_study(
 
 
 def replay(session: Session, deliveries: Sequence[Delivery]) -> list[tuple[int, int]]:
-    """Put failed (dead-lettered) deliveries back in the queue with fresh attempts."""
+    """Put failed (dead-lettered) deliveries back in the queue with fresh attempts. Deliveries
+    of a version that no longer goes out (held or superseded) stay as they are."""
     now = utcnow()
     pairs: set[tuple[int, int]] = set()
+    current = set(session.scalars(select(Instance.id).where(
+        Instance.id.in_({d.instance_id for d in deliveries}),
+        Instance.version_state == InstanceVersion.CURRENT))) if deliveries else set()
     for delivery in deliveries:
-        if delivery.state != DeliveryState.FAILED:
+        if delivery.state != DeliveryState.FAILED or delivery.instance_id not in current:
             continue
         delivery.state = DeliveryState.PENDING
         delivery.attempts = 0

@@ -10,7 +10,16 @@ from __future__ import annotations
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from pipeline.models import Batch, Delivery, DeliveryState, Destination, Instance, RoutingRule, Series
+from pipeline.models import (
+    Batch,
+    Delivery,
+    DeliveryState,
+    Destination,
+    Instance,
+    InstanceVersion,
+    RoutingRule,
+    Series,
+)
 
 
 def _serving(session: Session, facility_id: int) -> dict[int, Destination]:
@@ -40,13 +49,17 @@ def destination_ids_for(session: Session, facility_id: int, modality: str | None
     return sorted(chosen)
 
 
-def plan_deliveries(session: Session, batch: Batch) -> list[tuple[int, int]]:
+def plan_deliveries(session: Session, batch: Batch, *, new_only: bool = False) -> list[tuple[int, int]]:
     """Create the missing delivery rows for the batch's instances; return the (study,
-    destination) pairs that have pending work. Idempotent."""
+    destination) pairs that have pending work (``new_only``: only those of the rows made
+    now, for a batch whose other work is already on its way). Idempotent."""
+    made: set[tuple[int, int]] = set()
     instances = session.execute(
         select(Instance.id, Instance.study_id, Series.modality)
         .join(Series, Series.id == Instance.series_id)
-        .where(Instance.batch_id == batch.id)
+        # Only the version of each SOPInstanceUID that goes out; held and superseded versions
+        # (pipeline.dicom.versions) are sent nowhere.
+        .where(Instance.batch_id == batch.id, Instance.version_state == InstanceVersion.CURRENT)
     ).all()
     if instances:
         existing = set(session.execute(
@@ -61,7 +74,10 @@ def plan_deliveries(session: Session, batch: Batch) -> list[tuple[int, int]]:
                 if (instance_id, destination_id) not in existing:
                     session.add(Delivery(instance_id=instance_id, destination_id=destination_id,
                                          study_id=study_id, batch_id=batch.id))
+                    made.add((study_id, destination_id))
         session.flush()
+    if new_only:
+        return sorted(made)
     return [
         (row.study_id, row.destination_id)
         for row in session.execute(

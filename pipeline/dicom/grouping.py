@@ -1,5 +1,6 @@
 """Grouping: a parsed instance is recorded under its study and series, idempotently by
-SOPInstanceUID, so a file sent twice is stored once and forwarded once.
+SOPInstanceUID and bytes, so a file sent twice is stored once and forwarded once; new bytes
+for a known SOPInstanceUID are a new version (``pipeline.dicom.versions``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from pipeline.dicom import versions
 from pipeline.dicom.headers import DEFAULT_LIMITS, InstanceHeader, ParseLimits, Quarantine, read_header
 from pipeline.models import (
-    Delivery,
-    DeliveryState,
     Instance,
     InstanceOrigin,
     Series,
@@ -103,46 +103,24 @@ def record_instance(session: Session, upload: Upload, header: InstanceHeader) ->
         {"modality": header.modality},
     )
     assert upload.object_key and upload.sha256
-    size = upload.length
-    instance = session.scalar(
-        select(Instance).where(
-            Instance.facility_id == upload.facility_id,
-            Instance.sop_instance_uid == header.sop_instance_uid,
-        )
-    )
-    new = False
-    if instance is None:
-        instance, new = _insert_or_get(
-            session,
-            Instance,
-            {"facility_id": upload.facility_id, "sop_instance_uid": header.sop_instance_uid},
-            {
-                "series_id": series.id,
-                "study_id": study.id,
-                "sop_class_uid": header.sop_class_uid,
-                "transfer_syntax_uid": header.transfer_syntax_uid,
-                "object_key": upload.object_key,
-                "size": size,
-                "sha256": upload.sha256,
-                "batch_id": upload.batch_id,
-                "upload_id": upload.id,
-            },
-        )
-    elif instance.sha256 != upload.sha256:
-        # Same SOPInstanceUID, new bytes: a corrected re-send. The new version replaces the
-        # old one and goes out again; identical bytes are simply a duplicate and go nowhere.
-        instance.object_key = upload.object_key
-        instance.sha256 = upload.sha256
-        instance.size = size
-        instance.transfer_syntax_uid = header.transfer_syntax_uid
-        instance.batch_id = upload.batch_id
-        instance.upload_id = upload.id
-        for delivery in session.scalars(select(Delivery).where(Delivery.instance_id == instance.id)):
-            delivery.state = DeliveryState.PENDING
-            delivery.batch_id = upload.batch_id
-            delivery.reason = "new version re-sent"
-    record_origin(session, instance, header, new=new)
     upload.sop_instance_uid = header.sop_instance_uid
+
+    def make_instance(version_state: str) -> Instance:
+        instance = Instance(
+            facility_id=upload.facility_id, sop_instance_uid=header.sop_instance_uid,
+            series_id=series.id, study_id=study.id, sop_class_uid=header.sop_class_uid,
+            transfer_syntax_uid=header.transfer_syntax_uid, object_key=upload.object_key,
+            size=upload.length, sha256=upload.sha256, batch_id=upload.batch_id,
+            upload_id=upload.id, version_state=version_state,
+        )
+        session.add(instance)
+        session.flush()
+        record_origin(session, instance, header, new=True)
+        return instance
+
+    # New bytes for a known SOPInstanceUID are a version of their own, filed under their own
+    # UIDs; which version goes out is decided there.
+    instance = versions.record_version(session, upload, make_instance)
     upload.state = UploadState.PARSED
     session.flush()
     return instance
@@ -160,6 +138,34 @@ def parse_and_group(session: Session, store: ObjectStore, upload: Upload, spool_
         quarantine(session, upload, q.reason, q.detail)
         return
     record_instance(session, upload, header)
+
+
+def batches_of_versions(session: Session, upload: Upload) -> list[int]:
+    """The upload's batch and the batches of every other version of its SOPInstanceUID."""
+    ids = {upload.batch_id}
+    if upload.sop_instance_uid:
+        ids.update(session.scalars(select(Instance.batch_id).where(
+            Instance.facility_id == upload.facility_id,
+            Instance.sop_instance_uid == upload.sop_instance_uid).distinct()))
+    return sorted(ids)
+
+
+def release(session: Session, upload: Upload) -> None:
+    """Check a quarantined file again (its cause fixed: storage repaired, a limit raised):
+    back to assembled, for the parse to take it; it is quarantined again if it still fails.
+    Only a file whose bytes were stored whole can be checked again."""
+    upload.state = UploadState.ASSEMBLED
+    upload.quarantine_reason = None
+    upload.quarantine_detail = None
+    # A file dead-lettered for killing its workers gets its attempts back: a person decided
+    # to try again (a limit was raised, the host was given memory).
+    upload.unfinished_attempts = 0
+    session.flush()
+
+
+def releasable(upload: Upload) -> bool:
+    return (upload.state == UploadState.QUARANTINED and upload.object_key is not None
+            and upload.sha256 is not None)
 
 
 def spool_dir_for(var_dir: Path) -> Path:

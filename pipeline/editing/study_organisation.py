@@ -36,6 +36,7 @@ from pipeline.models import (
     DeliveryState,
     Instance,
     InstanceOrigin,
+    InstanceVersion,
     Series,
     Study,
     User,
@@ -59,15 +60,17 @@ class Identity:
 
 def first_instance_id(session: Session, study: Study) -> int | None:
     """The instance whose patient and study attributes moved instances take."""
+    # A version that no longer goes out (superseded by a corrected one) is never copied from.
+    going_out = Instance.version_state != InstanceVersion.SUPERSEDED
     native = session.scalar(
         select(func.min(Instance.id))
         .join(InstanceOrigin, InstanceOrigin.instance_id == Instance.id)
-        .where(Instance.study_id == study.id,
+        .where(Instance.study_id == study.id, going_out,
                InstanceOrigin.study_instance_uid == study.study_instance_uid)
     )
     if native is not None:
         return native
-    return session.scalar(select(func.min(Instance.id)).where(Instance.study_id == study.id))
+    return session.scalar(select(func.min(Instance.id)).where(Instance.study_id == study.id, going_out))
 
 
 def is_moved(study: Study, origin: InstanceOrigin | None) -> bool:
@@ -103,7 +106,7 @@ def study_contents(session: Session, study_ids: Sequence[int]) -> dict[int, Stud
     rows = session.execute(
         select(Instance, InstanceOrigin)
         .outerjoin(InstanceOrigin, InstanceOrigin.instance_id == Instance.id)
-        .where(Instance.study_id.in_(study_ids))
+        .where(Instance.study_id.in_(study_ids), Instance.version_state != InstanceVersion.SUPERSEDED)
         .order_by(Instance.id)
     ).all()
     edits = {b: batch_edits(session, b) for b in {i.batch_id for i, _ in rows}}
@@ -235,7 +238,8 @@ def _instances_to_move(session: Session, batch: Batch, series_uids: list[str],
     chosen: dict[int, Instance] = {}
     if sop_uids:
         found = list(session.scalars(select(Instance).where(
-            Instance.batch_id == batch.id, Instance.sop_instance_uid.in_(sop_uids))))
+            Instance.batch_id == batch.id, Instance.sop_instance_uid.in_(sop_uids),
+            Instance.version_state == InstanceVersion.CURRENT)))
         if len(found) != len(sop_uids):
             raise NotFound(f"{len(sop_uids) - len(found)} of the instances are not in this batch")
         chosen.update({i.id: i for i in found})

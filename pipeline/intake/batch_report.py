@@ -1,16 +1,32 @@
-"""What a client polls: every file's state, every study found, every delivery of a batch."""
+"""What a client polls: every file's state, every study found, every delivery of a batch,
+the conflicts between versions of one instance, and what the batch still waits for."""
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from pipeline.dicom.versions import conflicts_of_batch
 from pipeline.editing.batch_edits import change_log
 from pipeline.editing.study_organisation import batch_studies, problems_of
-from pipeline.models import Batch, Delivery, Destination, Instance, Study, Upload
+from pipeline.models import (
+    TERMINAL_UPLOAD_STATES,
+    Batch,
+    BatchState,
+    ConflictState,
+    Delivery,
+    DeliveryState,
+    Destination,
+    Instance,
+    InstanceVersion,
+    Study,
+    Upload,
+    UploadState,
+    utcnow,
+)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -30,19 +46,56 @@ def batch_summary(batch: Batch) -> dict:
     }
 
 
-def batch_report(session: Session, batch: Batch) -> dict:
+def waiting_for(session: Session, batch: Batch, uploads: list[Upload], conflicts: list[dict],
+                quiet_seconds: float | None, now: datetime | None = None) -> dict:
+    """What the batch still waits for, in the terms a client can show: unfinished files
+    with their offsets, conflicts a person must resolve, the end of the quiet period (after
+    which the settled files go out whatever the unfinished ones do), deliveries not done."""
+    now = now or utcnow()
+    unfinished = [u for u in uploads if u.state not in TERMINAL_UPLOAD_STATES]
+    receiving = [u for u in unfinished if u.state == UploadState.RECEIVING]
+    quiet_ends = None
+    # The quiet period is what releases the batch from uploads still being received; files
+    # in the gateway's own hands are waited for.
+    if (quiet_seconds is not None and receiving and len(receiving) == len(unfinished)
+            and batch.state in (BatchState.OPEN, BatchState.COMPLETED)):
+        last = batch.last_activity_at
+        last = last if last.tzinfo else last.replace(tzinfo=now.tzinfo)
+        quiet_ends = last + timedelta(seconds=quiet_seconds)
+    pending = session.scalar(select(func.count()).select_from(Delivery).where(
+        Delivery.batch_id == batch.id,
+        Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING])))
+    return {
+        "files_receiving": len(receiving),
+        "files_processing": len(unfinished) - len(receiving),
+        "unfinished_files": [
+            {"upload_id": u.id, "filename": u.filename, "state": u.state, "offset": u.offset,
+             "length": u.length, "updated_at": _iso(u.updated_at)}
+            for u in unfinished
+        ],
+        "conflicts_open": sum(1 for c in conflicts if c["state"] == ConflictState.OPEN),
+        "quiet_period_ends_at": _iso(quiet_ends),
+        "quiet_period_ends_in_seconds": (max(0.0, round((quiet_ends - now).total_seconds(), 1))
+                                         if quiet_ends else None),
+        "deliveries_pending": pending or 0,
+    }
+
+
+def batch_report(session: Session, batch: Batch, quiet_seconds: float | None = None) -> dict:
     uploads = session.scalars(
         select(Upload).where(Upload.batch_id == batch.id).order_by(Upload.created_at, Upload.id)
     ).all()
-    sop_uids = [u.sop_instance_uid for u in uploads if u.sop_instance_uid]
-    instances = {
-        i.sop_instance_uid: i
-        for i in session.scalars(
-            select(Instance).where(
-                Instance.facility_id == batch.facility_id, Instance.sop_instance_uid.in_(sop_uids)
-            )
-        )
-    } if sop_uids else {}
+    # Each file's own version, or (a duplicate of bytes already recorded) the version that
+    # goes out for its SOPInstanceUID.
+    own = {i.upload_id: i for i in session.scalars(
+        select(Instance).where(Instance.upload_id.in_([u.id for u in uploads])))} if uploads else {}
+    sop_uids = [u.sop_instance_uid for u in uploads if u.sop_instance_uid and u.id not in own]
+    current = {i.sop_instance_uid: i for i in session.scalars(
+        select(Instance).where(Instance.facility_id == batch.facility_id,
+                               Instance.sop_instance_uid.in_(sop_uids),
+                               Instance.version_state == InstanceVersion.CURRENT))} if sop_uids else {}
+    of_upload = {u.id: own.get(u.id) or current.get(u.sop_instance_uid or "") for u in uploads}
+    instances = {i.id: i for i in of_upload.values() if i is not None}
     instance_ids = [i.id for i in instances.values()]
     deliveries = session.scalars(
         select(Delivery).where(Delivery.instance_id.in_(instance_ids)).order_by(Delivery.id)
@@ -58,7 +111,7 @@ def batch_report(session: Session, batch: Batch) -> dict:
 
     files = []
     for u in uploads:
-        instance = instances.get(u.sop_instance_uid or "")
+        instance = of_upload[u.id]
         files.append({
             "upload_id": u.id,
             "filename": u.filename,
@@ -69,6 +122,8 @@ def batch_report(session: Session, batch: Batch) -> dict:
             "quarantine_detail": u.quarantine_detail,
             "sop_instance_uid": u.sop_instance_uid,
             "study_instance_uid": studies[instance.study_id].study_instance_uid if instance else None,
+            # current: goes out; held: waits for a person; superseded: another version was chosen.
+            "version": instance.version_state if instance else None,
         })
 
     per_study: dict[int, dict] = defaultdict(lambda: {"instances": set(), "series": set(),
@@ -107,6 +162,7 @@ def batch_report(session: Session, batch: Batch) -> dict:
         }
         for d in deliveries
     ]
+    conflicts = conflicts_of_batch(session, batch)
     file_states = Counter(f["state"] for f in files)
     delivery_states = Counter(d.state for d in deliveries)
     return {
@@ -125,4 +181,8 @@ def batch_report(session: Session, batch: Batch) -> dict:
         # Who changed what (template, overrides, moves), and what still looks wrong.
         "changes": change_log(session, batch.id),
         "problems": problems_of(batch_studies(session, batch)),
+        # SOPInstanceUIDs that arrived in several versions: each with every version, the one
+        # chosen (or none: a person must choose) and the rule that chose it.
+        "conflicts": conflicts,
+        "waiting": waiting_for(session, batch, list(uploads), conflicts, quiet_seconds),
     }

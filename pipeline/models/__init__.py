@@ -36,9 +36,13 @@ from pipeline.models.delivery import Destination as Destination
 from pipeline.models.delivery import DestinationHealth as DestinationHealth
 from pipeline.models.delivery import InstanceRendition as InstanceRendition
 from pipeline.models.delivery import RoutingRule as RoutingRule
+from pipeline.models.dicom import ConflictKind as ConflictKind
+from pipeline.models.dicom import ConflictState as ConflictState
 from pipeline.models.dicom import Instance as Instance
 from pipeline.models.dicom import InstanceOrigin as InstanceOrigin
+from pipeline.models.dicom import InstanceVersion as InstanceVersion
 from pipeline.models.dicom import Series as Series
+from pipeline.models.dicom import SopInstance as SopInstance
 from pipeline.models.dicom import Study as Study
 from pipeline.models.editing import MetadataChange as MetadataChange
 from pipeline.models.editing import UploadTemplate as UploadTemplate

@@ -232,6 +232,42 @@ def follow(client: GatewayClient, batch_id: int, timeout: float,
     return report
 
 
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _count(n: int, what: str, plural: str | None = None) -> str:
+    return f"{n} {what if n == 1 else (plural or what + 's')}"
+
+
+def waiting_line(report: dict) -> str | None:
+    """What a batch still waits for, in one line (None: nothing, or an older server):
+    ``waiting: 2 files parsing, 1 conflict to resolve, quiet period ends in 1m40s, ...``."""
+    waiting = report.get("waiting")
+    if not waiting or report.get("state") == "done":
+        return None
+    parts = []
+    receiving = [f for f in waiting.get("unfinished_files", []) if f["state"] == "receiving"]
+    if receiving:
+        shown = ", ".join(f"{f['filename']} at {100 * f['offset'] // max(f['length'], 1)}%"
+                          for f in receiving[:3])
+        more = f" and {len(receiving) - 3} more" if len(receiving) > 3 else ""
+        parts.append(f"{_count(len(receiving), 'file')} unfinished ({shown}{more})")
+    if waiting.get("files_processing"):
+        parts.append(f"{_count(waiting['files_processing'], 'file')} parsing")
+    if waiting.get("conflicts_open"):
+        parts.append(f"{_count(waiting['conflicts_open'], 'conflict')} to resolve")
+    if waiting.get("quiet_period_ends_in_seconds") is not None:
+        parts.append(f"quiet period ends in {_duration(waiting['quiet_period_ends_in_seconds'])}")
+    if waiting.get("deliveries_pending"):
+        parts.append(f"{_count(waiting['deliveries_pending'], 'delivery', 'deliveries')} pending")
+    if not parts and report.get("state") == "completed":
+        parts.append("forwarding to start")
+    return "waiting: " + ", ".join(parts) if parts else None
+
+
 def exit_code(report: dict) -> int:
     if report["state"] != "done":
         return EXIT_NOT_FINISHED

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.intake.client.folder_upload import OverrideFileError, load_overrides
+from pipeline.intake.client.folder_upload import OverrideFileError, load_overrides, waiting_line
 
 
 def test_csv_with_patient_id_and_keyword_columns(tmp_path):
@@ -38,3 +38,23 @@ def test_malformed_files(tmp_path, name, text):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(OverrideFileError):
         load_overrides(path)
+
+
+def test_the_waiting_line_says_what_the_batch_waits_for():
+    report = {"state": "completed", "waiting": {
+        "files_receiving": 1, "files_processing": 2, "conflicts_open": 1,
+        "unfinished_files": [
+            {"filename": "a.dcm", "state": "receiving", "offset": 40, "length": 100},
+            {"filename": "b.dcm", "state": "assembled", "offset": 10, "length": 10},
+            {"filename": "c.dcm", "state": "received", "offset": 10, "length": 10},
+        ],
+        "quiet_period_ends_in_seconds": 100.2, "deliveries_pending": 3}}
+    assert waiting_line(report) == ("waiting: 1 file unfinished (a.dcm at 40%), 2 files parsing, "
+                                    "1 conflict to resolve, quiet period ends in 1m40s, "
+                                    "3 deliveries pending")
+    assert waiting_line({"state": "forwarding", "waiting": {"deliveries_pending": 1}}) == (
+        "waiting: 1 delivery pending")
+    assert waiting_line({"state": "completed", "waiting": {"deliveries_pending": 0}}) == (
+        "waiting: forwarding to start")
+    assert waiting_line({"state": "done", "waiting": {"deliveries_pending": 0}}) is None
+    assert waiting_line({"state": "forwarding"}) is None  # a server without the field
