@@ -12,7 +12,7 @@ from workers import chains, runtime
 from workers.app import app
 
 
-@app.task(name="dicom.parse_and_group", max_retries=5, autoretry_for=(OSError,),
+@app.task(name="dicom.parse_and_group", max_retries=5, autoretry_for=(OSError, *runtime.DATABASE_AWAY),
           retry_backoff=True, retry_jitter=True)
 def parse_and_group(upload_id: str) -> None:
     with runtime.session_scope() as session:

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from functools import cache
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config import Settings, load_settings
@@ -17,6 +18,11 @@ from pipeline.storage import ObjectStore, open_store
 from pipeline.storage.byte_cache import ByteCache, CachedStore
 
 _override: Settings | None = None
+
+# The database went away under a task (a restart, a failover, a dropped connection): the
+# task runs again with backoff instead of failing, which would drop its message and leave
+# its work to the slow re-drive.
+DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 @cache

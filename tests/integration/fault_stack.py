@@ -95,6 +95,7 @@ class StowRecorder:
         self.dicomweb_url = f"{self.http_url}/dicom-web"
         self.stored: Counter[str] = Counter()
         self.stow_requests = 0
+        self.in_flight = 0  # STOW requests received and not answered yet
         self.lock = threading.Lock()
         self.upstream_http = requests.Session()
         self._server = None
@@ -107,8 +108,18 @@ class StowRecorder:
         uids: list[str] = []
         if is_stow:
             uids = [u for u in map(sop_uid, stow_parts(body, request.content_type or "")) if u]
-            if self.delay:
-                time.sleep(self.delay)
+            with self.lock:
+                self.in_flight += 1
+        try:
+            return self._forward(request, body, is_stow, uids)(environ, start_response)
+        finally:
+            if is_stow:
+                with self.lock:
+                    self.in_flight -= 1
+
+    def _forward(self, request: Request, body: bytes, is_stow: bool, uids: list[str]) -> Response:
+        if is_stow and self.delay:
+            time.sleep(self.delay)
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() not in ("host", "content-length", "transfer-encoding", "connection")}
         try:
@@ -116,14 +127,14 @@ class StowRecorder:
                 request.method, f"{self.upstream}{request.full_path.rstrip('?')}",
                 data=body, headers=headers, timeout=120)
         except requests.RequestException:
-            return Response("upstream down", status=502)(environ, start_response)
+            return Response("upstream down", status=502)
         if is_stow and answer.status_code in (200, 202):
             with self.lock:
                 self.stow_requests += 1
                 self.stored.update(uids)
         passed = {k: v for k, v in answer.headers.items()
                   if k.lower() in ("content-type", "retry-after", "www-authenticate")}
-        return Response(answer.content, status=answer.status_code, headers=passed)(environ, start_response)
+        return Response(answer.content, status=answer.status_code, headers=passed)
 
     def start(self) -> StowRecorder:
         self._server = make_server(LOOPBACK, self.port, self._app, threaded=True)
@@ -302,3 +313,74 @@ class FaultStack:
                     process.stop(grace=10)
         if self.vhost:
             self.vhost.delete()
+
+
+# --------------------------------------------------------------------------- a link to cut
+
+
+class TcpLink:
+    """A TCP relay on a loopback port to a server, that can be cut (connections refused and
+    open ones dropped) and restored on the same port: the server keeps its state, as a real
+    S3 does while the network to it is down."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._listener = None
+        self._conns: list = []
+        self._lock = threading.Lock()
+
+    def up(self) -> TcpLink:
+        import socket
+
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((LOOPBACK, self.port))
+        listener.listen(128)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True, name="tcp-link").start()
+        return self
+
+    def _accept(self, listener) -> None:  # noqa: ANN001
+        import socket
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection((LOOPBACK, self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source, sink) -> None:  # noqa: ANN001
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def cut(self) -> None:
+        import socket
+
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for sock in conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()

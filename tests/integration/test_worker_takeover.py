@@ -139,6 +139,7 @@ def test_a_slow_but_alive_sender_is_never_taken_over(gateway_env, it_dir, make_u
         finally:
             client.close()
         report = gateway.wait_state(batch_id, "done", timeout=90)
+        poll_for(lambda: recorder.in_flight == 0, "no request left on the wire", 30, interval=0.2)
         assert report["totals"]["deliveries_by_state"] == {"delivered": len(files)}
         assert orthanc_clean.instance_uids() == _uids(files)
         assert recorder.duplicated() == {}
