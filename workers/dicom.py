@@ -12,8 +12,8 @@ from workers import chains, runtime
 from workers.app import app
 
 
-@app.task(name="dicom.parse_and_group", max_retries=5, autoretry_for=(OSError, *runtime.DATABASE_AWAY),
-          retry_backoff=True, retry_jitter=True)
+@app.task(name="dicom.parse_and_group", max_retries=10, autoretry_for=(OSError, *runtime.DATABASE_AWAY),
+          retry_backoff=True, retry_backoff_max=60, retry_jitter=True)
 def parse_and_group(upload_id: str) -> None:
     with runtime.session_scope() as session:
         upload = session.get(Upload, upload_id)

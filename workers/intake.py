@@ -20,8 +20,8 @@ from workers import chains, runtime
 from workers.app import app
 
 
-@app.task(name="intake.assemble_upload", max_retries=5, autoretry_for=(OSError, *runtime.DATABASE_AWAY),
-          retry_backoff=True, retry_jitter=True)
+@app.task(name="intake.assemble_upload", max_retries=10, autoretry_for=(OSError, *runtime.DATABASE_AWAY),
+          retry_backoff=True, retry_backoff_max=60, retry_jitter=True)
 def assemble_upload(upload_id: str) -> None:
     with runtime.session_scope() as session:
         upload = session.get(Upload, upload_id)
