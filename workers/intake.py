@@ -55,7 +55,7 @@ def broker_started_empty() -> bool:
     """True once per life of a Redis broker: the first look after it (re)started empty. Other
     brokers keep their queues across a restart (RabbitMQ's are durable)."""
     url = runtime.settings().broker_url
-    if not url.startswith(("redis://", "rediss://", "unix://")):
+    if not url.startswith(("redis://", "rediss://")):
         return False
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
     try:

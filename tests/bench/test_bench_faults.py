@@ -457,13 +457,13 @@ def test_fault_suite(bench, bench_results):
             amqp.stop()
         load.append(os.getloadavg()[0])
 
-    print("\n\nscenario              delivered  lost  duplicated  recovery   target")
+    print(f"\n\n{'scenario':<30}delivered  lost  duplicated  recovery   target")
     for row in bench.rows:
         recovery = f"{row['recovery_seconds']} s" if row["recovery_seconds"] is not None else "never"
-        print(f"{row['scenario']:<22}{row['delivered']:>5}/{row['expected']:<5}{row['lost']:>5}"
+        print(f"{row['scenario']:<30}{row['delivered']:>5}/{row['expected']:<5}{row['lost']:>5}"
               f"{row['duplicated']:>12}  {recovery:>9}   {'met' if row['met'] else 'NOT met'}")
     for name, error in errors.items():
-        print(f"{name:<22} error: {error}")
+        print(f"{name:<30} error: {error}")
     document = {
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "flock /tmp/relaypacs-bench.lock .venv/bin/python -m pytest -q -m bench "
