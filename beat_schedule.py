@@ -20,6 +20,12 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": float(_settings.redrive_every_seconds),
         "options": {"expires": max(_settings.redrive_every_seconds - 1, 1)},
     },
+    # A killed worker's study: taken over once its heartbeat is older than the stale age.
+    "redrive-dead-senders": {
+        "task": "intake.redrive_dead_senders",
+        "schedule": max(_settings.claim_stale_seconds / 3, 1.0),
+        "options": {"expires": max(_settings.claim_stale_seconds / 3, 1.0)},
+    },
     "send-queue-canaries": {
         "task": "health.send_canaries",
         "schedule": 60.0,

@@ -51,9 +51,10 @@ class Settings:
     stow_batch_size: int = 40
     stow_timeout_seconds: float = 120.0
     delivery_max_attempts: int = 20
-    # A delivery in flight this long has a dead sender; another run takes it over.
-    # Keep it above the STOW request timeout.
-    claim_stale_seconds: int = 300
+    # A forwarding run whose heartbeat (every sixth of this) stopped this long ago has a dead
+    # worker: the re-drive, every third of this, hands its study to a new run. A run that
+    # keeps beating is never taken over, however slow its PACS.
+    claim_stale_seconds: int = 30
     # Work untouched this long with no task in flight is re-enqueued by the beat re-drive.
     redrive_after_seconds: int = 600
     # How often beat looks for such work.

@@ -6,18 +6,16 @@ Task names are stable (``area.verb_noun``): renaming a module must not orphan qu
 
 from __future__ import annotations
 
-from sqlalchemy.exc import OperationalError
-
 from pipeline.dicom import grouping
 from pipeline.models import Upload
 from workers import chains, runtime
 from workers.app import app
 
 
-# OperationalError: the database was unreachable or (SQLite) locked by the parse of another
-# file of the same instance; the task is idempotent, so trying again is safe.
-@app.task(name="dicom.parse_and_group", max_retries=5, autoretry_for=(OSError, OperationalError),
-          retry_backoff=True, retry_jitter=True)
+# The database away (unreachable, restarting, or SQLite locked by the parse of another file of
+# the same instance): the task is idempotent, so trying again is safe, for a minute or two.
+@app.task(name="dicom.parse_and_group", max_retries=10, autoretry_for=(OSError, *runtime.DATABASE_AWAY),
+          retry_backoff=True, retry_backoff_max=60, retry_jitter=True)
 def parse_and_group(upload_id: str) -> None:
     batch_ids: list[int] = []
     with runtime.upload_attempt(upload_id, "parse") as attempt:

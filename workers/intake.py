@@ -6,10 +6,12 @@ Task names are stable (``area.verb_noun``): renaming a module must not orphan qu
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
+import redis
 from sqlalchemy import or_, select
 
+from pipeline.delivery import senders
 from pipeline.intake import attempts
 from pipeline.intake import uploads as intake
 from pipeline.intake.assembly import AssemblyError, assemble
@@ -18,8 +20,8 @@ from workers import chains, runtime
 from workers.app import app
 
 
-@app.task(name="intake.assemble_upload", max_retries=5, autoretry_for=(OSError,),
-          retry_backoff=True, retry_jitter=True)
+@app.task(name="intake.assemble_upload", max_retries=10, autoretry_for=(OSError, *runtime.DATABASE_AWAY),
+          retry_backoff=True, retry_backoff_max=60, retry_jitter=True)
 def assemble_upload(upload_id: str) -> None:
     done = None
     with runtime.upload_attempt(upload_id, "assembly") as attempt:
@@ -47,11 +49,46 @@ def expire_abandoned_uploads() -> int:
     return len(expired.upload_ids)
 
 
+# Set in a Redis broker once; a Redis restarted without persistence comes back without it,
+# and without every message it held.
+BROKER_EPOCH_KEY = "relaypacs:broker-epoch"
+
+
+def broker_started_empty() -> bool:
+    """True once per life of a Redis broker: the first look after it (re)started empty. Other
+    brokers keep their queues across a restart (RabbitMQ's are durable)."""
+    url = runtime.settings().broker_url
+    if not url.startswith(("redis://", "rediss://")):
+        return False
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        return bool(client.set(BROKER_EPOCH_KEY, utcnow().isoformat(), nx=True))
+    finally:
+        client.close()
+
+
+@app.task(name="intake.redrive_dead_senders")
+def redrive_dead_senders() -> dict:
+    """Hand the studies of forwarding runs whose heartbeat stopped (a killed worker) to new
+    runs, within the stale age; a run that still beats is left alone. A broker that came
+    back empty lost every queued task: all unfinished work is driven again at once."""
+    stale = timedelta(seconds=runtime.settings().claim_stale_seconds)
+    with runtime.session_scope() as session:
+        pairs = senders.take_over_dead(session, stale)
+    taken_over = chains.enqueue_forwarding(pairs)
+    lost = redrive(utcnow()) if broker_started_empty() else None
+    return {"taken_over": taken_over, "broker_lost_queues": lost}
+
+
 @app.task(name="intake.redrive_stuck_work")
 def redrive_stuck_work() -> dict:
-    """Re-enqueue work whose message was lost (broker restart, purge): idempotent tasks
-    make a duplicate harmless, so erring on the side of re-sending is safe."""
-    cutoff = utcnow() - timedelta(seconds=runtime.settings().redrive_after_seconds)
+    """Re-enqueue work whose message was lost (purge, a message lost in transit): idempotent
+    tasks make a duplicate harmless, so erring on the side of re-sending is safe."""
+    return redrive(utcnow() - timedelta(seconds=runtime.settings().redrive_after_seconds))
+
+
+def redrive(cutoff: datetime) -> dict:
+    """Enqueue again the unfinished work untouched since ``cutoff``."""
     with runtime.session_scope() as session:
         uploads = session.scalars(select(Upload.id).where(
             Upload.state.in_([UploadState.RECEIVED, UploadState.ASSEMBLED]),

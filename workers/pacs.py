@@ -14,11 +14,12 @@ from pipeline.delivery import forwarding, routing
 from pipeline.delivery.destinations import sender_for
 from pipeline.intake import batches as batch_progress
 from pipeline.models import Batch, Delivery, Destination
-from workers import chains, event_publishing, runtime
+from workers import chains, event_publishing, runtime, sender_heartbeats
 from workers.app import app
 
 
-@app.task(name="pacs.dispatch_batch")
+@app.task(name="pacs.dispatch_batch", max_retries=10, autoretry_for=runtime.DATABASE_AWAY,
+          retry_backoff=True, retry_backoff_max=30, retry_jitter=True)
 def dispatch_batch(batch_id: int) -> int:
     """A completed batch whose uploads are all settled goes to forwarding, exactly once; in a
     batch already forwarding, a file recorded since (a straggler, a chosen version) goes out
@@ -56,19 +57,26 @@ def forward_quiet_batches() -> int:
     return chains.enqueue_forwarding(pairs)
 
 
-@app.task(name="pacs.forward_study", bind=True, max_retries=None, acks_late=True)
+@app.task(name="pacs.forward_study", bind=True, max_retries=None, acks_late=True,
+          autoretry_for=runtime.DATABASE_AWAY, retry_backoff=True, retry_backoff_max=30,
+          retry_jitter=True)
 def forward_study(self, study_id: int, destination_id: int) -> dict:  # noqa: ANN001
     cfg = runtime.settings()
+    claim = self.request.id or "local"
     with runtime.session_scope() as session:
         destination = session.get(Destination, destination_id)
         if destination is None or not destination.enabled:
             return {"skipped": True}
+    # Beating until the run ends: a killed worker's study is taken over within the stale
+    # age, a slow one's never. (The row stays readable after its session: no expiry on commit.)
+    with sender_heartbeats.sending(claim, study_id, destination_id), \
+            runtime.session_scope() as session:
         sender = sender_for(destination, runtime.secret_box(),
                             timeout=cfg.stow_timeout_seconds, batch_size=cfg.stow_batch_size)
         try:
             result = forwarding.forward_study(
                 session, runtime.store(), sender, study_id=study_id,
-                destination_id=destination_id, claim=self.request.id or "local",
+                destination_id=destination_id, claim=claim,
                 batch_size=cfg.stow_batch_size, max_attempts=cfg.delivery_max_attempts,
                 checkpoint=session.commit,
                 stale_after=timedelta(seconds=cfg.claim_stale_seconds),

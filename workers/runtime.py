@@ -24,6 +24,11 @@ from pipeline.storage.byte_cache import ByteCache, CachedStore
 
 _override: Settings | None = None
 
+# The database went away under a task (a restart, a failover, a dropped connection): the
+# task runs again with backoff instead of failing, which would drop its message and leave
+# its work to the slow re-drive.
+DATABASE_AWAY = (OperationalError, InterfaceError)
+
 
 @cache
 def settings() -> Settings:

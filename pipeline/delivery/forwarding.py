@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from pipeline.delivery import breaker
+from pipeline.delivery import breaker, senders
 from pipeline.delivery import renditions as renditions_for
 from pipeline.delivery.destinations import (
     InstanceOutcome,
@@ -34,9 +34,9 @@ from pipeline.delivery.destinations import (
 from pipeline.models import Delivery, DeliveryState, Instance, InstanceVersion, Study, utcnow
 from pipeline.storage import ObjectArchived, ObjectMissing, ObjectStore
 
-# A row in flight this long has a dead sender (a live one finishes a batch within the
-# request timeout); the next run takes it over. Settings override it.
-STALE_CLAIM = timedelta(minutes=5)
+# A row in flight whose run has not beaten its heartbeat for this long has a dead sender;
+# the next run takes it over. Settings override it.
+STALE_CLAIM = senders.STALE_AFTER
 
 
 def retry_delay(attempt: int, cap: float = 1800.0) -> float:
@@ -100,7 +100,9 @@ def claim_deliveries(
     limit: int, stale_after: timedelta = STALE_CLAIM, now: datetime | None = None,
 ) -> list[Delivery]:
     """Take up to ``limit`` due rows: our own in-flight rows (a redelivered task),
-    then pending ones, then rows in flight so long that their sender must be dead.
+    then pending ones, then in-flight rows whose sender is dead: claimed more than
+    ``stale_after`` ago by a run whose heartbeat stopped as long ago (or that has none).
+    A sender that keeps beating keeps its rows, however slow its PACS.
     Rows that already spent every attempt become dead letters instead."""
     now = now or utcnow()
     mine = and_(Delivery.study_id == study_id, Delivery.destination_id == destination_id)
@@ -108,9 +110,9 @@ def claim_deliveries(
         and_(Delivery.state == DeliveryState.PENDING,
              or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)),
         and_(Delivery.state == DeliveryState.SENDING, Delivery.claim == claim),
-        and_(Delivery.state == DeliveryState.SENDING, Delivery.updated_at < now - stale_after),
+        and_(Delivery.state == DeliveryState.SENDING, Delivery.updated_at < now - stale_after,
+             ~senders.live_claims(stale_after, now)),
     )
-    # Only a batch at a time is ever in flight, so "in flight too long" really means dead.
     ids = select(Delivery.id).where(mine, claimable).order_by(Delivery.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         ids = ids.with_for_update(skip_locked=True)
@@ -328,8 +330,13 @@ def forward_study(
     study = session.get(Study, study_id)
     assert study is not None
     batcher = _Batcher(session, store, sender, study, destination_id, max_attempts, result)
-    while group := claim_deliveries(session, study_id, destination_id, claim, max_attempts,
-                                    limit=batch_size, stale_after=stale_after):
+    while True:
+        # A heartbeat at every batch too, besides the worker's own: a run that sends is alive.
+        senders.beat(session, [claim])
+        group = claim_deliveries(session, study_id, destination_id, claim, max_attempts,
+                                 limit=batch_size, stale_after=stale_after)
+        if not group:
+            break
         checkpoint()
         if not batcher.send(group, checkpoint):
             return result

@@ -31,6 +31,7 @@ from pipeline.models.base import UTCDateTime as UTCDateTime
 from pipeline.models.base import utcnow as utcnow
 from pipeline.models.delivery import BreakerState as BreakerState
 from pipeline.models.delivery import Delivery as Delivery
+from pipeline.models.delivery import DeliverySender as DeliverySender
 from pipeline.models.delivery import DeliveryState as DeliveryState
 from pipeline.models.delivery import Destination as Destination
 from pipeline.models.delivery import DestinationHealth as DestinationHealth

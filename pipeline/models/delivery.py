@@ -128,3 +128,20 @@ class InstanceRendition(Base):
     changed: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (UniqueConstraint("instance_id", "digest"),)
+
+
+class DeliverySender(Base):
+    """A forwarding run at work: its claim (the Celery task id), the study and destination it
+    sends, and a heartbeat its worker process refreshes every few seconds while it runs.
+
+    A run that ends removes its row. A row whose heartbeat stopped is a dead sender (a killed
+    worker): the re-drive takes its study over at once. A row that keeps beating is a sender
+    alive however slow, and its deliveries are never claimed by another run."""
+
+    __tablename__ = "delivery_senders"
+    claim: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    destination_id: Mapped[int] = mapped_column(ForeignKey("destinations.id", ondelete="CASCADE"))
+    worker: Mapped[str] = mapped_column(String(200))  # host:pid, for operators
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
