@@ -44,8 +44,11 @@ def dataset(data: bytes) -> pydicom.Dataset:
 
 
 def stored_original(s3, rendition_key: str) -> bytes:
-    """The original next to a rendition: ``<prefix>/renditions/X.dcm`` -> ``<prefix>/original.dcm``."""
-    key = rendition_key.split("/renditions/")[0] + "/original.dcm"
+    """The original next to a rendition: ``<prefix>/renditions/X.dcm`` -> the one
+    ``<prefix>/original*.dcm`` (a file sent whole in one PATCH keeps its write lease in the name)."""
+    prefix = rendition_key.split("/renditions/")[0] + "/"
+    listed = s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=prefix)["Contents"]
+    [key] = [o["Key"] for o in listed if o["Key"][len(prefix):].startswith("original")]
     return s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read()
 
 
