@@ -59,14 +59,14 @@ def test_a_sealed_password_still_authenticates_the_sender(
     facility = "Secrets Clinic"
     # Orthanc answers 401 without the account: the delivery below needs the password.
     assert requests.get(f"{auth_pacs.http_url}/statistics", timeout=10).status_code == 401
-    run_cli(["destinations", "add", "auth-pacs", "--stow-url", auth_pacs.dicomweb_url,
+    run_cli(["destinations", "add", "sealed-pacs", "--stow-url", auth_pacs.dicomweb_url,
              "--user", PACS_USER, "--password", PACS_PASSWORD, "--facility", facility], gateway_env)
     listed = run_cli(["destinations", "list"], gateway_env)
-    assert "auth-pacs" in listed and PACS_PASSWORD not in listed
+    assert "sealed-pacs" in listed and PACS_PASSWORD not in listed
 
     engine = create_engine(postgres_url)
     try:
-        options, sealed = _raw_destination(engine, "auth-pacs")
+        options, sealed = _raw_destination(engine, "sealed-pacs")
     finally:
         engine.dispose()
     assert PACS_PASSWORD not in options and PACS_PASSWORD not in sealed
