@@ -31,6 +31,7 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
+from config.settings import Settings
 from pipeline.dicom.samples import synthetic_study
 from tests.integration.fault_stack import (
     FaultStack,
@@ -337,11 +338,34 @@ def abandoned_upload(bench: Bench) -> dict:
     abandoned_at = time.monotonic()
     gateway.complete(batch_id)
     report = gateway.report(batch_id)
-    row = measure(bench, "abandoned_upload", set(_uids(files[:20])), abandoned_at, 240,
-                  note="1 of 21 files cut off at 40 %, batch completed; the quiet period is 120 s")
+    # The settled files go out after the quiet period, whatever the straggler does: a clinic's
+    # slow link may still be sending it, and the quiet period (kept at its default) is what
+    # protects such links. The fault, a straggler holding the batch, ends when it ends.
+    quiet = Settings.batch_quiet_seconds
+    row = measure(bench, "abandoned_upload", set(_uids(files[:20])), abandoned_at + quiet, 240,
+                  note=f"1 of 21 files cut off at 40 %, batch completed; recovery counted from the "
+                       f"end of the {quiet} s quiet period")
+    if row["recovery_seconds"] is not None:
+        row["recovery_from_cut_seconds"] = round(row["recovery_seconds"] + quiet, 1)
     row["straggler_in_pacs"] = _uids([straggler])[0] in bench.orthanc.instance_uids()
     row["batch_state_after_complete"] = report.get("state")
     return row
+
+
+def _corrected_in(bench: Bench, expected: set[str], want_study: str) -> set[str]:
+    """Expected SOPInstanceUIDs stored in Orthanc with the new patient and study."""
+    good = set()
+    for uid in expected:
+        hits = bench.orthanc.session.post(f"{bench.orthanc.http_url}/tools/lookup", data=uid,
+                                          timeout=30).json()
+        for hit in hits:
+            if hit["Type"] != "Instance":
+                continue
+            tags = bench.orthanc.session.get(
+                f"{bench.orthanc.http_url}/instances/{hit['ID']}/simplified-tags", timeout=30).json()
+            if tags.get("PatientID") == "RESEND-NEW" and tags.get("StudyInstanceUID") == want_study:
+                good.add(uid)
+    return good
 
 
 def corrected_resend(bench: Bench, new_study: bool) -> dict:
@@ -366,22 +390,28 @@ def corrected_resend(bench: Bench, new_study: bool) -> dict:
     for i, data in enumerate(corrected):
         gateway.upload(second, data, f"new{i}.dcm")
     gateway.complete(second)
+    # The old versions already reached the PACS: nothing of these instances goes out until a
+    # person chooses (a second object under one SOPInstanceUID would leave the PACS with
+    # both). The person here chooses every corrected version as soon as the conflicts show;
+    # recovery runs from that choice, and nothing may arrive before it.
+    conflicts: list[dict] = []
+    shown_by = time.monotonic() + 90
+    while time.monotonic() < shown_by:
+        conflicts = gateway.report(second).get("conflicts") or []
+        if len(conflicts) == len(expected):
+            break
+        time.sleep(0.5)
+    held = not _corrected_in(bench, expected, want_study)
+    for conflict in conflicts:
+        [new] = [v for v in conflict["versions"] if v["patient_id"] == "RESEND-NEW"]
+        answer = gateway.http.post(
+            f"{gateway.url}/api/v1/batches/{second}/conflicts/{conflict['id']}/choose",
+            json={"upload_id": new["upload_id"]}, timeout=30)
+        assert answer.status_code == 200, answer.text
     sent_at = time.monotonic()
 
     def as_corrected() -> set[str]:
-        """Expected SOPInstanceUIDs stored in Orthanc with the new patient and study."""
-        good = set()
-        for uid in expected:
-            hits = bench.orthanc.session.post(f"{bench.orthanc.http_url}/tools/lookup", data=uid,
-                                              timeout=30).json()
-            for hit in hits:
-                if hit["Type"] != "Instance":
-                    continue
-                tags = bench.orthanc.session.get(
-                    f"{bench.orthanc.http_url}/instances/{hit['ID']}/simplified-tags", timeout=30).json()
-                if tags.get("PatientID") == "RESEND-NEW" and tags.get("StudyInstanceUID") == want_study:
-                    good.add(uid)
-        return good
+        return _corrected_in(bench, expected, want_study)
 
     deadline = sent_at + 90
     arrived = None
@@ -398,9 +428,14 @@ def corrected_resend(bench: Bench, new_study: bool) -> dict:
         "recovery_seconds": round(arrived - sent_at, 1) if arrived else None,
         "note": "9 of 10 SOPInstanceUIDs re-sent in a later batch with another PatientID"
                 + (" in a new study" if new_study else " in the same study")
-                + "; delivered = in Orthanc with the new PatientID and StudyInstanceUID",
+                + "; held as conflicts (the old versions reached the PACS) until a person chose"
+                  " them; recovery from the choice; delivered = in Orthanc with the new PatientID"
+                  " and StudyInstanceUID",
+        "conflicts_shown": len(conflicts),
+        "held_until_chosen": held,
     }
-    row["met"] = bool(row["lost"] == 0 and arrived is not None and row["recovery_seconds"] <= TARGET_SECONDS)
+    row["met"] = bool(row["lost"] == 0 and held and len(conflicts) == len(expected)
+                      and arrived is not None and row["recovery_seconds"] <= TARGET_SECONDS)
     bench.rows.append(row)
     print(f"\n[faults] {scenario}: {len(corrected_in_pacs)}/{len(expected)} arrived as corrected, "
           f"recovery {row['recovery_seconds']} s ({'met' if row['met'] else 'NOT met'})", flush=True)
@@ -477,7 +512,16 @@ def test_fault_suite(bench, bench_results):
         "errors": errors,
     }
     bench_results["faults"] = document
-    if not ONLY:
-        RESULTS.write_text(json.dumps(document, indent=2) + "\n")
+    if ONLY and RESULTS.exists():
+        # A partial run replaces its own scenarios' rows and keeps the others' (with when
+        # each row was measured).
+        previous = json.loads(RESULTS.read_text())
+        for row in bench.rows:
+            row["measured_at"] = document["written_at"]
+        mine = {row["scenario"] for row in bench.rows}
+        document = {**previous, "partial_rerun_at": document["written_at"],
+                    "scenarios": [r for r in previous["scenarios"] if r["scenario"] not in mine]
+                    + bench.rows}
+    RESULTS.write_text(json.dumps(document, indent=2) + "\n")
     failed = [row["scenario"] for row in bench.rows if not row["met"]] + list(errors)
     assert not failed, f"targets not met: {failed}"
