@@ -140,21 +140,25 @@ def _forget_user(user_id: int) -> None:
 
 
 def revoke(session: Session, email: str) -> User:
-    user = session.scalar(select(User).where(User.email == email))
-    if user is None:
-        raise ValueError(f"no user with email {email!r}")
+    user = _existing_user(session, email)
     user.revoked_at = user.revoked_at or utcnow()
     session.flush()
     _forget_user(user.id)
     return user
 
 
-def disable_user(session: Session, email: str) -> tuple[User, int]:
-    """Lock a user out: no sign-in, no token, every session ended at once (the token within
-    ``TokenCache.ttl_seconds`` in other API processes). Returns the user and sessions ended."""
+def _existing_user(session: Session, email: str) -> User:
+    """The user with exactly this email (as the CLI was given it), or ValueError naming it."""
     user = session.scalar(select(User).where(User.email == email))
     if user is None:
         raise ValueError(f"no user with email {email!r}")
+    return user
+
+
+def disable_user(session: Session, email: str) -> tuple[User, int]:
+    """Lock a user out: no sign-in, no token, every session ended at once (the token within
+    ``TokenCache.ttl_seconds`` in other API processes). Returns the user and sessions ended."""
+    user = _existing_user(session, email)
     user.disabled_at = user.disabled_at or utcnow()
     ended = revoke_user_sessions(session, user.id, "user_disabled")
     session.flush()
@@ -163,9 +167,7 @@ def disable_user(session: Session, email: str) -> tuple[User, int]:
 
 
 def enable_user(session: Session, email: str) -> User:
-    user = session.scalar(select(User).where(User.email == email))
-    if user is None:
-        raise ValueError(f"no user with email {email!r}")
+    user = _existing_user(session, email)
     user.disabled_at = None
     session.flush()
     _forget_user(user.id)
@@ -176,9 +178,7 @@ def rotate_token(session: Session, email: str,
                  expires_in: timedelta | None = DEFAULT_TOKEN_LIFETIME) -> tuple[User, str]:
     """A new token for an existing user; the old one stops working at once in this process
     and within ``TokenCache.ttl_seconds`` in every other API process."""
-    user = session.scalar(select(User).where(User.email == email))
-    if user is None:
-        raise ValueError(f"no user with email {email!r}")
+    user = _existing_user(session, email)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     user.token_hash = hash_token(token)
     user.revoked_at = None
