@@ -41,6 +41,7 @@ from tests.integration.services import (
     free_port,
     port_open,
     run_cli,
+    start_private_redis,
     wait_until,
 )
 
@@ -267,14 +268,7 @@ class FaultStack:
         self.serial = 0
 
     def start_redis(self) -> None:
-        # Like the machine's Redis: no persistence, so a restart loses every queued message.
-        self.redis = ServiceProcess(
-            "redis-faults",
-            ["redis-server", "--port", str(self.redis_port), "--bind", LOOPBACK, "--save", "",
-             "--appendonly", "no"],
-            self.env, self.workdir / "redis.log",
-        ).start()
-        self.redis.wait_ready(lambda: port_open(self.redis_port), 30)
+        self.redis = start_private_redis(self.redis_port, self.env, self.workdir / "redis.log")
 
     def worker(self, queues: str, *, wait: bool = True, **env: str) -> Worker:
         self.serial += 1

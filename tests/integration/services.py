@@ -745,3 +745,15 @@ class Beat(ServiceProcess):
         super().start()
         self.wait_ready(lambda: "beat: Starting..." in tail(self.log_path, 200), timeout)
         return self
+
+
+def start_private_redis(port: int, env: Mapping[str, str], log_path: Path) -> ServiceProcess:
+    """A redis-server of a test's own on ``port``, ready. Like the machine's Redis: no
+    persistence, so a restart loses every queued message."""
+    redis = ServiceProcess(
+        "redis-faults",
+        ["redis-server", "--port", str(port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no"],
+        env, log_path,
+    ).start()
+    redis.wait_ready(lambda: port_open(port), 30)
+    return redis

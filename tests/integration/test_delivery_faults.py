@@ -30,6 +30,7 @@ from tests.integration.services import (
     free_port,
     port_open,
     run_cli,
+    start_private_redis,
 )
 from tests.sample_data import pacs_refused_files, synthetic_study
 
@@ -59,14 +60,7 @@ class Stack:
         self.serial = 0
 
     def start_redis(self) -> None:
-        # Like the machine's Redis: no persistence, so a restart loses every queued message.
-        self.redis = ServiceProcess(
-            "redis-faults",
-            ["redis-server", "--port", str(self.redis_port), "--bind", LOOPBACK, "--save", "",
-             "--appendonly", "no"],
-            self.env, self.workdir / "redis.log",
-        ).start()
-        self.redis.wait_ready(lambda: port_open(self.redis_port), 30)
+        self.redis = start_private_redis(self.redis_port, self.env, self.workdir / "redis.log")
 
     def worker(self, queues: str, concurrency: int = 2, *, wait: bool = True, **env: str) -> Worker:
         """A worker for ``queues``; ``wait=False`` returns as soon as the process is started
