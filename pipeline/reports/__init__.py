@@ -1,0 +1,1 @@
+"""Radiology reports: reports back from the PACS, comments, consults and addenda."""
