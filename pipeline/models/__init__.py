@@ -47,9 +47,9 @@ from pipeline.models.dicom import SopInstance as SopInstance
 from pipeline.models.dicom import Study as Study
 from pipeline.models.editing import MetadataChange as MetadataChange
 from pipeline.models.editing import UploadTemplate as UploadTemplate
-from pipeline.models.exports import ReportDefinition as ReportDefinition
-from pipeline.models.exports import ReportRun as ReportRun
-from pipeline.models.exports import ReportRunState as ReportRunState
+from pipeline.models.exports import ExportDefinition as ExportDefinition
+from pipeline.models.exports import ExportRun as ExportRun
+from pipeline.models.exports import ExportRunState as ExportRunState
 from pipeline.models.forecasting import FacilityCalendar as FacilityCalendar
 from pipeline.models.forecasting import UploadForecast as UploadForecast
 from pipeline.models.intake import TERMINAL_UPLOAD_STATES as TERMINAL_UPLOAD_STATES
