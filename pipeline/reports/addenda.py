@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from fpdf import FPDF
 from pydicom import Dataset, FileMetaDataset, dcmread
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
 DOCUMENT_TITLE = "Report addendum"
@@ -94,11 +94,6 @@ def addendum_pdf(original: Entry, addenda: Sequence[Entry], *, status: str,
     return bytes(pdf.output())
 
 
-def new_uid(prefix: str) -> str:
-    """A UID under the gateway's addendum prefix (which ends with a dot)."""
-    return generate_uid(prefix=prefix)
-
-
 @dataclass(frozen=True)
 class EncapsulatedPdf:
     part10: bytes
@@ -107,12 +102,12 @@ class EncapsulatedPdf:
     study_instance_uid: str
 
 
-def encapsulated_pdf(pdf: bytes, study: Dataset, *, uid_prefix: str, now: datetime,
+def encapsulated_pdf(pdf: bytes, study: Dataset, *, new_uid: Callable[[], str], now: datetime,
                      study_instance_uid: str | None = None, title: str = DOCUMENT_TITLE,
                      series_number: int = 9001, instance_number: int = 1) -> EncapsulatedPdf:
     """The PDF as a Part-10 Encapsulated PDF instance in ``study`` (a header of an instance
-    of the study as the PACS holds it). ``study_instance_uid`` overrides the header's, for a
-    study whose UID changed on the way out."""
+    of the study as the PACS holds it), its Series and SOP Instance UIDs from ``new_uid`` (the
+    gateway's addendum UIDs). ``study_instance_uid`` overrides the header's."""
     ds = Dataset()
     for keyword in COPIED_FROM_STUDY:
         if keyword in study:
@@ -125,8 +120,8 @@ def encapsulated_pdf(pdf: bytes, study: Dataset, *, uid_prefix: str, now: dateti
                     "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyID"):
         if keyword not in ds:
             setattr(ds, keyword, "")  # type 2: present, may be empty
-    sop_uid = new_uid(uid_prefix)
-    series_uid = new_uid(uid_prefix)
+    sop_uid = new_uid()
+    series_uid = new_uid()
     ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
     ds.SOPInstanceUID = sop_uid
     ds.SeriesInstanceUID = series_uid

@@ -5,12 +5,17 @@ from datetime import UTC, datetime
 
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.uid import generate_uid
 from pypdf import PdfReader
 
 from pipeline.reports import addenda
 
 AT = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 PREFIX = "1.2.826.0.1.3680043.10.999.7."
+
+
+def _uid() -> str:
+    return generate_uid(prefix=PREFIX)
 
 
 def _text(pdf: bytes) -> str:
@@ -45,7 +50,7 @@ def _study() -> Dataset:
 
 def test_encapsulated_pdf_is_filed_in_the_study_under_the_prefix():
     pdf = addenda.addendum_pdf(addenda.Entry("a", AT, "x"), [], status="final")
-    made = addenda.encapsulated_pdf(pdf, _study(), uid_prefix=PREFIX, now=AT)
+    made = addenda.encapsulated_pdf(pdf, _study(), new_uid=_uid, now=AT)
     ds = dcmread(io.BytesIO(made.part10))
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.104.1"
     assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID == made.sop_instance_uid
@@ -54,10 +59,10 @@ def test_encapsulated_pdf_is_filed_in_the_study_under_the_prefix():
     assert "Rows" not in ds
     assert ds.MIMETypeOfEncapsulatedDocument == "application/pdf"
     assert addenda.pdf_from_part10(made.part10) == pdf
-    moved = addenda.encapsulated_pdf(pdf, _study(), uid_prefix=PREFIX, now=AT, study_instance_uid="9.9")
+    moved = addenda.encapsulated_pdf(pdf, _study(), new_uid=_uid, now=AT, study_instance_uid="9.9")
     assert moved.study_instance_uid == "9.9"
 
 
 def test_a_header_without_a_study_uid_is_refused():
     with pytest.raises(ValueError, match="StudyInstanceUID"):
-        addenda.encapsulated_pdf(b"%PDF", Dataset(), uid_prefix=PREFIX, now=AT)
+        addenda.encapsulated_pdf(b"%PDF", Dataset(), new_uid=_uid, now=AT)
