@@ -52,3 +52,8 @@ def export_run_changed(run_id: int) -> None:
         events.publish_safely(bus(), out)
     except Exception as exc:  # noqa: BLE001 - the run is committed; the event is a courtesy
         log.warning("export.run_state_changed not published: %s", type(exc).__name__)
+
+
+def report_events(out: list[events.Event]) -> None:
+    """report.status_changed events the report poll returned, after its commit; never raises."""
+    events.publish_safely(bus(), out)

@@ -44,3 +44,8 @@ def export_run_changed(definition: ExportDefinition, run: ExportRun) -> None:
     """export.run_state_changed for a run the API queued (run now, replay)."""
     events.publish_safely(_bus(), events.export_run_state_changed(definition.facility_id, definition.id,
                                                                   run.id, run.state))
+
+
+def report_events(out: list[events.Event]) -> None:
+    """report.status_changed (and any other radiology-report events) after the commit."""
+    events.publish_safely(_bus(), out)
