@@ -20,6 +20,9 @@ from api.http.context import Resources
 from api.http.limits import RateLimiter
 from api.intake import batches, conflicts, files
 from api.lifecycle import storage as storage_api
+from api.reports import comments as report_comments
+from api.reports import consults as report_consults
+from api.reports import notifications as report_notifications
 from config import Settings, load_settings
 from config.logging import configure_logging
 from pipeline.db.engine import make_engine, make_session_factory
@@ -115,6 +118,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(analytics.blueprint, url_prefix="/api/v1/analytics")
     app.register_blueprint(forecasts.blueprint, url_prefix="/api/v1/forecasts")
     app.register_blueprint(exports.blueprint, url_prefix="/api/v1/exports")
+    app.register_blueprint(report_comments.blueprint, url_prefix="/api/v1/reports")
+    app.register_blueprint(report_consults.blueprint, url_prefix="/api/v1/reports")
+    app.register_blueprint(report_notifications.blueprint, url_prefix="/api/v1/notifications")
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
     app.add_template_global(dashboard_forecast.facility_forecast, "facility_forecast")
     return app

@@ -14,6 +14,8 @@ TASK_ROUTES = {
     "storage.*": {"queue": "storage"},
     "analytics.*": {"queue": "analytics"},
     "exports.*": {"queue": "exports"},
+    # Comment mail, digests, consult reminders, addendum filing: the pool that mails.
+    "consults.*": {"queue": "exports"},
     # The canary sender; each canary itself is sent to the queue it tests.
     "health.*": {"queue": "intake"},
 }

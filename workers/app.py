@@ -27,6 +27,7 @@ TASK_MODULES = (
     "workers.analytics",
     "workers.exports",
     "workers.liveness",
+    "workers.consults",
 )
 app.conf.imports = list(TASK_MODULES)
 
