@@ -36,6 +36,9 @@ def _smtp() -> mail.Smtp | None:
 
 def _send(to: str, rendered) -> None:  # noqa: ANN001 - a notices.Mail
     message = mail.compose(runtime.settings().mail_from, [to], rendered.subject, rendered.body)
+    # The unsubscribe URL is one long word: at the default 78 columns the header would be
+    # written as RFC 2047 encoded words, which mail clients do not read as a URL.
+    message.policy = message.policy.clone(max_line_length=998)
     for name, value in rendered.headers.items():
         message[name] = value
     mail.send(_smtp(), message)
