@@ -93,4 +93,11 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 3600.0,
         "options": {"expires": 3500},
     },
+    # Radiology reports back from the PACS: each minute, each DICOMweb destination is asked
+    # about its due delivered studies (schedule and backoff: pipeline/reports/poll.py).
+    "reports-poll-pacs": {
+        "task": "reports.poll_pacs",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
 }
