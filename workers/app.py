@@ -28,6 +28,7 @@ TASK_MODULES = (
     "workers.reports",
     "workers.exports",
     "workers.liveness",
+    "workers.consults",
 )
 app.conf.imports = list(TASK_MODULES)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import select
+
 from pipeline.delivery.forwarding import ForwardResult
-from pipeline.models import ExportDefinition, ExportRun, Study
+from pipeline.models import ExportDefinition, ExportRun, Notification, Study
 from pipeline.ops import events
 from workers import runtime
 
@@ -57,3 +59,22 @@ def export_run_changed(run_id: int) -> None:
 def report_events(out: list[events.Event]) -> None:
     """report.status_changed events the report poll returned, after its commit; never raises."""
     events.publish_safely(bus(), out)
+
+
+def notices(notification_ids: list[int]) -> None:
+    """notification.created for notices a task committed; never raises."""
+    if not notification_ids:
+        return
+    try:
+        with runtime.session_scope() as session:
+            rows = session.scalars(select(Notification).where(Notification.id.in_(notification_ids))
+                                   .order_by(Notification.id)).all()
+            out = []
+            for row in rows:
+                ids = {k: v for k, v in (("report_id", row.report_id), ("consult_id", row.consult_id),
+                                         ("comment_id", row.comment_id)) if v is not None}
+                out.append(events.notification(row.facility_id, row.kind, notification_id=row.id,
+                                               user_id=row.user_id, **ids))
+        events.publish_safely(bus(), out)
+    except Exception as exc:  # noqa: BLE001 - the rows are committed; the event is a courtesy
+        log.warning("notification.created not published: %s", type(exc).__name__)

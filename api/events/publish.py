@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from api.http.context import resources
-from pipeline.models import ExportDefinition, ExportRun, Upload, UploadState
+from pipeline.models import ExportDefinition, ExportRun, Notification, ReportComment, Upload, UploadState
 from pipeline.ops import events
 
 
@@ -49,3 +49,24 @@ def export_run_changed(definition: ExportDefinition, run: ExportRun) -> None:
 def report_events(out: list[events.Event]) -> None:
     """report.status_changed (and any other radiology-report events) after the commit."""
     events.publish_safely(_bus(), out)
+
+
+def comment_created(comment: ReportComment, notices: list[Notification]) -> None:
+    """comment.created, then notification.created for each recipient, in one publish call."""
+    out = [events.comment_created(comment.facility_id, comment.report_id, comment.id,
+                                  comment.author_id, comment.version)]
+    out += [notice_event(n) for n in notices]
+    events.publish_safely(_bus(), out)
+
+
+def notice_event(notice: Notification) -> events.Event:
+    ids = {k: v for k, v in (("report_id", notice.report_id), ("comment_id", notice.comment_id),
+                             ("consult_id", notice.consult_id)) if v is not None}
+    return events.notification(notice.facility_id, notice.kind, notification_id=notice.id,
+                               user_id=notice.user_id, **ids)
+
+
+def notices(rows: list[Notification]) -> None:
+    """notification.created for rows the request committed."""
+    if rows:
+        events.publish_safely(_bus(), [notice_event(n) for n in rows])
