@@ -13,6 +13,7 @@ from api.dashboard import forecast as dashboard_forecast
 from api.dashboard import pages as dashboard
 from api.delivery import deliveries
 from api.editing import study_organisation, templates
+from api.events import history as event_history
 from api.exports import reports
 from api.forecasting import forecasts
 from api.http import errors, health, observability
@@ -24,6 +25,7 @@ from config import Settings, load_settings
 from config.logging import configure_logging
 from pipeline.db.engine import make_engine, make_session_factory
 from pipeline.db.migrate import SchemaGuard
+from pipeline.ops import outbox
 from pipeline.ops.telemetry import Telemetry
 from pipeline.storage import ObjectStore, open_store
 from pipeline.storage.byte_cache import ByteCache, CachedStore
@@ -74,6 +76,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         limiter=RateLimiter(dict(settings.rate_limits), settings.redis_url),
         telemetry=Telemetry(settings.redis_url),
     )
+    # Events a request wrote into its transaction go out right after its commit (the outbox).
+    outbox.relay_after_commit(app.extensions["relaypacs"].session_factory, outbox.process_relay(
+        engine, settings.redis_url, settings.events_amqp_url, settings.events_amqp_exchange).kick)
 
     @app.teardown_request
     def _close_session(_exc: BaseException | None) -> None:
@@ -116,5 +121,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(forecasts.blueprint, url_prefix="/api/v1/forecasts")
     app.register_blueprint(reports.blueprint, url_prefix="/api/v1/reports")
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
+    app.register_blueprint(event_history.blueprint, url_prefix="/api/v1/events")
     app.add_template_global(dashboard_forecast.facility_forecast, "facility_forecast")
     return app

@@ -27,6 +27,7 @@ TASK_MODULES = (
     "workers.analytics",
     "workers.exports",
     "workers.liveness",
+    "workers.event_outbox",
 )
 app.conf.imports = list(TASK_MODULES)
 

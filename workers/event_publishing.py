@@ -1,55 +1,41 @@
-"""Events that workers publish after their commits (pipeline/ops/events.py has the contract)."""
+"""Events of worker tasks, written into the task's own transaction (the outbox; the relay in
+pipeline/ops/outbox.py publishes them after the commit)."""
 
 from __future__ import annotations
 
-import logging
+from sqlalchemy.orm import Session
 
 from pipeline.delivery.forwarding import ForwardResult
 from pipeline.models import ReportDefinition, ReportRun, Study
-from pipeline.ops import events
-from workers import runtime
-
-log = logging.getLogger(__name__)
+from pipeline.ops import events, outbox
 
 
-def bus() -> events.EventBus:
-    return events.event_bus(runtime.settings().redis_url)
-
-
-def study_forwarded(study_id: int, destination_id: int, result: ForwardResult) -> None:
-    """study.forwarded after a forwarding run that changed something; never raises."""
+def study_forwarded(session: Session, study_id: int, destination_id: int, result: ForwardResult) -> None:
+    """study.forwarded for a forwarding run that changed something, and notification.created
+    for dead letters, committed with the run's last ledger writes."""
     if not (result.delivered or result.failed):
         return
-    try:
-        with runtime.session_scope() as session:
-            study = session.get(Study, study_id)
-            facility_id = study.facility_id if study else None
-        if facility_id is None:
-            return
-        out = [events.study_forwarded(facility_id, study_id, destination_id, delivered=result.delivered,
-                                      failed=result.failed, deferred=result.deferred)]
-        if result.failed:  # dead letters: someone has to look at the destination or the data
-            out.append(events.notification(facility_id, events.NOTIFY_DEAD_LETTER, study_id=study_id,
-                                           destination_id=destination_id, failed=result.failed))
-        events.publish_safely(bus(), out)
-    except Exception as exc:  # noqa: BLE001 - the forwarding is committed; the event is a courtesy
-        log.warning("study.forwarded not published: %s", type(exc).__name__)
+    study = session.get(Study, study_id)
+    if study is None:
+        return
+    out = [events.study_forwarded(study.facility_id, study_id, destination_id, delivered=result.delivered,
+                                  failed=result.failed, deferred=result.deferred)]
+    if result.failed:  # dead letters: someone has to look at the destination or the data
+        out.append(events.notification(study.facility_id, events.NOTIFY_DEAD_LETTER, study_id=study_id,
+                                       destination_id=destination_id, failed=result.failed))
+    outbox.record(session, out)
 
 
-def report_run_changed(run_id: int) -> None:
-    """report.status_changed for the run's committed state (and notification.created when
-    it mailed its recipients just now or failed for good); never raises."""
-    try:
-        with runtime.session_scope() as session:
-            run = session.get(ReportRun, run_id)
-            definition = session.get(ReportDefinition, run.report_id) if run else None
-            if run is None or definition is None:
-                return
-            # deliver() stamps notified_at and finished_at with the same moment when it mails.
-            notified_now = run.notified_at is not None and run.notified_at == run.finished_at
-            out = events.report_run_events(definition.facility_id, definition.id, run.id, run.state,
-                                           recipients_notified=len(run.recipients_notified or []),
-                                           notified_now=notified_now)
-        events.publish_safely(bus(), out)
-    except Exception as exc:  # noqa: BLE001 - the run is committed; the event is a courtesy
-        log.warning("report.status_changed not published: %s", type(exc).__name__)
+def report_run_changed(session: Session, run_id: int) -> None:
+    """report.status_changed for the run's state in this transaction (and notification.created
+    when it mailed its recipients just now or failed for good)."""
+    session.flush()
+    run = session.get(ReportRun, run_id)
+    definition = session.get(ReportDefinition, run.report_id) if run else None
+    if run is None or definition is None:
+        return
+    # deliver() stamps notified_at and finished_at with the same moment when it mails.
+    notified_now = run.notified_at is not None and run.notified_at == run.finished_at
+    outbox.record(session, events.report_run_events(
+        definition.facility_id, definition.id, run.id, run.state,
+        recipients_notified=len(run.recipients_notified or []), notified_now=notified_now))

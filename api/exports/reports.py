@@ -154,8 +154,8 @@ def run_now(report_id: int):  # noqa: ANN201
     run = report_runs.run_now(db(), definition, utcnow())
     audit.record(db(), actor(), "report.run_requested", target=f"report:{report_id}",
                  detail={"run_id": run.id})
+    report_run_changed(db(), definition, run)  # committed with the run (the outbox)
     db().commit()
-    report_run_changed(definition, run)  # before the worker can move it on to "working"
     chains.enqueue_export_run(run.id)  # after the commit: the worker must find the row
     response = jsonify(run_json(run))
     response.status_code = 202
@@ -188,8 +188,8 @@ def replay(report_id: int, run_id: int):  # noqa: ANN201
     report_runs.replay(db(), run, utcnow())
     audit.record(db(), actor(), "report.run_replayed", target=f"report:{report_id}",
                  detail={"run_id": run_id})
+    report_run_changed(db(), db().get_one(ReportDefinition, report_id), run)  # committed with the run
     db().commit()
-    report_run_changed(db().get_one(ReportDefinition, report_id), run)
     chains.enqueue_export_run(run_id)
     response = jsonify(run_json(run))
     response.status_code = 202
