@@ -16,6 +16,7 @@ from api.editing import study_organisation, templates
 from api.events import history as event_history
 from api.exports import reports
 from api.forecasting import forecasts
+from api.graphql import view as graphql_view
 from api.http import errors, health, observability
 from api.http.context import Resources
 from api.http.limits import RateLimiter
@@ -122,5 +123,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(reports.blueprint, url_prefix="/api/v1/reports")
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
     app.register_blueprint(event_history.blueprint, url_prefix="/api/v1/events")
+    app.register_blueprint(graphql_view.blueprint, url_prefix="/api/v1/graphql")
     app.add_template_global(dashboard_forecast.facility_forecast, "facility_forecast")
     return app

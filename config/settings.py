@@ -150,6 +150,9 @@ class Settings:
     events_amqp_exchange: str = "relaypacs.events"
     events_retention_days: int = 8
     events_relay_poll_seconds: float = 1.0
+    # GraphQL introspection (the schema's self-description) is off unless turned on: a
+    # production API need not hand its map to every token holder; development turns it on.
+    graphql_introspection: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -316,4 +319,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             env, "RELAYPACS_EVENTS_RETENTION_DAYS", Settings.events_retention_days)),
         events_relay_poll_seconds=_float(
             env, "RELAYPACS_EVENTS_RELAY_POLL_SECONDS", Settings.events_relay_poll_seconds),
+        graphql_introspection=env.get("RELAYPACS_GRAPHQL_INTROSPECTION", "").lower() in ("1", "true", "yes"),
     )
