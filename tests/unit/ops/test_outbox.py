@@ -179,3 +179,26 @@ def test_history_route_pages_in_order_and_keeps_to_the_facility(client, session,
     bad = client.get("/api/v1/events/history?after=1;drop", headers={"Authorization": f"Bearer {token}"})
     assert bad.status_code == 400 and "error" in bad.get_json()
     assert client.get("/api/v1/events/history").status_code == 401
+
+
+def test_events_relay_command_sweeps_what_writers_left(tmp_path, monkeypatch):
+    """A process that died after its commit never woke its relay: `relaypacs events-relay`
+    publishes its events."""
+    from click.testing import CliRunner
+    from sqlalchemy.orm import Session
+
+    from api.cli.services import events_relay
+
+    url = f"sqlite:///{tmp_path / 'orphans.sqlite'}"
+    engine = make_engine(url)
+    OutboxEvent.__table__.create(engine)
+    with Session(engine) as session:  # not a factory with the after-commit relay: nobody kicks
+        outbox.record(session, [_event(upload="orphan-1"), _event(upload="orphan-2")])
+        session.commit()
+    monkeypatch.setenv("RELAYPACS_DATABASE_URL", url)
+    monkeypatch.setenv("RELAYPACS_VAR_DIR", str(tmp_path))
+    monkeypatch.delenv("RELAYPACS_REDIS_URL", raising=False)
+    monkeypatch.delenv("RELAYPACS_EVENTS_AMQP_URL", raising=False)
+    result = CliRunner().invoke(events_relay, ["--once"])
+    assert result.exit_code == 0 and "2 events published" in result.output, result.output
+    assert CliRunner().invoke(events_relay, ["--once"]).output.startswith("0 events")
