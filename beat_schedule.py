@@ -43,8 +43,8 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 3600.0,
         "options": {"expires": 3500},
     },
-    # Scheduled exports: schedules live in report_definitions; this tick creates
-    # the due runs (unique per report and slot, so a second beat is harmless).
+    # Scheduled exports: schedules live in export_definitions; this tick creates
+    # the due runs (unique per export and slot, so a second beat is harmless).
     "exports-dispatch-due": {
         "task": "exports.dispatch_due",
         "schedule": 60.0,
@@ -86,5 +86,12 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "task": "storage.replicate",
         "schedule": 3600.0,
         "options": {"expires": 3500},
+    },
+    # Radiology reports back from the PACS: each minute, each DICOMweb destination is asked
+    # about its due delivered studies (schedule and backoff: pipeline/reports/poll.py).
+    "reports-poll-pacs": {
+        "task": "reports.poll_pacs",
+        "schedule": 60.0,
+        "options": {"expires": 55},
     },
 }

@@ -14,7 +14,7 @@ from api.dashboard import pages as dashboard
 from api.delivery import deliveries
 from api.editing import study_organisation, templates
 from api.events import history as event_history
-from api.exports import reports
+from api.exports import definitions as exports
 from api.forecasting import forecasts
 from api.graphql import view as graphql_view
 from api.http import errors, health, observability
@@ -22,6 +22,8 @@ from api.http.context import Resources
 from api.http.limits import RateLimiter
 from api.intake import batches, conflicts, files
 from api.lifecycle import storage as storage_api
+from api.reports import pages as report_pages
+from api.reports import reports as radiology_reports
 from config import Settings, load_settings
 from config.logging import configure_logging
 from pipeline.db.engine import make_engine, make_session_factory
@@ -120,7 +122,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(sign_in.blueprint)
     app.register_blueprint(analytics.blueprint, url_prefix="/api/v1/analytics")
     app.register_blueprint(forecasts.blueprint, url_prefix="/api/v1/forecasts")
-    app.register_blueprint(reports.blueprint, url_prefix="/api/v1/reports")
+    app.register_blueprint(exports.blueprint, url_prefix="/api/v1/exports")
+    app.register_blueprint(radiology_reports.blueprint, url_prefix="/api/v1/reports")
+    app.register_blueprint(report_pages.blueprint, url_prefix="/reports")
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
     app.register_blueprint(event_history.blueprint, url_prefix="/api/v1/events")
     app.register_blueprint(graphql_view.blueprint, url_prefix="/api/v1/graphql")

@@ -14,6 +14,8 @@ TASK_ROUTES = {
     "storage.*": {"queue": "storage"},
     "analytics.*": {"queue": "analytics"},
     "exports.*": {"queue": "exports"},
+    # The report poll talks to the PACS over HTTP, like forwarding: the pacs pool runs it.
+    "reports.*": {"queue": "pacs"},
     # The canary sender; each canary itself is sent to the queue it tests.
     "health.*": {"queue": "intake"},
     # Outbox housekeeping (a bounded delete an hour): light, beside the canary sender.

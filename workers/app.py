@@ -25,6 +25,7 @@ TASK_MODULES = (
     "workers.pacs",
     "workers.storage",
     "workers.analytics",
+    "workers.reports",
     "workers.exports",
     "workers.liveness",
     "workers.event_outbox",

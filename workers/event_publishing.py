@@ -6,13 +6,13 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from pipeline.delivery.forwarding import ForwardResult
-from pipeline.models import ReportDefinition, ReportRun, Study
+from pipeline.models import ExportDefinition, ExportRun, Study
 from pipeline.ops import events, outbox
 
 
 def study_forwarded(session: Session, study_id: int, destination_id: int, result: ForwardResult) -> None:
-    """study.forwarded for a forwarding run that changed something, and notification.created
-    for dead letters, committed with the run's last ledger writes."""
+    """study.forwarded for a forwarding run that changed something, and the dead letters'
+    event, committed with the run's last ledger writes."""
     if not (result.delivered or result.failed):
         return
     study = session.get(Study, study_id)
@@ -21,21 +21,25 @@ def study_forwarded(session: Session, study_id: int, destination_id: int, result
     out = [events.study_forwarded(study.facility_id, study_id, destination_id, delivered=result.delivered,
                                   failed=result.failed, deferred=result.deferred)]
     if result.failed:  # dead letters: someone has to look at the destination or the data
-        out.append(events.notification(study.facility_id, events.NOTIFY_DEAD_LETTER, study_id=study_id,
-                                       destination_id=destination_id, failed=result.failed))
+        out.append(events.dead_lettered(study.facility_id, study_id, destination_id, result.failed))
     outbox.record(session, out)
 
 
-def report_run_changed(session: Session, run_id: int) -> None:
-    """report.status_changed for the run's state in this transaction (and notification.created
+def export_run_changed(session: Session, run_id: int) -> None:
+    """export.run_state_changed for the run's state in this transaction (and export.notification
     when it mailed its recipients just now or failed for good)."""
     session.flush()
-    run = session.get(ReportRun, run_id)
-    definition = session.get(ReportDefinition, run.report_id) if run else None
+    run = session.get(ExportRun, run_id)
+    definition = session.get(ExportDefinition, run.export_id) if run else None
     if run is None or definition is None:
         return
     # deliver() stamps notified_at and finished_at with the same moment when it mails.
     notified_now = run.notified_at is not None and run.notified_at == run.finished_at
-    outbox.record(session, events.report_run_events(
+    outbox.record(session, events.export_run_events(
         definition.facility_id, definition.id, run.id, run.state,
         recipients_notified=len(run.recipients_notified or []), notified_now=notified_now))
+
+
+def report_events(session: Session, out: list[events.Event]) -> None:
+    """report.status_changed events of the report poll, in its transaction."""
+    outbox.record(session, out)

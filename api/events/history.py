@@ -2,8 +2,8 @@
 for debugging and for consumers that were away longer than the Redis stream's window.
 
 Ids are the ones the live stream sends (``<ms>-<seq>``, pipeline/ops/outbox.py), in order, so a
-consumer pages with the last id it saw. Scoped like every read: a user sees their facility's
-events, an admin every facility's.
+consumer pages with the last id it saw. Scoped like every read: a user sees the events of the
+facilities they may read (``readable_facility_ids``), an admin every facility's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from api.http.auth import current_user, require
 from api.http.context import db
 from api.http.errors import ApiError
 from api.http.openapi import operation
-from pipeline.models import Role
+from pipeline.accounts.scoping import readable_facility_ids
 from pipeline.ops import outbox
 
 blueprint = Blueprint("event_history", __name__)
@@ -35,9 +35,9 @@ def history():  # noqa: ANN201
     after = outbox.parse_id(query.after)
     if after is None:
         raise ApiError(400, "after must be an event id like 1711111111111-0")
-    user = current_user()
+    # Admins every facility; radiologists the facilities they serve; anyone else their own.
     rows = outbox.history(db(), after=after, limit=query.limit + 1,
-                          facility_id=None if user.role == Role.ADMIN else user.facility_id)
+                          facility_ids=readable_facility_ids(db(), current_user()))
     page = rows[:query.limit]
     last = outbox.format_id(page[-1].position) if page else query.after  # type: ignore[arg-type]
     return jsonify({"events": [outbox.envelope(r) for r in page], "after": last,

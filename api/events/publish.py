@@ -11,7 +11,7 @@ import dataclasses
 
 from sqlalchemy.orm import Session
 
-from pipeline.models import ReportDefinition, ReportRun, Upload, UploadState
+from pipeline.models import ExportDefinition, ExportRun, Upload, UploadState
 from pipeline.ops import events, outbox
 
 
@@ -40,8 +40,13 @@ def chunk_recorded(session: Session, upload: Upload) -> None:
     outbox.record(session, _chunk_events(upload))
 
 
-def report_run_changed(session: Session, definition: ReportDefinition, run: ReportRun) -> None:
-    """report.status_changed for a run the API queued (run now, replay)."""
+def export_run_changed(session: Session, definition: ExportDefinition, run: ExportRun) -> None:
+    """export.run_state_changed for a run the API queued (run now, replay)."""
     session.flush()  # the run's id
-    outbox.record(session, events.report_status_changed(definition.facility_id, definition.id,
-                                                        run.id, run.state))
+    outbox.record(session, events.export_run_state_changed(definition.facility_id, definition.id,
+                                                           run.id, run.state))
+
+
+def report_events(session: Session, out: list[events.Event]) -> None:
+    """report.status_changed (and any other radiology-report events), in the change's transaction."""
+    outbox.record(session, out)

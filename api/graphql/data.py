@@ -22,6 +22,7 @@ from pipeline.models import (
     Destination,
     Facility,
     Instance,
+    RadiologyReport,
     Study,
     Upload,
     User,
@@ -31,11 +32,13 @@ from pipeline.models import (
 @dataclass(frozen=True)
 class Scope:
     user_id: int
-    facility_id: int | None  # None: an admin, every facility
+    # pipeline.accounts.scoping.readable_facility_ids: the user's facility (and, for readers,
+    # the facilities they serve); None for admins, every facility.
+    facility_ids: frozenset[int] | None
 
 
 def _scoped(query: Select, column, scope: Scope) -> Select:  # noqa: ANN001
-    return query if scope.facility_id is None else query.where(column == scope.facility_id)
+    return query if scope.facility_ids is None else query.where(column.in_(sorted(scope.facility_ids)))
 
 
 def by_ids(session: Session, scope: Scope, model, ids: Sequence) -> list:  # noqa: ANN001
@@ -136,3 +139,15 @@ def deliveries_of_studies(session: Session, scope: Scope,
 
 def users_by_id(session: Session, scope: Scope, ids: Sequence[int]) -> list[User | None]:
     return by_ids(session, scope, User, ids)
+
+
+def reports_of_studies(session: Session, scope: Scope,
+                       study_ids: Sequence[int]) -> list[list[RadiologyReport]]:
+    """Per study: its current radiology reports (superseded versions left out), newest first."""
+    query = (select(RadiologyReport).where(RadiologyReport.study_id.in_(list(set(study_ids))),
+                                           RadiologyReport.superseded_by_id.is_(None))
+             .order_by(RadiologyReport.study_id, RadiologyReport.id.desc()))
+    grouped: dict[int, list[RadiologyReport]] = defaultdict(list)
+    for report in session.scalars(_scoped(query, RadiologyReport.facility_id, scope)):
+        grouped[report.study_id].append(report)
+    return [grouped[s] for s in study_ids]

@@ -5,8 +5,8 @@ Field names are the REST ones (snake_case, ``auto_camel_case`` off). No patient 
 no file names (a file name can be a patient's name): ids, states, counts and DICOM UIDs.
 Every relation resolves through the request's DataLoaders (``Loaders``), made per request
 so no cache outlives it or crosses users, and every loader reads through data.py, which
-filters on the caller's facility in SQL. Radiology reports, comments, consults and
-notifications hang off ``Study`` and ``Dashboard`` once those models exist (see README).
+filters on the caller's readable facilities in SQL. Radiology reports hang off ``Study``;
+comments, consults and notifications join them once those models are merged (see README).
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class Loaders:
         self.studies_of_batch = batched(data.studies_of_batches)
         self.delivery_status = batched(data.delivery_status_of_studies)
         self.deliveries = batched(data.deliveries_of_studies)
+        self.reports = batched(data.reports_of_studies)
 
 
 @dataclass
@@ -115,6 +116,28 @@ class Delivery:
 
 
 @strawberry.type
+class RadiologyReport:
+    """A radiology report of a study (REST: /api/v1/reports/ID). Its text is not here: it is
+    free text that can name the patient; ``original_url`` is the document (PDF or DICOM)."""
+
+    id: int
+    study_id: int
+    facility_id: int
+    status: str
+    source: str
+    content_type: str
+    has_original: bool
+    predecessor_id: int | None
+    document_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @strawberry.field(description="the original document (GET, audited); null when there is none")
+    def original_url(self) -> str | None:
+        return f"/api/v1/reports/{self.id}/original" if self.has_original else None
+
+
+@strawberry.type
 class Study:
     id: int
     facility_id: int
@@ -129,6 +152,14 @@ class Study:
     async def delivery_status(self, info: Info) -> list[DeliveryStatus]:
         counts = await _ctx(info).loaders.delivery_status.load(self.id)
         return [DeliveryStatus(destination=c.destination, state=c.state, count=c.count) for c in counts]
+
+    @strawberry.field(description="the study's current radiology reports, newest first")
+    async def reports(self, info: Info) -> list[RadiologyReport]:
+        return [RadiologyReport(id=r.id, study_id=r.study_id, facility_id=r.facility_id, status=str(r.status),
+                                source=str(r.source), content_type=r.content_type,
+                                has_original=r.object_key is not None, predecessor_id=r.predecessor_id,
+                                document_at=r.document_at, created_at=r.created_at, updated_at=r.updated_at)
+                for r in await _ctx(info).loaders.reports.load(self.id)]
 
     @strawberry.field
     async def deliveries(self, info: Info, limit: int = 20) -> list[Delivery]:
@@ -288,12 +319,14 @@ class Query:
 def make_schema(*, introspection: bool) -> strawberry.Schema:
     """The schema with its limits: depth, aliases and tokens are checked before execution
     (a refused query is a GraphQL error, never a 500); every list is capped at MAX_PAGE."""
+    # Factories, not instances: each request gets its own extension objects (the API serves
+    # requests on several threads at once).
     extensions: list = [
-        QueryDepthLimiter(max_depth=MAX_DEPTH),
-        MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
-        MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
     ]
     if not introspection:
-        extensions.append(DisableIntrospection())
+        extensions.append(DisableIntrospection)
     return strawberry.Schema(query=Query, extensions=extensions,
                              config=StrawberryConfig(auto_camel_case=False))

@@ -24,7 +24,7 @@ from api.http.auth import current_user, require
 from api.http.context import db, resources
 from api.http.errors import ApiError
 from api.http.openapi import STANDARD_ERRORS, operation
-from pipeline.models import Role
+from pipeline.accounts.scoping import readable_facility_ids
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("graphql", __name__)
@@ -76,7 +76,7 @@ def graphql():  # noqa: ANN201
     body: GraphQLRequest = g.body
     user = current_user()
     session = db()
-    scope = data.Scope(user_id=user.id, facility_id=None if user.role == Role.ADMIN else user.facility_id)
+    scope = data.Scope(user_id=user.id, facility_ids=readable_facility_ids(session, user))
     # New loaders for every request: a DataLoader's cache must never serve another caller.
     context = Context(session=session, scope=scope, user=user, loaders=Loaders(session, scope))
     result = asyncio.run(_schema().execute(body.query, variable_values=body.variables,

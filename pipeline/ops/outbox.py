@@ -374,16 +374,18 @@ def run_forever(relay: Relay, *, poll_seconds: float = 1.0, stop: threading.Even
             stop.wait(poll_seconds)
 
 
-def history(session: Session, *, after: int, limit: int, facility_id: int | None,
-            before: int | None = None) -> list[OutboxEvent]:
-    """Positioned events after ``after`` (and below ``before``) in order; ``facility_id``
-    None means every facility."""
+def history(session: Session, *, after: int, limit: int, facility_id: int | None = None,
+            before: int | None = None, facility_ids: frozenset[int] | None = None) -> list[OutboxEvent]:
+    """Positioned events after ``after`` (and below ``before``) in order, of ``facility_id``
+    or of ``facility_ids`` (neither: every facility)."""
     query = (select(OutboxEvent).where(OutboxEvent.position > after)
              .order_by(OutboxEvent.position).limit(limit))
     if before is not None:
         query = query.where(OutboxEvent.position < before)
     if facility_id is not None:
         query = query.where(OutboxEvent.facility_id == facility_id)
+    if facility_ids is not None:
+        query = query.where(OutboxEvent.facility_id.in_(sorted(facility_ids)))
     return list(session.scalars(query))
 
 

@@ -8,12 +8,13 @@ from click.testing import CliRunner
 
 from api.cli import main
 
-TOP_LEVEL = {"api", "worker", "beat", "events", "events-relay", "scp", "db", "users", "destinations", "deliveries",
-             "routes", "storage", "forecast", "upload", "demo", "scp-callers"}
+TOP_LEVEL = {"api", "worker", "beat", "events", "events-relay", "scp", "db", "users", "destinations",
+             "deliveries", "routes", "storage", "forecast", "upload", "demo", "scp-callers"}
 
 GROUPS = {
     "db": {"upgrade"},
-    "users": {"create", "revoke", "rotate", "set-password", "disable", "enable"},
+    "users": {"create", "revoke", "rotate", "set-password", "disable", "enable", "roles", "assign",
+              "unassign"},
     "destinations": {"add", "list", "rotate-key", "new-key"},
     "scp-callers": {"add", "list", "remove"},
     "deliveries": {"list", "retry"},

@@ -17,6 +17,7 @@ from pipeline.models import (
     Delivery,
     Destination,
     Instance,
+    RadiologyReport,
     Series,
     Study,
     Upload,
@@ -28,7 +29,8 @@ query Dashboard($n: Int!) {
   dashboard(limit: $n) {
     user { id email role facility { id name } }
     uploads { id state offset length batch { id label state }
-              study { id study_instance_uid modality delivery_status { destination state count } } }
+              study { id study_instance_uid modality delivery_status { destination state count }
+                      reports { id status source original_url } } }
     batches { id state studies { id modality delivery_status { destination state count }
                                  deliveries(limit: 3) { destination state attempts } } }
   }
@@ -69,6 +71,9 @@ def seed(session, token: str, files: int) -> dict:  # noqa: ANN001
         session.flush()
         session.add(Delivery(instance_id=instance.id, destination_id=destination.id, study_id=study.id,
                              batch_id=batch.id, state="delivered", attempts=1))
+        session.add(RadiologyReport(facility_id=user.facility_id, study_id=study.id, source="manual",
+                                    study_instance_uid=study.study_instance_uid, status="final",
+                                    text="DOE^JOHN: no acute findings", text_sha256="0" * 64))
         made["studies"].append(study.id)
     session.commit()
     return made
@@ -105,12 +110,14 @@ def test_the_dashboard_in_one_request_and_constant_statements(client, session, m
         assert "errors" not in body
         dash = body["data"]["dashboard"]
         assert len(dash["uploads"]) == n and len(dash["batches"]) == min(n, 6)
+        assert all([(r["status"], r["original_url"]) for r in u["study"]["reports"]] == [("final", None)]
+                   for u in dash["uploads"])
         statuses = [u["study"]["delivery_status"] for u in dash["uploads"]]
         assert all([(s["state"], s["count"]) for s in status] == [("delivered", 1)] for status in statuses)
         counts[n] = len(count_statements)
     assert counts[5] == counts[50], (counts, count_statements)
     assert counts[50] <= 12  # auth + two lists + one statement per relation, whatever the page
-    assert "DOE" not in answer.get_data(as_text=True)  # no file names (nor patient names)
+    assert "DOE" not in answer.get_data(as_text=True)  # no file names, no report text (names in both)
 
 
 def test_another_facilitys_ids_answer_like_missing_ones(client, session, make_token):

@@ -1,0 +1,257 @@
+"""Radiology reports at volume, on PostgreSQL (and, for the poll, a real Orthanc).
+
+1. 100,000 reports over 50 facilities (2,000 delivered studies each, one uploader per facility):
+   the listing (a clinician's page of 50) and one report with its history, P95 over repeated
+   requests through the API (Flask test client: auth, scoping, JSON) and at the query level,
+   against the same answers computed row by row as lazy loading does (one query per related
+   row: study, first instance, batch, uploader, author, history), as a ratio. The same dicts
+   come out of both (checked).
+2. The report poll over 10,000 delivered studies (``BENCH_REPORT_POLL_STUDIES``) held by
+   Orthanc (one CT instance each, 1% with an SR): studies checked per second, rounds of 500.
+
+Run: flock /tmp/relaypacs-bench.lock .venv/bin/python -m pytest -m bench tests/bench/test_bench_reports.py -s
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select, text
+
+from tests.bench.helpers import percentile
+
+pytestmark = [pytest.mark.bench, pytest.mark.integration]
+FACILITIES = 50
+PER_FACILITY = 2_000
+REPEATS = 200
+POLL_STUDIES = int(os.environ.get("BENCH_REPORT_POLL_STUDIES", "10000"))
+
+
+@pytest.fixture(scope="module")
+def reports_database() -> Iterator[str]:
+    from pipeline.db.migrate import upgrade_database
+    from tests.integration.services import create_database, database_url, drop_database, ensure_postgres
+
+    ensure_postgres()
+    name = create_database("relaypacs_bench_reports_")
+    try:
+        url = database_url(name)
+        upgrade_database(url)
+        yield url
+    finally:
+        drop_database(name)
+
+
+def _lazy_row(session, report) -> dict:  # noqa: ANN001
+    """One listing row as lazy loading builds it: each related row its own query."""
+    from pipeline.models import Batch, Facility, Instance, Study, User
+    from pipeline.reports import listing
+
+    study = session.get(Study, report.study_id)
+    facility = session.get(Facility, report.facility_id)
+    first = session.scalars(
+        select(Instance).where(Instance.study_id == study.id).order_by(Instance.id).limit(1)
+    ).first()
+    batch = session.get(Batch, first.batch_id) if first else None
+    uploader = session.get(User, batch.user_id) if batch else None
+    author = session.get(User, report.author_id) if report.author_id else None
+
+    class Row(tuple):
+        pass
+
+    row = Row((report,))
+    row.study_date, row.modality, row.description = study.study_date, study.modality, study.description
+    row.facility_name = facility.name
+    row.author_email = author.email if author else None
+    row.uploader_id = uploader.id if uploader else None
+    row.uploader_email = uploader.email if uploader else None
+    for name in listing.ROW_COUNTS:
+        setattr(row, name, 0)
+    return listing.row_dict(row)
+
+
+def _lazy_list(session, facility_ids, limit=50) -> list[dict]:  # noqa: ANN001
+    from pipeline.models import RadiologyReport
+
+    reports = session.scalars(
+        select(RadiologyReport)
+        .where(RadiologyReport.facility_id.in_(facility_ids), RadiologyReport.superseded_by_id.is_(None))
+        .order_by(RadiologyReport.id.desc())
+        .limit(limit)
+    ).all()
+    return [_lazy_row(session, r) for r in reports]
+
+
+def _lazy_detail(session, report_id: int) -> dict:  # noqa: ANN001
+    from pipeline.models import RadiologyReport, ReportStatusChange, User
+
+    report = session.get(RadiologyReport, report_id)
+    out = _lazy_row(session, report)
+    out["text"], out["text_sha256"] = report.text, report.text_sha256
+    history = []
+    for change in session.scalars(
+        select(ReportStatusChange)
+        .where(ReportStatusChange.report_id == report_id)
+        .order_by(ReportStatusChange.id)
+    ):
+        by = session.get(User, change.by_user_id) if change.by_user_id else None
+        history.append(
+            {
+                "from": change.from_status,
+                "to": change.to_status,
+                "at": change.at.isoformat(),
+                "by": {"id": by.id, "email": by.email} if by else None,
+                "reason": change.reason,
+            }
+        )
+    out["history"] = history
+    return out
+
+
+def _p95_ms(action, repeats: int = REPEATS) -> float:  # noqa: ANN001
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        times.append((time.perf_counter() - start) * 1000)
+    return round(percentile(times, 95), 2)
+
+
+def test_bench_listing_and_one_report_over_100k(reports_database, tmp_path, bench_results):
+    from api import create_app
+    from config import load_settings
+    from pipeline.accounts.users import create_user
+    from pipeline.db.engine import make_engine, make_session_factory
+    from pipeline.reports import listing
+    from tests.report_seed import delivered_studies, destination, reports_for
+
+    engine = make_engine(reports_database)
+    session = make_session_factory(engine)()
+    seed_start = time.perf_counter()
+    dest = destination(session, "bench-pacs")
+    tokens, facility_ids, report_ids = [], [], []
+    for f in range(FACILITIES):
+        uploader, _ = create_user(session, f"up{f}@bench.test", f"Bench {f:02d}", "uploader")
+        _, token = create_user(session, f"clin{f}@bench.test", f"Bench {f:02d}", "clinician")
+        tokens.append(token)
+        facility_ids.append(uploader.facility_id)
+        studies = delivered_studies(session, uploader.facility_id, uploader.id, dest.id, PER_FACILITY)
+        report_ids.extend(reports_for(session, studies, dest.id))
+        session.commit()
+    session.execute(text("ANALYZE"))
+    session.commit()
+    seed_seconds = time.perf_counter() - seed_start
+    assert len(report_ids) == FACILITIES * PER_FACILITY
+
+    facility = [facility_ids[17]]
+    one = report_ids[17 * PER_FACILITY + 1234]
+    query = listing.ReportQuery(facility_ids=facility, limit=50)
+    fast_rows = listing.list_reports(session, query)
+    assert fast_rows == _lazy_list(session, facility)  # the same answer both ways
+    fast_detail = listing.report_detail(session, one, facility)
+    assert fast_detail == _lazy_detail(session, one)
+
+    results = {
+        "listing_query_p95_ms": _p95_ms(lambda: listing.list_reports(session, query)),
+        "listing_lazy_p95_ms": _p95_ms(lambda: (session.expunge_all(), _lazy_list(session, facility))),
+        "report_query_p95_ms": _p95_ms(lambda: listing.report_detail(session, one, facility)),
+        "report_lazy_p95_ms": _p95_ms(lambda: (session.expunge_all(), _lazy_detail(session, one))),
+    }
+    settings = load_settings(
+        {
+            "RELAYPACS_DATABASE_URL": reports_database,
+            "RELAYPACS_VAR_DIR": str(tmp_path),
+            "RELAYPACS_BROKER_URL": "memory://",
+        }
+    )
+    client = create_app(settings).test_client()
+    headers = {"Authorization": f"Bearer {tokens[17]}"}
+    assert client.get("/api/v1/reports", headers=headers).get_json()["reports"] == fast_rows
+    results["listing_api_p95_ms"] = _p95_ms(lambda: client.get("/api/v1/reports", headers=headers))
+    results["report_api_p95_ms"] = _p95_ms(lambda: client.get(f"/api/v1/reports/{one}", headers=headers))
+    results["listing_speedup_vs_lazy"] = round(
+        results["listing_lazy_p95_ms"] / results["listing_query_p95_ms"], 1
+    )
+    results["report_speedup_vs_lazy"] = round(
+        results["report_lazy_p95_ms"] / results["report_query_p95_ms"], 1
+    )
+    results.update(
+        reports=len(report_ids),
+        facilities=FACILITIES,
+        seed_seconds=round(seed_seconds, 1),
+        load_avg=[round(v, 2) for v in os.getloadavg()],
+    )
+    bench_results["reports_listing"] = results
+    print("\nreports listing:", results)
+    session.close()
+    engine.dispose()
+    assert results["listing_api_p95_ms"] < 20 and results["report_api_p95_ms"] < 20, results
+
+
+def test_bench_report_poll_studies_per_second(reports_database, orthanc, tmp_path, bench_results):
+    from pydicom.uid import generate_uid
+
+    from pipeline.accounts.users import create_user
+    from pipeline.db.engine import make_engine, make_session_factory
+    from pipeline.models import utcnow
+    from pipeline.reports import poll
+    from pipeline.reports.dicomweb import DicomWebReader
+    from pipeline.storage import open_store
+    from tests.report_samples import basic_text_sr
+    from tests.report_seed import delivered_studies, destination
+    from tests.sample_data import synthetic_study
+
+    engine = make_engine(reports_database)
+    session = make_session_factory(engine)()
+    uploader, _ = create_user(session, "poll@bench.test", "Bench Poll", "uploader")
+    dest = destination(session, "bench-poll-orthanc", orthanc.dicomweb_url)
+    uids = [generate_uid() for _ in range(POLL_STUDIES)]
+    store_start = time.perf_counter()
+    batch: list[bytes] = []
+    with_reports = set(uids[::100])
+    for uid in uids:
+        batch.extend(synthetic_study(1, study_uid=uid))
+        if uid in with_reports:
+            batch.append(basic_text_sr(uid, "Bench finding.")[1])
+        if len(batch) >= 50:
+            assert orthanc.stow(batch).status_code == 200
+            batch = []
+    if batch:
+        assert orthanc.stow(batch).status_code == 200
+    store_seconds = time.perf_counter() - store_start
+    delivered_studies(session, uploader.facility_id, uploader.id, dest.id, POLL_STUDIES, study_uids=uids)
+    session.commit()
+    store = open_store(f"file://{tmp_path / 'objects'}")
+    now = utcnow()
+    checked = read = rounds = 0
+    start = time.perf_counter()
+    while True:
+        result = poll.poll_destination(
+            session, store, dest, lambda d: DicomWebReader(d.options["url"]), now, limit=500
+        )
+        session.commit()
+        rounds += 1
+        checked += result.studies_checked
+        read += result.documents_read
+        assert result.state == "ok"
+        if not result.more_due:
+            break
+    seconds = time.perf_counter() - start
+    results = {
+        "studies": POLL_STUDIES,
+        "studies_checked": checked,
+        "reports_read": read,
+        "rounds": rounds,
+        "seconds": round(seconds, 1),
+        "studies_per_second": round(checked / seconds, 1),
+        "orthanc_store_seconds": round(store_seconds, 1),
+        "load_avg": [round(v, 2) for v in os.getloadavg()],
+    }
+    bench_results["reports_poll"] = results
+    print("\nreport poll:", results)
+    session.close()
+    engine.dispose()
+    assert checked == POLL_STUDIES and read == len(with_reports)

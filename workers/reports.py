@@ -1,0 +1,38 @@
+"""The report poll's task (routed to the ``pacs`` queue: its pool is the one that talks to the
+PACS, and the task is I/O-bound like forwarding). Beat runs it every minute; each run asks each
+DICOMweb destination about at most ``limit`` due studies (pipeline/reports/poll.py has the
+schedule and the backoff), commits per destination, then publishes report.status_changed.
+
+``now`` (ISO 8601) lets tests and operators poll as of a given time; unset, real time.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pipeline.models import Destination, utcnow
+from pipeline.reports import poll
+from workers import event_publishing, runtime
+from workers.app import app
+
+
+@app.task(name="reports.poll_pacs", acks_late=False, soft_time_limit=240, time_limit=300)
+def poll_pacs(now: str | None = None, limit: int = 500) -> dict:
+    """Not acks_late: a lost tick is the next minute's work. Per destination its own
+    transaction, so one unreachable PACS never holds back the others' reports."""
+    moment = datetime.fromisoformat(now) if now else utcnow()
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    box, store = runtime.secret_box(), runtime.store()
+    with runtime.session_scope() as session:
+        destination_ids = [d.id for d in poll.pollable_destinations(session)]
+    out = {}
+    for destination_id in destination_ids:
+        with runtime.session_scope() as session:
+            destination = session.get_one(Destination, destination_id)
+            result = poll.poll_destination(session, store, destination, lambda d: poll.reader_for(d, box),
+                                           moment, limit)
+            event_publishing.report_events(session, result.events)  # committed with the poll's rows
+        out[destination_id] = {"state": result.state, "skipped": result.skipped,
+                               "studies_checked": result.studies_checked, "documents": result.documents_read,
+                               "more_due": result.more_due}
+    return out
