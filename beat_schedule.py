@@ -26,6 +26,13 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": max(_settings.claim_stale_seconds / 3, 1.0),
         "options": {"expires": max(_settings.claim_stale_seconds / 3, 1.0)},
     },
+    # Sent events older than RELAYPACS_EVENTS_RETENTION_DAYS (at least 7) leave the outbox,
+    # at most 200,000 rows a run in bounded deletes, so a backlog never holds a long lock.
+    "events-prune-outbox": {
+        "task": "events.prune_outbox",
+        "schedule": 3600.0,
+        "options": {"expires": 3500},
+    },
     "send-queue-canaries": {
         "task": "health.send_canaries",
         "schedule": 60.0,

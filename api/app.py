@@ -13,22 +13,25 @@ from api.dashboard import forecast as dashboard_forecast
 from api.dashboard import pages as dashboard
 from api.delivery import deliveries
 from api.editing import study_organisation, templates
+from api.events import history as event_history
 from api.exports import definitions as exports
 from api.forecasting import forecasts
+from api.graphql import view as graphql_view
 from api.http import errors, health, observability
 from api.http.context import Resources
 from api.http.limits import RateLimiter
 from api.intake import batches, conflicts, files
 from api.lifecycle import storage as storage_api
-from api.reports import pages as report_pages
-from api.reports import reports as radiology_reports
 from api.reports import comments as report_comments
 from api.reports import consults as report_consults
 from api.reports import notifications as report_notifications
+from api.reports import pages as report_pages
+from api.reports import reports as radiology_reports
 from config import Settings, load_settings
 from config.logging import configure_logging
 from pipeline.db.engine import make_engine, make_session_factory
 from pipeline.db.migrate import SchemaGuard
+from pipeline.ops import outbox
 from pipeline.ops.telemetry import Telemetry
 from pipeline.storage import ObjectStore, open_store
 from pipeline.storage.byte_cache import ByteCache, CachedStore
@@ -79,6 +82,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         limiter=RateLimiter(dict(settings.rate_limits), settings.redis_url),
         telemetry=Telemetry(settings.redis_url),
     )
+    # Events a request wrote into its transaction go out right after its commit (the outbox).
+    outbox.relay_after_commit(app.extensions["relaypacs"].session_factory, outbox.process_relay(
+        engine, settings.redis_url, settings.events_amqp_url, settings.events_amqp_exchange).kick)
 
     @app.teardown_request
     def _close_session(_exc: BaseException | None) -> None:
@@ -126,5 +132,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(report_consults.blueprint, url_prefix="/api/v1/reports")
     app.register_blueprint(report_notifications.blueprint, url_prefix="/api/v1/notifications")
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
+    app.register_blueprint(event_history.blueprint, url_prefix="/api/v1/events")
+    app.register_blueprint(graphql_view.blueprint, url_prefix="/api/v1/graphql")
     app.add_template_global(dashboard_forecast.facility_forecast, "facility_forecast")
     return app

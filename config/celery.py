@@ -20,6 +20,8 @@ TASK_ROUTES = {
     "consults.*": {"queue": "exports"},
     # The canary sender; each canary itself is sent to the queue it tests.
     "health.*": {"queue": "intake"},
+    # Outbox housekeeping (a bounded delete an hour): light, beside the canary sender.
+    "events.*": {"queue": "intake"},
 }
 
 

@@ -143,6 +143,16 @@ class Settings:
     trusted_proxies: int = 0
     # An open event stream checks this often that its token or session still works.
     events_auth_recheck_seconds: float = 20.0
+    # The event outbox (pipeline/ops/outbox.py): a RabbitMQ topic exchange that also gets every
+    # event when set (amqp://...), how long sent events stay replayable (at least 7 days), and
+    # how often `relaypacs events-relay` sweeps for events a dead process left behind.
+    events_amqp_url: str | None = None
+    events_amqp_exchange: str = "relaypacs.events"
+    events_retention_days: int = 8
+    events_relay_poll_seconds: float = 1.0
+    # GraphQL introspection (the schema's self-description) is off unless turned on: a
+    # production API need not hand its map to every token holder; development turns it on.
+    graphql_introspection: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -303,4 +313,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         trusted_proxies=_int(env, "RELAYPACS_TRUSTED_PROXIES", Settings.trusted_proxies),
         events_auth_recheck_seconds=_float(
             env, "RELAYPACS_EVENTS_AUTH_RECHECK_SECONDS", Settings.events_auth_recheck_seconds),
+        events_amqp_url=env.get("RELAYPACS_EVENTS_AMQP_URL") or None,
+        events_amqp_exchange=env.get("RELAYPACS_EVENTS_AMQP_EXCHANGE") or Settings.events_amqp_exchange,
+        events_retention_days=max(7, _int(
+            env, "RELAYPACS_EVENTS_RETENTION_DAYS", Settings.events_retention_days)),
+        events_relay_poll_seconds=_float(
+            env, "RELAYPACS_EVENTS_RELAY_POLL_SECONDS", Settings.events_relay_poll_seconds),
+        graphql_introspection=env.get("RELAYPACS_GRAPHQL_INTROSPECTION", "").lower() in ("1", "true", "yes"),
     )

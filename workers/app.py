@@ -29,6 +29,7 @@ TASK_MODULES = (
     "workers.exports",
     "workers.liveness",
     "workers.consults",
+    "workers.event_outbox",
 )
 app.conf.imports = list(TASK_MODULES)
 

@@ -7,7 +7,7 @@
 - ``consults.check_due``: reminders of consults due soon, re-offers of overdue ones (beat);
 - ``consults.file_addendum``: the addendum PDF made into a DICOM instance of the study and put
   on the delivery ledger; the forwarding itself is the pacs queue's.
-Thin adapters over pipeline/reports; events after the commits.
+Thin adapters over pipeline/reports; events in the same transactions (the outbox).
 """
 
 from __future__ import annotations
@@ -114,8 +114,9 @@ def check_due(now: str | None = None) -> dict:
     with runtime.session_scope() as session:
         moved = consult_requests.remind_and_reoffer(session, moment)
         summary = [(m.consult.id, m.consult.facility_id, m.from_state, m.to_state) for m in moved]
-        notice_ids = [n.id for m in moved for n in m.notices]
-    event_publishing.notices(notice_ids)
+        notices = [n for m in moved for n in m.notices]
+        event_publishing.notices(session, notices)  # committed with the moves
+        notice_ids = [n.id for n in notices]
     chains.enqueue_notice_mail(notice_ids)
     return {"reminded": sum(1 for _, _, a, b in summary if a == b),
             "reoffered": sum(1 for _, _, a, b in summary if a != b)}

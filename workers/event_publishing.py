@@ -1,80 +1,59 @@
-"""Events that workers publish after their commits (pipeline/ops/events.py has the contract)."""
+"""Events of worker tasks, written into the task's own transaction (the outbox; the relay in
+pipeline/ops/outbox.py publishes them after the commit)."""
 
 from __future__ import annotations
 
-import logging
-
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from pipeline.delivery.forwarding import ForwardResult
 from pipeline.models import ExportDefinition, ExportRun, Notification, Study
-from pipeline.ops import events
-from workers import runtime
-
-log = logging.getLogger(__name__)
+from pipeline.ops import events, outbox
 
 
-def bus() -> events.EventBus:
-    return events.event_bus(runtime.settings().redis_url)
-
-
-def study_forwarded(study_id: int, destination_id: int, result: ForwardResult) -> None:
-    """study.forwarded after a forwarding run that changed something; never raises."""
+def study_forwarded(session: Session, study_id: int, destination_id: int, result: ForwardResult) -> None:
+    """study.forwarded for a forwarding run that changed something, and the dead letters'
+    event, committed with the run's last ledger writes."""
     if not (result.delivered or result.failed):
         return
-    try:
-        with runtime.session_scope() as session:
-            study = session.get(Study, study_id)
-            facility_id = study.facility_id if study else None
-        if facility_id is None:
-            return
-        out = [events.study_forwarded(facility_id, study_id, destination_id, delivered=result.delivered,
-                                      failed=result.failed, deferred=result.deferred)]
-        if result.failed:  # dead letters: someone has to look at the destination or the data
-            out.append(events.dead_lettered(facility_id, study_id, destination_id, result.failed))
-        events.publish_safely(bus(), out)
-    except Exception as exc:  # noqa: BLE001 - the forwarding is committed; the event is a courtesy
-        log.warning("study.forwarded not published: %s", type(exc).__name__)
-
-
-def export_run_changed(run_id: int) -> None:
-    """export.run_state_changed for the run's committed state (and export.notification when
-    it mailed its recipients just now or failed for good); never raises."""
-    try:
-        with runtime.session_scope() as session:
-            run = session.get(ExportRun, run_id)
-            definition = session.get(ExportDefinition, run.export_id) if run else None
-            if run is None or definition is None:
-                return
-            # deliver() stamps notified_at and finished_at with the same moment when it mails.
-            notified_now = run.notified_at is not None and run.notified_at == run.finished_at
-            out = events.export_run_events(definition.facility_id, definition.id, run.id, run.state,
-                                           recipients_notified=len(run.recipients_notified or []),
-                                           notified_now=notified_now)
-        events.publish_safely(bus(), out)
-    except Exception as exc:  # noqa: BLE001 - the run is committed; the event is a courtesy
-        log.warning("export.run_state_changed not published: %s", type(exc).__name__)
-
-
-def report_events(out: list[events.Event]) -> None:
-    """report.status_changed events the report poll returned, after its commit; never raises."""
-    events.publish_safely(bus(), out)
-
-
-def notices(notification_ids: list[int]) -> None:
-    """notification.created for notices a task committed; never raises."""
-    if not notification_ids:
+    study = session.get(Study, study_id)
+    if study is None:
         return
-    try:
-        with runtime.session_scope() as session:
-            rows = session.scalars(select(Notification).where(Notification.id.in_(notification_ids))
-                                   .order_by(Notification.id)).all()
-            out = []
-            for row in rows:
-                ids = {k: v for k, v in (("report_id", row.report_id), ("consult_id", row.consult_id),
-                                         ("comment_id", row.comment_id)) if v is not None}
-                out.append(events.notification(row.facility_id, row.kind, notification_id=row.id,
-                                               user_id=row.user_id, **ids))
-        events.publish_safely(bus(), out)
-    except Exception as exc:  # noqa: BLE001 - the rows are committed; the event is a courtesy
-        log.warning("notification.created not published: %s", type(exc).__name__)
+    out = [events.study_forwarded(study.facility_id, study_id, destination_id, delivered=result.delivered,
+                                  failed=result.failed, deferred=result.deferred)]
+    if result.failed:  # dead letters: someone has to look at the destination or the data
+        out.append(events.dead_lettered(study.facility_id, study_id, destination_id, result.failed))
+    outbox.record(session, out)
+
+
+def export_run_changed(session: Session, run_id: int) -> None:
+    """export.run_state_changed for the run's state in this transaction (and export.notification
+    when it mailed its recipients just now or failed for good)."""
+    session.flush()
+    run = session.get(ExportRun, run_id)
+    definition = session.get(ExportDefinition, run.export_id) if run else None
+    if run is None or definition is None:
+        return
+    # deliver() stamps notified_at and finished_at with the same moment when it mails.
+    notified_now = run.notified_at is not None and run.notified_at == run.finished_at
+    outbox.record(session, events.export_run_events(
+        definition.facility_id, definition.id, run.id, run.state,
+        recipients_notified=len(run.recipients_notified or []), notified_now=notified_now))
+
+
+def report_events(session: Session, out: list[events.Event]) -> None:
+    """report.status_changed events of the report poll, in its transaction."""
+    outbox.record(session, out)
+
+
+def notices(session: Session, rows: list[Notification]) -> None:
+    """notification.created for notices a task made, in its transaction."""
+    if not rows:
+        return
+    session.flush()
+    out = []
+    for row in rows:
+        ids = {k: v for k, v in (("report_id", row.report_id), ("consult_id", row.consult_id),
+                                 ("comment_id", row.comment_id)) if v is not None}
+        out.append(events.notification(row.facility_id, row.kind, notification_id=row.id,
+                                       user_id=row.user_id, **ids))
+    outbox.record(session, out)

@@ -37,8 +37,9 @@ def dispatch_due(now: str | None = None) -> dict:
     with runtime.session_scope() as session:
         recovered = export_runs.recover_stuck(session, moment, settings.export_working_timeout_seconds)
         created = export_runs.dispatch_due(session, moment)
+        for run_id in (*created, *recovered):
+            export_run_changed(session, run_id)  # committed with the runs (the outbox)
     for run_id in (*created, *recovered):
-        export_run_changed(run_id)  # before the task can move it on to "working"
         run_export.delay(run_id)
     return {"created": created, "recovered": recovered}
 
@@ -53,7 +54,7 @@ def run_export(self, run_id: int) -> dict:  # noqa: ANN001
     with runtime.session_scope() as session:
         if not export_runs.claim(session, run_id, utcnow(), settings.export_working_timeout_seconds):
             return {"run": run_id, "skipped": True}
-    export_run_changed(run_id)
+        export_run_changed(session, run_id)
     try:
         with runtime.session_scope() as session:
             run = session.get_one(ExportRun, run_id)
@@ -64,6 +65,7 @@ def run_export(self, run_id: int) -> dict:  # noqa: ANN001
             export_runs.deliver(session, store, session.get_one(ExportRun, run_id), smtp,
                                 settings.mail_from, settings.export_attachment_limit_bytes,
                                 settings.export_link_ttl_seconds, utcnow())
+            export_run_changed(session, run_id)
     except Exception as exc:
         with runtime.session_scope() as session:
             attempts = session.get_one(ExportRun, run_id).attempts
@@ -71,12 +73,11 @@ def run_export(self, run_id: int) -> dict:  # noqa: ANN001
             final = (isinstance(exc, export_delivery.DeliveryFailed | SheetTooLarge)
                      or attempts >= settings.export_max_attempts)
             export_runs.record_failure(session, run_id, f"{type(exc).__name__}: {exc}", utcnow(), final)
-        export_run_changed(run_id)
+            export_run_changed(session, run_id)
         log.warning("report run %s attempt %s failed (%s): %s", run_id, attempts,
                     "final" if final else "will retry", exc)
         if final:
             return {"run": run_id, "state": "failed"}
         delay = export_runs.backoff_seconds(attempts, settings.export_retry_base_seconds)
         raise self.retry(countdown=delay + random.uniform(0, delay / 4), exc=exc) from exc
-    export_run_changed(run_id)
     return {"run": run_id, "state": "succeeded"}

@@ -86,8 +86,7 @@ def forward_study(self, study_id: int, destination_id: int) -> dict:  # noqa: AN
         for batch_id in set(session.scalars(
                 select(Delivery.batch_id).where(Delivery.study_id == study_id).distinct())):
             batch_progress.settle_batch(session, batch_id)
-    # After the commit: a subscriber may read the rows at once.
-    event_publishing.study_forwarded(study_id, destination_id, result)
+        event_publishing.study_forwarded(session, study_id, destination_id, result)  # same commit
     if result.restoring:
         # Start the restores now, not at the next beat poll: an instance in a GLACIER_IR
         # bundle is readable again within seconds, and its delivery replays by itself.

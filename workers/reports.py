@@ -33,13 +33,13 @@ def poll_pacs(now: str | None = None, limit: int = 500) -> dict:
         try:
             with runtime.session_scope() as session:
                 destination = session.get_one(Destination, destination_id)
-                result = poll.poll_destination(session, store, destination, lambda d: poll.reader_for(d, box),
-                                               moment, limit)
+                result = poll.poll_destination(session, store, destination,
+                                               lambda d: poll.reader_for(d, box), moment, limit)
+                event_publishing.report_events(session, result.events)  # committed with the poll's rows
         except Exception as exc:  # noqa: BLE001 - one destination's failure must not stop the others
             log.warning("report poll of destination %s failed: %s", destination_id, type(exc).__name__)
             out[destination_id] = {"state": "error", "error": type(exc).__name__}
             continue
-        event_publishing.report_events(result.events)
         out[destination_id] = {"state": result.state, "skipped": result.skipped,
                                "studies_checked": result.studies_checked, "documents": result.documents_read,
                                "more_due": result.more_due}

@@ -18,6 +18,7 @@ from pipeline.delivery.destinations.credentials import SecretBox
 from pipeline.dicom.grouping import spool_dir_for
 from pipeline.dicom.headers import ParseLimits
 from pipeline.intake import attempts
+from pipeline.ops import outbox
 from pipeline.ops.telemetry import Telemetry
 from pipeline.storage import ObjectStore, open_store
 from pipeline.storage.byte_cache import ByteCache, CachedStore
@@ -42,7 +43,12 @@ def engine() -> Engine:
 
 @cache
 def session_factory() -> sessionmaker[Session]:
-    return make_session_factory(engine())
+    factory = make_session_factory(engine())
+    # Events a task wrote into its transaction go out right after its commit.
+    cfg = settings()
+    outbox.relay_after_commit(factory, outbox.process_relay(
+        engine(), cfg.redis_url, cfg.events_amqp_url, cfg.events_amqp_exchange).kick)
+    return factory
 
 
 @cache

@@ -1,4 +1,5 @@
-"""The long-running processes: ``relaypacs api``, ``worker``, ``beat``, ``events`` and ``scp``.
+"""The long-running processes: ``relaypacs api``, ``worker``, ``beat``, ``events``, ``events-relay``
+and ``scp``.
 
 Each command starts one service in the foreground (docker-compose runs one per container);
 they are top-level commands rather than a group, listed in ``COMMANDS`` for ``api.cli``.
@@ -81,6 +82,25 @@ def events(host: str, port: int) -> None:
     serve(load_settings(), host, port)
 
 
+@click.command("events-relay")
+@click.option("--once", is_flag=True, help="publish what is pending, then exit")
+def events_relay(once: bool) -> None:
+    """Publish the event outbox to the Redis stream (and RabbitMQ when configured).
+
+    Writers relay their own events right after their commits; this loop sweeps every
+    RELAYPACS_EVENTS_RELAY_POLL_SECONDS for what a process that died after its commit left."""
+    from pipeline.db.engine import make_engine
+    from pipeline.ops import outbox
+
+    settings = load_settings()
+    relay = outbox.Relay(make_engine(settings.database_url), outbox.sinks_for(
+        settings.redis_url, settings.events_amqp_url, settings.events_amqp_exchange))
+    if once:
+        click.echo(f"{relay.drain()} events published")
+        return
+    outbox.run_forever(relay, poll_seconds=settings.events_relay_poll_seconds)
+
+
 @click.command()
 @click.option("--aet", required=True, help="this SCP's AE title (modalities call it)")
 @click.option("--port", required=True, type=click.IntRange(1, 65535))
@@ -97,4 +117,4 @@ def scp(aet: str, port: int, host: str, facility: str | None) -> None:
     serve(load_settings(), ae_title=aet, port=port, host=host, facility=facility)
 
 
-COMMANDS = (api, worker, beat, events, scp)
+COMMANDS = (api, worker, beat, events, events_relay, scp)

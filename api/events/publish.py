@@ -1,30 +1,30 @@
-"""Publishing events from API requests, after the commit that made the change visible.
+"""Events of API requests, written into the request's transaction (the outbox).
 
-Never fails a request: the bus logs and goes on (pipeline/ops/events.py ``publish_safely``).
+Each function adds the events to the session before the caller commits, so the change and
+its events commit (or roll back) together; the process's relay publishes them right after
+the commit (pipeline/ops/outbox.py), so a request never waits for Redis or a broker.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from api.http.context import resources
+from sqlalchemy.orm import Session
+
 from pipeline.models import ExportDefinition, ExportRun, Notification, ReportComment, Upload, UploadState
-from pipeline.ops import events
+from pipeline.ops import events, outbox
 
 
-def _bus() -> events.EventBus:
-    return events.event_bus(resources().settings.redis_url)
-
-
-def upload_created(upload: Upload, first_chunk: bool = False) -> None:
+def upload_created(session: Session, upload: Upload, first_chunk: bool = False) -> None:
     """upload.initiated; with ``first_chunk`` (creation-with-upload, whose row is added with
     its chunk already in) the chunk's events follow it, and initiated says offset 0."""
+    session.flush()  # the upload's id
     initiated = events.upload_event(events.UPLOAD_INITIATED, upload)
     if not first_chunk:
-        events.publish_safely(_bus(), initiated)
+        outbox.record(session, initiated)
         return
     initiated = dataclasses.replace(initiated, data={**initiated.data, "offset": 0})
-    events.publish_safely(_bus(), [initiated, *_chunk_events(upload)])
+    outbox.record(session, [initiated, *_chunk_events(upload)])
 
 
 def _chunk_events(upload: Upload) -> list[events.Event]:
@@ -35,28 +35,30 @@ def _chunk_events(upload: Upload) -> list[events.Event]:
     return out
 
 
-def chunk_recorded(upload: Upload) -> None:
+def chunk_recorded(session: Session, upload: Upload) -> None:
     """upload.chunk_received, and upload.completed when that chunk was the last."""
-    events.publish_safely(_bus(), _chunk_events(upload))
+    outbox.record(session, _chunk_events(upload))
 
 
-def export_run_changed(definition: ExportDefinition, run: ExportRun) -> None:
+def export_run_changed(session: Session, definition: ExportDefinition, run: ExportRun) -> None:
     """export.run_state_changed for a run the API queued (run now, replay)."""
-    events.publish_safely(_bus(), events.export_run_state_changed(definition.facility_id, definition.id,
-                                                                  run.id, run.state))
+    session.flush()  # the run's id
+    outbox.record(session, events.export_run_state_changed(definition.facility_id, definition.id,
+                                                           run.id, run.state))
 
 
-def report_events(out: list[events.Event]) -> None:
-    """report.status_changed (and any other radiology-report events) after the commit."""
-    events.publish_safely(_bus(), out)
+def report_events(session: Session, out: list[events.Event]) -> None:
+    """report.status_changed (and any other radiology-report events), in the change's transaction."""
+    outbox.record(session, out)
 
 
-def comment_created(comment: ReportComment, notices: list[Notification]) -> None:
-    """comment.created, then notification.created for each recipient, in one publish call."""
+def comment_created(session: Session, comment: ReportComment, notices: list[Notification]) -> None:
+    """comment.created, then notification.created for each recipient, in the comment's transaction."""
+    session.flush()  # the comment's and the notices' ids
     out = [events.comment_created(comment.facility_id, comment.report_id, comment.id,
                                   comment.author_id, comment.version)]
     out += [notice_event(n) for n in notices]
-    events.publish_safely(_bus(), out)
+    outbox.record(session, out)
 
 
 def notice_event(notice: Notification) -> events.Event:
@@ -66,7 +68,8 @@ def notice_event(notice: Notification) -> events.Event:
                                user_id=notice.user_id, **ids)
 
 
-def notices(rows: list[Notification]) -> None:
-    """notification.created for rows the request committed."""
+def notices(session: Session, rows: list[Notification]) -> None:
+    """notification.created for the notices, in their transaction."""
     if rows:
-        events.publish_safely(_bus(), [notice_event(n) for n in rows])
+        session.flush()
+        outbox.record(session, [notice_event(n) for n in rows])

@@ -11,7 +11,8 @@ How a client is fed:
 - each stream walks the ring from its own position and writes what its caller may see
   (admins every facility, anyone else their own facility);
 - ``Last-Event-ID`` (header, or ``lastEventId`` in the query for clients that cannot set
-  headers) replays from the Redis stream first; a stream that falls behind the ring (a
+  headers) replays from the Redis stream first, and from PostgreSQL (the event outbox, a
+  week at least) for whatever is older than the stream's window; a stream that falls behind the ring (a
   slow reader) catches up from the Redis stream the same way, so nothing is skipped.
 
 Authentication is the API's: ``Authorization: Bearer TOKEN`` or the sign-in session cookie,
@@ -42,7 +43,7 @@ from pipeline.accounts.sessions import SessionPolicy, find_session
 from pipeline.accounts.users import user_for_token
 from pipeline.db.engine import make_engine, make_session_factory
 from pipeline.models import Role
-from pipeline.ops import events
+from pipeline.ops import events, outbox
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +289,37 @@ class EventServer:
                     await response.write(b": keepalive\n\n")
                     last_write = time.monotonic()
 
+    def _history_page(self, after: int, before: int | None, facility_id: int | None) -> list[tuple[str, str]]:
+        with self.sessions() as session:
+            rows = outbox.history(session, after=after, before=before, limit=REPLAY_PAGE,
+                                  facility_id=facility_id)
+            return [(outbox.format_id(r.position), json.dumps(outbox.envelope(r), separators=(",", ":")))
+                    for r in rows]
+
+    async def _from_history(self, response: web.StreamResponse, facility_id: int, is_admin: bool,
+                            after: str) -> str:
+        """Events older than the Redis stream's window come from PostgreSQL (the outbox keeps
+        a week at least), so an old Last-Event-ID still resumes without a gap."""
+        oldest = await self.redis.xrange(events.STREAM_KEY, count=1)
+        oldest_id = oldest[0][0].decode() if oldest else None
+        if oldest_id is not None and events.stream_id_key(after) >= events.stream_id_key(oldest_id):
+            return after  # inside the window: Redis has everything after it
+        position = outbox.parse_id(after) or 0
+        before = outbox.parse_id(oldest_id) if oldest_id else None
+        loop = asyncio.get_running_loop()
+        while True:
+            rows = await loop.run_in_executor(self.executor, self._history_page, position, before,
+                                              None if is_admin else facility_id)
+            for stream_id, payload in rows:
+                after = stream_id
+                await response.write(events.sse_frame(stream_id, payload, json.loads(payload)["type"]))
+            if len(rows) < REPLAY_PAGE:
+                return after
+            position = outbox.parse_id(after) or position
+
     async def _catch_up(self, response: web.StreamResponse, facility_id: int, is_admin: bool,
                         after: str) -> str:
+        after = await self._from_history(response, facility_id, is_admin, after)
         while True:
             rows = await self.replay(after)
             for stream_id, payload in rows:

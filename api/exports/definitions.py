@@ -156,8 +156,8 @@ def run_now(export_id: int):  # noqa: ANN201
     run = export_runs.run_now(db(), definition, utcnow())
     audit.record(db(), actor(), "export.run_requested", target=f"export:{export_id}",
                  detail={"run_id": run.id})
+    export_run_changed(db(), definition, run)  # committed with the run (the outbox)
     db().commit()
-    export_run_changed(definition, run)  # before the worker can move it on to "working"
     chains.enqueue_export_run(run.id)  # after the commit: the worker must find the row
     response = jsonify(run_json(run))
     response.status_code = 202
@@ -190,8 +190,8 @@ def replay(export_id: int, run_id: int):  # noqa: ANN201
     export_runs.replay(db(), run, utcnow())
     audit.record(db(), actor(), "export.run_replayed", target=f"export:{export_id}",
                  detail={"run_id": run_id})
+    export_run_changed(db(), db().get_one(ExportDefinition, export_id), run)  # committed with the run
     db().commit()
-    export_run_changed(db().get_one(ExportDefinition, export_id), run)
     chains.enqueue_export_run(run_id)
     response = jsonify(run_json(run))
     response.status_code = 202

@@ -148,8 +148,8 @@ def create() -> Response:
         upload = _create_with_chunk(upload, checksum)
         return Response(status=201, headers=_headers(upload, Location=_location(upload)))
     intake.add_upload(session, upload)
+    upload_created(session, upload)  # committed with the row (the outbox)
     session.commit()
-    upload_created(upload)  # after the commit: a subscriber may read the row at once
     if intake.finish_if_complete(session, upload):
         session.commit()
         chains.enqueue_upload_chain(upload.id)
@@ -175,14 +175,13 @@ def _create_with_chunk(upload: Upload, checksum) -> Upload:  # noqa: ANN001
     )
     try:
         intake.record_new_upload(session, upload, staged)
+        upload_created(session, upload, first_chunk=staged is not None)  # committed with the row
         session.commit()
     except BaseException:
         session.rollback()
         if staged is not None:
             store.delete(staged.key)
         raise
-    # After the commit: a subscriber may read the row at once.
-    upload_created(upload, first_chunk=staged is not None)
     _enqueue_if_complete(upload)
     return upload
 
@@ -261,6 +260,7 @@ def _write_chunk(upload: Upload, offset: int, checksum) -> Upload:  # noqa: ANN0
                 session, upload_id, lease, staged,
                 expiry=timedelta(seconds=settings.upload_expiry_seconds),
             )
+            chunk_recorded(session, upload)  # committed with the offset (the outbox)
             session.commit()
         except Exception:
             session.rollback()
@@ -271,7 +271,6 @@ def _write_chunk(upload: Upload, offset: int, checksum) -> Upload:  # noqa: ANN0
         intake.release_lease(session, upload_id, lease)
         session.commit()
         raise
-    chunk_recorded(upload)  # after the commit: a subscriber may read the row at once
     _enqueue_if_complete(upload)
     return upload
 

@@ -86,8 +86,8 @@ def add_comment(report_id: int):  # noqa: ANN201
         raise _errors(exc) from exc
     audit.record(session, actor(), "comment.created", target=f"comment:{posted.comment.id}",
                  detail={"report_id": report.id, "recipients": len(posted.notices)})
+    publish.comment_created(session, posted.comment, posted.notices)
     session.commit()
-    publish.comment_created(posted.comment, posted.notices)
     chains.enqueue_notice_mail([n.id for n in posted.notices])
     return jsonify(comment_json(posted.comment)), 201
 
@@ -108,6 +108,6 @@ def correct_comment(report_id: int, key: str):  # noqa: ANN201
     audit.record(session, actor(), "comment.corrected", target=f"comment:{version.id}",
                  detail={"report_id": report.id, "key": version.thread_key,
                          "version": version.version})
+    publish.comment_created(session, version, [])
     session.commit()
-    publish.comment_created(version, [])
     return jsonify(comment_json(version)), 201

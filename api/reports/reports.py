@@ -135,8 +135,8 @@ def create():  # noqa: ANN201
         raise ApiError(exc.status_code, str(exc)) from exc
     audit.record(db(), actor(), "report.created", target=f"report:{report.id}",
                  detail={"study_id": study.id, "status": report.status, "content_type": report.content_type})
+    report_events(db(), [event])  # committed with the report (the outbox)
     db().commit()
-    report_events([event])
     body = listing.report_detail(db(), report.id, None)
     response = jsonify(body)
     response.status_code = 201
@@ -174,8 +174,8 @@ def move(report_id: int):  # noqa: ANN201
         raise ApiError(409, str(exc), allowed=exc.allowed) from exc
     audit.record(db(), actor(), "report.status_changed", target=f"report:{report.id}",
                  detail={"from": before, "to": report.status})
+    report_events(db(), [event])  # committed with the move (the outbox)
     db().commit()
-    report_events([event])
     return jsonify(listing.report_detail(db(), report.id, None))
 
 

@@ -6,7 +6,8 @@
 - delivery: destinations, breaker state, routing rules, deliveries, renditions;
 - lifecycle: stored objects and tiers, restores, lifecycle runs;
 - analytics: materialised stats; forecasting: calendars and forecasts; exports: definitions and runs;
-- ops: queue canaries; comments: report comments, consults, addenda, notifications, mail preferences.
+- ops: queue canaries, the event outbox; comments: report comments, consults, addenda,
+  notifications, mail preferences.
 
 PostgreSQL is the source of truth in production; the same models run on SQLite for the
 embedded demo. Every row a facility owns carries ``facility_id`` so queries can be scoped.
@@ -75,6 +76,7 @@ from pipeline.models.lifecycle import RestoreState as RestoreState
 from pipeline.models.lifecycle import StorageRun as StorageRun
 from pipeline.models.lifecycle import StoredObject as StoredObject
 from pipeline.models.lifecycle import StoredObjectKind as StoredObjectKind
+from pipeline.models.ops import OutboxEvent as OutboxEvent
 from pipeline.models.ops import QueueCanary as QueueCanary
 from pipeline.models.reports import RadiologyReport as RadiologyReport
 from pipeline.models.reports import ReportPollState as ReportPollState

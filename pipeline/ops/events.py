@@ -218,6 +218,23 @@ class InProcessEventBus:
             listener(stream_id, payload)
         return stream_id
 
+    def append(self, stream_id: str, payload: str) -> None:
+        """Add an event under an id given out elsewhere (the outbox relay); an id not above
+        the newest is a re-publish and is dropped, as Redis does."""
+        key = stream_id_key(stream_id)
+        with self._lock:
+            if key <= self._last:
+                return
+            self._last = key
+            self._log.append((stream_id, payload))
+            listeners = list(self.listeners)
+        for listener in listeners:
+            listener(stream_id, payload)
+
+    def last_id(self) -> str:
+        with self._lock:
+            return f"{self._last[0]}-{self._last[1]}"
+
     def read_after(self, last_id: str, count: int = 500) -> list[tuple[str, str]]:
         after = stream_id_key(last_id)
         with self._lock:

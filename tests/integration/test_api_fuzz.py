@@ -7,6 +7,7 @@ A bounded number of examples per operation runs here; `make bench` runs a larger
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -161,6 +162,23 @@ def test_other_facility_sees_nothing_of_ours(target):
                     marker in response.text for marker in _markers(target))):
                 leaked.append((method, path))
     assert leaked == []
+
+
+def test_graphql_with_other_facility_token_sees_nothing_of_ours(target):
+    """The GraphQL endpoint (one POST operation, fuzzed above with random bodies) asked for
+    facility A's batch and upload by facility B: not found, as for a missing id, and no trace
+    of A in the answer or in B's own lists."""
+    other = {"Authorization": f"Bearer {target.tokens['other']}"}
+    query = ("query($b: Int!, $u: String!) { batch(id: $b) { id label } upload(id: $u) { id } "
+             "batches(limit: 50) { id facility_id } dashboard { uploads { id } batches { id } } }")
+    answer = requests.post(f"{target.url}/api/v1/graphql", headers=other, timeout=30, json={
+        "query": query, "variables": {"b": target.batch_id, "u": _ours(target)["upload_id"]}})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert {e["extensions"]["code"] for e in body["errors"]} == {"NOT_FOUND"}
+    found = json.dumps(body["data"])  # the errors echo the ids asked for, nothing else
+    assert not any(marker in found for marker in _markers(target))
+    assert not _names_facility(lambda: body["data"], target.facility_id)
 
 
 def _names_facility(body: Callable[[], Any], facility_id: int) -> bool:

@@ -14,7 +14,7 @@ from config.settings import QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-RELAYPACS_SUBCOMMANDS = {"api", "worker", "beat", "db", "demo", "scp", "events"}
+RELAYPACS_SUBCOMMANDS = {"api", "worker", "beat", "db", "demo", "scp", "events", "events-relay"}
 
 
 def _services() -> dict[str, dict]:

@@ -48,7 +48,7 @@ def test_publishing_never_raises():
     events.publish_safely(Down(), events.Event(events.STUDY_FORWARDED, 1, {"study_id": 1}))
 
 
-def test_tus_requests_publish_after_their_commits(client, make_token, enqueued):
+def test_tus_requests_write_their_events_with_their_commits(client, make_token, enqueued):
     bus = events.event_bus(None)  # no RELAYPACS_REDIS_URL in unit tests: the in-process bus
     start = bus.publish(events.Event(events.UPLOAD_INITIATED, 0))
     headers = {"Authorization": f"Bearer {make_token('Events Unit')}", "Tus-Resumable": "1.0.0"}
@@ -139,6 +139,9 @@ def test_run_now_publishes_the_queued_state(client, make_token, monkeypatch):
     run = client.post(f"/api/v1/exports/{export['id']}/run", headers=headers).get_json()
     seen = [json.loads(p) for _, p in bus.read_after(start)]
     changes = [e for e in seen if e["type"] == "export.run_state_changed"]
-    assert changes == [{"type": "export.run_state_changed", "facility_id": export["facility_id"],
-                        "at": changes[0]["at"], "export_id": export["id"], "run_id": run["id"],
-                        "status": "queued"}]
+    assert len(changes) == 1
+    # A CloudEvents envelope, with the earlier flat fields beside it for older consumers.
+    assert changes[0]["data"] == {"export_id": export["id"], "run_id": run["id"], "status": "queued"}
+    assert changes[0]["facility"] == changes[0]["facility_id"] == export["facility_id"]
+    assert {k: changes[0][k] for k in ("export_id", "run_id", "status")} == changes[0]["data"]
+    assert changes[0]["specversion"] == "1.0" and changes[0]["id"] == seen[-1]["id"]

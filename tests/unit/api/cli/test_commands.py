@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from api.cli import main
 
-TOP_LEVEL = {"api", "worker", "beat", "events", "scp", "db", "users", "destinations", "deliveries",
-             "routes", "storage", "forecast", "upload", "demo", "scp-callers"}
+TOP_LEVEL = {"api", "worker", "beat", "events", "events-relay", "scp", "db", "users", "destinations",
+             "deliveries", "routes", "storage", "forecast", "upload", "demo", "scp-callers"}
 
 GROUPS = {
     "db": {"upgrade"},

@@ -1,0 +1,26 @@
+"""Event outbox housekeeping (queue ``intake`` by the ``events.*`` route): sent events older
+than the retention leave the table in bounded deletes. Publishing itself is not a task: the
+writers' own relays and ``relaypacs events-relay`` do it (pipeline/ops/outbox.py)."""
+
+from __future__ import annotations
+
+from pipeline.ops import outbox
+from workers import runtime
+from workers.app import app
+
+MAX_ROWS_PER_RUN = 200_000
+CHUNK = 10_000
+
+
+@app.task(name="events.prune_outbox", acks_late=False)
+def prune_outbox() -> dict:
+    """Not acks_late: a lost run is the next hour's work."""
+    cutoff = outbox.retention_cutoff(keep_days=runtime.settings().events_retention_days)
+    removed = 0
+    while removed < MAX_ROWS_PER_RUN:
+        with runtime.session_scope() as session:
+            count = outbox.prune_chunk(session, cutoff=cutoff, chunk=min(CHUNK, MAX_ROWS_PER_RUN - removed))
+        removed += count
+        if count < CHUNK:
+            break
+    return {"removed": removed}
