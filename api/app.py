@@ -20,11 +20,11 @@ from api.http.context import Resources
 from api.http.limits import RateLimiter
 from api.intake import batches, conflicts, files
 from api.lifecycle import storage as storage_api
-from api.reports import pages as report_pages
-from api.reports import reports as radiology_reports
 from api.reports import comments as report_comments
 from api.reports import consults as report_consults
 from api.reports import notifications as report_notifications
+from api.reports import pages as report_pages
+from api.reports import reports as radiology_reports
 from config import Settings, load_settings
 from config.logging import configure_logging
 from pipeline.db.engine import make_engine, make_session_factory

@@ -18,15 +18,19 @@ from pipeline.models import (
     ConsultRequest,
     ConsultStateChange,
     Notification,
+    RadiologyReport,
     ReportAddendum,
+    ReportStatus,
     User,
     utcnow,
 )
 from pipeline.models.comments import MAX_TEXT
+from pipeline.ops import events
 from pipeline.reports import consults, notifications
 from pipeline.reports.access import can_read_facility, pool_members, roles_of, subspecialties_of
 from pipeline.reports.consults import ActorView, ConsultAction, ConsultState, ConsultView
 from pipeline.reports.notices import NoticeKind
+from pipeline.reports.status import change_status
 from pipeline.reports.threads import ThreadError
 
 REQUESTERS = frozenset({"clinician", "radiologist", "admin"})
@@ -192,3 +196,16 @@ def addendum_of(session: Session, consult_id: int) -> ReportAddendum | None:
     return session.scalar(select(ReportAddendum).where(ReportAddendum.consult_id == consult_id)
                           .order_by(ReportAddendum.id).limit(1))
 
+
+
+def appended_by_addendum(session: Session, report: RadiologyReport, actor_id: int,
+                         now: datetime | None = None) -> events.Event | None:
+    """The report becomes ``appended`` after an addendum (never ``amended``: its text is not
+    changed); a second addendum leaves it so, with no new history row. Raises the status
+    module's IllegalTransition for a report that takes no addendum (cancelled)."""
+    if report.status == ReportStatus.APPENDED:
+        return None
+    event = change_status(session, report, ReportStatus.APPENDED, by_user_id=actor_id,
+                          reason="addendum (consult answer)", now=now or utcnow())
+    session.flush()
+    return event

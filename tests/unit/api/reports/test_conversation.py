@@ -206,3 +206,30 @@ def test_mail_preferences_and_unsubscribe(client, session, world):
     assert client.post("/api/v1/notifications/unsubscribe?token=nope").status_code == 404
     assert client.post(f"/api/v1/notifications/unsubscribe?token={key}").json["mode"] == "none"
     assert _mode(client, world) == {"mode": "none"}
+
+
+def test_daily_digests_and_the_mail_sweep(session, world):
+    from datetime import timedelta
+
+    from pipeline.reports import notifications
+
+    now = utcnow()
+    ids, north = world["ids"], world["reports"]["north"]
+    notifications.set_mode(session, ids["north2"], "daily")
+    made = notifications.create(session, user_ids=[ids["north2"], ids["reader"]], facility_id=1,
+                                kind="report_status", report_id=north, now=now - timedelta(minutes=5))
+    session.commit()
+    # Each-mode notices nobody mailed are swept (after a settling delay); daily ones are not.
+    swept = notifications.unmailed_each(session, now)
+    assert made[1].id in swept and made[0].id not in swept
+    assert made[1].id not in notifications.unmailed_each(session, now - timedelta(minutes=5))
+    assert notifications.claim_for_mail(session, made[1].id, now) is not None
+    assert notifications.claim_for_mail(session, made[1].id, now) is None  # once only
+    session.commit()
+    assert made[1].id not in notifications.unmailed_each(session, now)
+    # The digest: due once a day, with every notice not mailed yet.
+    assert ids["north2"] in notifications.due_digests(session, now)
+    rows = notifications.claim_digest(session, ids["north2"], now)
+    assert made[0].id in [r.id for r in rows]
+    session.commit()
+    assert ids["north2"] not in notifications.due_digests(session, now + timedelta(hours=1))
