@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pipeline.models import (
@@ -26,7 +26,7 @@ from pipeline.models import (
 )
 from pipeline.models.comments import MAX_TEXT
 from pipeline.ops import events
-from pipeline.reports import consults, notifications
+from pipeline.reports import consults, listing, notifications
 from pipeline.reports.access import can_read_facility, pool_members, roles_of, subspecialties_of
 from pipeline.reports.consults import ActorView, ConsultAction, ConsultState, ConsultView
 from pipeline.reports.notices import NoticeKind
@@ -209,3 +209,8 @@ def appended_by_addendum(session: Session, report: RadiologyReport, actor_id: in
                           reason="addendum (consult answer)", now=now or utcnow())
     session.flush()
     return event
+
+
+# The report listing's consult count, in its one statement.
+listing.register_count("consult_count", lambda: select(func.count(ConsultRequest.id))
+                       .where(ConsultRequest.report_id == RadiologyReport.id).scalar_subquery())

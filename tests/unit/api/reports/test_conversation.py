@@ -139,6 +139,9 @@ def test_comments_are_scoped_versioned_and_notify_once(client, session, world, m
     assert [c["text"] for c in every["comments"]] == ["Please correlate.", "Please correlate clinically."]
     assert session.scalar(select(ReportComment.text).where(ReportComment.id == comment["id"])) == \
         "Please correlate."
+    # The report listing counts comments (not versions), in its one statement.
+    listed = client.get("/api/v1/reports", headers=_h(world, "north")).json["reports"]
+    assert [(r["id"], r["comment_count"]) for r in listed] == [(north, 1)]
     actions = set(session.scalars(select(AuditEvent.action)))
     assert {"comment.created", "comment.corrected"} <= actions
 
