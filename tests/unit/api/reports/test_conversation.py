@@ -236,3 +236,16 @@ def test_daily_digests_and_the_mail_sweep(session, world):
     assert made[0].id in [r.id for r in rows]
     session.commit()
     assert ids["north2"] not in notifications.due_digests(session, now + timedelta(hours=1))
+
+
+def test_the_report_page_shows_the_thread_and_consults(app, world, sign_in):
+    browser = app.test_client()
+    assert sign_in(browser, world["tokens"]["north"]).status_code == 302
+    page = browser.get(f"/reports/{world['reports']['north']}")
+    assert page.status_code == 200, page.text
+    assert "Please correlate clinically." in page.text  # the newest version of the comment
+    assert "Please correlate.<" not in page.text  # not the superseded one
+    assert 'id="consults"' in page.text and "New?" in page.text and "completed" in page.text
+    assert 'data-events-url="/dashboard/events"' in page.text
+    # Another facility's report: not found, thread and all.
+    assert browser.get(f"/reports/{world['reports']['south']}").status_code == 404
