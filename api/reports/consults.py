@@ -21,7 +21,7 @@ from api.http.auth import actor, current_user, require
 from api.http.context import db
 from api.http.errors import ApiError
 from api.http.openapi import operation
-from api.reports.access import load_report
+from api.reports.access import MAX_ID, load_report
 from pipeline.accounts import audit
 from pipeline.models import ConsultRequest, Role
 from pipeline.reports import consult_requests, consults
@@ -38,7 +38,7 @@ PARTIES = (Role.CLINICIAN, Role.RADIOLOGIST, Role.CONSULTANT, Role.ADMIN)
 class ConsultBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1, max_length=4000)
-    consultant_id: int | None = Field(None, ge=1)
+    consultant_id: int | None = Field(None, strict=True, ge=1, le=MAX_ID)
     subspecialty: str | None = Field(None, min_length=1, max_length=64)
     due_at: datetime | None = None
 

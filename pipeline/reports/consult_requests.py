@@ -58,6 +58,8 @@ def _text(value: object, name: str) -> str:
         raise ThreadError(f"{name}: a non-empty string is required")
     if len(value) > MAX_TEXT:
         raise ThreadError(f"{name}: at most {MAX_TEXT} characters ({len(value)} given)")
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL
+        raise ThreadError(f"{name}: NUL characters are not allowed")
     return value
 
 
@@ -87,7 +89,7 @@ def request(session: Session, *, report_id: int, facility_id: int, requester: Us
             raise ThreadError(f"consultant_id: user {consultant_id} is not a consultant for this facility")
         targets = [consultant_id]
     else:
-        if not isinstance(subspecialty, str) or not 0 < len(subspecialty) <= 64:
+        if not isinstance(subspecialty, str) or not 0 < len(subspecialty) <= 64 or "\x00" in subspecialty:
             raise ThreadError("subspecialty: a name of at most 64 characters")
         targets = pool_members(session, facility_id, subspecialty)
         if not targets:

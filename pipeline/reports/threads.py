@@ -40,6 +40,8 @@ def checked_text(text: object) -> str:
         raise ThreadError("text: a non-empty string is required")
     if len(text) > MAX_TEXT:
         raise ThreadError(f"text: at most {MAX_TEXT} characters ({len(text)} given)")
+    if "\x00" in text:  # PostgreSQL text cannot hold NUL
+        raise ThreadError("text: NUL characters are not allowed")
     return text
 
 

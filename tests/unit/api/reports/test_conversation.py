@@ -126,6 +126,19 @@ def test_comments_are_scoped_versioned_and_notify_once(client, session, world, m
                        json={"text": "x" * 4001}).status_code == 400
     assert client.get(f"/api/v1/reports/{north}/comments", headers=_h(world, "sender")).status_code == 403
 
+    # Bad input: 4xx, never a 500 (PostgreSQL refuses NUL; ids beyond its integers).
+    for body in ({"text": "a\x00b"}, {"text": "x", "recipients": [2**40]},
+                 {"text": "x", "recipients": [True]}):
+        assert client.post(f"/api/v1/reports/{north}/comments", headers=_h(world, "north"),
+                           json=body).status_code == 400, body
+    # A NUL in the path is refused before any route (request bounds); any other key that is
+    # not a comment's: 404.
+    assert client.post(f"/api/v1/reports/{north}/comments/a%00b/versions", headers=_h(world, "north"),
+                       json={"text": "x"}).status_code == 400
+    assert client.post(f"/api/v1/reports/{north}/comments/not-a-key/versions", headers=_h(world, "north"),
+                       json={"text": "x"}).status_code == 404
+    assert client.post("/api/v1/notifications/read", headers=_h(world, "north"),
+                       json={"ids": [2**40]}).status_code == 400
     # A correction is a new version; the old one stays; only the author corrects.
     key = comment["key"]
     assert client.post(f"/api/v1/reports/{north}/comments/{key}/versions", headers=_h(world, "north"),
@@ -169,6 +182,11 @@ def test_consult_moves_and_illegal_ones(client, session, world, mailed):
         "question": "?", "consultant_id": ids["outsider"]}).status_code == 400  # not assigned here
     assert client.post(base, headers=_h(world, "north"), json={
         "question": "?", "subspecialty": "chest"}).status_code == 400  # nobody in that pool
+    for body in ({"question": "a\x00", "consultant_id": ids["consultant"]},
+                 {"question": "?", "consultant_id": 2**40},
+                 {"question": "?", "consultant_id": ids["consultant"], "subspecialty": "neuro"},
+                 {"question": "?", "consultant_id": ids["consultant"], "due_at": "2001-01-01T00:00:00Z"}):
+        assert client.post(base, headers=_h(world, "north"), json=body).status_code == 400, body
     made = client.post(base, headers=_h(world, "north"),
                        json={"question": "New?", "consultant_id": ids["consultant"]})
     assert made.status_code == 201, made.json
