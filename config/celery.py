@@ -14,6 +14,7 @@ TASK_ROUTES = {
     "storage.*": {"queue": "storage"},
     "analytics.*": {"queue": "analytics"},
     "exports.*": {"queue": "exports"},
+    "teaching.*": {"queue": "teaching"},
     # The canary sender; each canary itself is sent to the queue it tests.
     "health.*": {"queue": "intake"},
 }

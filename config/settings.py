@@ -8,6 +8,7 @@ and a laptop install need no services at all.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-QUEUES = ("intake", "dicom", "pacs", "storage", "analytics", "exports")
+QUEUES = ("intake", "dicom", "pacs", "storage", "analytics", "exports", "teaching")
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,10 @@ class Settings:
     trusted_proxies: int = 0
     # An open event stream checks this often that its token or session still works.
     events_auth_recheck_seconds: float = 20.0
+    # Teaching file: the HMAC key for de-identified UIDs, pseudonyms and date shifts (unset: one
+    # generated once in the var folder), and the root of the new UIDs ("2.25": UUID-derived).
+    teaching_secret: str | None = field(default=None, repr=False)
+    teaching_uid_root: str = "2.25"
     extra: dict[str, str] = field(default_factory=dict)
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -303,4 +308,14 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         trusted_proxies=_int(env, "RELAYPACS_TRUSTED_PROXIES", Settings.trusted_proxies),
         events_auth_recheck_seconds=_float(
             env, "RELAYPACS_EVENTS_AUTH_RECHECK_SECONDS", Settings.events_auth_recheck_seconds),
+        teaching_secret=env.get("RELAYPACS_TEACHING_SECRET") or None,
+        teaching_uid_root=_uid_root(env.get("RELAYPACS_TEACHING_UID_ROOT") or Settings.teaching_uid_root),
     )
+
+
+def _uid_root(raw: str) -> str:
+    root = raw.strip().rstrip(".")
+    if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*", root) or len(root) > 40:
+        raise ValueError("RELAYPACS_TEACHING_UID_ROOT is a UID root like 2.25 or 1.2.826.0.1.3680043.10.NNN "
+                         "(at most 40 characters, leaving room for the number)")
+    return root

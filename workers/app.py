@@ -27,6 +27,7 @@ TASK_MODULES = (
     "workers.analytics",
     "workers.exports",
     "workers.liveness",
+    "workers.teaching",
 )
 app.conf.imports = list(TASK_MODULES)
 

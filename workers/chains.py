@@ -85,3 +85,16 @@ def run_lifecycle_here(now: str | None = None, facility_ids: list[int] | None = 
 def run_replication_here() -> dict:
     """The DR copy, run now in the calling process (``relaypacs storage replicate``)."""
     return _run_here(_task("storage.replicate"))
+
+
+def enqueue_teaching_case(case_id: int) -> None:
+    """Fill a teaching case from its source study (queue teaching)."""
+    _task("teaching.prepare_case", case_id).apply_async()
+
+
+def enqueue_teaching_mask(instance_id: int, regions: list[list[int]]) -> None:
+    _task("teaching.mask_instance", instance_id, regions).apply_async()
+
+
+def enqueue_teaching_package(case_id: int) -> None:
+    _task("teaching.refresh_package", case_id).apply_async()

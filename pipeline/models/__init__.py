@@ -67,3 +67,11 @@ from pipeline.models.lifecycle import StorageRun as StorageRun
 from pipeline.models.lifecycle import StoredObject as StoredObject
 from pipeline.models.lifecycle import StoredObjectKind as StoredObjectKind
 from pipeline.models.ops import QueueCanary as QueueCanary
+from pipeline.models.teaching import CaseState as CaseState
+from pipeline.models.teaching import Difficulty as Difficulty
+from pipeline.models.teaching import Preparation as Preparation
+from pipeline.models.teaching import TeachingCase as TeachingCase
+from pipeline.models.teaching import TeachingCaseSource as TeachingCaseSource
+from pipeline.models.teaching import TeachingIdentityMap as TeachingIdentityMap
+from pipeline.models.teaching import TeachingInstance as TeachingInstance
+from pipeline.models.teaching import TeachingInstanceState as TeachingInstanceState

@@ -23,6 +23,10 @@ class Role(enum.StrEnum):
     UPLOADER = "uploader"
     QA_MANAGER = "qa_manager"
     ADMIN = "admin"
+    # Teaching file: reads published cases; adds cases from the studies of their facility.
+    TEACHING = "teaching"
+    # Teaching file: approves (publishes) and withdraws cases, sees every draft.
+    TEACHING_PUBLISHER = "teaching_publisher"
 
 
 class Facility(Base):
