@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, text
+from sqlalchemy import ColumnElement, Select, and_, func, literal_column, or_, select, text
 from sqlalchemy.orm import Session
 
 from pipeline.models import (
@@ -317,7 +317,7 @@ def _filtered(session: Session, user: User, query: SearchQuery) -> tuple[Select,
     if query.text:
         if session.get_bind().dialect.name == "postgresql":
             tsquery = func.websearch_to_tsquery("english", query.text)
-            vector = text("teaching_cases.search_vector")
+            vector = literal_column("teaching_cases.search_vector")
             conditions.append(vector.op("@@")(tsquery))
             rank = func.ts_rank(vector, tsquery)
         else:

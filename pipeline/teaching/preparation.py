@@ -150,7 +150,7 @@ def prepare_case(
     for instance in todo:
         rendition = renditions.prepare(session, store, instance)
         with rendition.outgoing.open() as handle:
-            ds = pydicom.dcmread(handle, force=True)
+            ds = pydicom.dcmread(io.BytesIO(handle.read()), force=True)
         reason = pixels.burned_in_reason(ds)
         result = deidentify(ds, ctx)
         buffer = io.BytesIO()
@@ -222,7 +222,7 @@ def refresh_key_image(session: Session, store: ObjectStore, case: TeachingCase) 
         first_series = [r for r in ready if r.series_instance_uid == ready[0].series_instance_uid]
         chosen = first_series[len(first_series) // 2]
     with store.open(chosen.object_key) as handle:
-        ds = pydicom.dcmread(handle, force=True)
+        ds = pydicom.dcmread(io.BytesIO(handle.read()), force=True)
     try:
         png = pixels.render_png(ds)
     except Exception:  # noqa: BLE001 - a pixel format the decoders here cannot read: no key image
@@ -266,7 +266,7 @@ def mask(session: Session, store: ObjectStore, row: TeachingInstance,
          regions: list[pixels.Rect]) -> None:
     """Black out ``regions`` (Clean Pixel Data option), record it, and release the instance."""
     with store.open(row.object_key) as handle:
-        ds = pydicom.dcmread(handle, force=True)
+        ds = pydicom.dcmread(io.BytesIO(handle.read()), force=True)
     pixels.mask_regions(ds, regions)
     codes = ds.get("DeidentificationMethodCodeSequence") or []
     if CODE_CLEAN_PIXEL_DATA[0] not in [item.CodeValue for item in codes]:
