@@ -36,8 +36,8 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 3600.0,
         "options": {"expires": 3500},
     },
-    # Scheduled exports: schedules live in report_definitions; this tick creates
-    # the due runs (unique per report and slot, so a second beat is harmless).
+    # Scheduled exports: schedules live in export_definitions; this tick creates
+    # the due runs (unique per export and slot, so a second beat is harmless).
     "exports-dispatch-due": {
         "task": "exports.dispatch_due",
         "schedule": 60.0,

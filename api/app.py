@@ -13,7 +13,7 @@ from api.dashboard import forecast as dashboard_forecast
 from api.dashboard import pages as dashboard
 from api.delivery import deliveries
 from api.editing import study_organisation, templates
-from api.exports import reports
+from api.exports import definitions as exports
 from api.forecasting import forecasts
 from api.http import errors, health, observability
 from api.http.context import Resources
@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(sign_in.blueprint)
     app.register_blueprint(analytics.blueprint, url_prefix="/api/v1/analytics")
     app.register_blueprint(forecasts.blueprint, url_prefix="/api/v1/forecasts")
-    app.register_blueprint(reports.blueprint, url_prefix="/api/v1/reports")
+    app.register_blueprint(exports.blueprint, url_prefix="/api/v1/exports")
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
     app.register_blueprint(teaching_cases.blueprint, url_prefix="/api/v1/teaching")
     app.add_template_global(dashboard_forecast.facility_forecast, "facility_forecast")

@@ -67,7 +67,7 @@ def enqueue_restores() -> None:
 
 def enqueue_export_run(run_id: int) -> None:
     """Build and send one export run (queue ``exports``), after the commit that created it."""
-    _task("exports.run_report", run_id).apply_async()
+    _task("exports.run_export", run_id).apply_async()
 
 
 def _run_here(signature):  # noqa: ANN001, ANN202 - a celery Signature; the task's result

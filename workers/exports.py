@@ -10,13 +10,13 @@ import logging
 import random
 from datetime import UTC, datetime
 
-from pipeline.exports import mail as report_delivery
-from pipeline.exports import runs as report_runs
+from pipeline.exports import mail as export_delivery
+from pipeline.exports import runs as export_runs
 from pipeline.exports.formats.sheet_xml import SheetTooLarge
-from pipeline.models import ReportRun, utcnow
+from pipeline.models import ExportRun, utcnow
 from workers import runtime
 from workers.app import app
-from workers.event_publishing import report_run_changed
+from workers.event_publishing import export_run_changed
 
 log = logging.getLogger(__name__)
 
@@ -35,48 +35,48 @@ def dispatch_due(now: str | None = None) -> dict:
     moment = clock(now)
     settings = runtime.settings()
     with runtime.session_scope() as session:
-        recovered = report_runs.recover_stuck(session, moment, settings.export_working_timeout_seconds)
-        created = report_runs.dispatch_due(session, moment)
+        recovered = export_runs.recover_stuck(session, moment, settings.export_working_timeout_seconds)
+        created = export_runs.dispatch_due(session, moment)
     for run_id in (*created, *recovered):
-        report_run_changed(run_id)  # before the task can move it on to "working"
-        run_report.delay(run_id)
+        export_run_changed(run_id)  # before the task can move it on to "working"
+        run_export.delay(run_id)
     return {"created": created, "recovered": recovered}
 
 
-@app.task(name="exports.run_report", bind=True, max_retries=None, acks_late=True)
-def run_report(self, run_id: int) -> dict:  # noqa: ANN001
+@app.task(name="exports.run_export", bind=True, max_retries=None, acks_late=True)
+def run_export(self, run_id: int) -> dict:  # noqa: ANN001
     """Claim, build (once), mail (once). Retry policy: the run row counts attempts; a
     retryable failure comes back after exponential backoff with jitter, up to
     RELAYPACS_EXPORT_MAX_ATTEMPTS, then the run is failed with its reason (replayable)."""
     settings = runtime.settings()
     store = runtime.store()
     with runtime.session_scope() as session:
-        if not report_runs.claim(session, run_id, utcnow(), settings.export_working_timeout_seconds):
+        if not export_runs.claim(session, run_id, utcnow(), settings.export_working_timeout_seconds):
             return {"run": run_id, "skipped": True}
-    report_run_changed(run_id)
+    export_run_changed(run_id)
     try:
         with runtime.session_scope() as session:
-            run = session.get_one(ReportRun, run_id)
+            run = session.get_one(ExportRun, run_id)
             if not run.artifacts:
-                report_runs.build_artifacts(session, store, run)
+                export_runs.build_artifacts(session, store, run)
         with runtime.session_scope() as session:
-            smtp = report_delivery.Smtp.from_url(settings.smtp_url) if settings.smtp_url else None
-            report_runs.deliver(session, store, session.get_one(ReportRun, run_id), smtp,
+            smtp = export_delivery.Smtp.from_url(settings.smtp_url) if settings.smtp_url else None
+            export_runs.deliver(session, store, session.get_one(ExportRun, run_id), smtp,
                                 settings.mail_from, settings.export_attachment_limit_bytes,
                                 settings.export_link_ttl_seconds, utcnow())
     except Exception as exc:
         with runtime.session_scope() as session:
-            attempts = session.get_one(ReportRun, run_id).attempts
+            attempts = session.get_one(ExportRun, run_id).attempts
             # A refused mail or a sheet Excel cannot hold fails the same way every time.
-            final = (isinstance(exc, report_delivery.DeliveryFailed | SheetTooLarge)
+            final = (isinstance(exc, export_delivery.DeliveryFailed | SheetTooLarge)
                      or attempts >= settings.export_max_attempts)
-            report_runs.record_failure(session, run_id, f"{type(exc).__name__}: {exc}", utcnow(), final)
-        report_run_changed(run_id)
+            export_runs.record_failure(session, run_id, f"{type(exc).__name__}: {exc}", utcnow(), final)
+        export_run_changed(run_id)
         log.warning("report run %s attempt %s failed (%s): %s", run_id, attempts,
                     "final" if final else "will retry", exc)
         if final:
             return {"run": run_id, "state": "failed"}
-        delay = report_runs.backoff_seconds(attempts, settings.export_retry_base_seconds)
+        delay = export_runs.backoff_seconds(attempts, settings.export_retry_base_seconds)
         raise self.retry(countdown=delay + random.uniform(0, delay / 4), exc=exc) from exc
-    report_run_changed(run_id)
+    export_run_changed(run_id)
     return {"run": run_id, "state": "succeeded"}

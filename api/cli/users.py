@@ -7,6 +7,11 @@ import click
 
 from api.cli.session import open_session
 
+# Spelled out (not imported from pipeline.models) so ``relaypacs --help`` stays fast; a unit
+# test checks it against pipeline.models.Role.
+ROLE_NAMES = ["uploader", "qa_manager", "admin", "clinician", "radiologist", "consultant", "teaching",
+              "teaching_publisher"]
+
 
 @click.group()
 def users() -> None:
@@ -22,12 +27,14 @@ def _lifetime(days: int):  # noqa: ANN202
 @users.command("create")
 @click.option("--email", required=True)
 @click.option("--facility", required=True)
-@click.option("--role", required=True, type=click.Choice(["uploader", "qa_manager", "admin"]))
+@click.option("--role", "roles", required=True, multiple=True, type=click.Choice(ROLE_NAMES),
+              help="repeat for several roles")
 @click.option("--expires-days", default=365, show_default=True, type=int,
               help="token lifetime; 0: never expires")
 @click.option("--password-prompt", is_flag=True,
               help="also set a sign-in password for the pages (asked twice, never echoed)")
-def users_create(email: str, facility: str, role: str, expires_days: int, password_prompt: bool) -> None:
+def users_create(email: str, facility: str, roles: tuple[str, ...], expires_days: int,
+                 password_prompt: bool) -> None:
     """Create a user; the token is printed once, on the last line."""
     from pipeline.accounts import audit, passwords
     from pipeline.accounts.users import create_user
@@ -35,15 +42,16 @@ def users_create(email: str, facility: str, role: str, expires_days: int, passwo
     password = _ask_password() if password_prompt else None
     with open_session() as session:
         try:
-            user, token = create_user(session, email, facility, role, _lifetime(expires_days))
+            user, token = create_user(session, email, facility, roles, _lifetime(expires_days))
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
         if password is not None:
             passwords.set_password(session, user, password)
         audit.record(session, audit.Actor(None, user.facility_id, "cli"), "user.created",
-                     f"user:{user.id}", {"role": role, "password": password is not None})
+                     f"user:{user.id}", {"roles": list(user.roles), "password": password is not None})
         session.commit()
-        click.echo(f"created user {user.id} ({role}) in facility {facility!r}; token:", err=True)
+        click.echo(f"created user {user.id} ({', '.join(user.roles)}) in facility {facility!r}; token:",
+                   err=True)
     click.echo(token)
 
 
@@ -147,3 +155,65 @@ def users_enable(email: str) -> None:
         audit.record(session, audit.Actor(None, user.facility_id, "cli"), "user.enabled", f"user:{user.id}")
         session.commit()
     click.echo(f"user {user.id} enabled")
+
+
+@users.command("roles")
+@click.option("--email", required=True)
+@click.option("--role", "roles", required=True, multiple=True, type=click.Choice(ROLE_NAMES),
+              help="the full set: repeat for several roles")
+def users_roles(email: str, roles: tuple[str, ...]) -> None:
+    """Replace a user's roles."""
+    from pipeline.accounts import audit
+    from pipeline.accounts.users import change_roles
+
+    with open_session() as session:
+        try:
+            user = change_roles(session, email, roles)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        audit.record(session, audit.Actor(None, user.facility_id, "cli"), "user.roles_changed",
+                     f"user:{user.id}", {"roles": list(user.roles)})
+        session.commit()
+    click.echo(f"user {user.id} now holds: {', '.join(user.roles)}")
+
+
+@users.command("assign")
+@click.option("--email", required=True)
+@click.option("--facility", required=True)
+@click.option("--subspecialty", "subspecialties", multiple=True, help="consult pool, e.g. neuro; repeatable")
+def users_assign(email: str, facility: str, subspecialties: tuple[str, ...]) -> None:
+    """Let a radiologist or consultant read (and report for) another facility."""
+    from pipeline.accounts import audit
+    from pipeline.accounts.users import assign_reader
+
+    with open_session() as session:
+        try:
+            row = assign_reader(session, email, facility, subspecialties)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        audit.record(session, audit.Actor(None, row.facility_id, "cli"), "reader.assigned",
+                     f"user:{row.user_id}", {"facility_id": row.facility_id,
+                                             "subspecialties": row.subspecialties})
+        session.commit()
+    click.echo(f"user {row.user_id} reads facility {row.facility_id} "
+               f"({', '.join(row.subspecialties) or 'no subspecialty'})")
+
+
+@users.command("unassign")
+@click.option("--email", required=True)
+@click.option("--facility", required=True)
+def users_unassign(email: str, facility: str) -> None:
+    """End a reader's assignment to a facility."""
+    from pipeline.accounts import audit
+    from pipeline.accounts.users import unassign_reader
+
+    with open_session() as session:
+        try:
+            removed = unassign_reader(session, email, facility)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if not removed:
+            raise click.ClickException(f"{email!r} is not assigned to {facility!r}")
+        audit.record(session, audit.Actor(None, None, "cli"), "reader.unassigned", f"facility:{facility}")
+        session.commit()
+    click.echo("assignment removed")

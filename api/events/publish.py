@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from api.http.context import resources
-from pipeline.models import ReportDefinition, ReportRun, Upload, UploadState
+from pipeline.models import ExportDefinition, ExportRun, Upload, UploadState
 from pipeline.ops import events
 
 
@@ -40,7 +40,12 @@ def chunk_recorded(upload: Upload) -> None:
     events.publish_safely(_bus(), _chunk_events(upload))
 
 
-def report_run_changed(definition: ReportDefinition, run: ReportRun) -> None:
-    """report.status_changed for a run the API queued (run now, replay)."""
-    events.publish_safely(_bus(), events.report_status_changed(definition.facility_id, definition.id,
-                                                               run.id, run.state))
+def export_run_changed(definition: ExportDefinition, run: ExportRun) -> None:
+    """export.run_state_changed for a run the API queued (run now, replay)."""
+    events.publish_safely(_bus(), events.export_run_state_changed(definition.facility_id, definition.id,
+                                                                  run.id, run.state))
+
+
+def report_events(out: list[events.Event]) -> None:
+    """report.status_changed (and any other radiology-report events) after the commit."""
+    events.publish_safely(_bus(), out)

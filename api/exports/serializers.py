@@ -1,14 +1,14 @@
-"""How export definitions and their runs answer over HTTP: the JSON shapes of /api/v1/reports
+"""How export definitions and their runs answer over HTTP: the JSON shapes of /api/v1/exports
 (the QA managers' scheduled export builder)."""
 
 from __future__ import annotations
 
-from pipeline.models import ReportDefinition, ReportRun
+from pipeline.models import ExportDefinition, ExportRun
 
 
-def run_json(run: ReportRun) -> dict:
+def run_json(run: ExportRun) -> dict:
     return {
-        "id": run.id, "report_id": run.report_id, "run_key": run.run_key, "trigger": run.trigger,
+        "id": run.id, "export_id": run.export_id, "run_key": run.run_key, "trigger": run.trigger,
         "due_at": run.due_at.isoformat(),
         "period_start": run.period_start.isoformat() if run.period_start else None,
         "period_end": run.period_end.isoformat() if run.period_end else None,
@@ -20,7 +20,7 @@ def run_json(run: ReportRun) -> dict:
     }
 
 
-def definition_json(definition: ReportDefinition) -> dict:
+def definition_json(definition: ExportDefinition) -> dict:
     return {
         "id": definition.id, "facility_id": definition.facility_id, **definition.spec,
         "cron": definition.cron,

@@ -24,13 +24,16 @@ from api.http.context import db, resources
 from api.http.errors import ApiError
 from api.http.observability import check_request_bounds
 from pipeline.accounts import audit
+from pipeline.accounts.scoping import may_read
 from pipeline.accounts.sessions import SessionPolicy, find_session
 from pipeline.accounts.users import TokenCache
 from pipeline.models import Role, User, UserSession, utcnow
 
 F = TypeVar("F", bound=Callable)
 
-ALL_ROLES = tuple(Role)
+# What a bare ``require()`` admits: the upload side's roles, as before there were others.
+# The reading roles (clinician, radiologist, consultant) get a route only where it names them.
+DEFAULT_ROLES = (Role.UPLOADER, Role.QA_MANAGER, Role.ADMIN)
 # Path=/: one sign-in for every page and the API (the events process reads it too).
 SESSION_COOKIE = "relaypacs_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -157,9 +160,9 @@ def authenticate() -> User:
 
 
 def require(*roles: Role) -> Callable[[F], F]:
-    """401 without a valid token or session, 403 when the user's role is not in ``roles``
+    """401 without a valid token or session, 403 when none of the user's roles is in ``roles``
     (or a cookie-authenticated write lacks its CSRF token)."""
-    allowed = set(roles or ALL_ROLES)
+    allowed = set(roles or DEFAULT_ROLES)
 
     def decorate(view: F) -> F:
         @wraps(view)
@@ -168,8 +171,8 @@ def require(*roles: Role) -> Callable[[F], F]:
             resources().limiter.check(user.id)
             if g.auth == "token":
                 _record_token_use()
-            if Role(user.role) not in allowed:
-                raise ApiError(403, f"role {user.role} may not do this")
+            if not user.has_role(*allowed):  # any one of the user's roles will do
+                raise ApiError(403, f"role {'/'.join(sorted(user.role_set()))} may not do this")
             check_request_bounds()
             return view(*args, **kwargs)
 
@@ -190,7 +193,7 @@ def actor() -> audit.Actor:
 
 
 def check_facility(facility_id: int) -> None:
-    """403 unless the current user belongs to the facility (admins see every facility)."""
-    user = current_user()
-    if user.role != Role.ADMIN and user.facility_id != facility_id:
+    """403 unless the current user may read the facility: their own, a reader's assigned
+    ones, every one for admins (pipeline.accounts.scoping)."""
+    if not may_read(db(), current_user(), facility_id):
         raise ApiError(403, "this belongs to another facility")

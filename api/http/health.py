@@ -16,8 +16,8 @@ from pipeline.models import (
     DeliveryState,
     Destination,
     DestinationHealth,
-    ReportRun,
-    ReportRunState,
+    ExportRun,
+    ExportRunState,
     Upload,
 )
 from pipeline.ops import liveness
@@ -102,8 +102,8 @@ def _dead_letters(session, names: dict[int, str]) -> list[str]:  # noqa: ANN001
     failed = dict(session.execute(
         select(Delivery.destination_id, func.count()).where(Delivery.state == DeliveryState.FAILED)
         .group_by(Delivery.destination_id)).all())
-    runs = session.scalar(select(func.count()).select_from(ReportRun)
-                          .where(ReportRun.state == ReportRunState.FAILED))
+    runs = session.scalar(select(func.count()).select_from(ExportRun)
+                          .where(ExportRun.state == ExportRunState.FAILED))
     return gauge("relaypacs_dead_letters", "Work that gave up and waits for a replay.", [
         *(({"kind": "delivery", "destination": name}, failed.get(destination_id, 0))
           for destination_id, name in sorted(names.items())),

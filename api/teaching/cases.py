@@ -1,8 +1,8 @@
 """Teaching cases over HTTP. Every route needs a teaching role (teaching, teaching_publisher)
 or admin; what each may see and do is decided in pipeline/teaching/cases.py.
 
-``POST  /cases``  add a draft case from a delivered study (authors: publishers, admins,
-      radiologists once that role exists); 202, the worker copies the instances.
+``POST  /cases``  add a draft case from a delivered study or a radiology report (authors:
+      radiologists, publishers, admins, from studies they may read); 202, the worker copies.
 ``GET   /cases?q=&modality=&body_part=&difficulty=&diagnosis=&state=&page=&per_page=&unknown=``
       full-text search with facets, paginated; ``unknown=1`` hides the diagnosis.
 ``GET   /cases/ID[?unknown=1]``  one case; ``PATCH /cases/ID``  edit (author, publishers).
@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Literal
 
 from flask import Blueprint, Response, g, jsonify, stream_with_context
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.http.auth import actor, current_user, require
 from api.http.context import db, resources
@@ -32,10 +32,7 @@ from workers import chains
 
 blueprint = Blueprint("teaching", __name__)
 
-READERS = (Role.TEACHING, Role.TEACHING_PUBLISHER, Role.ADMIN)
-_ROLE_RADIOLOGIST = getattr(Role, "RADIOLOGIST", None)
-if _ROLE_RADIOLOGIST is not None:
-    READERS = (*READERS, _ROLE_RADIOLOGIST)
+READERS = (Role.TEACHING, Role.TEACHING_PUBLISHER, Role.RADIOLOGIST, Role.ADMIN)
 
 
 class OptionsBody(BaseModel):
@@ -62,9 +59,16 @@ class FieldsBody(BaseModel):
 
 
 class AddBody(FieldsBody):
-    study_id: int = Field(ge=1)
+    study_id: int | None = Field(None, ge=1, description="a delivered study")
+    report_id: int | None = Field(None, ge=1, description="a radiology report (its study)")
     title: str = Field(min_length=1, max_length=200)
     options: OptionsBody = OptionsBody()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AddBody:
+        if (self.study_id is None) == (self.report_id is None):
+            raise ValueError("give exactly one of study_id and report_id")
+        return self
 
 
 class SearchArgs(BaseModel):
@@ -106,10 +110,13 @@ def add_case():  # noqa: ANN201
     body: AddBody = g.body
     session = db()
     user = current_user()
-    fields = _fields(body, skip=("study_id", "options"))
+    fields = _fields(body, skip=("study_id", "report_id", "options"))
+    options = DeidOptions(**body.options.model_dump())
     try:
-        case = cases.add_from_study(session, user, body.study_id, fields,
-                                    DeidOptions(**body.options.model_dump()))
+        if body.report_id is not None:
+            case = cases.add_from_report(session, user, body.report_id, fields, options)
+        else:
+            case = cases.add_from_study(session, user, body.study_id, fields, options)
     except cases.CaseError as exc:
         raise _fail(exc) from exc
     audit.record(session, actor(), "teaching.case_added", f"teaching_case:{case.id}",

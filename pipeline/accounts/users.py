@@ -12,14 +12,14 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from pipeline.accounts.sessions import revoke_user_sessions
-from pipeline.models import Facility, Role, User, utcnow
+from pipeline.models import READER_ROLES, Facility, ReaderAssignment, Role, User, primary_role, utcnow
 
 # Tokens expire; an admin rotates them (relaypacs users rotate) before they do.
 DEFAULT_TOKEN_LIFETIME = timedelta(days=365)
@@ -39,23 +39,89 @@ def get_or_create_facility(session: Session, name: str) -> Facility:
     return facility
 
 
-def create_user(session: Session, email: str, facility_name: str, role: str,
+def parse_roles(roles: str | Iterable[str]) -> list[str]:
+    """Role names, checked and de-duplicated in the order given (ValueError naming a bad one)."""
+    names = [roles] if isinstance(roles, str) else list(roles)
+    out: list[str] = []
+    for name in names:
+        try:
+            role = Role(name)
+        except ValueError as exc:
+            allowed = ", ".join(r.value for r in Role)
+            raise ValueError(f"unknown role {name!r}; use one of: {allowed}") from exc
+        if role.value not in out:
+            out.append(role.value)
+    if not out:
+        raise ValueError("a user needs at least one role")
+    return out
+
+
+def set_roles(user: User, roles: str | Iterable[str]) -> list[str]:
+    """Give ``user`` exactly these roles; ``users.role`` follows as the primary one."""
+    checked = parse_roles(roles)
+    user.roles = checked
+    user.role = primary_role(checked)
+    if user.id is not None:  # a cached copy elsewhere must not keep the old roles
+        _forget_user(user.id)
+    return checked
+
+
+def create_user(session: Session, email: str, facility_name: str, role: str | Iterable[str],
                 expires_in: timedelta | None = DEFAULT_TOKEN_LIFETIME) -> tuple[User, str]:
-    """Create a user and return it with its new token (the only time the token exists)."""
-    try:
-        role = Role(role)
-    except ValueError as exc:
-        allowed = ", ".join(r.value for r in Role)
-        raise ValueError(f"unknown role {role!r}; use one of: {allowed}") from exc
+    """Create a user with one or more roles and return it with its new token (the only time
+    the token exists)."""
+    roles = parse_roles(role)
     if session.scalar(select(User).where(User.email == email)) is not None:
         raise ValueError(f"a user with email {email!r} already exists")
     facility = get_or_create_facility(session, facility_name)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    user = User(email=email, role=role.value, facility_id=facility.id, token_hash=hash_token(token),
+    user = User(email=email, role=primary_role(roles), roles=roles, facility_id=facility.id,
+                token_hash=hash_token(token),
                 token_expires_at=utcnow() + expires_in if expires_in else None)
     session.add(user)
     session.flush()
     return user, token
+
+
+def change_roles(session: Session, email: str, roles: Iterable[str]) -> User:
+    """An admin's change of a user's roles (the CLI's ``users roles``)."""
+    user = _existing_user(session, email)
+    set_roles(user, roles)
+    session.flush()
+    return user
+
+
+def assign_reader(session: Session, email: str, facility_name: str,
+                  subspecialties: Iterable[str] = ()) -> ReaderAssignment:
+    """Let a radiologist or consultant read a facility's delivered studies and reports (and
+    join its consult pools by ``subspecialties``); again for the same pair replaces them."""
+    user = _existing_user(session, email)
+    if not user.has_role(*READER_ROLES):
+        raise ValueError(f"{email!r} is neither a radiologist nor a consultant")
+    facility = session.scalar(select(Facility).where(Facility.name == facility_name))
+    if facility is None:
+        raise ValueError(f"no facility named {facility_name!r}")
+    wanted = sorted({s.strip().lower() for s in subspecialties if s.strip()})
+    row = session.scalar(select(ReaderAssignment).where(ReaderAssignment.user_id == user.id,
+                                                        ReaderAssignment.facility_id == facility.id))
+    if row is None:
+        row = ReaderAssignment(user_id=user.id, facility_id=facility.id, subspecialties=wanted)
+        session.add(row)
+    else:
+        row.subspecialties = wanted
+    session.flush()
+    return row
+
+
+def unassign_reader(session: Session, email: str, facility_name: str) -> bool:
+    user = _existing_user(session, email)
+    row = session.scalar(select(ReaderAssignment).join(Facility, Facility.id == ReaderAssignment.facility_id)
+                         .where(ReaderAssignment.user_id == user.id, Facility.name == facility_name))
+    if row is None:
+        return False
+    session.delete(row)
+    session.flush()
+    return True
 
 
 def user_for_token(session: Session, token: str, *, fresh: bool = False) -> User | None:

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from pipeline.analytics.stats import BUCKET_COLUMNS, percentile_from_buckets
-from pipeline.exports.definitions import METRICS, STATS_METRICS, TIME_GROUPINGS, ReportSpec
+from pipeline.exports.definitions import METRICS, STATS_METRICS, TIME_GROUPINGS, ExportSpec
 from pipeline.exports.schedule import zone
 from pipeline.models import Facility, HourlyStats, Upload, UploadState, User
 
@@ -103,7 +103,7 @@ class Section:
 
 
 @dataclass
-class ReportData:
+class ExportData:
     name: str
     facility_names: list[str]
     period_start: datetime
@@ -113,7 +113,7 @@ class ReportData:
     sections: list[Section] = field(default_factory=list)
 
 
-def _stats_filter(stmt, spec: ReportSpec, facility_ids: Sequence[int], start: datetime,  # noqa: ANN001, ANN202
+def _stats_filter(stmt, spec: ExportSpec, facility_ids: Sequence[int], start: datetime,  # noqa: ANN001, ANN202
                   end: datetime):
     stmt = stmt.where(HourlyStats.hour >= start, HourlyStats.hour < end,
                       HourlyStats.facility_id.in_(list(facility_ids)))
@@ -216,7 +216,7 @@ def _measures(metrics: Sequence[str], source) -> tuple[list[ColumnElement], Call
     return columns, values
 
 
-def _grouped(session: Session, spec: ReportSpec, facility_ids: Sequence[int], start: datetime,
+def _grouped(session: Session, spec: ExportSpec, facility_ids: Sequence[int], start: datetime,
              end: datetime, dims: Sequence[str], metrics: Sequence[str], *, count: bool = False):  # noqa: ANN202
     """The statement summing hourly rows into one row per ``dims`` (in order), with one
     column per metric; ``count``: the number of such rows instead."""
@@ -272,7 +272,7 @@ def _stream(session: Session, stmt, values: Callable | None, keys: int) -> Itera
         result.close()
 
 
-def _stats_section_rows(session: Session, spec: ReportSpec, facility_ids: Sequence[int], start: datetime,
+def _stats_section_rows(session: Session, spec: ExportSpec, facility_ids: Sequence[int], start: datetime,
                         end: datetime, dims: Sequence[str], metrics: Sequence[str]) -> Iterator[tuple]:
     stmt, values = _grouped(session, spec, facility_ids, start, end, dims, metrics)
     yield from _stream(session, stmt, values, len(dims))
@@ -333,7 +333,7 @@ def _forecast(session: Session, facility_ids: Sequence[int], start: datetime, en
     return rows, (round(total) if complete else None, note)
 
 
-def _summary(session: Session, spec: ReportSpec, facility_ids: Sequence[int], start: datetime,
+def _summary(session: Session, spec: ExportSpec, facility_ids: Sequence[int], start: datetime,
              end: datetime, forecast_total: tuple[object, str | None] | None,
              ) -> list[tuple[str, object, str | None]]:
     stmt = _stats_filter(select(func.max(HourlyStats.latency_max_ms),
@@ -379,15 +379,15 @@ def _group_column(dim: str) -> Column:
     return Column(_GROUP_LABELS[dim], _GROUP_FORMATS.get(dim), 18 if dim == "hour" else 14)
 
 
-def build(session: Session, spec: ReportSpec, facility_ids: Sequence[int], start: datetime,
-          end: datetime) -> ReportData:
+def build(session: Session, spec: ExportSpec, facility_ids: Sequence[int], start: datetime,
+          end: datetime) -> ExportData:
     """The report for ``[start, end)``; sections read the database when iterated."""
     tz = zone(spec.timezone)
     names = list(session.scalars(select(Facility.name).where(Facility.id.in_(list(facility_ids)))
                                  .order_by(Facility.name)))
     forecast_rows, forecast_total = (_forecast(session, facility_ids, start, end, tz)
                                      if "forecast" in spec.metrics else ([], None))
-    data = ReportData(spec.name, names, start, end, spec.timezone,
+    data = ExportData(spec.name, names, start, end, spec.timezone,
                       summary=_summary(session, spec, facility_ids, start, end, forecast_total))
     grouping = list(spec.grouping)
     chart = "line" if grouping[0] in TIME_GROUPINGS else "bar"

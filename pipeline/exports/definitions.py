@@ -1,7 +1,7 @@
 """What a report may ask for: the metrics catalogue, filters, relative periods, grouping,
-formats, recipients and schedule, validated into one ``ReportSpec`` with clear errors.
+formats, recipients and schedule, validated into one ``ExportSpec`` with clear errors.
 
-The spec is stored as JSON on ``ReportDefinition.spec``; the API validates bodies with the
+The spec is stored as JSON on ``ExportDefinition.spec``; the API validates bodies with the
 same model, so a stored definition is always one the builder can run.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.exports import schedule as report_schedule
+from pipeline.exports import schedule as export_schedule
 
 # name -> (label, section, number format). Sections become sheets and PDF chapters.
 METRICS: dict[str, tuple[str, str, str]] = {
@@ -42,7 +42,7 @@ RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 Modality = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_]+$")]
 
 
-class ReportFilters(BaseModel):
+class ExportFilters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # None: the report's own facility (admins may name others, checked by the API).
     facility_ids: list[RowId] | None = Field(default=None, max_length=500)
@@ -51,13 +51,13 @@ class ReportFilters(BaseModel):
     period: Literal[PERIODS] = "last_week"  # type: ignore[valid-type]
 
 
-class ReportSpec(BaseModel):
+class ExportSpec(BaseModel):
     """A report definition as the API receives it and the builder runs it."""
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=120)
     metrics: list[str] = Field(min_length=1)
-    filters: ReportFilters = Field(default_factory=ReportFilters)
+    filters: ExportFilters = Field(default_factory=ExportFilters)
     grouping: list[str] = Field(default_factory=lambda: ["day"], min_length=1, max_length=2)
     formats: list[Literal[FORMATS]] = Field(default_factory=lambda: ["xlsx"], min_length=1)  # type: ignore[valid-type]
     recipients: list[str] = Field(default_factory=list, max_length=50)
@@ -111,8 +111,8 @@ class ReportSpec(BaseModel):
     @classmethod
     def _schedule(cls, value: str) -> str:
         try:
-            report_schedule.check_cron(value)
-        except report_schedule.ScheduleError as exc:
+            export_schedule.check_cron(value)
+        except export_schedule.ScheduleError as exc:
             raise ValueError(str(exc)) from exc
         return value.strip()
 
@@ -120,26 +120,26 @@ class ReportSpec(BaseModel):
     @classmethod
     def _timezone(cls, value: str) -> str:
         try:
-            report_schedule.zone(value)
-        except report_schedule.ScheduleError as exc:
+            export_schedule.zone(value)
+        except export_schedule.ScheduleError as exc:
             raise ValueError(str(exc)) from exc
         return value
 
     @model_validator(mode="after")
-    def _delivered_somewhere(self) -> ReportSpec:
+    def _delivered_somewhere(self) -> ExportSpec:
         if not self.recipients and not self.store_in_s3:
             raise ValueError("a report needs recipients or store_in_s3 (else nobody gets it)")
         return self
 
     @property
     def cron(self) -> str:
-        return report_schedule.check_cron(self.schedule)
+        return export_schedule.check_cron(self.schedule)
 
 
 def period_bounds(period: str, due_at: datetime, timezone: str) -> tuple[datetime, datetime]:
     """[start, end) in UTC of a relative period, judged from the due time in local time:
     "last_week" at Monday 07:00 Berlin is the previous Monday 00:00 to this Monday 00:00."""
-    tz = report_schedule.zone(timezone)
+    tz = export_schedule.zone(timezone)
     local = due_at.astimezone(tz)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)
     if period == "yesterday":
@@ -161,7 +161,7 @@ def period_bounds(period: str, due_at: datetime, timezone: str) -> tuple[datetim
 
 def period_label(start: datetime, end: datetime, timezone: str) -> str:
     """For file names: 2026-03-23_to_2026-03-29 (local dates, end inclusive)."""
-    tz = report_schedule.zone(timezone)
+    tz = export_schedule.zone(timezone)
     last = (end.astimezone(tz) - timedelta(seconds=1)).date()
     first = start.astimezone(tz).date()
     return f"{first:%Y-%m-%d}" if first == last else f"{first:%Y-%m-%d}_to_{last:%Y-%m-%d}"

@@ -83,6 +83,6 @@ def latest_due(expression: str, timezone: str, now: datetime) -> datetime | None
     return None  # pragma: no cover
 
 
-def run_key(report_id: int, due_at: datetime) -> str:
+def run_key(export_id: int, due_at: datetime) -> str:
     """One run per report and due time: the unique key two dispatchers collide on."""
-    return f"report-{report_id}@{due_at.astimezone(UTC):%Y-%m-%dT%H:%MZ}"
+    return f"export-{export_id}@{due_at.astimezone(UTC):%Y-%m-%dT%H:%MZ}"

@@ -14,12 +14,15 @@ Every name is re-exported here, so ``from pipeline.models import Upload`` stays 
 importing this package registers every mapper (Alembic and ``configure_mappers`` need all).
 """
 
+from pipeline.models.accounts import READER_ROLES as READER_ROLES
 from pipeline.models.accounts import AuditEvent as AuditEvent
 from pipeline.models.accounts import Facility as Facility
 from pipeline.models.accounts import PasswordReset as PasswordReset
+from pipeline.models.accounts import ReaderAssignment as ReaderAssignment
 from pipeline.models.accounts import Role as Role
 from pipeline.models.accounts import User as User
 from pipeline.models.accounts import UserSession as UserSession
+from pipeline.models.accounts import primary_role as primary_role
 from pipeline.models.analytics import LATENCY_BUCKETS_MS as LATENCY_BUCKETS_MS
 from pipeline.models.analytics import STATS_INCLUDE as STATS_INCLUDE
 from pipeline.models.analytics import AnalyticsWatermark as AnalyticsWatermark
@@ -47,9 +50,9 @@ from pipeline.models.dicom import SopInstance as SopInstance
 from pipeline.models.dicom import Study as Study
 from pipeline.models.editing import MetadataChange as MetadataChange
 from pipeline.models.editing import UploadTemplate as UploadTemplate
-from pipeline.models.exports import ReportDefinition as ReportDefinition
-from pipeline.models.exports import ReportRun as ReportRun
-from pipeline.models.exports import ReportRunState as ReportRunState
+from pipeline.models.exports import ExportDefinition as ExportDefinition
+from pipeline.models.exports import ExportRun as ExportRun
+from pipeline.models.exports import ExportRunState as ExportRunState
 from pipeline.models.forecasting import FacilityCalendar as FacilityCalendar
 from pipeline.models.forecasting import UploadForecast as UploadForecast
 from pipeline.models.intake import TERMINAL_UPLOAD_STATES as TERMINAL_UPLOAD_STATES
@@ -67,6 +70,12 @@ from pipeline.models.lifecycle import StorageRun as StorageRun
 from pipeline.models.lifecycle import StoredObject as StoredObject
 from pipeline.models.lifecycle import StoredObjectKind as StoredObjectKind
 from pipeline.models.ops import QueueCanary as QueueCanary
+from pipeline.models.reports import RadiologyReport as RadiologyReport
+from pipeline.models.reports import ReportPollState as ReportPollState
+from pipeline.models.reports import ReportSource as ReportSource
+from pipeline.models.reports import ReportStatus as ReportStatus
+from pipeline.models.reports import ReportStatusChange as ReportStatusChange
+from pipeline.models.reports import StudyReportCheck as StudyReportCheck
 from pipeline.models.teaching import CaseState as CaseState
 from pipeline.models.teaching import Difficulty as Difficulty
 from pipeline.models.teaching import Preparation as Preparation

@@ -32,9 +32,18 @@ UPLOAD_INITIATED = "upload.initiated"
 UPLOAD_CHUNK_RECEIVED = "upload.chunk_received"
 UPLOAD_COMPLETED = "upload.completed"
 STUDY_FORWARDED = "study.forwarded"
+# Instances a destination refused for good: someone has to look at the destination or the data.
+DELIVERY_DEAD_LETTERED = "delivery.dead_lettered"
+# The QA managers' scheduled exports (pipeline/exports): a run's state, and the mail it sent or
+# its final failure. Named apart from radiology reports so no consumer mistakes one for the other.
+EXPORT_RUN_STATE_CHANGED = "export.run_state_changed"
+EXPORT_NOTIFICATION = "export.notification"
+# Radiology reports (pipeline/reports) only: a report's status moved (from, to), and a
+# notification row was created for a person.
 REPORT_STATUS_CHANGED = "report.status_changed"
 NOTIFICATION_CREATED = "notification.created"
 EVENT_TYPES = frozenset({UPLOAD_INITIATED, UPLOAD_CHUNK_RECEIVED, UPLOAD_COMPLETED, STUDY_FORWARDED,
+                         DELIVERY_DEAD_LETTERED, EXPORT_RUN_STATE_CHANGED, EXPORT_NOTIFICATION,
                          REPORT_STATUS_CHANGED, NOTIFICATION_CREATED})
 
 STREAM_KEY = "relaypacs:events"
@@ -44,11 +53,11 @@ STREAM_MAXLEN = 100_000
 # Keys an event may carry besides type/facility/at: ids and counts only, by construction.
 ALLOWED_FIELDS = frozenset({"upload_id", "batch_id", "study_id", "destination_id", "user_id",
                             "offset", "length", "delivered", "failed", "deferred", "report_id",
-                            "run_id", "notification_id", "status", "kind", "recipients"})
-# What a notification.created is about (``kind``): things an admin or QA manager acts on.
-NOTIFY_REPORT_SENT = "report_sent"  # a scheduled report was mailed to its recipients
-NOTIFY_REPORT_FAILED = "report_failed"  # a report run failed for good (replayable)
-NOTIFY_DEAD_LETTER = "dead_letter"  # instances a destination refused for good
+                            "export_id", "run_id", "notification_id", "status", "from", "to",
+                            "kind", "recipients"})
+# What an export.notification is about (``kind``): things a QA manager or admin acts on.
+NOTIFY_EXPORT_SENT = "export_sent"  # a scheduled export was mailed to its recipients
+NOTIFY_EXPORT_FAILED = "export_failed"  # an export run failed for good (replayable)
 
 
 @dataclass(frozen=True)
@@ -87,28 +96,45 @@ def study_forwarded(facility_id: int, study_id: int, destination_id: int, *, del
     })
 
 
-def report_status_changed(facility_id: int, report_id: int, run_id: int, status: str) -> Event:
-    """A report run entered ``status`` (queued, working, retrying, succeeded, failed)."""
-    return Event(REPORT_STATUS_CHANGED, facility_id, {"report_id": report_id, "run_id": run_id,
-                                                      "status": str(status)})
+def dead_lettered(facility_id: int, study_id: int, destination_id: int, failed: int) -> Event:
+    """delivery.dead_lettered: ``failed`` instances of a study a destination refused for good."""
+    return Event(DELIVERY_DEAD_LETTERED, facility_id, {"study_id": study_id,
+                                                       "destination_id": destination_id, "failed": failed})
+
+
+def export_run_state_changed(facility_id: int, export_id: int, run_id: int, status: str) -> Event:
+    """An export run entered ``status`` (queued, working, retrying, succeeded, failed)."""
+    return Event(EXPORT_RUN_STATE_CHANGED, facility_id, {"export_id": export_id, "run_id": run_id,
+                                                         "status": str(status)})
+
+
+def export_run_events(facility_id: int, export_id: int, run_id: int, status: str, *,
+                      recipients_notified: int = 0, notified_now: bool = False) -> list[Event]:
+    """The events for an export run's new state: export.run_state_changed, plus an
+    export.notification when the run mailed its recipients now or failed for good."""
+    out = [export_run_state_changed(facility_id, export_id, run_id, status)]
+    ids = {"export_id": export_id, "run_id": run_id}
+    if str(status) == "succeeded" and notified_now:
+        out.append(Event(EXPORT_NOTIFICATION, facility_id,
+                         {"kind": NOTIFY_EXPORT_SENT, "recipients": recipients_notified, **ids}))
+    elif str(status) == "failed":
+        out.append(Event(EXPORT_NOTIFICATION, facility_id, {"kind": NOTIFY_EXPORT_FAILED, **ids}))
+    return out
+
+
+def report_status_changed(facility_id: int, report_id: int, from_status: str | None,
+                          to_status: str) -> Event:
+    """A radiology report's status moved from ``from_status`` (None for a new report) to
+    ``to_status`` (FHIR DiagnosticReport codes)."""
+    before = None if from_status is None else str(from_status)
+    return Event(REPORT_STATUS_CHANGED, facility_id, {"report_id": report_id, "from": before,
+                                                      "to": str(to_status)})
 
 
 def notification(facility_id: int, kind: str, **ids: int) -> Event:
-    """notification.created: ``kind`` (NOTIFY_*) and the ids and counts it is about."""
+    """notification.created (radiology reports: comments, consults, status): ``kind`` and
+    the ids and counts it is about."""
     return Event(NOTIFICATION_CREATED, facility_id, {"kind": kind, **ids})
-
-
-def report_run_events(facility_id: int, report_id: int, run_id: int, status: str, *,
-                      recipients_notified: int = 0, notified_now: bool = False) -> list[Event]:
-    """The events for a report run's new state: report.status_changed, plus a
-    notification.created when the run mailed its recipients now or failed for good."""
-    out = [report_status_changed(facility_id, report_id, run_id, status)]
-    ids = {"report_id": report_id, "run_id": run_id}
-    if str(status) == "succeeded" and notified_now:
-        out.append(notification(facility_id, NOTIFY_REPORT_SENT, recipients=recipients_notified, **ids))
-    elif str(status) == "failed":
-        out.append(notification(facility_id, NOTIFY_REPORT_FAILED, **ids))
-    return out
 
 
 def visible_to(payload: dict, facility_id: int, is_admin: bool) -> bool:

@@ -17,11 +17,14 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Select, and_, func, literal_column, or_, select, text
 from sqlalchemy.orm import Session
 
+from pipeline.accounts.scoping import may_read
 from pipeline.models import (
     CaseState,
     Difficulty,
     Facility,
     Preparation,
+    RadiologyReport,
+    ReportStatus,
     Role,
     Study,
     TeachingCase,
@@ -47,23 +50,12 @@ class CaseError(ValueError):
 
 
 def roles_of(user: User) -> set[str]:
-    """A user's roles (one today; several once users hold more than one role)."""
-    roles = getattr(user, "roles", None)
-    if roles:
-        return {str(r) for r in roles}
-    return {str(user.role)}
+    """Every role the user holds (``users.roles``; ``users.role`` for a row without them)."""
+    return {str(r) for r in (user.roles or [user.role])}
 
 
-def _author_roles() -> set[str]:
-    # Radiologists add cases once the role exists; until then admins and publishers do.
-    roles = {Role.ADMIN.value, Role.TEACHING_PUBLISHER.value}
-    radiologist = getattr(Role, "RADIOLOGIST", None)
-    if radiologist is not None:
-        roles.add(radiologist.value)
-    return roles
-
-
-AUTHOR_ROLES = frozenset(_author_roles())
+# Radiologists add cases from the studies they may read; publishers and admins too.
+AUTHOR_ROLES = frozenset({Role.ADMIN.value, Role.TEACHING_PUBLISHER.value, Role.RADIOLOGIST.value})
 READER_ROLES = frozenset({Role.TEACHING.value, *AUTHOR_ROLES})
 
 
@@ -154,17 +146,18 @@ def _apply(case: TeachingCase, fields: dict) -> None:
 
 
 def readable_study(session: Session, user: User, study_id: int) -> Study:
-    """A study the user may make a case from: their own facility's (admins: any)."""
+    """A study the user may make a case from: one of the facilities they may read (their
+    own; a radiologist's assigned ones too; admins any)."""
     study = session.get(Study, study_id)
     if study is None:
         raise CaseError(f"no study {study_id}", 404)
-    if Role.ADMIN.value not in roles_of(user) and study.facility_id != user.facility_id:
-        raise CaseError("this study belongs to another facility", 403)
+    if not may_read(session, user, study.facility_id):
+        raise CaseError("this study belongs to a facility you do not read", 403)
     return study
 
 
 def add_from_study(session: Session, user: User, study_id: int, fields: dict,
-                   options: DeidOptions) -> TeachingCase:
+                   options: DeidOptions, *, report_id: int | None = None) -> TeachingCase:
     """A new draft case from a delivered study; its instances are copied by the job."""
     if not may_add(user):
         raise CaseError(f"role {user.role} may not add teaching cases", 403)
@@ -197,9 +190,25 @@ def add_from_study(session: Session, user: User, study_id: int, fields: dict,
     _apply(case, fields)
     session.add(case)
     session.flush()
-    session.add(TeachingCaseSource(case_id=case.id, facility_id=study.facility_id, study_id=study.id))
+    session.add(TeachingCaseSource(case_id=case.id, facility_id=study.facility_id, study_id=study.id,
+                                   report_id=report_id))
     session.flush()
     return case
+
+
+def add_from_report(session: Session, user: User, report_id: int, fields: dict,
+                    options: DeidOptions) -> TeachingCase:
+    """A new draft case from a radiology report: its study (as delivered), the report's text
+    as the findings unless given. Report text often names the patient: the free-text
+    warnings say where, and the author edits before a publisher approves."""
+    report = session.get(RadiologyReport, report_id)
+    if report is None or not may_read(session, user, report.facility_id):
+        raise CaseError(f"no radiology report {report_id}", 404)
+    if report.status == ReportStatus.CANCELLED:
+        raise CaseError("this report was cancelled", 409)
+    if not fields.get("findings") and report.text:
+        fields = {**fields, "findings": report.text[:20000]}
+    return add_from_study(session, user, report.study_id, fields, options, report_id=report.id)
 
 
 def edit(session: Session, user: User, case: TeachingCase, fields: dict) -> None:

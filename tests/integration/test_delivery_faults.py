@@ -225,11 +225,10 @@ def test_refused_instances_are_dead_lettered_and_others_delivered(stack, make_us
     # Operators see it: /metrics counts the dead letter against its destination.
     metrics = requests.get(f"{stack.api.url}/metrics", timeout=10).text
     assert 'relaypacs_dead_letters{kind="delivery",destination="refusing-pacs"} 1' in metrics
-    # Someone is told: a notification.created (dead_letter) is on the event stream.
+    # Someone is told: a delivery.dead_lettered is on the event stream.
     stream = redis.Redis.from_url(stack.env["RELAYPACS_REDIS_URL"]).xrange(events.STREAM_KEY)
     notes = [json.loads(fields[b"e"]) for _, fields in stream]
-    assert any(n["type"] == events.NOTIFICATION_CREATED and n["kind"] == events.NOTIFY_DEAD_LETTER
-               and n["failed"] == 1 for n in notes), notes[-5:]
+    assert any(n["type"] == events.DELIVERY_DEAD_LETTERED and n["failed"] == 1 for n in notes), notes[-5:]
 
     # Replayed while the PACS still refuses: dead-lettered again after one attempt, no loop.
     admin = Gateway(stack.api.url, make_user("Fault Refused", "admin"))

@@ -104,7 +104,7 @@ def test_weekly_report_due_built_mailed_once_then_smtp_failure_and_replay(
                                              "delivery_latency_p95", "quarantined_by_reason"],
             "grouping": ["day"], "formats": ["xlsx", "pdf", "csv"], "recipients": ["qa@clinic.test"],
             "schedule": "weekly", "timezone": "Europe/Berlin"}
-    created = requests.post(f"{api_server.url}/api/v1/reports", json=body, headers=headers, timeout=10)
+    created = requests.post(f"{api_server.url}/api/v1/exports", json=body, headers=headers, timeout=10)
     assert created.status_code == 201, created.text
     report = created.json()
     due = datetime.fromisoformat(report["next_due_at"])
@@ -113,7 +113,7 @@ def test_weekly_report_due_built_mailed_once_then_smtp_failure_and_replay(
     uploads = _seed_week(postgres_url, period[0])
 
     client = Celery("exports-it", broker=redis_url)
-    runs_url = f"{api_server.url}/api/v1/reports/{report['id']}/runs"
+    runs_url = f"{api_server.url}/api/v1/exports/{report['id']}/runs"
 
     def runs() -> list[dict]:
         return requests.get(runs_url, headers=headers, timeout=10).json()["runs"]
@@ -155,7 +155,7 @@ def test_weekly_report_due_built_mailed_once_then_smtp_failure_and_replay(
 
     # The mail server refuses: retried with backoff, then failed with the reason.
     box.failing = True
-    queued = requests.post(f"{api_server.url}/api/v1/reports/{report['id']}/run", headers=headers, timeout=10)
+    queued = requests.post(f"{api_server.url}/api/v1/exports/{report['id']}/run", headers=headers, timeout=10)
     assert queued.status_code == 202
     run_id = queued.json()["id"]
 
@@ -199,16 +199,16 @@ def test_files_over_the_attachment_limit_are_mailed_as_presigned_links(
     body = {"name": "Large QA", "metrics": ["uploads", "bytes", "delivery_success_rate"], "grouping": ["day"],
             "formats": ["xlsx", "pdf"], "recipients": ["big@clinic.test"], "schedule": "weekly",
             "timezone": "Europe/Berlin", "filters": {"period": "last_week"}}
-    created = requests.post(f"{api_server.url}/api/v1/reports", json=body, headers=headers, timeout=10)
+    created = requests.post(f"{api_server.url}/api/v1/exports", json=body, headers=headers, timeout=10)
     assert created.status_code == 201, created.text
-    report_id = created.json()["id"]
+    export_id = created.json()["id"]
     period = period_bounds("last_week", datetime.now(UTC), "Europe/Berlin")
     uploads = _seed_week(postgres_url, period[0], facility)
     before = len(box.messages)
 
-    queued = requests.post(f"{api_server.url}/api/v1/reports/{report_id}/run", headers=headers, timeout=10)
+    queued = requests.post(f"{api_server.url}/api/v1/exports/{export_id}/run", headers=headers, timeout=10)
     assert queued.status_code == 202, queued.text
-    runs_url = f"{api_server.url}/api/v1/reports/{report_id}/runs"
+    runs_url = f"{api_server.url}/api/v1/exports/{export_id}/runs"
 
     def finished() -> dict | None:
         run = requests.get(runs_url, headers=headers, timeout=10).json()["runs"][0]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from fpdf import FPDF
 
-from pipeline.exports.data import ReportData, Section
+from pipeline.exports.data import ExportData, Section
 from pipeline.exports.schedule import zone
 
 TABLE_MAX_ROWS = 200
@@ -150,7 +150,7 @@ def _section(pdf: FPDF, section: Section) -> None:
         _note(pdf, f"First {len(rows)} of {total:,} rows; the xlsx and csv hold all of them.")
 
 
-def write_pdf(report: ReportData, path: Path) -> None:
+def write_pdf(report: ExportData, path: Path) -> None:
     tz = zone(report.timezone)
     pdf = FPDF(orientation="landscape", format="A4")
     pdf.set_auto_page_break(True, margin=12)

@@ -28,7 +28,7 @@ from openpyxl.chart import BarChart, LineChart, Reference
 from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 
-from pipeline.exports.data import ReportData, Section
+from pipeline.exports.data import ExportData, Section
 from pipeline.exports.formats.sheet_xml import RowWriter, splice
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -134,7 +134,7 @@ def _data_sheet(wb: Workbook, section: Section, used: set[str]) -> tuple:
     return ws, [_cell(ws, 0, c.number_format).style_id for c in section.columns]
 
 
-def write_xlsx(report: ReportData, path: Path) -> dict[str, int]:
+def write_xlsx(report: ExportData, path: Path) -> dict[str, int]:
     """Write the workbook; returns rows written per sheet."""
     wb = Workbook(write_only=True)
     used: set[str] = set()

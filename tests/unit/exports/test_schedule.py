@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.exports.definitions import ReportSpec, period_bounds, period_label
+from pipeline.exports.definitions import ExportSpec, period_bounds, period_label
 from pipeline.exports.schedule import ScheduleError, latest_due, next_due, run_key, zone
 
 BERLIN = "Europe/Berlin"
@@ -49,7 +49,7 @@ def test_missed_slots_collapse_into_the_latest_one():
 
 def test_run_key_is_per_report_and_due_time():
     due = datetime(2026, 3, 30, 5, tzinfo=UTC)
-    assert run_key(7, due) == run_key(7, due.astimezone(zone(BERLIN))) == "report-7@2026-03-30T05:00Z"
+    assert run_key(7, due) == run_key(7, due.astimezone(zone(BERLIN))) == "export-7@2026-03-30T05:00Z"
     assert run_key(8, due) != run_key(7, due)
 
 
@@ -74,7 +74,7 @@ def test_last_week_is_local_monday_to_monday():
 def test_spec_validation_says_what_is_wrong(field, value, message):
     body = {"name": "Weekly QA", "metrics": ["uploads"], field: value}
     with pytest.raises(ValueError, match=message):
-        ReportSpec.model_validate(body)
+        ExportSpec.model_validate(body)
 
 
 def test_bad_cron_raises_schedule_error():

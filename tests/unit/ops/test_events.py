@@ -102,36 +102,43 @@ def test_beat_runs_the_stats_refresh_on_the_analytics_queue():
     assert TASK_ROUTES["analytics.*"] == {"queue": "analytics"}
 
 
-def test_report_run_events_and_notifications():
-    working = events.report_run_events(4, 9, 21, "working")
-    assert [json.loads(e.to_json())["type"] for e in working] == ["report.status_changed"]
+def test_export_run_events_and_notifications():
+    working = events.export_run_events(4, 9, 21, "working")
+    assert [json.loads(e.to_json())["type"] for e in working] == ["export.run_state_changed"]
     assert json.loads(working[0].to_json())["status"] == "working"
-    sent = [json.loads(e.to_json()) for e in events.report_run_events(
+    sent = [json.loads(e.to_json()) for e in events.export_run_events(
         4, 9, 21, "succeeded", recipients_notified=2, notified_now=True)]
-    assert [e["type"] for e in sent] == ["report.status_changed", "notification.created"]
-    assert sent[1] | {"at": None} == {"type": "notification.created", "facility_id": 4, "at": None,
-                                      "kind": "report_sent", "report_id": 9, "run_id": 21, "recipients": 2}
+    assert [e["type"] for e in sent] == ["export.run_state_changed", "export.notification"]
+    assert sent[1] | {"at": None} == {"type": "export.notification", "facility_id": 4, "at": None,
+                                      "kind": "export_sent", "export_id": 9, "run_id": 21, "recipients": 2}
     # A redelivered success (mailed earlier) is a status change, not a second notification.
-    again = events.report_run_events(4, 9, 21, "succeeded", recipients_notified=2, notified_now=False)
+    again = events.export_run_events(4, 9, 21, "succeeded", recipients_notified=2, notified_now=False)
     assert len(again) == 1
-    failed = [json.loads(e.to_json()) for e in events.report_run_events(4, 9, 21, "failed")]
-    assert failed[1]["kind"] == "report_failed" and failed[1]["facility_id"] == 4
+    failed = [json.loads(e.to_json()) for e in events.export_run_events(4, 9, 21, "failed")]
+    assert failed[1]["kind"] == "export_failed" and failed[1]["facility_id"] == 4
+
+
+def test_report_status_changed_carries_from_and_to():
+    event = json.loads(events.report_status_changed(3, 8, "final", "amended").to_json())
+    assert event | {"at": None} == {"type": "report.status_changed", "facility_id": 3, "at": None,
+                                    "report_id": 8, "from": "final", "to": "amended"}
+    assert json.loads(events.report_status_changed(3, 8, None, "final").to_json())["from"] is None
 
 
 def test_run_now_publishes_the_queued_state(client, make_token, monkeypatch):
-    from api.exports import reports as reports_api
+    from api.exports import definitions as exports_api
 
-    monkeypatch.setattr(reports_api.chains, "enqueue_export_run", lambda run_id: None)  # no worker here
+    monkeypatch.setattr(exports_api.chains, "enqueue_export_run", lambda run_id: None)  # no worker here
     bus = events.event_bus(None)
     start = bus.publish(events.Event(events.UPLOAD_INITIATED, 0))
-    token = make_token("Events Reports", role="qa_manager")
+    token = make_token("Events Exports", role="qa_manager")
     headers = {"Authorization": f"Bearer {token}"}
     body = {"name": "Weekly", "metrics": ["uploads"], "grouping": ["day"], "formats": ["csv"],
             "schedule": "weekly", "timezone": "UTC"}
-    report = client.post("/api/v1/reports", json=body, headers=headers).get_json()
-    run = client.post(f"/api/v1/reports/{report['id']}/run", headers=headers).get_json()
+    export = client.post("/api/v1/exports", json=body, headers=headers).get_json()
+    run = client.post(f"/api/v1/exports/{export['id']}/run", headers=headers).get_json()
     seen = [json.loads(p) for _, p in bus.read_after(start)]
-    changes = [e for e in seen if e["type"] == "report.status_changed"]
-    assert changes == [{"type": "report.status_changed", "facility_id": report["facility_id"],
-                        "at": changes[0]["at"], "report_id": report["id"], "run_id": run["id"],
+    changes = [e for e in seen if e["type"] == "export.run_state_changed"]
+    assert changes == [{"type": "export.run_state_changed", "facility_id": export["facility_id"],
+                        "at": changes[0]["at"], "export_id": export["id"], "run_id": run["id"],
                         "status": "queued"}]

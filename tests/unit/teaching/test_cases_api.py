@@ -170,3 +170,32 @@ def test_free_text_warnings_flag_names_ids_and_dates_not_clinical_text():
     assert ("history", "name") in flagged and ("history", "date") in flagged
     assert ("discussion", "identifier") in flagged and ("discussion", "name") in flagged
     assert not [w for w in warnings if w["field"] == "findings"]
+
+
+def test_a_radiologist_adds_a_case_from_a_radiology_report(app, client, world, session):
+    import hashlib
+
+    from pipeline.models import RadiologyReport, TeachingCaseSource
+
+    radiologist = teaching_seed.user(session, "Clinic B", "radiologist")
+    outsider = teaching_seed.user(session, "Clinic A", "radiologist")
+    text = "FINDINGS: 2 cm nodule with popcorn calcification. Patient Smith seen 2024-03-10."
+    report = RadiologyReport(
+        facility_id=world["publisher_b"].facility_id, study_id=world["study"].study_id,
+        study_instance_uid=world["study"].study_uid, source="manual", status="final", text=text,
+        text_sha256=hashlib.sha256(text.encode()).hexdigest(), author_id=radiologist.id)
+    session.add(report)
+    session.commit()
+    body = {"report_id": report.id, "title": "Hamartoma"}
+    refused = client.post("/api/v1/teaching/cases", json=body, headers=outsider.headers)
+    assert refused.status_code == 404  # another facility's report, not assigned to them
+    both = client.post("/api/v1/teaching/cases", json={**body, "study_id": 1}, headers=radiologist.headers)
+    assert both.status_code == 400
+    added = client.post("/api/v1/teaching/cases", json=body, headers=radiologist.headers)
+    assert added.status_code == 202, added.json
+    assert added.json["findings"] == text
+    flagged = {(w["field"], w["looks_like"]) for w in added.json["warnings"]}
+    assert ("findings", "date") in flagged and ("findings", "name") in flagged
+    source = session.get(TeachingCaseSource, added.json["id"])
+    assert (source.report_id, source.study_id) == (report.id, world["study"].study_id)
+    assert "report_id" not in added.json and "study_id" not in added.json

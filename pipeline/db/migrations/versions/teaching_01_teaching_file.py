@@ -2,14 +2,14 @@
 PostgreSQL a generated tsvector over the case's words with a GIN index
 
 Revision ID: teaching_01
-Revises: safety_recovery_01
+Revises: reports_02 (safety_recovery_01 before branch reports was merged in)
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "teaching_01"
-down_revision = "safety_recovery_01"
+down_revision = "reports_02"
 branch_labels = None
 depends_on = None
 

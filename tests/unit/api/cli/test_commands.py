@@ -13,7 +13,8 @@ TOP_LEVEL = {"api", "worker", "beat", "events", "scp", "db", "users", "destinati
 
 GROUPS = {
     "db": {"upgrade"},
-    "users": {"create", "revoke", "rotate", "set-password", "disable", "enable"},
+    "users": {"create", "revoke", "rotate", "set-password", "disable", "enable", "roles", "assign",
+              "unassign"},
     "destinations": {"add", "list", "rotate-key", "new-key"},
     "scp-callers": {"add", "list", "remove"},
     "deliveries": {"list", "retry"},

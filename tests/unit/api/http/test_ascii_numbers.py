@@ -55,7 +55,7 @@ def test_upload_offset_with_non_ascii_digits_is_400(client, auth, batch_id, enqu
 
 
 @pytest.mark.parametrize("path", ["/api/v1/batches/{}", "/api/v1/batches/{}/changes",
-                                  "/api/v1/templates/{}", "/api/v1/reports/{}"])
+                                  "/api/v1/templates/{}", "/api/v1/exports/{}"])
 @pytest.mark.parametrize("value", NON_ASCII_DIGITS)
 def test_path_ids_with_non_ascii_digits_are_404_json(client, auth, path, value):
     response = client.get(path.format(value), headers=auth)

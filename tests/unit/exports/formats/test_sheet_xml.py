@@ -14,7 +14,7 @@ import pytest
 from openpyxl import Workbook, load_workbook
 from openpyxl.cell import WriteOnlyCell
 
-from pipeline.exports.data import Column, ReportData, Section, SharedRows
+from pipeline.exports.data import Column, ExportData, Section, SharedRows
 from pipeline.exports.formats.sheet_xml import EXCEL_MAX_ROWS, RowWriter, SheetTooLarge, splice
 from pipeline.exports.formats.xlsx import write_xlsx
 
@@ -111,7 +111,7 @@ def test_report_workbook_many_rows_keeps_chart_filter_and_formats(tmp_path):
     section = Section("Volume", [Column("Hour", "yyyy-mm-dd hh:mm", 18), Column("Facility"),
                                  Column("Uploads", "#,##0"), Column("Rate", "0.0%")],
                       lambda: iter(hours), chart="line", chart_series=(2,))
-    report = ReportData("Hours", ["Facility 0"], datetime(2025, 1, 1, tzinfo=UTC),
+    report = ExportData("Hours", ["Facility 0"], datetime(2025, 1, 1, tzinfo=UTC),
                         datetime(2025, 5, 1, tzinfo=UTC), "UTC", sections=[section])
     path = tmp_path / "r.xlsx"
     assert write_xlsx(report, path) == {"Volume": 3000}
@@ -147,7 +147,7 @@ def test_sections_of_one_statement_are_written_in_one_pass(tmp_path):
                        chart_series=(2,), shared=(shared, 1))
     alone = Section("Alone", [Column("Reason"), Column("Uploads", "#,##0")],
                     lambda: iter([("x", 1)]))
-    report = ReportData("R", ["Clinic"], datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 4, tzinfo=UTC),
+    report = ExportData("R", ["Clinic"], datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 4, tzinfo=UTC),
                         "UTC", sections=[volume, delivery, alone])
     path = tmp_path / "r.xlsx"
     assert write_xlsx(report, path) == {"Volume": 3, "Delivery": 3, "Alone": 1}
@@ -166,6 +166,6 @@ def test_a_section_without_the_rest_of_its_statement_reads_its_own_rows(tmp_path
     shared = SharedRows(_unused, keys=1, widths=(1, 1))
     section = Section("Delivery", [Column("Day"), Column("Success")], lambda: iter([("d", 1.0)]),
                       shared=(shared, 1))
-    report = ReportData("R", [], datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 2, tzinfo=UTC), "UTC",
+    report = ExportData("R", [], datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 1, 2, tzinfo=UTC), "UTC",
                         sections=[section])
     assert write_xlsx(report, tmp_path / "r.xlsx") == {"Delivery": 1}

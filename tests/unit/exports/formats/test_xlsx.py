@@ -8,13 +8,13 @@ from datetime import UTC, date, datetime, timedelta
 
 from openpyxl import load_workbook
 
-from pipeline.exports.data import Column, ReportData, Section
+from pipeline.exports.data import Column, ExportData, Section
 from pipeline.exports.formats.xlsx import write_csv, write_xlsx
 
 HOSTILE = ["=HYPERLINK(\"http://x\",\"y\")", "+1+1", "-2+3", "@SUM(A1)", "plain"]
 
 
-def _report() -> ReportData:
+def _report() -> ExportData:
     days = [(date(2026, 3, 1) + timedelta(days=i), HOSTILE[i % len(HOSTILE)], i * 10, 0.5)
             for i in range(30)]
     volume = Section("Volume", [Column("Day", "yyyy-mm-dd"), Column("Modality"),
@@ -23,7 +23,7 @@ def _report() -> ReportData:
     reasons = Section("Quarantine reasons", [Column("Reason"), Column("Uploads", "#,##0")],
                       lambda: iter([("=cmd|' /C calc'!A0", 3), ("not_dicom", 5)]), chart="bar",
                       chart_series=(1,))
-    return ReportData("=Weekly QA", ["@Clinic"], datetime(2026, 3, 1, tzinfo=UTC),
+    return ExportData("=Weekly QA", ["@Clinic"], datetime(2026, 3, 1, tzinfo=UTC),
                       datetime(2026, 3, 31, tzinfo=UTC), "Europe/Berlin",
                       summary=[("Uploads", 4350, "#,##0"), ("Delivery success rate", 0.987, "0.0%")],
                       sections=[volume, reasons])

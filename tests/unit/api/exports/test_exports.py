@@ -11,11 +11,11 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy import select
 
-from api.exports import reports as reports_api
-from pipeline.exports import mail as report_delivery
-from pipeline.exports import runs as report_runs
+from api.exports import definitions as exports_api
+from pipeline.exports import mail as export_delivery
+from pipeline.exports import runs as export_runs
 from pipeline.exports.definitions import period_bounds
-from pipeline.models import AuditEvent, ReportDefinition, ReportRun, ReportRunState
+from pipeline.models import AuditEvent, ExportDefinition, ExportRun, ExportRunState
 from tests.analytics_seed import Seeder
 
 MONDAY = datetime(2026, 3, 30, 5, 0, tzinfo=UTC)  # 07:00 in Berlin, the first summer-time Monday
@@ -32,7 +32,7 @@ def auth(token: str) -> dict:
 @pytest.fixture
 def queued(monkeypatch):
     calls: list[int] = []
-    monkeypatch.setattr(reports_api.chains, "enqueue_export_run", calls.append)
+    monkeypatch.setattr(exports_api.chains, "enqueue_export_run", calls.append)
     return calls
 
 
@@ -56,28 +56,28 @@ def world(session, make_token):
 
 
 def test_create_validates_and_scopes(client, world):
-    bad = client.post("/api/v1/reports", json={**BODY, "timezone": "Berlin"}, headers=auth(world["qa"]))
+    bad = client.post("/api/v1/exports", json={**BODY, "timezone": "Berlin"}, headers=auth(world["qa"]))
     assert bad.status_code == 400 and "unknown timezone" in bad.get_json()["error"]["message"]
-    bad = client.post("/api/v1/reports", json={**BODY, "schedule": "every monday"}, headers=auth(world["qa"]))
+    bad = client.post("/api/v1/exports", json={**BODY, "schedule": "every monday"}, headers=auth(world["qa"]))
     assert bad.status_code == 400 and "cron" in bad.get_json()["error"]["message"]
-    assert client.post("/api/v1/reports", json=BODY, headers=auth(world["uploader"])).status_code == 403
-    created = client.post("/api/v1/reports", json=BODY, headers=auth(world["qa"]))
+    assert client.post("/api/v1/exports", json=BODY, headers=auth(world["uploader"])).status_code == 403
+    created = client.post("/api/v1/exports", json=BODY, headers=auth(world["qa"]))
     assert created.status_code == 201, created.get_json()
     report = created.get_json()
     assert report["cron"] == "0 7 * * 1" and report["facility_id"] == world["facility"]
-    assert client.post("/api/v1/reports", json=BODY, headers=auth(world["qa"])).status_code == 409
-    assert client.get(f"/api/v1/reports/{report['id']}", headers=auth(world["other_qa"])).status_code == 403
-    other = client.post("/api/v1/reports", json={**BODY, "filters": {"facility_ids": [world["facility"]]}},
+    assert client.post("/api/v1/exports", json=BODY, headers=auth(world["qa"])).status_code == 409
+    assert client.get(f"/api/v1/exports/{report['id']}", headers=auth(world["other_qa"])).status_code == 403
+    other = client.post("/api/v1/exports", json={**BODY, "filters": {"facility_ids": [world["facility"]]}},
                         headers=auth(world["other_qa"]))
     assert other.status_code == 403
-    listing = client.get("/api/v1/reports", headers=auth(world["other_qa"])).get_json()
-    assert listing["reports"] == []
-    assert client.get("/api/v1/reports/catalogue", headers=auth(world["qa"])).status_code == 200
+    listing = client.get("/api/v1/exports", headers=auth(world["other_qa"])).get_json()
+    assert listing["exports"] == []
+    assert client.get("/api/v1/exports/catalogue", headers=auth(world["qa"])).status_code == 200
 
 
-def _definition(session, client, world) -> ReportDefinition:
-    report = client.post("/api/v1/reports", json=BODY, headers=auth(world["qa"])).get_json()
-    definition = session.get(ReportDefinition, report["id"])
+def _definition(session, client, world) -> ExportDefinition:
+    report = client.post("/api/v1/exports", json=BODY, headers=auth(world["qa"])).get_json()
+    definition = session.get(ExportDefinition, report["id"])
     session.refresh(definition)
     return definition
 
@@ -87,61 +87,61 @@ def test_two_dispatchers_one_run_and_missed_slots_run_once(app, session, client,
     definition.next_due_at = MONDAY - timedelta(weeks=3)  # the beat was down for three weeks
     session.commit()
     other = app.extensions["relaypacs"].session_factory()
-    first = report_runs.dispatch_due(session, MONDAY + timedelta(minutes=1))
+    first = export_runs.dispatch_due(session, MONDAY + timedelta(minutes=1))
     session.commit()
     # A second beat as of the same minute: its definition row is stale, the run key is not.
-    other.get(ReportDefinition, definition.id).next_due_at = MONDAY - timedelta(weeks=3)
-    second = report_runs.dispatch_due(other, MONDAY + timedelta(minutes=1))
+    other.get(ExportDefinition, definition.id).next_due_at = MONDAY - timedelta(weeks=3)
+    second = export_runs.dispatch_due(other, MONDAY + timedelta(minutes=1))
     other.commit()
     other.close()
-    runs = session.scalars(select(ReportRun)).all()
+    runs = session.scalars(select(ExportRun)).all()
     assert len(first) == 1 and second == [] and len(runs) == 1
-    assert runs[0].due_at == MONDAY and runs[0].run_key == f"report-{definition.id}@2026-03-30T05:00Z"
+    assert runs[0].due_at == MONDAY and runs[0].run_key == f"export-{definition.id}@2026-03-30T05:00Z"
     session.refresh(definition)
     assert definition.next_due_at == MONDAY + timedelta(weeks=1)
-    assert report_runs.dispatch_due(session, MONDAY + timedelta(minutes=2)) == []
+    assert export_runs.dispatch_due(session, MONDAY + timedelta(minutes=2)) == []
 
 
 def test_stuck_working_run_is_recovered_after_timeout(session, client, world):
     definition = _definition(session, client, world)
-    run = report_runs.run_now(session, definition, MONDAY)
+    run = export_runs.run_now(session, definition, MONDAY)
     session.commit()
-    assert report_runs.claim(session, run.id, MONDAY, 600)
-    assert not report_runs.claim(session, run.id, MONDAY + timedelta(seconds=5), 600)  # a duplicate task
+    assert export_runs.claim(session, run.id, MONDAY, 600)
+    assert not export_runs.claim(session, run.id, MONDAY + timedelta(seconds=5), 600)  # a duplicate task
     session.commit()
-    assert report_runs.recover_stuck(session, MONDAY + timedelta(seconds=300), 600) == []
-    assert report_runs.recover_stuck(session, MONDAY + timedelta(seconds=601), 600) == [run.id]
+    assert export_runs.recover_stuck(session, MONDAY + timedelta(seconds=300), 600) == []
+    assert export_runs.recover_stuck(session, MONDAY + timedelta(seconds=601), 600) == [run.id]
     session.commit()
     session.refresh(run)
-    assert run.state == ReportRunState.QUEUED and "worker lost" in run.error
-    assert report_runs.claim(session, run.id, MONDAY + timedelta(seconds=602), 600)
+    assert run.state == ExportRunState.QUEUED and "worker lost" in run.error
+    assert export_runs.claim(session, run.id, MONDAY + timedelta(seconds=602), 600)
 
 
 def test_run_builds_mails_once_and_downloads(app, session, client, world, monkeypatch, queued):
     definition = _definition(session, client, world)
-    accepted = client.post(f"/api/v1/reports/{definition.id}/run", headers=auth(world["qa"]))
+    accepted = client.post(f"/api/v1/exports/{definition.id}/run", headers=auth(world["qa"]))
     assert accepted.status_code == 202
-    run = session.get(ReportRun, queued[0])
+    run = session.get(ExportRun, queued[0])
     run.due_at = MONDAY  # as if due on Monday: last week holds the seeded uploads
     run.period_start, run.period_end = period_bounds("last_week", MONDAY, "Europe/Berlin")
     session.commit()
     sent: list = []
-    monkeypatch.setattr(report_delivery, "send",
+    monkeypatch.setattr(export_delivery, "send",
                         lambda smtp, message: sent.append(message) or ["qa@clinic.test"])
     store = app.extensions["relaypacs"].store
-    assert report_runs.claim(session, run.id, MONDAY, 600)
-    report_runs.build_artifacts(session, store, run)
-    smtp = report_delivery.Smtp("127.0.0.1", 25)
-    report_runs.deliver(session, store, run, smtp, "gw@test", 10 * 1024**2, 3600, MONDAY)
-    report_runs.deliver(session, store, run, smtp, "gw@test", 10 * 1024**2, 3600, MONDAY)  # a redelivery
+    assert export_runs.claim(session, run.id, MONDAY, 600)
+    export_runs.build_artifacts(session, store, run)
+    smtp = export_delivery.Smtp("127.0.0.1", 25)
+    export_runs.deliver(session, store, run, smtp, "gw@test", 10 * 1024**2, 3600, MONDAY)
+    export_runs.deliver(session, store, run, smtp, "gw@test", 10 * 1024**2, 3600, MONDAY)  # a redelivery
     session.commit()
-    assert len(sent) == 1 and run.state == ReportRunState.SUCCEEDED and run.delivery == "attachment"
+    assert len(sent) == 1 and run.state == ExportRunState.SUCCEEDED and run.delivery == "attachment"
     names = sorted(p.get_filename() for p in sent[0].iter_attachments())
     assert names[0] == "Weekly-QA_2026-03-23_to_2026-03-29.pdf"
     assert "Weekly-QA_2026-03-23_to_2026-03-29.xlsx" in names
-    history = client.get(f"/api/v1/reports/{definition.id}/runs", headers=auth(world["qa"])).get_json()
+    history = client.get(f"/api/v1/exports/{definition.id}/runs", headers=auth(world["qa"])).get_json()
     assert history["runs"][0]["state"] == "succeeded"
-    xlsx = client.get(f"/api/v1/reports/{definition.id}/runs/{run.id}/files/"
+    xlsx = client.get(f"/api/v1/exports/{definition.id}/runs/{run.id}/files/"
                       "Weekly-QA_2026-03-23_to_2026-03-29.xlsx", headers=auth(world["qa"]))
     assert xlsx.status_code == 200
     wb = load_workbook(io.BytesIO(xlsx.data))
@@ -151,23 +151,23 @@ def test_run_builds_mails_once_and_downloads(app, session, client, world, monkey
     # No forecast stored for the facility: no number, and a note saying why.
     assert values["Uploads forecast, next period"] is None and "do not cover" in values["Forecast note"]
     assert sum(r[1] for r in wb["Volume"].iter_rows(min_row=2, values_only=True)) == 13
-    assert session.scalar(select(AuditEvent).where(AuditEvent.action == "report.downloaded")) is not None
-    assert client.get(f"/api/v1/reports/{definition.id}/runs/{run.id}/files/nope.xlsx",
+    assert session.scalar(select(AuditEvent).where(AuditEvent.action == "export.downloaded")) is not None
+    assert client.get(f"/api/v1/exports/{definition.id}/runs/{run.id}/files/nope.xlsx",
                       headers=auth(world["qa"])).status_code == 404
 
 
 def test_files_over_the_attachment_limit_go_as_links(app, session, client, world, monkeypatch):
     definition = _definition(session, client, world)
-    run = report_runs.run_now(session, definition, MONDAY)
+    run = export_runs.run_now(session, definition, MONDAY)
     session.commit()
     sent: list = []
-    monkeypatch.setattr(report_delivery, "send", lambda smtp, message: sent.append(message) or [])
+    monkeypatch.setattr(export_delivery, "send", lambda smtp, message: sent.append(message) or [])
     store = app.extensions["relaypacs"].store
-    report_runs.build_artifacts(session, store, run)
-    report_runs.deliver(session, store, run, report_delivery.Smtp("127.0.0.1"), "gw@test", 1, 3600, MONDAY)
+    export_runs.build_artifacts(session, store, run)
+    export_runs.deliver(session, store, run, export_delivery.Smtp("127.0.0.1"), "gw@test", 1, 3600, MONDAY)
     assert run.delivery == "link" and not list(sent[0].iter_attachments())
     text = sent[0].get_content()
-    assert f"/api/v1/reports/{definition.id}/runs/{run.id}/files/" in text and "1 hours" in text
+    assert f"/api/v1/exports/{definition.id}/runs/{run.id}/files/" in text and "1 hours" in text
 
 
 def test_presigned_url_for_s3_stores():
@@ -178,18 +178,18 @@ def test_presigned_url_for_s3_stores():
     class FakeS3:
         client, bucket, prefix = FakeClient(), "b", "gw"
 
-    assert report_delivery.presigned_url(FakeS3(), "exports/x.xlsx", 60) == "https://s3.test/b/gw/exports/x.xlsx?ttl=60"
-    assert report_delivery.presigned_url(object(), "k", 60) is None
+    assert export_delivery.presigned_url(FakeS3(), "exports/x.xlsx", 60) == "https://s3.test/b/gw/exports/x.xlsx?ttl=60"
+    assert export_delivery.presigned_url(object(), "k", 60) is None
 
 
 def test_grouping_by_modality_and_user_sums_in_the_database(session, world):
-    from pipeline.exports import data as report_data
-    from pipeline.exports.definitions import ReportSpec
+    from pipeline.exports import data as export_data
+    from pipeline.exports.definitions import ExportSpec
 
-    spec = ReportSpec(name="Mix", metrics=["uploads", "quarantined"], grouping=["modality", "user"],
+    spec = ExportSpec(name="Mix", metrics=["uploads", "quarantined"], grouping=["modality", "user"],
                       timezone="Europe/Berlin")
     start, end = period_bounds("last_week", MONDAY, "Europe/Berlin")
-    data = report_data.build(session, spec, [world["facility"]], start, end)
+    data = export_data.build(session, spec, [world["facility"]], start, end)
     rows = list(data.sections[0].rows())
     # One row per modality and user; status and hours summed away (the quarantined upload
     # has no study, so no modality).
@@ -202,8 +202,8 @@ def test_grouping_by_modality_and_user_sums_in_the_database(session, world):
 def test_forecast_metric_reads_the_newest_stored_forecast(session, world):
     """The "forecast" metric is issue 7's stored forecast summed over the next period, not a
     guess of the report's own: the newest row wins, and days it does not cover are said so."""
-    from pipeline.exports import data as report_data
-    from pipeline.exports.definitions import ReportSpec
+    from pipeline.exports import data as export_data
+    from pipeline.exports.definitions import ExportSpec
     from pipeline.models import UploadForecast
 
     start, end = period_bounds("last_week", MONDAY, "Europe/Berlin")
@@ -223,8 +223,8 @@ def test_forecast_metric_reads_the_newest_stored_forecast(session, world):
     session.add(UploadForecast(facility_id=world["facility"], metric="bytes", horizon=28, model="sarimax",
                                points=points(28, 1e9)))
     session.flush()
-    spec = ReportSpec(name="F", metrics=["uploads", "forecast"], grouping=["day"], timezone="Europe/Berlin")
-    data = report_data.build(session, spec, [world["facility"]], start, end)
+    spec = ExportSpec(name="F", metrics=["uploads", "forecast"], grouping=["day"], timezone="Europe/Berlin")
+    data = export_data.build(session, spec, [world["facility"]], start, end)
     summary = {label: value for label, value, _ in data.summary}
     assert summary["Uploads forecast, next period"] == round(7 * 2.5)
     assert "Forecast note" not in summary
@@ -236,7 +236,7 @@ def test_forecast_metric_reads_the_newest_stored_forecast(session, world):
     session.add(UploadForecast(facility_id=world["facility"], metric="uploads", horizon=3, model="sarimax",
                                points=points(3, 4.0)))
     session.flush()
-    data = report_data.build(session, spec, [world["facility"]], start, end)
+    data = export_data.build(session, spec, [world["facility"]], start, end)
     summary = {label: value for label, value, _ in data.summary}
     assert summary["Uploads forecast, next period"] is None and "7 days" in summary["Forecast note"]
     assert next(s for s in data.sections if s.title == "Forecast").rows().__next__()[3:] == (3, 12)
@@ -246,8 +246,8 @@ def test_forecast_metric_reads_the_newest_stored_forecast(session, world):
 def test_time_buckets_are_local_days_and_weeks_in_sql(session, world):
     """Bucketing happens in the database in the report's zone: 23:30 UTC on Sunday 29 March
     is already Monday in Berlin (summer time since 01:00 UTC that day), so it counts there."""
-    from pipeline.exports import data as report_data
-    from pipeline.exports.definitions import ReportSpec
+    from pipeline.exports import data as export_data
+    from pipeline.exports.definitions import ExportSpec
     from pipeline.models import Facility, HourlyStats, User
 
     facility = Facility(name="Buckets Clinic")
@@ -267,9 +267,9 @@ def test_time_buckets_are_local_days_and_weeks_in_sql(session, world):
     start, end = datetime(2026, 3, 20, tzinfo=UTC), datetime(2026, 4, 10, tzinfo=UTC)
     by = {}
     for unit in ("day", "week", "hour"):
-        spec = ReportSpec(name="B", metrics=["uploads", "delivery_latency_p50"], grouping=[unit, "facility"],
+        spec = ExportSpec(name="B", metrics=["uploads", "delivery_latency_p50"], grouping=[unit, "facility"],
                           timezone="Europe/Berlin")
-        data = report_data.build(session, spec, [facility.id], start, end)
+        data = export_data.build(session, spec, [facility.id], start, end)
         by[unit] = [tuple(r) for r in data.sections[0].rows()]
         assert data.sections[0].count() == len(by[unit])
     clinic = "Buckets Clinic"
@@ -295,8 +295,8 @@ def test_presigned_links_are_sigv4_and_capped_at_seven_days():
                               aws_access_key_id="k", aws_secret_access_key="s")  # noqa: S106 - dummy
         bucket, prefix = "b", "gw"
 
-    for ttl, expected in ((3600, "3600"), (30 * 24 * 3600, str(report_delivery.PRESIGNED_MAX_SECONDS))):
-        url = urlparse(report_delivery.presigned_url(Store(), "exports/x.xlsx", ttl))
+    for ttl, expected in ((3600, "3600"), (30 * 24 * 3600, str(export_delivery.PRESIGNED_MAX_SECONDS))):
+        url = urlparse(export_delivery.presigned_url(Store(), "exports/x.xlsx", ttl))
         query = parse_qs(url.query)
         assert url.path == "/b/gw/exports/x.xlsx" and "AWSAccessKeyId" not in query
         assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"] and query["X-Amz-Expires"] == [expected]
