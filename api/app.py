@@ -21,6 +21,7 @@ from api.http.limits import RateLimiter
 from api.intake import batches, conflicts, files
 from api.lifecycle import storage as storage_api
 from api.teaching import cases as teaching_cases
+from api.teaching import pages as teaching_pages
 from config import Settings, load_settings
 from config.logging import configure_logging
 from pipeline.db.engine import make_engine, make_session_factory
@@ -118,5 +119,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(exports.blueprint, url_prefix="/api/v1/exports")
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
     app.register_blueprint(teaching_cases.blueprint, url_prefix="/api/v1/teaching")
+    app.register_blueprint(teaching_pages.blueprint, url_prefix="/teaching")
     app.add_template_global(dashboard_forecast.facility_forecast, "facility_forecast")
     return app
