@@ -148,6 +148,9 @@ class Settings:
     # generated once in the var folder), and the root of the new UIDs ("2.25": UUID-derived).
     teaching_secret: str | None = field(default=None, repr=False)
     teaching_uid_root: str = "2.25"
+    # Retain Safe Private: the (private creator, element byte) pairs a case with that option
+    # keeps; none by default, so the option keeps nothing until an operator lists some.
+    teaching_safe_private: tuple[tuple[str, int], ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -310,7 +313,26 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             env, "RELAYPACS_EVENTS_AUTH_RECHECK_SECONDS", Settings.events_auth_recheck_seconds),
         teaching_secret=env.get("RELAYPACS_TEACHING_SECRET") or None,
         teaching_uid_root=_uid_root(env.get("RELAYPACS_TEACHING_UID_ROOT") or Settings.teaching_uid_root),
+        teaching_safe_private=_safe_private(env.get("RELAYPACS_TEACHING_SAFE_PRIVATE", "")),
     )
+
+
+def _safe_private(raw: str) -> tuple[tuple[str, int], ...]:
+    """``GEMS_ACQU_01|10;SIEMENS CSA HEADER|08``: private creator, then the element byte (hex)."""
+    pairs = []
+    for part in raw.split(";"):
+        if not part.strip():
+            continue
+        creator, sep, element = part.rpartition("|")
+        try:
+            byte = int(element.strip(), 16)
+        except ValueError:
+            byte = -1
+        if not sep or not creator.strip() or not 0 <= byte <= 0xFF:
+            raise ValueError("RELAYPACS_TEACHING_SAFE_PRIVATE is like GEMS_ACQU_01|10;OTHER CREATOR|2B; "
+                             f"bad part {part!r}")
+        pairs.append((creator.strip(), byte))
+    return tuple(pairs)
 
 
 def _uid_root(raw: str) -> str:

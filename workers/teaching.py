@@ -27,7 +27,7 @@ def prepare_case(case_id: int) -> dict:
             outcome = preparation.prepare_case(
                 session, runtime.store(), case_id, secret=_secret(),
                 uid_root=settings.teaching_uid_root, restore_tier=settings.storage_restore_tier,
-                checkpoint=session.commit)
+                safe_private=frozenset(settings.teaching_safe_private), checkpoint=session.commit)
     except OSError:
         raise  # the store or the database: retried
     except Exception as exc:

@@ -110,6 +110,7 @@ def prepare_case(
     secret: bytes,
     uid_root: str,
     restore_tier: str = "Standard",
+    safe_private: frozenset[tuple[str, int]] = frozenset(),
     checkpoint: Callable[[], None] | None = None,
     now: datetime | None = None,
 ) -> Outcome:
@@ -145,6 +146,7 @@ def prepare_case(
         facility_id=source.facility_id,
         options=DeidOptions(**(case.options or {})),
         uid_root=uid_root,
+        safe_private=safe_private,
     )
     outcome = Outcome(case_id, Preparation.READY)
     for instance in todo:

@@ -272,3 +272,24 @@ def test_dicomdir_is_refused_and_files_to_files_works(tmp_path):
     again = pydicom.dcmread(out)
     assert again.SOPInstanceUID == result.sop_uid != result.original_sop_uid
     assert again.file_meta.MediaStorageSOPInstanceUID == result.sop_uid
+
+
+def test_retain_safe_private_keeps_only_the_safe_list():
+    ds = ct()
+    block = ds.private_block(0x0019, "SAFE VENDOR", create=True)
+    block.add_new(0x10, "DS", "2.5")  # on the safe list: a dose factor, say
+    block.add_new(0x11, "LO", "Smith^Alice")  # same creator, not on the list
+    other = ds.private_block(0x0021, "OTHER VENDOR", create=True)
+    other.add_new(0x10, "DS", "2.5")
+    safe = frozenset({("SAFE VENDOR", 0x10)})
+    default = ct()
+    default.update(ds)
+    deidentify(default, DeidContext(secret=SECRET, facility_id=1, safe_private=safe))
+    assert not [e for e in default.iterall() if e.tag.is_private]  # the option is off by default
+    options = DeidOptions(retain_safe_private=True)
+    deidentify(ds, DeidContext(secret=SECRET, facility_id=1, options=options, safe_private=safe))
+    kept = {e.tag: e.value for e in ds.iterall() if e.tag.is_private}
+    # CT_small has its own private blocks in group 0019: they go, the safe one stays.
+    creator_tag = (0x0019 << 16) | (block.block_start >> 8)
+    assert kept == {creator_tag: "SAFE VENDOR", block.get_tag(0x10): "2.5"}
+    assert "113111" in [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
