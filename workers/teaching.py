@@ -4,8 +4,6 @@ held instance. Thin adapters over pipeline/teaching/preparation.py."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from pipeline.models import Preparation, TeachingCase, TeachingInstance
 from pipeline.teaching import pixels, preparation
 from workers import runtime
@@ -43,10 +41,10 @@ def prepare_case(case_id: int) -> dict:
 
 @app.task(name="teaching.resume_waiting", acks_late=False)
 def resume_waiting() -> dict:
-    """Cases that waited for cold bytes try again (the restore may be done)."""
+    """Cases that waited for cold bytes try again (the restore may be done), and queued
+    cases whose task was lost start again; a case whose copy is moving is left alone."""
     with runtime.session_scope() as session:
-        ids = session.scalars(select(TeachingCase.id).where(
-            TeachingCase.preparation.in_([Preparation.WAITING_RESTORE, Preparation.QUEUED]))).all()
+        ids = preparation.cases_to_resume(session)
     for case_id in ids:
         prepare_case.delay(case_id)
     return {"resumed": list(ids)}

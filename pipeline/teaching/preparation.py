@@ -20,7 +20,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pydicom
@@ -190,6 +190,8 @@ def prepare_case(
         ))
         source.shift_days = result.shift_days
         outcome.copied += 1
+        # Progress is visible: the periodic resume leaves a case alone while it moves.
+        case.updated_at = utcnow()
         checkpoint()
     refresh_package(session, store, case)
     held = session.scalar(
@@ -288,3 +290,17 @@ def mask(session: Session, store: ObjectStore, row: TeachingInstance,
     refresh_package(session, store, session.get_one(TeachingCase, row.case_id))
     if old != key:
         store.delete(old)
+
+
+# A queued case that has not moved for this long lost its task (a worker gone with it).
+STALLED_AFTER = timedelta(minutes=30)
+
+
+def cases_to_resume(session: Session, now: datetime | None = None) -> list[int]:
+    """Cases waiting for a restore (it may be done), and queued cases whose task was lost;
+    never one whose copy is moving (two runs of one case would race on its rows)."""
+    now = now or utcnow()
+    return list(session.scalars(select(TeachingCase.id).where(
+        (TeachingCase.preparation == Preparation.WAITING_RESTORE)
+        | ((TeachingCase.preparation == Preparation.QUEUED) & (TeachingCase.updated_at < now - STALLED_AFTER))
+    ).order_by(TeachingCase.id)))

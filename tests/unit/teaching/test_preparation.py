@@ -119,3 +119,17 @@ def test_only_delivered_studies_become_cases(session, app):
         cases.add_from_study(session, session.get(cases.User, author.id), study.study_id, {"title": "t"},
                              DeidOptions())
     assert refused.value.status == 409
+
+
+def test_the_periodic_resume_leaves_a_moving_copy_alone(session, setup):
+    _, _, case_id, _ = setup
+    case = session.get(TeachingCase, case_id)
+    now = utcnow()
+    assert preparation.cases_to_resume(session, now) == []  # queued a moment ago: its task runs
+    assert preparation.cases_to_resume(session, now + timedelta(hours=1)) == [case_id]  # task lost
+    case.preparation = Preparation.WAITING_RESTORE
+    session.commit()
+    assert preparation.cases_to_resume(session, now) == [case_id]
+    case.preparation = Preparation.READY
+    session.commit()
+    assert preparation.cases_to_resume(session, now + timedelta(hours=1)) == []
