@@ -110,6 +110,17 @@ _DESCRIPTOR_NAMES = frozenset(
         "AdmittingDiagnosesDescription",
         "ServiceEpisodeDescription",
         "VisitComments",
+    }
+)
+# Named like descriptors but not cleaned by the option in Table E.1-1 (device identity,
+# annotation text, image-level comments): removed even with Clean Descriptors. Found by the
+# conformance test against the independent table.
+_NOT_DESCRIPTORS = frozenset(
+    {
+        "DeviceDescription",
+        "ModifiedImageDescription",
+        "ImagePresentationComments",
+        "ConfidentialityConstraintOnPatientDataDescription",
         "TextComments",
         "TextString",
     }
@@ -174,6 +185,8 @@ def _vr(tag: int) -> str:
 
 def _is_descriptor(tag: int, vr: str) -> bool:
     keyword = keyword_for_tag(tag)
+    if keyword in _NOT_DESCRIPTORS:
+        return False
     if keyword in _DESCRIPTOR_NAMES:
         return True
     return vr in _TEXT_VRS and keyword.endswith(_DESCRIPTOR_SUFFIXES)

@@ -355,6 +355,10 @@ def _fill(ds: Dataset, counter: list[int], depth: int) -> None:
     ds.PatientName = "Doe^John"
     ds.PatientID = "12345678"
     ds.AccessionNumber = "ACC778899"
+    # Identifying fields hold only identifying words, so what Clean Descriptors keeps of the
+    # descriptors ("chest") shows, and the table decides whether it may stay.
+    ds.InstitutionName = "Doe Hospital"
+    ds.StudyID = "12345678"
     ds.add_new(0x50000010, "US", 1)  # a curve attribute
     ds.add_new(0x60003000, "OW", b"\x00\x01")  # overlay data
     ds.add_new(0x60004000, "LT", "Doe overlay")  # overlay comments
@@ -401,6 +405,12 @@ def test_synthetic_instance_with_every_table_attribute_meets_table_e1_1(options)
     fillable = {t for t in EXACT if t >> 16 not in (0, 2) and _known(t)}
     assert fillable - checker.checked == set()
     assert len(checker.checked) > 550
+    if options.clean_descriptors:
+        # The other side: cleaned descriptors keep their clinical words.
+        cleaned = [row for tag, row in EXACT.items()
+                   if row["clean_descriptors"] == "C" and tag in after
+                   and isinstance(after[tag].value, str) and after[tag].value == "chest"]
+        assert len(cleaned) >= 20, len(cleaned)
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:60])
 
 
