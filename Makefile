@@ -7,7 +7,7 @@ RUNTIME_LOCK := requirements/runtime.txt
 TEST_LOCK := requirements/test.txt
 UV_VERSION := 0.13.9
 
-.PHONY: demo test lock bench bench-forecast-deps bench-forecast lint
+.PHONY: demo test lock bench bench-forecast-deps bench-forecast bench-teaching-deps bench-teaching lint
 
 # python3 -m venv needs ensurepip, which Debian ships in python3-venv: installed here when we
 # are root with apt-get, otherwise the command to run is printed. A venv without pip (what a
@@ -62,6 +62,15 @@ bench-forecast-deps:
 # Timed: under the machine's bench lock, so no other benchmark runs at the same time.
 bench-forecast:
 	flock /tmp/relaypacs-bench.lock $(PYTHON) -m pytest -q -m bench tests/bench/test_bench_forecast.py -s
+
+# The de-identification benchmark's anchor (dicognito's command line) in its own venv.
+BENCH_TEACHING := .bench-teaching
+bench-teaching-deps:
+	test -x $(BENCH_TEACHING)/bin/python || $(PYTHON) -m venv $(BENCH_TEACHING)
+	$(BENCH_TEACHING)/bin/python -m pip install -q -r tests/bench/requirements-teaching.txt
+
+bench-teaching: bench-teaching-deps
+	flock /tmp/relaypacs-bench.lock $(PYTHON) -m pytest -q -m bench tests/bench/test_bench_deid.py -s
 
 lint:
 	$(VENV)/bin/ruff check .

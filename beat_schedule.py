@@ -107,4 +107,10 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    # Teaching cases that waited for a restore (or whose task was lost) try again.
+    "teaching-resume-waiting": {
+        "task": "teaching.resume_waiting",
+        "schedule": 600.0,
+        "options": {"expires": 590},
+    },
 }

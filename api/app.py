@@ -27,6 +27,8 @@ from api.reports import consults as report_consults
 from api.reports import notifications as report_notifications
 from api.reports import pages as report_pages
 from api.reports import reports as radiology_reports
+from api.teaching import cases as teaching_cases
+from api.teaching import pages as teaching_pages
 from config import Settings, load_settings
 from config.logging import configure_logging
 from pipeline.db.engine import make_engine, make_session_factory
@@ -134,5 +136,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
     app.register_blueprint(event_history.blueprint, url_prefix="/api/v1/events")
     app.register_blueprint(graphql_view.blueprint, url_prefix="/api/v1/graphql")
+    app.register_blueprint(teaching_cases.blueprint, url_prefix="/api/v1/teaching")
+    app.register_blueprint(teaching_pages.blueprint, url_prefix="/teaching")
     app.add_template_global(dashboard_forecast.facility_forecast, "facility_forecast")
     return app

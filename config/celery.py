@@ -18,6 +18,7 @@ TASK_ROUTES = {
     "reports.*": {"queue": "pacs"},
     # Comment mail, digests, consult reminders, addendum filing: the pool that mails.
     "consults.*": {"queue": "exports"},
+    "teaching.*": {"queue": "teaching"},
     # The canary sender; each canary itself is sent to the queue it tests.
     "health.*": {"queue": "intake"},
     # Outbox housekeeping (a bounded delete an hour): light, beside the canary sender.

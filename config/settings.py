@@ -8,6 +8,7 @@ and a laptop install need no services at all.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-QUEUES = ("intake", "dicom", "pacs", "storage", "analytics", "exports")
+QUEUES = ("intake", "dicom", "pacs", "storage", "analytics", "exports", "teaching")
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,13 @@ class Settings:
     # GraphQL introspection (the schema's self-description) is off unless turned on: a
     # production API need not hand its map to every token holder; development turns it on.
     graphql_introspection: bool = False
+    # Teaching file: the HMAC key for de-identified UIDs, pseudonyms and date shifts (unset: one
+    # generated once in the var folder), and the root of the new UIDs ("2.25": UUID-derived).
+    teaching_secret: str | None = field(default=None, repr=False)
+    teaching_uid_root: str = "2.25"
+    # Retain Safe Private: the (private creator, element byte) pairs a case with that option
+    # keeps; none by default, so the option keeps nothing until an operator lists some.
+    teaching_safe_private: tuple[tuple[str, int], ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
 
     def with_overrides(self, **changes: object) -> Settings:
@@ -320,4 +328,33 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         events_relay_poll_seconds=_float(
             env, "RELAYPACS_EVENTS_RELAY_POLL_SECONDS", Settings.events_relay_poll_seconds),
         graphql_introspection=env.get("RELAYPACS_GRAPHQL_INTROSPECTION", "").lower() in ("1", "true", "yes"),
+        teaching_secret=env.get("RELAYPACS_TEACHING_SECRET") or None,
+        teaching_uid_root=_uid_root(env.get("RELAYPACS_TEACHING_UID_ROOT") or Settings.teaching_uid_root),
+        teaching_safe_private=_safe_private(env.get("RELAYPACS_TEACHING_SAFE_PRIVATE", "")),
     )
+
+
+def _safe_private(raw: str) -> tuple[tuple[str, int], ...]:
+    """``GEMS_ACQU_01|10;SIEMENS CSA HEADER|08``: private creator, then the element byte (hex)."""
+    pairs = []
+    for part in raw.split(";"):
+        if not part.strip():
+            continue
+        creator, sep, element = part.rpartition("|")
+        try:
+            byte = int(element.strip(), 16)
+        except ValueError:
+            byte = -1
+        if not sep or not creator.strip() or not 0 <= byte <= 0xFF:
+            raise ValueError("RELAYPACS_TEACHING_SAFE_PRIVATE is like GEMS_ACQU_01|10;OTHER CREATOR|2B; "
+                             f"bad part {part!r}")
+        pairs.append((creator.strip(), byte))
+    return tuple(pairs)
+
+
+def _uid_root(raw: str) -> str:
+    root = raw.strip().rstrip(".")
+    if not re.fullmatch(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*", root) or len(root) > 40:
+        raise ValueError("RELAYPACS_TEACHING_UID_ROOT is a UID root like 2.25 or 1.2.826.0.1.3680043.10.NNN "
+                         "(at most 40 characters, leaving room for the number)")
+    return root

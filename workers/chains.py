@@ -97,3 +97,16 @@ def enqueue_notice_mail(notification_ids: list[int]) -> None:
 def enqueue_addendum_filing(addendum_id: int) -> None:
     """Make the addendum's DICOM instance and forward it, after the commit that added it."""
     _task("consults.file_addendum", addendum_id).apply_async()
+
+
+def enqueue_teaching_case(case_id: int) -> None:
+    """Fill a teaching case from its source study (queue teaching)."""
+    _task("teaching.prepare_case", case_id).apply_async()
+
+
+def enqueue_teaching_mask(instance_id: int, regions: list[list[int]]) -> None:
+    _task("teaching.mask_instance", instance_id, regions).apply_async()
+
+
+def enqueue_teaching_package(case_id: int) -> None:
+    _task("teaching.refresh_package", case_id).apply_async()

@@ -9,7 +9,8 @@ from api.cli.session import open_session
 
 # Spelled out (not imported from pipeline.models) so ``relaypacs --help`` stays fast; a unit
 # test checks it against pipeline.models.Role.
-ROLE_NAMES = ["uploader", "qa_manager", "admin", "clinician", "radiologist", "consultant"]
+ROLE_NAMES = ["uploader", "qa_manager", "admin", "clinician", "radiologist", "consultant", "teaching",
+              "teaching_publisher"]
 
 
 @click.group()

@@ -84,3 +84,11 @@ from pipeline.models.reports import ReportSource as ReportSource
 from pipeline.models.reports import ReportStatus as ReportStatus
 from pipeline.models.reports import ReportStatusChange as ReportStatusChange
 from pipeline.models.reports import StudyReportCheck as StudyReportCheck
+from pipeline.models.teaching import CaseState as CaseState
+from pipeline.models.teaching import Difficulty as Difficulty
+from pipeline.models.teaching import Preparation as Preparation
+from pipeline.models.teaching import TeachingCase as TeachingCase
+from pipeline.models.teaching import TeachingCaseSource as TeachingCaseSource
+from pipeline.models.teaching import TeachingIdentityMap as TeachingIdentityMap
+from pipeline.models.teaching import TeachingInstance as TeachingInstance
+from pipeline.models.teaching import TeachingInstanceState as TeachingInstanceState

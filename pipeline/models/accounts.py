@@ -29,12 +29,16 @@ class Role(enum.StrEnum):
     CLINICIAN = "clinician"  # reads its facility's studies and reports, comments, asks for consults
     RADIOLOGIST = "radiologist"  # writes reports and addenda for the facilities assigned to them
     CONSULTANT = "consultant"  # answers consults for the facilities (and subspecialties) assigned
+    # Teaching file: reads the published cases of every facility (residents).
+    TEACHING = "teaching"
+    # Teaching file: approves (publishes) and withdraws cases, sees every draft.
+    TEACHING_PUBLISHER = "teaching_publisher"
 
 
 # The primary role (``users.role``) is the most powerful one a user holds: what a single-role
 # screen or query shows. Authorisation always looks at the whole set (``users.roles``).
-ROLE_PRECEDENCE = (Role.ADMIN, Role.QA_MANAGER, Role.RADIOLOGIST, Role.CONSULTANT, Role.CLINICIAN,
-                   Role.UPLOADER)
+ROLE_PRECEDENCE = (Role.ADMIN, Role.QA_MANAGER, Role.RADIOLOGIST, Role.CONSULTANT,
+                   Role.TEACHING_PUBLISHER, Role.CLINICIAN, Role.TEACHING, Role.UPLOADER)
 # Roles whose readers serve the facilities of their assignments as well as their own.
 READER_ROLES = frozenset({Role.RADIOLOGIST, Role.CONSULTANT})
 

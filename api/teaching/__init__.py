@@ -1,0 +1,1 @@
+"""The teaching file over HTTP (``/api/v1/teaching``)."""
