@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SEASON = 7
-# (p, q) of (p,1,q)(0,1,1)_7: the airline model first (the usual winner), two richer ones.
-ARIMA_GRID: tuple[tuple[int, int], ...] = ((0, 1), (1, 1), (2, 1))
+# (p, q) of (p,1,q)(0,1,1)_7: the airline model and one with an AR term. A third order
+# (2,1,1) cost a third more of the series' dearest step for a rare AIC win: the worker's
+# budget (200 series in 90 s on 2 cores) comes first.
+ARIMA_GRID: tuple[tuple[int, int], ...] = ((0, 1), (1, 1))
 # The order search sees the last year before the first origin: the differenced model's terms
 # are short-memory, and a second year doubled the search's time (the dearest part of a series).
 ARIMA_FIT_DAYS = 364
@@ -215,7 +217,10 @@ def fit_univariate(y: np.ndarray) -> tuple[list[Candidate], list[str]]:
 def conformal_quantile(abs_errors: np.ndarray, level: float) -> float:
     """The split-conformal quantile: the ceil((m + 1) * level)-th smallest of m absolute
     errors (the largest when there are too few), so that a new error falls below it with
-    probability at least ``level`` when errors are exchangeable."""
+    probability at least ``level`` when errors are exchangeable. (The plain ``level``
+    quantile was tried on the validation windows, the 28 days before each benchmark holdout:
+    it moved births and synthetic from 85-86% to 83% for a nominal 80%, and the flights
+    from 77.5% to 71%: the guaranteed rank is kept.)"""
     errors = np.sort(np.asarray(abs_errors, dtype=float))
     m = len(errors)
     if m == 0:

@@ -454,12 +454,22 @@ def _special_days(days: Sequence[date], closed: set[date], holidays: set[date]) 
 
 
 def holiday_factor(y: np.ndarray, clean: np.ndarray, holiday_idx: Sequence[int]) -> tuple[float | None, int]:
-    """The median ratio of a past weekday holiday to the same weekday a week before (the
-    cleaned value): how a public holiday moves the volume. None without a past holiday."""
-    ratios = [y[i] / clean[i] for i in holiday_idx if clean[i] > 0]
-    if not ratios:
+    """(factor, past holidays seen): the median ratio of a past weekday holiday to the same
+    weekday a week before (the cleaned value), how a public holiday moves the volume. None
+    without a past holiday, and None (neutral) when the past ones disagree: with three or
+    more, each is predicted from the others' median (leave one out) and the factor is kept
+    only if that beats predicting no effect at all (holidays that move a facility differently
+    one from another teach nothing that holds for the next one)."""
+    pairs = [(y[i], clean[i]) for i in holiday_idx if clean[i] > 0]
+    if not pairs:
         return None, 0
-    return float(np.clip(np.median(ratios), 0.0, 2.0)), len(ratios)
+    ratios = np.array([a / c for a, c in pairs])
+    if len(pairs) >= 3:
+        loo = sum(abs(a - c * np.median(np.delete(ratios, k))) for k, (a, c) in enumerate(pairs))
+        neutral = sum(abs(a - c) for a, c in pairs)
+        if not loo < neutral:
+            return None, len(pairs)
+    return float(np.clip(np.median(ratios), 0.0, 2.0)), len(pairs)
 
 
 def _weekday_scales(clean: np.ndarray, horizon: int) -> np.ndarray:
@@ -711,6 +721,9 @@ def forecast_series(
                              else "public holiday: none in the history, neutral")
             elif factor is not None:
                 rules.append(f"public holiday: effect learnt from {learnt_from} past ones (x{factor:.2f})")
+            elif learnt_from:
+                rules.append(f"public holiday: the {learnt_from} past ones showed no consistent effect, "
+                             "neutral")
             else:
                 rules.append("public holiday: none in the history, neutral")
         elif day in holidays:
