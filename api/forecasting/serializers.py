@@ -18,6 +18,7 @@ def _iso(value: datetime | None, granularity: str) -> str | None:
 
 def forecast_json(row: UploadForecast) -> dict:
     granularity = row.granularity or "day"
+    backtest = row.backtest or {}
     return {
         "id": row.id, "facility_id": row.facility_id, "metric": row.metric, "granularity": granularity,
         "created_at": row.created_at.isoformat(), "horizon": row.horizon, "model": row.model,
@@ -25,4 +26,8 @@ def forecast_json(row: UploadForecast) -> dict:
         "train_start": _iso(row.train_start, granularity), "train_end": _iso(row.train_end, granularity),
         "fallback_reason": row.fallback_reason, "regressors": row.regressors,
         "candidates": row.candidates, "backtest": row.backtest, "points": row.points,
+        # Daily forecasts (issue 20): why the model won, what it was compared with, how the
+        # intervals were made, and a short history's note; also inside ``backtest``.
+        "reason": backtest.get("reason"), "compared": backtest.get("compared", []),
+        "intervals": backtest.get("intervals"), "history_note": backtest.get("history_note"),
     }

@@ -1,30 +1,31 @@
-"""Upload volume forecasting: daily series, SARIMAX (regression with ARIMA errors) with the
-weekly cycle, calendar effects and the yearly cycle as regressors, seasonal naive as baseline.
+"""Upload volume forecasting: daily series, a set of candidate models compared by a
+rolling-origin backtest, the best one's points with conformal 80% / 95% intervals.
 
 Pure functions over plain values (dates, floats): no database, no flask, no celery.
 ``forecast_series`` is the whole decision for one series:
 
-- fewer than ``MIN_HISTORY_DAYS`` of history: seasonal naive, and it says so;
-- else the regressors come from the calendar alone: day of week, a facility's own closed days,
-  public holidays on weekdays, bridge days, the holiday season between close holidays, and
-  with 18 months of history two yearly Fourier pairs (``design_matrix``);
-- the model is fitted on the counts as they are (``linear``: effects add up) or on
-  ``log1p`` of them (``log``: effects multiply, noise grows with the level), whichever has the
-  lower AIC of the counts (the log fit's likelihood carries the transform's Jacobian, so the
-  two are comparable); the scale is chosen with the first order of the grid, then the other
-  orders (all with one difference, so their AICs are comparable) are fitted on that scale, all
-  on the data before the first backtest origin: the regression coefficients by least squares
-  on the differenced data, only the ARMA terms by maximum likelihood (on the differenced
-  residuals); the lowest AIC wins;
-- a rolling-origin backtest (several ``horizon``-day holdouts) scores the chosen model and
-  seasonal naive on the same holdouts (MAPE, MASE); the model is used only if it beats
-  seasonal naive there, otherwise seasonal naive is, with the reason;
-- the regression coefficients are estimated anew on the latest window (the ARMA terms kept)
-  and the model gives the points and the 80% / 95% prediction intervals (clipped at zero:
-  volumes are never negative); on the log scale the interval bounds are transformed back
-  exactly and the point is the back-transformed centre, i.e. the median (the point that
-  minimises the absolute error the backtest scores); a closed day ahead is zero, and so is a
-  holiday ahead while the history holds none to learn its effect from.
+- fewer than ``MIN_HISTORY_DAYS`` of history (or too few to backtest): seasonal naive, and
+  the forecast says so (``history_note``), with wide intervals (Student t on the few
+  week-on-week changes there are);
+- else every candidate of ``CANDIDATES`` competes: ``sarimax`` (regression with ARIMA errors:
+  day of week, a facility's closed days, public holidays on weekdays, bridge days, the
+  holiday season, with 18 months of history two yearly Fourier pairs; on the counts or on
+  ``log1p`` of them by AIC; ARMA order by AIC over a small grid; coefficients by least squares
+  on the differenced data, the ARMA terms by maximum likelihood), and the univariate ones of
+  ``candidates`` (``auto_arima``, ``ets``, ``theta``, ``weekday_mean_4w``, ``seasonal_naive``)
+  on the history with closures and holidays replaced by an ordinary week; each is fitted
+  once on the data before the first backtest origin;
+- a rolling-origin backtest (several ``horizon``-day holdouts) scores every candidate on the
+  same holdouts (MASE, MAE, MAPE); ``combination`` is the median of the three best; the lowest
+  mean MASE wins (ties to the simpler), and the record keeps the ranking and the reason;
+- the intervals are conformal: the winner's backtest errors, normalised by each weekday's
+  typical week-on-week change, give per week ahead the 80% / 95% quantiles (never narrower
+  further ahead), scaled back by the latest history's weekday figures; clipped at zero;
+- closed days ahead (the facility's own, and public holidays only if the facility closes on
+  them: the caller passes those as closed) are zero; a public holiday ahead gets the effect
+  learnt from the past ones (``sarimax``: its regressor; the others: the median ratio of a
+  past holiday to the week before), and is neutral when the history has none; each day's
+  rule is in the record (``day_rules``, the points' ``rule``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -43,6 +44,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+
+from pipeline.forecasting.candidates import (  # noqa: E402
+    Candidate,
+    CandidateFailed,
+    clean_history,
+    conformal_widths,
+    fit_univariate,
+)
 
 SEASON = 7
 MIN_HISTORY_DAYS = 8 * SEASON
@@ -185,7 +194,7 @@ class Backtest:
 
 @dataclass
 class Forecast:
-    model: str  # "sarimax" | "seasonal_naive"
+    model: str  # a name of CANDIDATES
     start: date  # the first forecast day
     prediction: Prediction
     order: list | None = None  # [[p, d, q], [P, D, Q, s]]
@@ -197,13 +206,19 @@ class Forecast:
     fallback_reason: str | None = None
     candidates: list[dict] = field(default_factory=list)  # the grid's AICs, for the record
     scale: str | None = None  # "linear" | "log": what the chosen SARIMAX was fitted on
+    reason: str | None = None  # why the winner won (the backtest's ranking)
+    history_note: str | None = None  # set when the history is too short for a comparison
+    day_rules: list = field(default_factory=list)  # per day ahead: which closure/holiday rule applied
+    intervals: dict = field(default_factory=dict)  # how the 80%/95% intervals were made
+    alternatives: dict = field(default_factory=dict)  # every candidate's points (not stored)
 
     def points(self) -> list[dict]:
         p = self.prediction
         return [
             {"day": (self.start + timedelta(days=i)).isoformat(), "mean": _round(p.mean[i]),
              "lo80": _round(p.lo80[i]), "hi80": _round(p.hi80[i]),
-             "lo95": _round(p.lo95[i]), "hi95": _round(p.hi95[i])}
+             "lo95": _round(p.lo95[i]), "hi95": _round(p.hi95[i]),
+             **({"rule": self.day_rules[i]} if i < len(self.day_rules) and self.day_rules[i] else {})}
             for i in range(len(p.mean))
         ]
 
@@ -418,6 +433,91 @@ def _score(actuals: list[np.ndarray], predictions: list[np.ndarray], scales: lis
 
 Grid = Sequence[tuple[tuple[int, int, int], tuple[int, int, int, int]]]
 
+# Every candidate's name as the API reports it (``model``), and what it is. Ties in the
+# backtest go to the earlier (simpler) one.
+CANDIDATES: dict[str, str] = {
+    "seasonal_naive": "the same weekday last week (the floor)",
+    "weekday_mean_4w": "each weekday's mean over the last four weeks (short window)",
+    "theta": "Theta method on the seasonally adjusted series",
+    "ets": "exponential smoothing, damped additive trend, additive weekly seasonality",
+    "auto_arima": "seasonal ARIMA (p,1,q)(0,1,1)7, order chosen by AIC",
+    "sarimax": "regression with ARIMA errors: weekday, calendar and yearly regressors",
+    "combination": "the median of the three best other candidates in the backtest",
+}
+COMBINE_TOP = 3
+# The univariate candidates see the last year only (fit and forecast): their memory is short
+# (differences, smoothing, four weeks), and the fits and filters cost in proportion to the
+# length: the worker's budget is 200 series in 90 s on 2 cores.
+UNIVARIATE_DAYS = 364
+# Fewer days than this: seasonal naive, with intervals that say how little is known.
+SHORT_HISTORY_NOTE = "short history: {n} days < {need}; seasonal naive with wide intervals"
+
+
+def _special_days(days: Sequence[date], closed: set[date], holidays: set[date]) -> np.ndarray:
+    return np.array([day in closed or day in holidays for day in days], dtype=bool)
+
+
+def holiday_factor(y: np.ndarray, clean: np.ndarray, holiday_idx: Sequence[int]) -> tuple[float | None, int]:
+    """(factor, past holidays seen): the median ratio of a past weekday holiday to the same
+    weekday a week before (the cleaned value), how a public holiday moves the volume. None
+    without a past holiday, and None (neutral) when the past ones disagree: with three or
+    more, each is predicted from the others' median (leave one out) and the factor is kept
+    only if that beats predicting no effect at all (holidays that move a facility differently
+    one from another teach nothing that holds for the next one)."""
+    pairs = [(y[i], clean[i]) for i in holiday_idx if clean[i] > 0]
+    if not pairs:
+        return None, 0
+    ratios = np.array([a / c for a, c in pairs])
+    if len(pairs) >= 3:
+        loo = sum(abs(a - c * np.median(np.delete(ratios, k))) for k, (a, c) in enumerate(pairs))
+        neutral = sum(abs(a - c) for a, c in pairs)
+        if not loo < neutral:
+            return None, len(pairs)
+    return float(np.clip(np.median(ratios), 0.0, 2.0)), len(pairs)
+
+
+def _weekday_scales(clean: np.ndarray, horizon: int) -> np.ndarray:
+    """Per forecast day, the mean absolute week-on-week change of its weekday in the cleaned
+    history: normalises the conformal errors, so a quiet weekend gets a narrow interval and a
+    busy Monday a wide one. Floored at a tenth of the overall figure (a weekday always closed
+    would otherwise get no interval at all, while a change of schedule can still open it)."""
+    overall = mase_scale(clean)
+    n = len(clean)
+    diffs = np.abs(clean[SEASON:] - clean[:-SEASON])
+    scales = []
+    for i in range(horizon):
+        weekday_diffs = diffs[(n + i - SEASON) % SEASON::SEASON]
+        scales.append(float(np.mean(weekday_diffs)) if len(weekday_diffs) else overall)
+    floor = max(0.1 * overall, 1e-9)
+    return np.maximum(np.array(scales), floor)
+
+
+def _short_history(y: np.ndarray, start: date, first_day: date, horizon: int, shut: np.ndarray,
+                   note: str) -> Forecast:
+    """Seasonal naive on what there is, with intervals from a t distribution on the few
+    week-on-week changes seen (and, with fewer than two, on the spread of the days): wide,
+    because little is known."""
+    from scipy import stats as scipy_stats
+
+    n = len(y)
+    mean = seasonal_naive(y, horizon).mean
+    diffs = y[SEASON:] - y[:-SEASON]
+    if len(diffs) >= 2:
+        sd, df = float(np.std(diffs, ddof=1)), len(diffs) - 1
+    else:
+        sd, df = float(max(np.std(y, ddof=1) if n > 1 else 0.0, np.mean(y))), 1
+    weeks = np.floor(np.arange(horizon) / SEASON) + 1
+    spread = sd * np.sqrt(weeks)
+    t80, t95 = scipy_stats.t.ppf(0.9, df), scipy_stats.t.ppf(0.975, df)
+    clip = np.maximum
+    prediction = Prediction(clip(mean, 0), clip(mean - t80 * spread, 0), clip(mean + t80 * spread, 0),
+                            clip(mean - t95 * spread, 0), clip(mean + t95 * spread, 0))
+    rules = ["closed: facility calendar" if s else None for s in shut]
+    return Forecast("seasonal_naive", start, _zero_closed(prediction, shut), train_start=first_day,
+                    train_end=first_day + timedelta(days=n - 1), fallback_reason=note, history_note=note,
+                    day_rules=rules,
+                    intervals={"method": "t distribution on week-on-week changes", "degrees_of_freedom": df})
+
 
 def forecast_series(
     y: Sequence[float] | np.ndarray,
@@ -431,43 +531,45 @@ def forecast_series(
     max_history: int = MAX_HISTORY_DAYS,
     drift: bool = False,
     scales: Sequence[str] = DEFAULT_SCALES,
+    candidates: Sequence[str] | None = None,
 ) -> Forecast:
     """Forecast ``horizon`` days after the last of ``y`` (``y[0]`` is ``first_day``).
 
-    ``scales``: what the model may be fitted on (``linear``, ``log``), chosen by AIC.
+    ``candidates``: which of ``CANDIDATES`` compete (default all); the one with the lowest
+    mean MASE over the rolling-origin backtest's folds is the forecast, and its errors there
+    give the intervals (conformal, by week ahead).
 
-    ``drift``: a linear trend regressor; off by default, as it made the backtests worse on
-    both benchmark panels (births 0.750 -> 0.765, synthetic 0.773 -> 0.805 median MASE).
+    ``closed``: days the facility is shut (forecast zero). ``holidays``: public holidays; a
+    holiday is not a closed day (the facility's calendar says when it closes, and the caller
+    passes those as ``closed``): its effect is learnt from the past ones (a regressor in
+    ``sarimax``, a median ratio for the others), and without a past one it is neutral.
 
-    ``closed``: days the facility is shut (forecast zero); ``holidays``: public holidays,
-    whose effects (and those of the bridge days and the holiday season they imply) the
-    regressors estimate from the past ones."""
+    ``scales``: what ``sarimax`` may be fitted on (``linear``, ``log``), chosen by AIC.
+    ``drift``: a linear trend regressor for ``sarimax``; off by default, as it made the
+    backtests worse on both benchmark panels (births 0.750 -> 0.765, synthetic 0.773 -> 0.805)."""
+    wanted = list(CANDIDATES) if candidates is None else [c for c in CANDIDATES if c in set(candidates)]
+    if "seasonal_naive" not in wanted:
+        wanted.insert(0, "seasonal_naive")  # the floor is always there
     y = np.asarray(y, dtype=float)
     n = len(y)
     start = first_day + timedelta(days=n)
     if n < SEASON:
         zero = np.zeros(horizon)
+        note = f"no history ({n} days)"
         return Forecast("seasonal_naive", start, Prediction(zero, zero, zero, zero, zero),
-                        fallback_reason=f"no history ({n} days)")
+                        fallback_reason=note, history_note=note)
     days = [first_day + timedelta(days=i) for i in range(n + horizon)]
     closed = set(closed)
-    holidays = set(holidays)
+    holidays = set(holidays) - closed
     shut = closure_flags(days, closed) > 0
-    # Until the history shows a holiday's effect, a holiday ahead is taken as closed (zero).
-    holiday_shut = closure_flags(days, closed | holidays) > 0
-
-    def naive(history: np.ndarray, h: int, closed_ahead: np.ndarray) -> Prediction:
-        return _zero_closed(seasonal_naive(history, h), closed_ahead)
-
     if n < MIN_HISTORY_DAYS:
-        return Forecast("seasonal_naive", start, naive(y, horizon, holiday_shut[n:]),
-                        train_start=first_day, train_end=days[n - 1],
-                        fallback_reason=f"short history: {n} days < {MIN_HISTORY_DAYS}")
+        return _short_history(y, start, first_day, horizon, shut[n:],
+                              SHORT_HISTORY_NOTE.format(n=n, need=MIN_HISTORY_DAYS))
     folds = min(folds, (n - MIN_HISTORY_DAYS) // horizon)
     if folds < 1:
-        return Forecast("seasonal_naive", start, naive(y, horizon, holiday_shut[n:]),
-                        train_start=first_day, train_end=days[n - 1],
-                        fallback_reason=f"history of {n} days too short to backtest a {horizon}-day horizon")
+        return _short_history(y, start, first_day, horizon, shut[n:],
+                              f"history of {n} days too short to backtest a {horizon}-day horizon; "
+                              "seasonal naive with wide intervals")
 
     origins = [n - horizon * k for k in range(folds, 0, -1)]
     first_origin = origins[0]
@@ -481,76 +583,186 @@ def forecast_series(
     x = all_columns[:, keep]
     names = [all_names[j] for j in keep]
     regressors = [name for name in names if not name.startswith("dow_")]
-    zero_ahead = shut if "holiday" in names else holiday_shut
 
-    # Scale and order by AIC on the data before the first holdout: the backtest then never
-    # saw its holdouts. The scale with the grid's first order, the other orders on that scale.
-    candidates: list[dict] = []
+    # The univariate candidates see the history with closures and holidays replaced by an
+    # ordinary week; holidays are put back through their learnt factor.
+    special = _special_days(days[:n], closed, holidays)
+    clean = clean_history(y, special)
+    holiday_idx = [i for i, day in enumerate(days) if day in holidays and day.weekday() < 5]
+
+    def holiday_adjust(point: np.ndarray, origin: int) -> np.ndarray:
+        factor, _ = holiday_factor(y, clean, [i for i in holiday_idx if i < origin])
+        if factor is None:
+            return point
+        ahead = [i - origin for i in holiday_idx if origin <= i < origin + len(point)]
+        point = point.copy()
+        point[ahead] *= factor
+        return point
+
+    record: dict = dict(train_start=days[latest.start], train_end=days[n - 1], regressors=regressors)
+    pointers: dict[str, Callable[[int, slice], np.ndarray]] = {}
+    specs: dict[str, dict] = {}
     errors: list[str] = []
 
-    def candidate(scale: str, order: tuple[int, int, int],
-                  seasonal_order: tuple[int, int, int, int]) -> Fitted | None:
-        spec = {"order": [list(order), list(seasonal_order)], "scale": scale}
+    # --- sarimax: scale and order by AIC on the data before the first holdout.
+    best: Fitted | None = None
+    grid_record: list[dict] = []
+    if "sarimax" in wanted and grid:
+        def candidate(scale: str, order: tuple[int, int, int],
+                      seasonal_order: tuple[int, int, int, int]) -> Fitted | None:
+            spec = {"order": [list(order), list(seasonal_order)], "scale": scale}
+            try:
+                fitted = fit(y[lo:first_origin], x[lo:first_origin], order, seasonal_order, scale=scale)
+            except FitFailed as exc:
+                errors.append(f"sarimax: {exc}")
+                grid_record.append({**spec, "aic": None, "error": str(exc)})
+                return None
+            grid_record.append({**spec, "aic": _round(fitted.aic)})
+            return fitted
+
+        fits = [candidate(scale, *grid[0]) for scale in scales]
+        scored = [f for f in fits if f is not None]
+        scale = min(scored, key=lambda f: f.aic).scale if scored else scales[0]
+        fits += [candidate(scale, *spec) for spec in grid[1:]]
+        scored = [f for f in fits if f is not None]
+        best = min(scored, key=lambda f: f.aic) if scored else None
+        if best is not None:
+            fitted_best = best
+
+            def sarimax_point(origin: int, window: slice) -> np.ndarray:
+                params = (fitted_best if window.stop != n
+                          else with_regression(fitted_best, y[window], x[window]))
+                return predict_point(params, y[window], x[window], x[origin:origin + horizon], horizon)
+
+            pointers["sarimax"] = sarimax_point
+            specs["sarimax"] = {"order": _order(best), "scale": best.scale, "aic": _round(best.aic)}
+    record["candidates"] = grid_record
+
+    # --- the univariate candidates, fitted once on the cleaned data before the first holdout.
+    fitted_univariate, failed = fit_univariate(clean[max(lo, first_origin - UNIVARIATE_DAYS):first_origin])
+    errors += failed
+    for cand in fitted_univariate:
+        if cand.name not in wanted:
+            continue
+
+        def univariate_point(origin: int, window: slice, cand: Candidate = cand) -> np.ndarray:
+            recent = clean[max(window.start, window.stop - UNIVARIATE_DAYS):window.stop]
+            return holiday_adjust(cand.point(recent, horizon), origin)
+
+        pointers[cand.name] = univariate_point
+        specs[cand.name] = cand.spec
+
+    # --- rolling origin: every candidate on the same holdouts; a failure drops the candidate.
+    actuals, mase_scales, fold_shut = [], [], []
+    fold_preds: dict[str, list[np.ndarray]] = {name: [] for name in pointers}
+    for origin in origins:
+        window = slice(max(0, origin - max_history), origin)
+        ahead_shut = shut[origin:origin + horizon]
+        actuals.append(y[origin:origin + horizon])
+        mase_scales.append(mase_scale(y[window]))
+        fold_shut.append(ahead_shut)
+        for name in list(fold_preds):
+            try:
+                fold_preds[name].append(np.where(ahead_shut, 0.0, pointers[name](origin, window)))
+            except (FitFailed, CandidateFailed, np.linalg.LinAlgError) as exc:
+                errors.append(f"{name}: backtest failed: {exc}")
+                del fold_preds[name]
+    scores = {name: _score(actuals, preds, mase_scales, folds, horizon) for name, preds in fold_preds.items()}
+    if "combination" in wanted:
+        ranked = sorted((s.mase if s.mase is not None else s.mae, list(CANDIDATES).index(name), name)
+                        for name, s in scores.items())
+        members = [name for _, _, name in ranked[:COMBINE_TOP]]
+        if len(members) >= 2:
+            fold_preds["combination"] = [np.median([fold_preds[m][k] for m in members], axis=0)
+                                         for k in range(folds)]
+            scores["combination"] = _score(actuals, fold_preds["combination"], mase_scales, folds, horizon)
+            specs["combination"] = {"of": members, "how": "median per day"}
+
+    def rank_key(name: str) -> tuple[float, int]:
+        s = scores[name]
+        return (s.mase if s.mase is not None else s.mae, list(CANDIDATES).index(name))
+
+    ranking = sorted(scores, key=rank_key)
+    # The final forecast of every candidate on the latest window (the combination needs its
+    # members' anyway; the benchmark scores each one alone).
+    alternatives: dict[str, np.ndarray] = {}
+    for name in ranking:
+        if name == "combination":
+            continue
         try:
-            fitted = fit(y[lo:first_origin], x[lo:first_origin], order, seasonal_order, scale=scale)
-        except FitFailed as exc:
-            errors.append(str(exc))
-            candidates.append({**spec, "aic": None, "error": str(exc)})
-            return None
-        candidates.append({**spec, "aic": _round(fitted.aic)})
-        return fitted
+            alternatives[name] = np.where(shut[n:], 0.0, pointers[name](n, latest))
+        except (FitFailed, CandidateFailed, np.linalg.LinAlgError) as exc:
+            errors.append(f"{name}: final forecast failed: {exc}")
+    if "combination" in scores:
+        members = specs["combination"]["of"]
+        if all(m in alternatives for m in members):
+            alternatives["combination"] = np.median([alternatives[m] for m in members], axis=0)
+    ranking = [name for name in ranking if name in alternatives]
+    winner = ranking[0]
 
-    fits = [candidate(scale, *grid[0]) for scale in scales] if grid else []
-    scored = [f for f in fits if f is not None]
-    scale = min(scored, key=lambda f: f.aic).scale if scored else scales[0]
-    fits += [candidate(scale, *spec) for spec in grid[1:]]
-    scored = [f for f in fits if f is not None]
-    best = min(scored, key=lambda f: f.aic) if scored else None
+    # Conformal intervals from the winner's backtest errors, normalised per weekday.
+    error_matrix = np.array([a - p for a, p in zip(actuals, fold_preds[winner], strict=True)])
+    fold_scale = np.array([_weekday_scales(clean[max(0, o - max_history):o], horizon) for o in origins])
+    usable = ~np.array(fold_shut)
+    widths = conformal_widths(error_matrix / fold_scale, usable, horizon)
+    final_scale = _weekday_scales(clean[latest], horizon)
+    mean = alternatives[winner]
+    half80, half95 = widths[0.8] * final_scale, widths[0.95] * final_scale
+    clip = np.maximum
+    prediction = _zero_closed(Prediction(clip(mean, 0), clip(mean - half80, 0), clip(mean + half80, 0),
+                                         clip(mean - half95, 0), clip(mean + half95, 0)), shut[n:])
 
-    record = dict(train_start=days[latest.start], train_end=days[n - 1], candidates=candidates,
-                  regressors=regressors)
-    if best is None:
-        reason = f"every fit failed: {errors[0] if errors else 'no candidates'}"
-        return Forecast("seasonal_naive", start, naive(y, horizon, zero_ahead[n:]),
-                        fallback_reason=reason, **record)
+    # What applied to each day ahead, for the record.
+    factor, learnt_from = holiday_factor(y, clean, [i for i in holiday_idx if i < n])
+    sarimax_learnt = "holiday" in names
+    rules: list[str | None] = []
+    for i in range(horizon):
+        day = days[n + i]
+        if shut[n + i]:
+            rules.append("closed: facility calendar")
+        elif day in holidays and day.weekday() < 5:
+            if winner == "sarimax":
+                rules.append("public holiday: effect learnt (regressor)" if sarimax_learnt
+                             else "public holiday: none in the history, neutral")
+            elif factor is not None:
+                rules.append(f"public holiday: effect learnt from {learnt_from} past ones (x{factor:.2f})")
+            elif learnt_from:
+                rules.append(f"public holiday: the {learnt_from} past ones showed no consistent effect, "
+                             "neutral")
+            else:
+                rules.append("public holiday: none in the history, neutral")
+        elif day in holidays:
+            rules.append("public holiday on a weekend: weekly cycle")
+        else:
+            rules.append(None)
 
-    # Rolling origin: the parameters fitted before the first origin, the state filtered up to
-    # each origin, the same holdouts for the model and for seasonal naive.
-    actuals, model_preds, naive_preds, mase_scales = [], [], [], []
-    try:
-        for origin in origins:
-            window = slice(max(0, origin - max_history), origin)
-            history = y[window]
-            ahead = zero_ahead[origin:origin + horizon]
-            point = predict_point(best, history, x[window], x[origin:origin + horizon], horizon)
-            actuals.append(y[origin:origin + horizon])
-            model_preds.append(np.where(ahead, 0.0, point))
-            naive_preds.append(naive(history, horizon, ahead).mean)
-            mase_scales.append(mase_scale(history))
-    except FitFailed as exc:
-        return Forecast("seasonal_naive", start, naive(y, horizon, zero_ahead[n:]), order=_order(best),
-                        aic=best.aic, fallback_reason=f"backtest failed: {exc}", **record)
-    model_score = _score(actuals, model_preds, mase_scales, folds, horizon)
-    naive_score = _score(actuals, naive_preds, mase_scales, folds, horizon)
-    # The scale rides with the model's scores: what a reader of the stored backtest needs.
-    backtest = {"model": {**model_score.as_dict(), "scale": best.scale},
-                "seasonal_naive": naive_score.as_dict()}
-    if not model_score.mae < naive_score.mae:
-        return Forecast("seasonal_naive", start, naive(y, horizon, zero_ahead[n:]), order=_order(best),
-                        aic=best.aic, backtest=backtest,
-                        fallback_reason="SARIMAX did not beat seasonal naive in its own backtest", **record)
-
-    # The latest window: the regression coefficients anew, the ARMA terms the backtest scored
-    # (re-estimating them too moved the validation panels' median MASE by at most 0.006,
-    # either way, for one more maximum-likelihood fit).
-    try:
-        final = with_regression(best, y[latest], x[latest])
-        prediction, aic = predict(final, y[latest], x[latest], x[n:], horizon)
-    except (FitFailed, np.linalg.LinAlgError) as exc:
-        return Forecast("seasonal_naive", start, naive(y, horizon, zero_ahead[n:]), order=_order(best),
-                        aic=best.aic, backtest=backtest, fallback_reason=f"final fit failed: {exc}", **record)
-    return Forecast("sarimax", start, _zero_closed(prediction, zero_ahead[n:]), order=_order(final),
-                    aic=aic, backtest=backtest, scale=final.scale, **record)
+    compared = [{"model": name, "rank": rank + 1, **scores[name].as_dict(), **({"spec": specs[name]}
+                                                                              if name in specs else {})}
+                for rank, name in enumerate(ranking)]
+    naive = scores["seasonal_naive"]
+    win = scores[winner]
+    if winner == "seasonal_naive":
+        reason = "seasonal naive had the lowest backtest MASE: no candidate beat last week's values"
+    else:
+        runner = ranking[1] if len(ranking) > 1 else None
+        reason = (f"{winner} had the lowest mean MASE over {folds} backtest folds of {len(ranking)} "
+                  f"candidates ({_round(win.mase)} vs seasonal naive {_round(naive.mase)}"
+                  + (f", next {runner} {_round(scores[runner].mase)})" if runner else ")"))
+    backtest = {"model": {**win.as_dict(), **({"scale": best.scale} if winner == "sarimax" and best else {})},
+                "seasonal_naive": naive.as_dict(), "chosen": winner, "reason": reason, "compared": compared}
+    if errors:
+        backtest["dropped"] = errors[:10]
+    intervals = {"method": "conformal: backtest errors of the chosen model, normalised per weekday, "
+                           "quantiles by week ahead",
+                 "errors": int(usable.sum()), "folds": folds,
+                 "q80_by_week": [_round(v) for v in widths[0.8][::SEASON]],
+                 "q95_by_week": [_round(v) for v in widths[0.95][::SEASON]]}
+    order = specs[winner].get("order") if winner in specs else None
+    return Forecast(winner, start, prediction, order=order,
+                    aic=best.aic if winner == "sarimax" and best else None, backtest=backtest,
+                    fallback_reason=reason if winner == "seasonal_naive" else None,
+                    scale=best.scale if winner == "sarimax" and best else None, reason=reason,
+                    day_rules=rules, intervals=intervals, alternatives=alternatives, **record)
 
 
 def _exog_usable(flags: np.ndarray) -> bool:

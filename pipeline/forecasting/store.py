@@ -62,7 +62,8 @@ def daily_history(session: Session, facility_id: int | None, metric: str, last_d
 def calendar_days(session: Session, facility_id: int | None, start: date,
                   end: date) -> tuple[list[date], list[date]]:
     """(closed days, public holidays) of the facility between ``start`` and ``end``: its own
-    closures and its country's holidays. The all-facility total has no calendar."""
+    closures (and the public holidays too when it closes on them) and its country's holidays.
+    The all-facility total has no calendar."""
     calendar = session.get(FacilityCalendar, facility_id) if facility_id is not None else None
     if calendar is None:
         return [], []
@@ -73,7 +74,49 @@ def calendar_days(session: Session, facility_id: int | None, start: date,
 
         years = range(start.year, end.year + 1)
         public = set(holidays.country_holidays(calendar.country, subdiv=calendar.subdivision, years=years))
+    if calendar.closes_on_public_holidays:
+        closed |= public
     return sorted(d for d in closed if start <= d <= end), sorted(d for d in public if start <= d <= end)
+
+
+def calendar_json(calendar: FacilityCalendar | None, facility_id: int) -> dict:
+    if calendar is None:
+        return {"facility_id": facility_id, "country": None, "subdivision": None, "closed_days": [],
+                "closes_on_public_holidays": False, "updated_at": None}
+    return {"facility_id": calendar.facility_id, "country": calendar.country,
+            "subdivision": calendar.subdivision, "closed_days": sorted(calendar.closed_days or []),
+            "closes_on_public_holidays": bool(calendar.closes_on_public_holidays),
+            "updated_at": calendar.updated_at.isoformat() if calendar.updated_at else None}
+
+
+def check_country(country: str | None, subdivision: str | None) -> None:
+    """ValueError unless the ``holidays`` package knows the country (and subdivision)."""
+    if country is None:
+        if subdivision is not None:
+            raise ValueError("a subdivision needs a country")
+        return
+    import holidays
+
+    try:
+        holidays.country_holidays(country, subdiv=subdivision, years=[2026])
+    except NotImplementedError as exc:
+        raise ValueError(f"unknown country or subdivision: {exc}") from exc
+
+
+def save_calendar(session: Session, facility_id: int, *, country: str | None, subdivision: str | None,
+                  closed_days: Sequence[date], closes_on_public_holidays: bool) -> FacilityCalendar:
+    """Create or replace the facility's calendar (the caller audits and commits)."""
+    check_country(country, subdivision)
+    calendar = session.get(FacilityCalendar, facility_id)
+    if calendar is None:
+        calendar = FacilityCalendar(facility_id=facility_id)
+        session.add(calendar)
+    calendar.country, calendar.subdivision = country, subdivision
+    calendar.closed_days = sorted({d.isoformat() for d in closed_days})
+    calendar.closes_on_public_holidays = closes_on_public_holidays
+    calendar.updated_at = datetime.now(UTC)
+    session.flush()
+    return calendar
 
 
 def run_forecast(session: Session, facility_id: int | None, metric: str = "uploads", *,
@@ -92,7 +135,11 @@ def run_forecast(session: Session, facility_id: int | None, metric: str = "uploa
         train_start=_midnight(result.train_start) if result.train_start else None,
         train_end=_midnight(result.train_end) if result.train_end else None,
         fallback_reason=result.fallback_reason, regressors=result.regressors,
-        candidates=result.candidates, backtest=result.backtest, points=result.points(),
+        candidates=result.candidates, points=result.points(),
+        # What was compared and why the winner won, how the intervals were made, and a short
+        # history's note ride in the backtest record (JSON), for the API and the forecast page.
+        backtest={**result.backtest, "intervals": result.intervals,
+                  **({"history_note": result.history_note} if result.history_note else {})},
     )
     session.add(row)
     session.flush()

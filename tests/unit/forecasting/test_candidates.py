@@ -1,0 +1,147 @@
+"""The wider candidate set: each candidate alone, the choice among them by the backtest, the
+conformal intervals, and the closure / public-holiday rules (issue 20). Synthetic series whose
+structure is known; short ones, so the whole file runs in seconds."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import numpy as np
+import pytest
+
+from pipeline.forecasting import candidates as cands
+from pipeline.forecasting import daily as fc
+
+START = date(2025, 1, 6)  # a Monday
+PROFILE = np.array([120, 110, 115, 105, 100, 30, 10], dtype=float)
+
+
+def weekly(n: int, *, level: float = 1.0, noise: float = 4.0, seed: int = 11) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    return np.maximum(level * PROFILE[t % 7] + rng.normal(0, noise, n), 0)
+
+
+def test_clean_history_replaces_special_days_by_the_week_before():
+    y = np.arange(21, dtype=float)
+    special = np.zeros(21, dtype=bool)
+    special[[2, 9, 15]] = True  # a closed day two weeks running, and another
+    out = cands.clean_history(y, special)
+    assert out[9] == 2 + 0 and out[2] == 16  # day 2 (first week) from day 16 (9 is special too)
+    assert out[15] == 8
+    assert out[[0, 1, 3, 20]].tolist() == [0, 1, 3, 20]
+
+
+@pytest.mark.parametrize("name", ["auto_arima", "ets"])
+def test_fitted_candidates_follow_the_weekly_profile(name):
+    y = weekly(280)
+    fitted = {c.name: c for c in cands.fit_univariate(y[:252])[0]}
+    point = fitted[name].point(y, 14)  # parameters from the first 252 days, state from all 280
+    assert point.shape == (14,)
+    assert point[0] > 3 * point[6]  # Monday well above Sunday
+    assert abs(point[0] - 120) < 15
+
+
+def test_theta_and_short_window_candidates():
+    y = weekly(140)
+    assert abs(cands.theta_point(y, 7).mean() - PROFILE.mean()) < 10
+    # The four-week weekday mean lines each weekday up with its own profile value.
+    flat = np.tile(PROFILE, 8)
+    assert cands.weekday_mean_point(flat, 7).tolist() == PROFILE.tolist()
+    assert cands.weekday_mean_point(flat[3:], 7).tolist() == PROFILE.tolist()
+
+
+def test_conformal_quantile_is_the_finite_sample_rank():
+    errors = np.arange(1, 10, dtype=float)  # m = 9
+    assert cands.conformal_quantile(errors, 0.8) == 8.0  # ceil(10 * 0.8) = 8th smallest
+    assert cands.conformal_quantile(errors, 0.95) == 9.0  # ceil(9.5) = 10 > m: the largest
+
+
+def test_conformal_widths_cover_new_errors_at_their_level():
+    rng = np.random.default_rng(4)
+    past = rng.normal(0, 1, (40, 28))
+    widths = cands.conformal_widths(past, np.ones_like(past, dtype=bool), 28)
+    new = rng.normal(0, 1, (2000, 28))
+    assert 0.76 < np.mean(np.abs(new) <= widths[0.8]) < 0.84
+    assert 0.93 < np.mean(np.abs(new) <= widths[0.95]) < 0.97
+    assert np.all(np.diff(widths[0.8]) >= 0)  # never narrower further ahead
+
+
+def test_every_candidate_is_compared_and_the_best_one_wins():
+    result = fc.forecast_series(weekly(224), START, horizon=14, folds=2)
+    compared = result.backtest["compared"]
+    assert {c["model"] for c in compared} == set(fc.CANDIDATES)
+    assert [c["rank"] for c in compared] == list(range(1, len(compared) + 1))
+    mases = [c["mase"] for c in compared]
+    assert mases == sorted(mases)
+    assert result.model == compared[0]["model"] == result.backtest["chosen"]
+    assert result.model in result.reason
+    assert set(result.alternatives) == set(fc.CANDIDATES)
+    combination = next(c for c in compared if c["model"] == "combination")
+    assert len(combination["spec"]["of"]) == fc.COMBINE_TOP
+    assert result.intervals["method"].startswith("conformal")
+    for p in result.points():
+        assert 0 <= p["lo95"] <= p["lo80"] <= p["mean"] <= p["hi80"] <= p["hi95"]
+
+
+def test_after_a_step_change_a_candidate_that_follows_the_new_level_wins():
+    # Level 1 for most of the history, then the schedule doubles eight weeks before the end
+    # (four weeks before the first backtest origin): last week's values follow it at once, but
+    # with all of last week's noise; the candidates that adapt and smooth must beat them.
+    n = 266
+    y = np.concatenate([weekly(n - 56, seed=1), weekly(56, level=2.0, seed=2)])
+    result = fc.forecast_series(y, START, horizon=14, folds=2)
+    assert result.model != "seasonal_naive", result.reason
+    mean = np.array([p["mean"] for p in result.points()])
+    new_level = np.array([2 * PROFILE[(n + i) % 7] for i in range(14)])
+    assert np.mean(np.abs(mean - new_level)) < 0.1 * new_level.mean(), (result.model, mean)
+
+
+def test_unseen_public_holiday_is_neutral_not_zero():
+    n = 168
+    y = weekly(n)
+    ahead = START + timedelta(days=n)  # a Monday holiday right after a history without one
+    result = fc.forecast_series(y, START, horizon=7, folds=2, holidays=[ahead])
+    first = result.points()[0]
+    assert first["mean"] > 90, first
+    assert first["rule"] == "public holiday: none in the history, neutral"
+    assert "rule" not in result.points()[1]
+
+
+def test_holiday_is_closed_only_when_the_facility_says_so():
+    n = 168
+    ahead = START + timedelta(days=n)
+    result = fc.forecast_series(weekly(n), START, horizon=7, folds=2, holidays=[ahead], closed=[ahead])
+    first = result.points()[0]
+    assert first["mean"] == first["hi95"] == 0.0
+    assert first["rule"] == "closed: facility calendar"
+
+
+def test_learnt_holiday_effect_reaches_the_univariate_candidates():
+    n = 168
+    y = weekly(n)
+    holidays = [START + timedelta(days=d) for d in (14, 49, 84, 119)]  # Mondays
+    for day in holidays:
+        y[(day - START).days] *= 0.4
+    ahead = START + timedelta(days=n)
+    result = fc.forecast_series(y, START, horizon=7, folds=2, holidays=[*holidays, ahead],
+                                candidates=("seasonal_naive", "weekday_mean_4w", "ets", "theta"))
+    first = result.points()[0]
+    assert first["rule"].startswith("public holiday: effect learnt from 4 past ones (x")
+    assert float(first["rule"].split("(x")[1].rstrip(")")) == pytest.approx(0.4, abs=0.05)
+    assert 30 < first["mean"] < 70, first
+    factor, count = fc.holiday_factor(y, cands.clean_history(y, np.isin(np.arange(n), [14, 49, 84, 119])),
+                                      [14, 49, 84, 119])
+    assert count == 4 and factor == pytest.approx(0.4, abs=0.05)
+
+
+def test_little_history_says_so_with_wide_intervals():
+    y = weekly(28)
+    result = fc.forecast_series(y, START, horizon=14)
+    assert result.model == "seasonal_naive"
+    assert result.history_note and "short history: 28 days" in result.history_note
+    points = result.points()
+    normal = fc.seasonal_naive(y, 14)
+    # Student t on three weeks of changes: wider than the normal interval on the same spread.
+    assert points[0]["hi95"] - points[0]["lo95"] > normal.hi95[0] - normal.lo95[0]
+    assert result.intervals["degrees_of_freedom"] == 20
