@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = 'forecast_01'
-down_revision = 'safety_recovery_01'
+down_revision = 'teaching_01'
 branch_labels = None
 depends_on = None
 
