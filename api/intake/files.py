@@ -138,6 +138,8 @@ def create() -> Response:
         raise ApiError(404, f"batch {batch_ref} not found")
     check_facility(batch.facility_id)
     photo = _photo_request(metadata, batch)
+    if photo is not None and length > photos.MAX_PHOTO_BYTES:
+        raise TusError(413, f"a photo may be at most {photos.MAX_PHOTO_BYTES} bytes")
     checksum = parse_checksum(request.headers.get("Upload-Checksum"))
     open_uploads = session.scalar(select(func.count()).select_from(Upload).where(
         Upload.user_id == current_user().id, Upload.state == UploadState.RECEIVING))

@@ -65,7 +65,7 @@ def parse(app, session, upload_id: str, tmp_path) -> Upload:
     return upload
 
 
-def test_bad_photo_fields_are_refused_when_the_upload_is_created(client, clinic, enqueued):
+def test_bad_photo_fields_are_refused_when_the_upload_is_created(client, clinic, enqueued, monkeypatch):
     auth, batch = clinic()
     for change, status, words in [
         ({"patient_birth_date": "14/02/1980"}, 400, "PatientBirthDate"),
@@ -77,6 +77,13 @@ def test_bad_photo_fields_are_refused_when_the_upload_is_created(client, clinic,
         response = send(client, auth, batch, gps_jpeg(), {**TYPED, **change})
         assert response.status_code == status, change
         assert words in response.get_json()["error"]["message"]
+    # Refused before a byte is sent: a photo is decoded in memory, so it has its own limit.
+    monkeypatch.setattr(photos, "MAX_PHOTO_BYTES", 1000)
+    too_big = client.post("/api/v1/files", headers={
+        **auth, **TUS, "Upload-Length": "1001",
+        "Upload-Metadata": ",".join(f"{k} {b64(v)}" for k, v in {
+            "filename": "huge.jpg", "batch_id": str(batch), **TYPED}.items())})
+    assert too_big.status_code == 413 and "photo" in too_big.get_json()["error"]["message"]
     assert enqueued == []
 
 
