@@ -197,7 +197,7 @@ def upload_folder(
     scan: FolderScan,
     state: UploadState,
     *,
-    jobs: int = 4,
+    jobs: int = 8,
     chunk_size: int = 1024 * 1024,
     progress: Progress = lambda _n: None,
     resumed: Progress = lambda _n: None,
