@@ -342,10 +342,10 @@ def build_dataset(photo: PreparedPhoto, identity: Mapping[str, DataElement | str
     ds.PhotometricInterpretation = "YBR_FULL_422" if frame.components == 3 else "MONOCHROME2"
     if frame.components == 3:
         ds.PlanarConfiguration = 0
+        # The camera's profile when it gave one; otherwise sRGB, what phones shoot in.
         ds.ICCProfile = photo.icc_profile or _srgb_profile()
-        ds.ColorSpace = "SRGB" if not photo.icc_profile else ""
-        if not ds.ColorSpace:
-            del ds.ColorSpace
+        if not photo.icc_profile:
+            ds.ColorSpace = "SRGB"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelRepresentation = 0
     ds.LossyImageCompression = "01"

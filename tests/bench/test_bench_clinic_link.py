@@ -12,7 +12,8 @@ Measured, each run on a fresh folder (new UIDs):
 - BENCH_LINK_SMALL_FILES (2,000) synthetic CT instances of ~39 KB, at the default --jobs and
   at ``--jobs 1``: files/s; target: the default at least 3x ``--jobs 1``;
 - BENCH_LINK_BIG_FILES (10) multi-frame instances of BENCH_LINK_BIG_MB (50) MB at the default
-  (and, with BENCH_LINK_BIG_JOBS1=1, at ``--jobs 1``): link utilisation, the payload's bits
+  (and at the --jobs values of BENCH_LINK_BIG_JOBS; with BENCH_LINK_ONLY=big, only these, into
+  clinic_link_big_jobs.json): link utilisation, the payload's bits
   per second over 20 Mbit/s; target: at least 90 %. The bytes the shaped interface sent
   (TCP/IP and HTTP headers included) are recorded beside it.
 
@@ -43,13 +44,17 @@ RTT_MS = 80.0
 SMALL_FILES = int(os.environ.get("BENCH_LINK_SMALL_FILES", "2000"))
 BIG_FILES = int(os.environ.get("BENCH_LINK_BIG_FILES", "10"))
 BIG_MB = int(os.environ.get("BENCH_LINK_BIG_MB", "50"))
-BIG_JOBS1 = os.environ.get("BENCH_LINK_BIG_JOBS1", "") == "1"
+# Other --jobs values tried on the big files (comma list, e.g. "1,4").
+BIG_EXTRA_JOBS = [int(j) for j in os.environ.get("BENCH_LINK_BIG_JOBS", "").split(",") if j.strip()]
+# "big": only the big files (the small-file figures of clinic_link.json are left alone).
+ONLY = os.environ.get("BENCH_LINK_ONLY", "")
 # Other --jobs values tried on the small files in the same run (4: the default before this
 # benchmark), comma list.
 EXTRA_JOBS = [int(j) for j in os.environ.get("BENCH_LINK_EXTRA_JOBS", "4").split(",") if j.strip()]
 TARGET_RATIO = 3.0
 TARGET_UTILISATION = 0.90
 RESULTS_FILE = Path(__file__).parent / "results" / "clinic_link.json"
+BIG_RESULTS_FILE = Path(__file__).parent / "results" / "clinic_link_big_jobs.json"
 PER_STUDY = 50
 FRAME_BYTES = 32 * 1024  # large_instance's frame
 
@@ -124,10 +129,10 @@ def test_cli_over_a_clinic_link(tmp_path, gateway_env, make_user, bench_results)
     try:
         with ClinicLink(upstream_mbit=UPSTREAM_MBIT, rtt_ms=RTT_MS) as link:
             server = link.expose(LOOPBACK, api.port)
-            plan = [("small", default), ("small", 1),
-                    *[("small", j) for j in EXTRA_JOBS if j not in (1, default)], ("big", default)]
-            if BIG_JOBS1:
-                plan.append(("big", 1))
+            plan = [] if ONLY == "big" else [
+                ("small", default), ("small", 1),
+                *[("small", j) for j in EXTRA_JOBS if j not in (1, default)]]
+            plan += [("big", default), *[("big", j) for j in BIG_EXTRA_JOBS if j != default]]
             for kind, jobs in plan:
                 folder = tmp_path / f"{kind}-j{jobs}"
                 files, size = (small_folder if kind == "small" else big_folder)(folder)
@@ -149,6 +154,15 @@ def test_cli_over_a_clinic_link(tmp_path, gateway_env, make_user, bench_results)
     def pick(kind: str, jobs: int) -> dict:
         return next(r for r in runs if r["folder"] == kind and r["jobs"] == jobs)
 
+    if ONLY == "big":
+        big = {str(r["jobs"]): r["link_utilisation"] for r in runs}
+        BIG_RESULTS_FILE.write_text(json.dumps({
+            "command": f"BENCH_LINK_ONLY=big BENCH_LINK_BIG_JOBS={','.join(map(str, BIG_EXTRA_JOBS))} "
+                       "flock /tmp/relaypacs-bench.lock .venv/bin/python -m pytest -m bench "
+                       "tests/bench/test_bench_clinic_link.py -s",
+            "default_jobs": default, "link_utilisation_by_jobs": big, "runs": runs}, indent=2) + "\n")
+        assert big[str(default)] >= TARGET_UTILISATION, big
+        return
     ratio = pick("small", default)["files_per_s"] / pick("small", 1)["files_per_s"]
     utilisation = pick("big", default)["link_utilisation"]
     result = {
@@ -172,8 +186,8 @@ def test_cli_over_a_clinic_link(tmp_path, gateway_env, make_user, bench_results)
                       "verdict": "PASS" if utilisation >= TARGET_UTILISATION else "FAIL"},
         "runs": runs,
     }
-    if BIG_JOBS1:
-        result["big_files"]["link_utilisation_jobs_1"] = pick("big", 1)["link_utilisation"]
+    for jobs in BIG_EXTRA_JOBS:
+        result["big_files"][f"link_utilisation_jobs_{jobs}"] = pick("big", jobs)["link_utilisation"]
     print(f"\n  small: default {ratio:.2f}x --jobs 1 (target {TARGET_RATIO}x); big: "
           f"{100 * utilisation:.0f}% of the link (target {100 * TARGET_UTILISATION:.0f}%)")
     bench_results["clinic_link"] = result
