@@ -26,6 +26,8 @@ packages+=(chromium chromium-driver)
 # The front proxy of tests/integration/test_behind_nginx.py (started by the test on its own
 # config and loopback ports; the packaged service is never used).
 packages+=(nginx)
+# ip netns and tc tbf for the clinic-link benchmark (tests/bench/clinic_link.py).
+packages+=(iproute2)
 # A C compiler builds the LD_PRELOAD shim that keeps the test Orthanc on loopback.
 command -v cc >/dev/null || packages+=(gcc libc6-dev)
 missing=()

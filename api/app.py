@@ -21,6 +21,7 @@ from api.http import errors, health, observability
 from api.http.context import Resources
 from api.http.limits import RateLimiter
 from api.intake import batches, conflicts, files
+from api.intake import studies as study_list
 from api.lifecycle import storage as storage_api
 from api.reports import comments as report_comments
 from api.reports import consults as report_consults
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(files.blueprint, url_prefix="/api/v1/files")
     app.register_blueprint(batches.blueprint, url_prefix="/api/v1/batches")
+    app.register_blueprint(study_list.blueprint, url_prefix="/api/v1/studies")
     app.register_blueprint(study_organisation.blueprint, url_prefix="/api/v1/batches")
     app.register_blueprint(conflicts.blueprint, url_prefix="/api/v1/batches")
     app.register_blueprint(templates.blueprint, url_prefix="/api/v1/templates")

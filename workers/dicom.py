@@ -7,6 +7,7 @@ Task names are stable (``area.verb_noun``): renaming a module must not orphan qu
 from __future__ import annotations
 
 from pipeline.dicom import grouping
+from pipeline.intake import photos
 from pipeline.models import Upload
 from workers import chains, runtime
 from workers.app import app
@@ -22,6 +23,12 @@ def parse_and_group(upload_id: str) -> None:
         if attempt.go:
             with runtime.session_scope() as session:
                 upload = session.get(Upload, upload_id)
+                # A phone photo becomes its DICOM instance first; its own bytes (EXIF, GPS)
+                # are deleted once that is committed.
+                leftovers = photos.convert(session, runtime.store(), upload)
+                session.commit()
+                for key in leftovers:
+                    runtime.store().delete(key)
                 grouping.parse_and_group(session, runtime.store(), upload, runtime.spool_dir(),
                                          runtime.parse_limits())
                 # A new version may have stopped another batch's work: that batch may be done now.

@@ -17,6 +17,10 @@ from api.http.auth import check_facility, current_user, require
 from api.http.context import db, resources
 from api.http.errors import ApiError
 from api.http.openapi import STANDARD_ERRORS, operation
+from pipeline.dicom.attributes import MetadataError
+from pipeline.dicom.headers import UID_PATTERN
+from pipeline.dicom.photos import photo_request
+from pipeline.intake import photos
 from pipeline.intake import uploads as intake
 from pipeline.intake.tus import (
     ALLOWED_HEADERS,
@@ -111,7 +115,9 @@ def options(upload_id: str | None = None) -> Response:
 @operation("tus creation (and creation-with-upload)", responses={201: "created; see Location"},
            errors=(*STANDARD_ERRORS, 409, 412, 413, 415, 460),
            headers=(TUS_HEADER, ("Upload-Length", True, "file size in bytes"),
-                    ("Upload-Metadata", True, "filename and batch_id, base64"),
+                    ("Upload-Metadata", True, "filename and batch_id, base64; a phone photo adds kind=photo, "
+                     "filetype, and target_study or patient_id, patient_name, patient_birth_date, "
+                     "patient_sex, study_description, accession_number"),
                     ("Upload-Checksum", False, "sha1|sha256 <base64> of the body")))
 def create() -> Response:
     check_version(request.headers.get("Tus-Resumable"))
@@ -131,6 +137,9 @@ def create() -> Response:
     if batch is None:
         raise ApiError(404, f"batch {batch_ref} not found")
     check_facility(batch.facility_id)
+    photo = _photo_request(metadata, batch)
+    if photo is not None and length > photos.MAX_PHOTO_BYTES:
+        raise TusError(413, f"a photo may be at most {photos.MAX_PHOTO_BYTES} bytes")
     checksum = parse_checksum(request.headers.get("Upload-Checksum"))
     open_uploads = session.scalar(select(func.count()).select_from(Upload).where(
         Upload.user_id == current_user().id, Upload.state == UploadState.RECEIVING))
@@ -143,6 +152,7 @@ def create() -> Response:
         batch=batch, user_id=current_user().id, length=length, metadata=metadata,
         max_bytes=settings.max_upload_bytes, expiry=expiry,
     )
+    upload.photo = photo
     if has_body and request.content_type == OFFSET_CONTENT_TYPE:
         # creation-with-upload: the first chunk (for most files, all of it) rides on the POST.
         upload = _create_with_chunk(upload, checksum)
@@ -154,6 +164,23 @@ def create() -> Response:
         session.commit()
         chains.enqueue_upload_chain(upload.id)
     return Response(status=201, headers=_headers(upload, Location=_location(upload)))
+
+
+def _photo_request(metadata: dict[str, str], batch: Batch) -> dict | None:
+    """A ``kind=photo`` upload's checked request (400 on a bad field, 404 when the target
+    study is not one of the facility's), or None for an ordinary file."""
+    kind = metadata.get("kind", "")
+    if kind in ("", "dicom"):
+        return None
+    if kind != "photo":
+        raise ApiError(400, "Upload-Metadata kind must be photo or dicom (or absent)")
+    try:
+        photo = photo_request(metadata, UID_PATTERN)
+    except MetadataError as exc:
+        raise ApiError(400, str(exc)) from exc
+    if photo.target_study and photos.target_study(db(), batch.facility_id, photo.target_study) is None:
+        raise ApiError(404, "target_study: no such study of your facility")
+    return photo.as_json()
 
 
 def _location(upload: Upload) -> str:

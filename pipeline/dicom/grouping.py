@@ -5,6 +5,7 @@ for a known SOPInstanceUID are a new version (``pipeline.dicom.versions``).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -73,7 +74,7 @@ def read_stored_header(store: ObjectStore, key: str, spool_dir: Path,
             raise Quarantine("corrupt_object", "stored bytes differ from the bytes received")
         size = tmp.tell()
         tmp.seek(0)
-        return read_header(tmp, size, limits)
+        return dataclasses.replace(read_header(tmp, size, limits), size=size)
 
 
 def quarantine(session: Session, upload: Upload, reason: str, detail: str) -> None:
@@ -110,7 +111,8 @@ def record_instance(session: Session, upload: Upload, header: InstanceHeader) ->
             facility_id=upload.facility_id, sop_instance_uid=header.sop_instance_uid,
             series_id=series.id, study_id=study.id, sop_class_uid=header.sop_class_uid,
             transfer_syntax_uid=header.transfer_syntax_uid, object_key=upload.object_key,
-            size=upload.length, sha256=upload.sha256, batch_id=upload.batch_id,
+            size=header.size if header.size is not None else upload.length,
+            sha256=upload.sha256, batch_id=upload.batch_id,
             upload_id=upload.id, version_state=version_state,
         )
         session.add(instance)

@@ -73,6 +73,8 @@ class InstanceHeader:
     study_date: str | None
     study_description: str | None
     accession_number: str | None = None
+    # Bytes of the stored file, when known (a photo's DICOM file is not its upload's length).
+    size: int | None = None
 
 
 class Quarantine(Exception):

@@ -88,6 +88,9 @@ class Upload(Base):
     # Attempts at assembly or parse that started and never ended (their worker died): a
     # file that kills workers is quarantined after a few, never redelivered for ever.
     unfinished_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A phone photo (Upload-Metadata kind=photo): the checked request (file type, target
+    # study or typed patient fields), turned into a DICOM instance before the parse.
+    photo: Mapped[dict | None] = mapped_column(JSON)
     batch: Mapped[Batch] = relationship(back_populates="uploads")
     chunks: Mapped[list[UploadChunk]] = relationship(
         order_by="UploadChunk.offset", cascade="all, delete-orphan"

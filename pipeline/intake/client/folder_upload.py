@@ -29,6 +29,7 @@ EXIT_QUARANTINED = 3
 EXIT_DELIVERY_FAILED = 4
 EXIT_NOT_FINISHED = 5
 SAVE_INTERVAL = 1.0
+IDEMPOTENT_RETRIES = 2
 
 
 def default_state_path(folder: Path, server: str) -> Path:
@@ -112,12 +113,27 @@ class GatewayClient:
         response = self.http.post(f"{self.server}/api/v1/batches", json=body, timeout=self.timeout)
         return self._json(response)["id"]
 
+    def _idempotent(self, method: str, url: str) -> requests.Response:
+        """A request that is safe to send twice, sent again when its connection broke.
+
+        The control session sits idle while the files upload; the server then closes its
+        keep-alive connection, and over a link with latency that close can cross the next
+        request on the wire (no response at all). A fresh connection then answers."""
+        for attempt in range(IDEMPOTENT_RETRIES + 1):
+            try:
+                return self.http.request(method, url, timeout=self.timeout)
+            except requests.ConnectionError:
+                if attempt == IDEMPOTENT_RETRIES:
+                    raise
+                time.sleep(0.2 * attempt)
+        raise AssertionError("unreachable")
+
     def batch(self, batch_id: int) -> dict:
-        return self._json(self.http.get(f"{self.server}/api/v1/batches/{batch_id}", timeout=self.timeout))
+        return self._json(self._idempotent("GET", f"{self.server}/api/v1/batches/{batch_id}"))
 
     def complete(self, batch_id: int) -> dict:
-        return self._json(self.http.post(f"{self.server}/api/v1/batches/{batch_id}/complete",
-                                         timeout=self.timeout))
+        # Completing a completed batch changes nothing: safe to repeat.
+        return self._json(self._idempotent("POST", f"{self.server}/api/v1/batches/{batch_id}/complete"))
 
 
 Progress = Callable[[int], None]
@@ -181,7 +197,7 @@ def upload_folder(
     scan: FolderScan,
     state: UploadState,
     *,
-    jobs: int = 4,
+    jobs: int = 8,
     chunk_size: int = 1024 * 1024,
     progress: Progress = lambda _n: None,
     resumed: Progress = lambda _n: None,

@@ -58,3 +58,42 @@ def test_the_waiting_line_says_what_the_batch_waits_for():
         "waiting: forwarding to start")
     assert waiting_line({"state": "done", "waiting": {"deliveries_pending": 0}}) is None
     assert waiting_line({"state": "forwarding"}) is None  # a server without the field
+
+
+def test_idempotent_calls_survive_a_keep_alive_connection_the_server_just_closed():
+    """Over a link with latency, a server's close of an idle keep-alive connection can cross
+    the next request on the wire ("Remote end closed connection without response"); the
+    CLI's completion (run after minutes of uploading) died of it over the emulated link."""
+    import socket
+    import threading
+
+    from pipeline.intake.client.folder_upload import GatewayClient
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    answered = []
+
+    def serve() -> None:
+        # Each connection answers one request, then drops the next one unanswered.
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                body = b'{"id": 7, "state": "completed"}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Connection: keep-alive\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                answered.append(1)
+                conn.recv(65536)  # the next request on the kept-alive connection: closed on it
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = GatewayClient(f"http://127.0.0.1:{listener.getsockname()[1]}", "token")
+    try:
+        assert client.batch(7)["id"] == 7
+        assert client.complete(7)["state"] == "completed"
+        assert client.batch(7)["id"] == 7
+    finally:
+        listener.close()
+    assert len(answered) == 3
