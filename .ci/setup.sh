@@ -26,6 +26,9 @@ packages+=(chromium chromium-driver)
 # The front proxy of tests/integration/test_behind_nginx.py (started by the test on its own
 # config and loopback ports; the packaged service is never used).
 packages+=(nginx)
+# Node and npm rebuild the upload screen's assets from web/package-lock.json in
+# tests/unit/web/test_assets.py (the committed build must match; the app itself needs no Node).
+command -v npm >/dev/null || packages+=(nodejs npm)
 # A C compiler builds the LD_PRELOAD shim that keeps the test Orthanc on loopback.
 command -v cc >/dev/null || packages+=(gcc libc6-dev)
 missing=()

@@ -20,6 +20,8 @@ from api.http.context import Resources
 from api.http.limits import RateLimiter
 from api.intake import batches, conflicts, files
 from api.lifecycle import storage as storage_api
+from api.web import assets as web_assets
+from api.web import pages as web_pages
 from config import Settings, load_settings
 from config.logging import configure_logging
 from pipeline.db.engine import make_engine, make_session_factory
@@ -117,4 +119,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(reports.blueprint, url_prefix="/api/v1/reports")
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
     app.add_template_global(dashboard_forecast.facility_forecast, "facility_forecast")
+    app.register_blueprint(web_pages.blueprint)
+    web_assets.serve(app)
     return app
