@@ -18,6 +18,7 @@ from tests.integration.gateway_client import Gateway
 from tests.integration.services import wait_until
 from tests.integration.upload_screen import (
     choose_files,
+    choose_folder,
     confirm,
     page_driver,
     signed_in,
@@ -67,7 +68,7 @@ def test_folder_with_template_and_override_reaches_orthanc(tmp_path, api_server,
     p2 = patient_study(8, patient_id="SCR-2", name="Roe^Ann")
     files = {f"p1/IM{i:03d}": d for i, d in enumerate(p1)} | {f"p2/IM{i:03d}": d for i, d in enumerate(p2)}
     files["p1/README.txt"] = b"exported by the modality; not an image\n" * 10
-    paths = write(tmp_path / "folder", files)
+    write(tmp_path / "folder", files)
 
     email, token = signed_in(driver, api_server.url, gateway_env, FACILITY)
     created = Gateway(api_server.url, token).http.post(f"{api_server.url}/api/v1/templates", json=TEMPLATE,
@@ -75,7 +76,7 @@ def test_folder_with_template_and_override_reaches_orthanc(tmp_path, api_server,
     assert created.status_code == 201, created.text
     driver.refresh()  # the template list is read when the page opens
     WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
-    choose_files(driver, paths)
+    choose_folder(driver, tmp_path / "folder")
     assert wait_scanned(driver) == "20 DICOM files, 1 skipped"
     skipped = driver.find_element(By.CSS_SELECTOR, '#files .row.skipped')
     assert "README.txt" in skipped.text and "skipped: not a DICOM file" in skipped.text
@@ -96,8 +97,16 @@ def test_folder_with_template_and_override_reaches_orthanc(tmp_path, api_server,
     # Held: nothing reaches Orthanc before the person confirms on the board.
     batch_id = int(driver.find_element(By.ID, "batch-id").text)
     gateway = Gateway(api_server.url, token)
-    wait_until(lambda: gateway.batch(batch_id)["totals"]["files_by_state"] == {"parsed": 20},
-               "files parsed", timeout=60)
+    states = {}
+
+    def parsed() -> bool:
+        states.update(report=gateway.report(batch_id))
+        return states["report"]["totals"]["files_by_state"] == {"parsed": 20}
+
+    try:
+        wait_until(parsed, "files parsed", timeout=60)
+    except TimeoutError:
+        pytest.fail(f"{states['report']['totals']} {states['report']['files'][:2]}")
     WebDriverWait(driver, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#board .card")) == 3)
     time.sleep(1.5)
     assert orthanc_clean.count() == 0
@@ -112,7 +121,7 @@ def test_folder_with_template_and_override_reaches_orthanc(tmp_path, api_server,
         assert str(ds.PatientName) == "Roe^Ann"
         assert (ds.InstitutionName, ds.StudyDescription) == ("Screen Clinic East", "XR left hand two views")
     WebDriverWait(driver, 30).until(lambda d: "done" in d.find_element(By.ID, "batch-state").text)
-    report = gateway.batch(batch_id)
+    report = gateway.report(batch_id)
     actions = [e["action"] for e in gateway.http.get(f"{api_server.url}/api/v1/audit?target=batch:{batch_id}",
                                                       timeout=10).json().get("events", [])]
     assert report["held"] is False and report["confirmed_at"]

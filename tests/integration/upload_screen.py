@@ -34,11 +34,18 @@ def signed_in(driver, base_url: str, env, facility: str, role: str = "uploader",
 
 
 def choose_files(driver, paths: list[Path]) -> None:  # noqa: ANN001
-    """What a person picking files does: the file input gets them (the folder walk of a drop
-    is the same code after that point)."""
+    """What a person picking files does: the file input gets them."""
     from selenium.webdriver.common.by import By
 
     driver.find_element(By.ID, "pick-files").send_keys("\n".join(str(p) for p in paths))
+
+
+def choose_folder(driver, folder: Path) -> None:  # noqa: ANN001
+    """A folder picked (chromedriver sends a directory to a webkitdirectory input): every file
+    comes with its path inside the folder."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.ID, "pick-folder").send_keys(str(folder))
 
 
 def wait_scanned(driver, timeout: float = 60) -> str:  # noqa: ANN001

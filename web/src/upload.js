@@ -33,7 +33,13 @@ function human(bytes) {
 
 let list;
 function addFile(file, path) {
-  if (state.byPath.has(path)) return;
+  const same = state.byPath.get(path);
+  if (same && same.size === file.size && same.file.lastModified === file.lastModified
+      && same.file.webkitRelativePath === file.webkitRelativePath && same.path === path && file.webkitRelativePath) {
+    return; // the same folder chosen again
+  }
+  // Picked files (no folder path) may share a name: each keeps its own row, in the order chosen.
+  for (let n = 2; state.byPath.has(path); n++) path = `${path.replace(/ \(\d+\)$/, "")} (${n})`;
   const entry = { file, path, size: file.size, header: null, skipped: null, status: "reading", sent: 0 };
   if (!state.timings.firstFile) state.timings.firstFile = performance.now();
   state.byPath.set(path, entry);
