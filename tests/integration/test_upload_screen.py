@@ -21,7 +21,9 @@ from tests.integration.upload_screen import (
     choose_folder,
     confirm,
     page_driver,
+    sign_in_as,
     signed_in,
+    wait_ready,
     wait_scanned,
     wait_uploaded,
 )
@@ -38,11 +40,27 @@ def destination(add_stow_destination):
     return add_stow_destination("orthanc-screen", facility=FACILITY)
 
 
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium for the module (its start is the slow part); each test signs
+    in afresh with cookies and storage cleared."""
+    driver = page_driver(tmp_path_factory.mktemp("chromium") / "profile")
+    yield driver
+    driver.quit()
+
+
 @pytest.fixture
-def driver(tmp_path):
-    browser = page_driver(tmp_path / "profile")
-    yield browser
-    browser.quit()
+def driver(browser):
+    browser.set_window_size(1280, 900)
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+    return browser
+
+
+@pytest.fixture(scope="module")
+def person(gateway_env):
+    return sign_in_as(gateway_env, FACILITY)
 
 
 def write(folder, files: dict[str, bytes]) -> list:
@@ -60,7 +78,7 @@ def sent(orthanc, data: bytes) -> pydicom.Dataset:
 
 
 def test_folder_with_template_and_override_reaches_orthanc(tmp_path, api_server, worker, destination,
-                                                          orthanc_clean, gateway_env, driver):
+                                                          orthanc_clean, person, driver):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -70,12 +88,11 @@ def test_folder_with_template_and_override_reaches_orthanc(tmp_path, api_server,
     files["p1/README.txt"] = b"exported by the modality; not an image\n" * 10
     write(tmp_path / "folder", files)
 
-    email, token = signed_in(driver, api_server.url, gateway_env, FACILITY)
+    token = person[2]
     created = Gateway(api_server.url, token).http.post(f"{api_server.url}/api/v1/templates", json=TEMPLATE,
                                                        timeout=10)
     assert created.status_code == 201, created.text
-    driver.refresh()  # the template list is read when the page opens
-    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    signed_in(driver, api_server.url, person)
     choose_folder(driver, tmp_path / "folder")
     assert wait_scanned(driver) == "20 DICOM files, 1 skipped"
     skipped = driver.find_element(By.CSS_SELECTOR, '#files .row.skipped')
@@ -129,7 +146,7 @@ def test_folder_with_template_and_override_reaches_orthanc(tmp_path, api_server,
 
 
 def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_server, worker, destination,
-                                                               orthanc_clean, gateway_env, driver):
+                                                               orthanc_clean, person, driver):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -139,7 +156,7 @@ def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_ser
     series_b = uids_of(wrong[0])[1]
     paths = write(tmp_path / "f", {f"a{i}": d for i, d in enumerate(right)}
                   | {f"b{i}": d for i, d in enumerate(wrong)})
-    signed_in(driver, api_server.url, gateway_env, FACILITY)
+    signed_in(driver, api_server.url, person)
     choose_files(driver, paths)
     assert wait_scanned(driver) == "5 DICOM files, 0 skipped"
     driver.find_element(By.ID, "start").click()
@@ -168,15 +185,14 @@ def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_ser
 
 
 def test_reload_mid_upload_resumes_without_resending_finished_bytes(tmp_path, api_server, worker,
-                                                                   destination, gateway_env, driver):
+                                                                   destination, person, driver):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     small = patient_study(4, patient_id="SCR-4", name="Loe^Max")
     big = large_instance(120)  # ~3.9 MB in 512 KiB chunks, the link at 600 KB/s
     paths = write(tmp_path / "r", {f"s{i}": d for i, d in enumerate(small)} | {"big": big})
-    signed_in(driver, api_server.url, gateway_env, FACILITY)
-    driver.execute_cdp_cmd("Network.enable", {})
+    signed_in(driver, api_server.url, person)
     driver.execute_cdp_cmd("Network.emulateNetworkConditions", {
         "offline": False, "latency": 20, "downloadThroughput": 4_000_000, "uploadThroughput": 600_000})
     choose_files(driver, paths)
@@ -190,9 +206,10 @@ def test_reload_mid_upload_resumes_without_resending_finished_bytes(tmp_path, ap
     before = driver.execute_script(
         "return window.relaypacs.files.map((f) => [f.path, f.status, f.sent])")
     driver.refresh()  # the tab reloads mid-upload: the page forgets the Files
-    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    wait_ready(driver)
     note = driver.find_element(By.ID, "resume-note")
-    assert not note.get_attribute("hidden") and "choose the same folder again" in note.text
+    WebDriverWait(driver, 10).until(lambda d: not note.get_attribute("hidden"))
+    assert "choose the same folder again" in note.text
     driver.execute_cdp_cmd("Network.emulateNetworkConditions", {
         "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
     choose_files(driver, paths)  # chosen again
@@ -215,22 +232,19 @@ def test_reload_mid_upload_resumes_without_resending_finished_bytes(tmp_path, ap
     assert uploads == 5  # one upload per file: none started again from zero
 
 
-def test_phone_sized_window_queues_a_photo_offline_and_sends_it(tmp_path, api_server, worker, gateway_env):
+def test_phone_sized_window_queues_a_photo_offline_and_sends_it(tmp_path, api_server, worker, person, driver):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from tests.integration.upload_screen import page_driver as make
-
-    driver = make(tmp_path / "phone", width=390, height=844)
+    driver.set_window_size(390, 844)
     try:
-        signed_in(driver, api_server.url, gateway_env, FACILITY, path="/capture")
+        signed_in(driver, api_server.url, person, path="/capture")
         assert driver.execute_script("return window.innerWidth") <= 400
         photo = tmp_path / "wound.jpg"
         photo.write_bytes(_jpeg())
         for field, value in (("patient_id", "SCR-9"), ("patient_name", "Moe^Kim"),
                              ("patient_birth_date", "19700203")):
             driver.find_element(By.ID, field).send_keys(value)
-        driver.execute_cdp_cmd("Network.enable", {})
         driver.execute_cdp_cmd("Network.emulateNetworkConditions", {
             "offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
         WebDriverWait(driver, 10).until(lambda d: "No signal" in d.find_element(By.ID, "network-state").text)
@@ -245,7 +259,7 @@ def test_phone_sized_window_queues_a_photo_offline_and_sends_it(tmp_path, api_se
         stored = driver.execute_script("return Object.keys(localStorage).concat(Object.keys(sessionStorage))")
         assert stored == []  # nothing of the patient kept on the phone
     finally:
-        driver.quit()
+        driver.set_window_size(1280, 900)
 
 
 def _jpeg() -> bytes:
@@ -257,18 +271,16 @@ def _jpeg() -> bytes:
     return out.getvalue()
 
 
-def test_another_facilitys_batch_is_not_reachable_from_the_pages(tmp_path, api_server, make_user, gateway_env,
-                                                                  driver):
+def test_another_facilitys_batch_is_not_reachable_from_the_pages(api_server, make_user, person, driver):
+    from selenium.webdriver.common.by import By
+
     theirs = Gateway(api_server.url, make_user("Screen Elsewhere", "uploader"))
-    batch_id = theirs.open_batch(label="theirs")
-    signed_in(driver, api_server.url, gateway_env, FACILITY)
+    batch_id = theirs.open_batch(label="theirs", hold=True)
+    signed_in(driver, api_server.url, person)
     # A batch id of theirs left in this browser (or typed in): refused, and not offered.
     driver.execute_script(f"localStorage.setItem('relaypacs.batch', '{batch_id}')")
     driver.refresh()
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
+    wait_ready(driver)
     statuses = driver.execute_async_script("""
         const [batch, done] = arguments;
         const csrf = document.querySelector('meta[name="csrf-token"]').content;

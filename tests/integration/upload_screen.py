@@ -16,21 +16,33 @@ def page_driver(profile: Path, *, width: int = 1280, height: int = 900):  # noqa
     return driver
 
 
-def signed_in(driver, base_url: str, env, facility: str, role: str = "uploader",  # noqa: ANN001
-              path: str = "/upload") -> tuple[str, str]:
-    """Sign in at /login as a new person of the facility and land on ``path``."""
+def sign_in_as(env, facility: str, role: str = "uploader") -> tuple[str, str, str]:  # noqa: ANN001
+    """(email, password, token) of a new person of the facility."""
+    return make_person(env, facility, role)
+
+
+def signed_in(driver, base_url: str, person: tuple[str, str, str], path: str = "/upload") -> None:  # noqa: ANN001
+    """Open ``path`` as ``person`` (signed out first: a fresh session, no storage left)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    email, password, token = make_person(env, facility, role)
+    driver.get(f"{base_url}/login")
+    driver.delete_all_cookies()
+    driver.execute_script("localStorage.clear(); sessionStorage.clear()")
     driver.get(f"{base_url}{path}")
     wait = WebDriverWait(driver, 20)
     wait.until(lambda d: d.find_elements(By.ID, "password"))
-    driver.find_element(By.ID, "email").send_keys(email)
-    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.ID, "email").send_keys(person[0])
+    driver.find_element(By.ID, "password").send_keys(person[1])
     driver.find_element(By.ID, "sign-in").click()
-    wait.until(lambda d: d.execute_script("return document.body.dataset.ready === '1'"))
-    return email, token
+    wait_ready(driver)
+
+
+def wait_ready(driver, timeout: float = 20) -> None:  # noqa: ANN001
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+        lambda d: d.execute_script("return document.body && document.body.dataset.ready === '1'"))
 
 
 def choose_files(driver, paths: list[Path]) -> None:  # noqa: ANN001

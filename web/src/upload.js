@@ -408,7 +408,12 @@ async function poll() {
   $("studies").tBodies[0].replaceChildren(...rows);
   $("quarantined").replaceChildren(...report.files.filter((f) => f.state === "quarantined").map((f) =>
     el("li", {}, `${f.filename}: ${f.quarantine_reason}${f.quarantine_detail ? ` (${f.quarantine_detail})` : ""}`)));
-  if (board) board.problems(report.problems);
+  if (board) {
+    // Files still being parsed when the board opened: it follows as their studies appear.
+    const shape = JSON.stringify(report.studies.map((s) => [s.study_instance_uid, s.instances, s.series]));
+    if (shape !== state.boardShape) { state.boardShape = shape; board.load(); }
+    board.problems(report.problems);
+  }
   if (report.state === "done") localStorage.removeItem(BATCH_KEY);
   return report;
 }
