@@ -37,7 +37,7 @@ def _page(template: str, user: User) -> Response:
         return assets.asset_url(base, name)
 
     response = Response(render_template(
-        template, user=user, csrf_token=csrf_token(), asset=asset,
+        template, user=user, csrf_token=csrf_token(), asset=asset, first_load=assets.first_load(),
         events_url=resources().settings.dashboard_events_url))
     response.headers["Cache-Control"] = "no-store"
     return response

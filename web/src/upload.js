@@ -8,7 +8,7 @@ import { readHeader } from "./dicom.js";
 import { filesOfDrop, filesOfInput } from "./folder.js";
 import { VirtualList } from "./virtual_list.js";
 
-const PARALLEL_UPLOADS = 4;
+const PARALLEL_UPLOADS = 4; // window.relaypacs.parallel: the benchmark compares with 1
 const READ_CONCURRENCY = 8;
 const BATCH_KEY = "relaypacs.batch"; // the open batch's id only: never a token, never patient data
 const $ = (id) => document.getElementById(id);
@@ -19,6 +19,7 @@ const state = {
   // A cut connection keeps what arrived, and each PATCH commits its offset: 8 MiB is one
   // request for most DICOM files and little to resend of a large one.
   chunkSize: 8 * 1024 * 1024,
+  parallel: PARALLEL_UPLOADS,
 };
 window.relaypacs = state; // read by the tests and benchmarks (timings, counts)
 
@@ -318,7 +319,7 @@ async function runQueue() {
       try { await sendOne(entry); } finally { state.active.delete(entry); }
     }
   };
-  await Promise.all(Array.from({ length: PARALLEL_UPLOADS }, worker));
+  await Promise.all(Array.from({ length: state.parallel }, worker));
   state.running = false;
   if (state.paused) return;
   const unfinished = state.files.filter((f) => f.header && f.status !== "done");
