@@ -8,11 +8,15 @@ import { api, el } from "./api.js";
 const NEW_STUDY = "__new__";
 
 export class Board {
-  constructor(root, batchId, onChange) {
+  constructor(root, batchId, onChange, instancesOf = () => []) {
     this.root = root;
     this.batchId = batchId;
     this.onChange = onChange;
+    // The instances of a series as this page read them ([{sop, label}]): single instances can
+    // be moved too. (After a reload the page knows the files chosen again.)
+    this.instancesOf = instancesOf;
     this.studies = [];
+    this.open = new Set();
   }
 
   async load() {
@@ -48,31 +52,51 @@ export class Board {
     const grid = el("div", { class: "cards" }, cards, fresh);
     const old = this.root.querySelector(".cards");
     if (old) old.replaceWith(grid); else this.root.append(grid);
-    for (const list of grid.querySelectorAll("ul.series")) {
+    for (const list of grid.querySelectorAll("ul.series, ul.instances")) {
       Sortable.create(list, {
         group: "series", sort: false, animation: 120, delayOnTouchOnly: true, delay: 150,
         onAdd: (event) => {
           const to = event.to.dataset.study;
-          const uid = event.item.dataset.series;
+          const { series, sop } = event.item.dataset;
           event.from.insertBefore(event.item, event.from.children[event.oldIndex] || null); // the server decides
-          this.preview({ series_instance_uids: [uid] }, to);
+          this.preview(sop ? { sop_instance_uids: [sop] } : { series_instance_uids: [series] }, to);
         },
       });
     }
   }
 
-  seriesItem(study, s) {
-    const menu = el("select", { class: "move-to", "aria-label": `move series ${s.series_instance_uid} to` },
+  moveMenu(study, label, what) {
+    const menu = el("select", { class: "move-to", "aria-label": `move ${label} to` },
       el("option", { value: "" }, "Move to…"),
       this.targets(study.study_instance_uid).map((t) => el("option", { value: t.study_instance_uid },
         `${t.patient_ids.join(", ")} ${t.description || ""} (${t.study_instance_uid.slice(-12)})`)),
       el("option", { value: NEW_STUDY }, "a new study"));
-    menu.addEventListener("change", () => {
-      if (menu.value) this.preview({ series_instance_uids: [s.series_instance_uid] }, menu.value);
-    });
-    return el("li", { class: "series-item", tabindex: "0", "data-series": s.series_instance_uid },
+    menu.addEventListener("change", () => { if (menu.value) this.preview(what, menu.value); });
+    return menu;
+  }
+
+  seriesItem(study, s) {
+    const uid = s.series_instance_uid;
+    const known = this.instancesOf(uid);
+    const item = el("li", { class: "series-item", tabindex: "0", "data-series": uid },
       el("span", {}, `${s.modality || "?"} · ${s.instances} instances${s.moved_in ? " · moved in" : ""}`),
-      el("span", { class: "uid" }, s.series_instance_uid), menu);
+      el("span", { class: "uid" }, uid),
+      this.moveMenu(study, `series ${uid}`, { series_instance_uids: [uid] }));
+    if (known.length > 1) {
+      const toggle = el("button", { type: "button", class: "link", "aria-expanded": String(this.open.has(uid)) },
+        this.open.has(uid) ? "hide instances" : `${known.length} instances…`);
+      toggle.addEventListener("click", () => {
+        if (this.open.has(uid)) this.open.delete(uid); else this.open.add(uid);
+        this.render();
+      });
+      item.append(toggle);
+      if (this.open.has(uid)) {
+        item.append(el("ul", { class: "instances", "data-study": study.study_instance_uid },
+          known.map((i) => el("li", { class: "instance-item", tabindex: "0", "data-sop": i.sop },
+            el("span", {}, i.label), this.moveMenu(study, `instance ${i.sop}`, { sop_instance_uids: [i.sop] })))));
+      }
+    }
+    return item;
   }
 
   async preview(what, to) {

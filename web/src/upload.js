@@ -390,7 +390,9 @@ async function followUp() {
   $("batch-id").textContent = state.batch.id;
   $("pause").disabled = true;
   const { Board } = await import("./board.js"); // only when a batch is there to organise
-  board = board || new Board($("board"), state.batch.id, onBoardChange);
+  board = board || new Board($("board"), state.batch.id, onBoardChange, (seriesUid) =>
+    state.files.filter((f) => f.header && f.header.series === seriesUid)
+      .map((f) => ({ sop: f.header.sop, label: f.path })));
   await board.load();
   watch();
 }
