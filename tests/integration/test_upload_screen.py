@@ -165,6 +165,14 @@ def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_ser
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#board .card[data-study]")) == 3)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#board .problem[data-code="split_study"]'))
 
+    # Dragged with a finger (SortableJS's touch path): the server's preview opens; cancelled.
+    touch_drag(driver, f'.series-item[data-series="{series_b}"]', f'.card[data-study="{study_a}"] ul.series')
+    dialog = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "dialog.preview #do-move")
+                        and d.find_element(By.CSS_SELECTOR, "dialog.preview"))
+    assert "Move 2 instances to this study" in dialog.text
+    dialog.find_element(By.XPATH, ".//button[text()='Cancel']").click()
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "dialog.preview"))
+
     # The keyboard way: the series' "Move to" menu, the server's preview, then the move.
     item = driver.find_element(By.CSS_SELECTOR, f'.series-item[data-series="{series_b}"]')
     Select(item.find_element(By.CSS_SELECTOR, "select.move-to")).select_by_value(study_a)
@@ -182,6 +190,26 @@ def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_ser
     for data in wrong:
         assert sent(orthanc_clean, data).StudyInstanceUID == study_a
     assert study_b not in {sent(orthanc_clean, d).StudyInstanceUID for d in right + wrong}
+
+
+def touch_drag(driver, source: str, target: str) -> None:  # noqa: ANN001
+    """A finger pressing on ``source``, held, moved onto ``target`` and lifted (CDP touch events)."""
+    def centre(selector: str) -> tuple[float, float]:
+        box = driver.execute_script(
+            "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+            " return [r.x + r.width / 2, r.y + Math.min(r.height / 2, 12)]", selector)
+        return box[0], box[1]
+
+    driver.execute_script("document.querySelector(arguments[0]).scrollIntoView({block: 'center'})", target)
+    (x0, y0), (x1, y1) = centre(source), centre(target)
+    touch = driver.execute_cdp_cmd
+    touch("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x0, "y": y0}]})
+    time.sleep(0.4)  # held past the board's touch delay: a drag, not a scroll
+    for i in range(1, 11):
+        touch("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [
+            {"x": x0 + (x1 - x0) * i / 10, "y": y0 + (y1 - y0) * i / 10}]})
+        time.sleep(0.03)
+    touch("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
 
 
 def test_reload_mid_upload_resumes_without_resending_finished_bytes(tmp_path, api_server, worker,
