@@ -436,7 +436,7 @@ function watch() {
     const source = new EventSource(url, { withCredentials: true });
     let timer;
     source.onmessage = () => { clearTimeout(timer); timer = setTimeout(poll, 300); };
-    for (const type of ["study.forwarded", "upload.completed", "upload.quarantined", "delivery.failed"]) {
+    for (const type of ["study.forwarded", "upload.completed"]) {
       source.addEventListener(type, source.onmessage);
     }
   }
