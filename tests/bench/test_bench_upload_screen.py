@@ -108,7 +108,14 @@ def test_page_interactive_on_fast_3g(api_server, person, browser, tmp_path, repo
     browser.execute_cdp_cmd("Network.emulateNetworkConditions", FAST_3G)
     runs = []
     try:
-        for _ in range(3):
+        for i in range(4):
+            # Cold: the browser's caches emptied first (3 runs); then one warm load, with the
+            # immutable assets from the cache as on a second visit.
+            if i < 3:
+                browser.get("about:blank")
+                browser.execute_cdp_cmd("Network.clearBrowserCache", {})
+            else:
+                browser.execute_cdp_cmd("Network.setCacheDisabled", {"cacheDisabled": False})
             browser.get(f"{api_server.url}/upload")
             wait_ready(browser, timeout=60)
             browser.execute_script("return new Promise((r) => document.readyState === 'complete' ? r() :"
@@ -117,7 +124,7 @@ def test_page_interactive_on_fast_3g(api_server, person, browser, tmp_path, repo
                                          " return [n.responseEnd, n.loadEventEnd]")
             resources = browser.execute_script(
                 "return performance.getEntriesByType('resource').map((r) => [r.name, r.transferSize])")
-            runs.append({"interactive_s": round(timings(browser)["interactive"] / 1000, 3),
+            runs.append({"cold": i < 3, "interactive_s": round(timings(browser)["interactive"] / 1000, 3),
                          "html_s": round(nav[0] / 1000, 3), "load_s": round(nav[1] / 1000, 3),
                          "bytes": sum(size for _, size in resources),
                          "board_or_phone_loaded": any("/board-" in n or "/phone-" in n
@@ -130,14 +137,16 @@ def test_page_interactive_on_fast_3g(api_server, person, browser, tmp_path, repo
     finally:
         browser.execute_cdp_cmd("Network.emulateNetworkConditions", UNTHROTTLED)
         browser.execute_cdp_cmd("Network.setCacheDisabled", {"cacheDisabled": False})
-    best = min(r["interactive_s"] for r in runs)
-    report["page_fast_3g"] = {"profile": FAST_3G, "runs": runs, "interactive_s_best": best,
-                              "interactive_s_median": sorted(r["interactive_s"] for r in runs)[1],
+    cold = sorted(r["interactive_s"] for r in runs if r["cold"])
+    report["page_fast_3g"] = {"profile": FAST_3G, "runs": runs, "cold_interactive_s_median": cold[1],
+                              "cold_interactive_s_worst": cold[-1],
+                              "warm_interactive_s": runs[-1]["interactive_s"],
                               "seed_interactive_s": SEED_INTERACTIVE_S,
                               "first_file_listed_ms_after_pick": round(first_file_ms, 1)}
     print(json.dumps(report["page_fast_3g"], indent=1))
     assert not any(r["board_or_phone_loaded"] for r in runs)
-    assert sorted(r["interactive_s"] for r in runs)[1] < 2.0
+    assert all(r["bytes"] > 0 for r in runs if r["cold"])  # really fetched
+    assert cold[1] < 2.0
     assert first_file_ms < 1000
 
 

@@ -3,7 +3,9 @@
 // maintained dicom-parser (only the first bytes: never the pixel data).
 import dicomParser from "dicom-parser";
 
-const HEAD_BYTES = 64 * 1024;
+// Most headers end within a few KB: read 16 KB, and 256 KB for a file whose UIDs were not in it.
+const HEAD_BYTES = 16 * 1024;
+const LONG_HEAD_BYTES = 256 * 1024;
 const DICOMDIR_CLASS = "1.2.840.10008.1.3.10";
 
 function parse(bytes) {
@@ -28,18 +30,27 @@ function rawDataSet(bytes) {
 }
 
 export async function readHeader(file) {
-  const head = new Uint8Array(await file.slice(0, HEAD_BYTES).arrayBuffer());
+  const first = await readHeaderOf(file, HEAD_BYTES);
+  if (first.partial && file.size > HEAD_BYTES) return readHeaderOf(file, LONG_HEAD_BYTES);
+  delete first.partial;
+  return first;
+}
+
+async function readHeaderOf(file, bytes) {
+  const head = new Uint8Array(await file.slice(0, bytes).arrayBuffer());
   const preamble = head.length >= 132 && head[128] === 0x44 && head[129] === 0x49
     && head[130] === 0x43 && head[131] === 0x4d;
   let dataSet;
   try {
     dataSet = preamble ? parse(head) : rawDataSet(head);
   } catch (error) {
+    if (file.size > bytes) return { partial: true }; // cut inside an element: read further
     return { skipped: preamble ? "DICOM header cannot be read" : "not a DICOM file" };
   }
   const text = (tag) => (dataSet.string(tag) || "").trim();
   const study = text("x0020000d");
   const sop = text("x00080018");
+  if ((!study || !sop) && file.size > bytes) return { partial: true };
   if (!preamble && (!study || !sop)) return { skipped: "not a DICOM file" };
   if (text("x00020002") === DICOMDIR_CLASS) return { skipped: "DICOMDIR (a media index, not an image)" };
   return {

@@ -10,7 +10,7 @@ import { VirtualList } from "./virtual_list.js";
 
 // A browser opens at most 6 connections to one host over HTTP/1.1: one is left for the page.
 const PARALLEL_UPLOADS = 5; // window.relaypacs.parallel: the benchmark compares with 1
-const READ_CONCURRENCY = 8;
+const READ_CONCURRENCY = 24;
 const BATCH_KEY = "relaypacs.batch"; // the open batch's id only: never a token, never patient data
 const $ = (id) => document.getElementById(id);
 
@@ -85,7 +85,7 @@ function refresh() {
     $("files-section").hidden = !state.files.length;
     list.setCount(state.files.length);
     list.render();
-    totals();
+    if (state.running || state.batch) totals(); // progress: only once sending
   });
 }
 
