@@ -11,6 +11,7 @@ import { VirtualList } from "./virtual_list.js";
 // A browser opens at most 6 connections to one host over HTTP/1.1: one is left for the page.
 const PARALLEL_UPLOADS = 5; // window.relaypacs.parallel: the benchmark compares with 1
 const READ_CONCURRENCY = 24;
+const CHECKSUM_MAX_BYTES = 512 * 1024 * 1024;
 const BATCH_KEY = "relaypacs.batch"; // the open batch's id only: never a token, never patient data
 const $ = (id) => document.getElementById(id);
 
@@ -269,7 +270,10 @@ function fingerprint(file, options) {
 
 async function sendOne(entry) {
   entry.status = "uploading";
-  if (!entry.checksum) entry.checksum = await sha256Base64(entry.file);
+  // Web Crypto digests a whole buffer (no streaming): files up to 512 MB are read once for
+  // it; beyond, the file goes without a declared whole-file checksum (each chunk's sha256 is
+  // recorded by the server and checked again when the file is assembled).
+  if (!entry.checksum && entry.size <= CHECKSUM_MAX_BYTES) entry.checksum = await sha256Base64(entry.file);
   return new Promise((resolve) => {
     const upload = new tus.Upload(entry.file, {
       endpoint: "/api/v1/files",
@@ -279,7 +283,8 @@ async function sendOne(entry) {
       // file instead of two, which is most of a small file's time on a distant link.
       uploadDataDuringCreation: true,
       retryDelays: [0, 1000, 3000, 5000, 10000, 20000],
-      metadata: { filename: entry.path, batch_id: String(state.batch.id), checksum: `sha256 ${entry.checksum}` },
+      metadata: { filename: entry.path, batch_id: String(state.batch.id),
+        ...(entry.checksum ? { checksum: `sha256 ${entry.checksum}` } : {}) },
       fingerprint,
       removeFingerprintOnSuccess: true,
       onProgress: (sent) => {
