@@ -77,12 +77,19 @@ def person(gateway_env):
     return sign_in_as(gateway_env, FACILITY)
 
 
+class Report(dict):
+    """The results file, rewritten after each benchmark (a run cut short keeps what it measured)."""
+
+    def __setitem__(self, key: str, value: object) -> None:
+        super().__setitem__(key, {**value, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                  "load_average": os.getloadavg()[0]} if isinstance(value, dict) else value)
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(self, indent=2, sort_keys=True) + "\n")
+
+
 @pytest.fixture(scope="module")
 def report():
-    out: dict = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    yield out
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+    return Report(json.loads(RESULTS.read_text()) if RESULTS.exists() else {})
 
 
 def folder_of(root: Path, files: int, per_study: int = 50) -> Path:
