@@ -28,6 +28,9 @@ packages+=(chromium chromium-driver)
 packages+=(nginx)
 # ip netns and tc tbf for the clinic-link benchmark (tests/bench/clinic_link.py).
 packages+=(iproute2)
+# Node and npm rebuild the upload screen's assets from web/package-lock.json in
+# tests/unit/web/test_assets.py (the committed build must match; the app itself needs no Node).
+command -v npm >/dev/null || packages+=(nodejs npm)
 # A C compiler builds the LD_PRELOAD shim that keeps the test Orthanc on loopback.
 command -v cc >/dev/null || packages+=(gcc libc6-dev)
 missing=()

@@ -30,6 +30,8 @@ from api.reports import pages as report_pages
 from api.reports import reports as radiology_reports
 from api.teaching import cases as teaching_cases
 from api.teaching import pages as teaching_pages
+from api.web import assets as web_assets
+from api.web import pages as web_pages
 from config import Settings, load_settings
 from config.logging import configure_logging
 from pipeline.db.engine import make_engine, make_session_factory
@@ -141,4 +143,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(teaching_cases.blueprint, url_prefix="/api/v1/teaching")
     app.register_blueprint(teaching_pages.blueprint, url_prefix="/teaching")
     app.add_template_global(dashboard_forecast.facility_forecast, "facility_forecast")
+    app.register_blueprint(web_pages.blueprint)
+    web_assets.serve(app)
     return app

@@ -67,6 +67,9 @@ class Settings:
     # default: a proxy routes /dashboard/events to the ``relaypacs events`` process. Another
     # origin works when it lists the dashboard's origin in RELAYPACS_CORS_ORIGINS.
     dashboard_events_url: str = "/dashboard/events"
+    # Where the pages load their content-hashed static assets from: "" serves them from this
+    # app at /assets/; a CDN's URL (https://cdn.example/relaypacs/) that mirrors /assets/.
+    asset_base_url: str = ""
     # Read replicas for analytics and listings; one skipped while down or lagging.
     database_replica_urls: tuple[str, ...] = ()
     replica_max_lag_seconds: int = 30
@@ -256,6 +259,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         cors_origins=origins or ("*",),
         dashboard_events_url=env.get("RELAYPACS_DASHBOARD_EVENTS_URL") or Settings.dashboard_events_url,
+        asset_base_url=env.get("RELAYPACS_ASSET_BASE_URL", "").strip(),
         database_replica_urls=tuple(
             u.strip() for u in env.get("RELAYPACS_DATABASE_REPLICA_URLS", "").split(",") if u.strip()
         ),

@@ -13,10 +13,12 @@ from sqlalchemy import func, select
 
 from api.editing import errors as metadata_errors
 from api.http.auth import actor, current_user, require
-from api.http.context import db
+from api.http.context import db, resources
+from api.http.errors import ApiError
 from api.http.openapi import json_object_body as _json_body
 from api.intake.batches import _load  # the same facility check
 from pipeline.accounts import audit
+from pipeline.delivery import renditions
 from pipeline.editing import batch_edits, study_organisation
 from pipeline.models import Instance, InstanceOrigin, Role
 from workers import chains
@@ -40,7 +42,14 @@ def studies(batch_id: int):  # noqa: ANN201
 def move(batch_id: int):  # noqa: ANN201
     batch = _load(batch_id)
     session = db()
-    result = study_organisation.move(session, batch, current_user(), _json_body())
+    body = _json_body()
+    dry_run = body.pop("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise ApiError(400, "dry_run must be true or false")
+    if dry_run:
+        # The board's preview: what the moved instances would go out with, nothing changed.
+        return jsonify(renditions.move_preview(session, resources().store, batch, current_user(), body))
+    result = study_organisation.move(session, batch, current_user(), body)
     target_uid = result.target.study_instance_uid
     audit.record(session, actor(), "batch.instances_moved", f"batch:{batch.id}",
                  {"instances": result.moved, "change_id": result.change_id})

@@ -15,6 +15,7 @@ from api.http.openapi import operation
 from pipeline.accounts import audit
 from pipeline.dicom.attributes import MetadataError
 from pipeline.editing import batch_edits
+from pipeline.intake import batches as batch_progress
 from pipeline.intake.batch_report import batch_report, batch_summary
 from pipeline.models import Batch, BatchState, Role, utcnow
 from workers import chains
@@ -38,6 +39,8 @@ class BatchCreate(BaseModel):
                                  description="name of one of the facility's templates")
     overrides: dict[str, dict[str, Any]] | None = Field(
         None, description="PatientID -> {DICOM keyword: value}")
+    hold: bool = Field(False, description="nothing goes out (no quiet period, no completion) until "
+                                          "POST /api/v1/batches/ID/confirm; the upload screen's batches")
 
 
 class BatchListQuery(BaseModel):
@@ -52,7 +55,7 @@ def create():  # noqa: ANN201
     body: BatchCreate = g.body
     label, template, overrides = body.label, body.template, body.overrides
     user = current_user()
-    batch = Batch(facility_id=user.facility_id, user_id=user.id, label=label)
+    batch = Batch(facility_id=user.facility_id, user_id=user.id, label=label, held=body.hold)
     session = db()
     session.add(batch)
     session.flush()
@@ -62,7 +65,7 @@ def create():  # noqa: ANN201
         session.rollback()
         raise ApiError(400, str(exc)) from exc
     audit.record(session, actor(), "batch.created", f"batch:{batch.id}",
-                 {"template": template, "override_patients": len(overrides or {})})
+                 {"template": template, "override_patients": len(overrides or {}), "held": body.hold})
     session.commit()
     response = jsonify(batch_summary(batch))
     response.status_code = 201
@@ -101,5 +104,21 @@ def complete(batch_id: int):  # noqa: ANN201
         batch.completed_at = utcnow()
         audit.record(session, actor(), "batch.completed", f"batch:{batch.id}")
         session.commit()
+    chains.enqueue_batch_dispatch(batch.id)  # after the commit that made it visible
+    return jsonify(batch_summary(batch))
+
+
+@blueprint.route("/<int:batch_id>/confirm", methods=["POST"])
+@require(*WRITERS)
+@operation("Release a held batch (opened from the upload screen): it is complete and goes out "
+           "once its files are processed")
+def confirm(batch_id: int):  # noqa: ANN201
+    batch = _load(batch_id)
+    session = db()
+    if batch_progress.confirm_held_batch(session, batch):
+        audit.record(session, actor(), "batch.confirmed", f"batch:{batch.id}")
+        session.commit()
+    elif batch.confirmed_at is None:
+        raise ApiError(409, f"batch {batch.id} is not held; it goes out on completion or its quiet period")
     chains.enqueue_batch_dispatch(batch.id)  # after the commit that made it visible
     return jsonify(batch_summary(batch))

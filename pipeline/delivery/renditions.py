@@ -30,9 +30,9 @@ from pipeline.delivery.destinations import OutgoingInstance
 from pipeline.dicom.attributes import INHERITED_ON_MOVE, element_for
 from pipeline.dicom.rewrite import RewriteError, edits_digest, elements_of, read_header, rewrite_part10
 from pipeline.editing.batch_edits import BatchEdits, batch_edits
-from pipeline.editing.study_organisation import first_instance_id
+from pipeline.editing.study_organisation import first_instance_id, move
 from pipeline.lifecycle.restore import preload_catalogue, require_readable
-from pipeline.models import Instance, InstanceOrigin, InstanceRendition, Series, Study, utcnow
+from pipeline.models import Batch, Instance, InstanceOrigin, InstanceRendition, Series, Study, User, utcnow
 from pipeline.storage import ObjectStore, iter_object
 
 Edits = dict[str, DataElement | None]
@@ -248,3 +248,58 @@ def prepare(session: Session, store: ObjectStore, instance: Instance) -> Renditi
                 InstanceRendition.instance_id == instance.id, InstanceRendition.digest == digest))
             assert row is not None
     return _rendition(store, instance, row.object_key, row.size, row.sha256)
+
+
+def _shown(element: DataElement | None) -> object:
+    """An edit as the page shows it: text, a list of texts, or None (the element removed)."""
+    if element is None or element.value is None:
+        return None
+    value = element.value
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value]
+    return str(value)
+
+
+def move_preview(session: Session, store: ObjectStore, batch: Batch, user: User, body: dict) -> dict:
+    """A dry run of a study move: the move is made inside a savepoint, the attributes one moved
+    instance would go out with are computed by the same rules as forwarding (its own edits,
+    then what it inherits from the target's first instance), and the savepoint is rolled back,
+    so nothing changes and the page never copies the rules."""
+    nested = session.begin_nested()
+    try:
+        chosen = _moved_ids(session, batch, body)
+        result = move(session, batch, user, body)
+        target_uid = result.target.study_instance_uid
+        moved = sorted(session.scalars(select(Instance.id).where(
+            Instance.study_id == result.target.id, Instance.id.in_(chosen))))
+        # The last moved instance: the first one is the new study's own when there is no target.
+        instance = session.get(Instance, moved[-1])
+        edits = planned_edits(session, store, instance)
+        if _first(session, result.target) == instance.id:
+            # The target's first instance (a new study of one instance): what it keeps is what
+            # later instances would copy from it.
+            edits = {**_inherited(session, store, result.target), **edits}
+        inherited = {k: _shown(v) for k, v in sorted(edits.items())
+                     if k in INHERITED_ON_MOVE or k in ("StudyInstanceUID", "SeriesInstanceUID")}
+    finally:
+        nested.rollback()
+        for key in (_CACHE_KEY, _ORIGINS, _SERIES):
+            session.info.pop(key, None)
+    return {"dry_run": True, "new_study": body.get("new_study", False) is True,
+            "target_study_instance_uid": None if body.get("new_study") else target_uid,
+            "moved_instances": result.moved, "attributes": inherited}
+
+
+def _moved_ids(session: Session, batch: Batch, body: dict) -> list[int]:
+    sops = body.get("sop_instance_uids") or []
+    series = body.get("series_instance_uids") or []
+    if not isinstance(sops, list) or not isinstance(series, list):
+        return []  # the move itself refuses the body with the API's message
+    query = select(Instance.id).where(Instance.batch_id == batch.id)
+    chosen = set()
+    if sops:
+        chosen |= set(session.scalars(query.where(Instance.sop_instance_uid.in_(sops))))
+    if series:
+        chosen |= set(session.scalars(query.join(Series, Series.id == Instance.series_id)
+                                      .where(Series.series_instance_uid.in_(series))))
+    return list(chosen)

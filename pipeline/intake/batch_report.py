@@ -43,6 +43,8 @@ def batch_summary(batch: Batch) -> dict:
         "created_at": _iso(batch.created_at),
         "completed_at": _iso(batch.completed_at),
         "forwarding_started_at": _iso(batch.forwarding_started_at),
+        "held": bool(batch.held),
+        "confirmed_at": _iso(batch.confirmed_at),
     }
 
 
@@ -58,7 +60,7 @@ def waiting_for(session: Session, batch: Batch, uploads: list[Upload], conflicts
     # The quiet period is what releases the batch from uploads still being received; files
     # in the gateway's own hands are waited for.
     if (quiet_seconds is not None and receiving and len(receiving) == len(unfinished)
-            and batch.state in (BatchState.OPEN, BatchState.COMPLETED)):
+            and not batch.held and batch.state in (BatchState.OPEN, BatchState.COMPLETED)):
         last = batch.last_activity_at
         last = last if last.tzinfo else last.replace(tzinfo=now.tzinfo)
         quiet_ends = last + timedelta(seconds=quiet_seconds)
@@ -78,6 +80,7 @@ def waiting_for(session: Session, batch: Batch, uploads: list[Upload], conflicts
         "quiet_period_ends_in_seconds": (max(0.0, round((quiet_ends - now).total_seconds(), 1))
                                          if quiet_ends else None),
         "deliveries_pending": pending or 0,
+        "confirmation": bool(batch.held),  # held: nothing goes out until a person confirms
     }
 
 

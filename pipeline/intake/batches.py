@@ -1,5 +1,9 @@
 """Where a batch stands: settled uploads, the one-time move to forwarding, and done.
 
+A batch opened from the upload screen is *held*: neither completion nor the quiet period
+sends it until a person confirms it on the study board (``confirm_held_batch``); batches
+from the CLI, the API and the DICOM listener are never held.
+
 A batch goes out when every file is settled (parsed, quarantined, terminated or expired),
 or once it has been quiet for the quiet period with no file left in the gateway's own hands
 (received, assembled): a client's upload abandoned at 40 % must not hold the files that
@@ -52,6 +56,8 @@ def claim_completed_batch(session: Session, batch_id: int, now: datetime | None 
     uploads are settled, or (with ``quiet``) when it has been idle that long with only
     uploads still being received (abandoned, or slow) left unsettled."""
     now = now or utcnow()
+    if session.scalar(select(Batch.held).where(Batch.id == batch_id)):
+        return False  # waits for the person's confirmation, whatever its uploads do
     if not uploads_settled(session, batch_id):
         batch = session.get(Batch, batch_id)
         if (quiet is None or batch is None or batch.last_activity_at >= now - quiet
@@ -72,7 +78,8 @@ def quiet_open_batches(session: Session, quiet: timedelta, now: datetime | None 
     waiting for uploads still being received."""
     now = now or utcnow()
     batches = session.scalars(
-        select(Batch).where(Batch.state == BatchState.OPEN, Batch.last_activity_at < now - quiet)
+        select(Batch).where(Batch.state == BatchState.OPEN, Batch.last_activity_at < now - quiet,
+                            Batch.held.is_(False))
     ).all()
     return [b for b in batches if not uploads_in_progress(session, b.id)]
 
@@ -82,8 +89,24 @@ def quiet_completed_batches(session: Session, quiet: timedelta, now: datetime | 
     now = now or utcnow()
     return list(session.scalars(
         select(Batch.id).where(Batch.state == BatchState.COMPLETED,
-                               Batch.last_activity_at < now - quiet)
+                               Batch.last_activity_at < now - quiet, Batch.held.is_(False))
     ))
+
+
+def confirm_held_batch(session: Session, batch: Batch, now: datetime | None = None) -> bool:
+    """The person confirmed a held batch on the study board: it is complete (no more files)
+    and, once its uploads settle, goes out as any completed batch. False when there was
+    nothing to confirm (not held, or confirmed already)."""
+    if not batch.held:
+        return False
+    now = now or utcnow()
+    batch.held = False
+    batch.confirmed_at = now
+    if batch.state == BatchState.OPEN:
+        batch.state = BatchState.COMPLETED
+        batch.completed_at = now
+    session.flush()
+    return True
 
 
 def forwarding_started(batch: Batch) -> bool:

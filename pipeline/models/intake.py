@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -57,6 +58,10 @@ class Batch(Base):
     last_activity_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
     forwarding_started_at: Mapped[datetime | None]
+    # Opened from the upload screen: nothing goes out (no quiet period, no completion) until a
+    # person confirms it on the study board, so overrides and moves never race the timer.
+    held: Mapped[bool] = mapped_column(default=False, server_default=false())
+    confirmed_at: Mapped[datetime | None]
     uploads: Mapped[list[Upload]] = relationship(back_populates="batch", order_by="Upload.id")
 
 

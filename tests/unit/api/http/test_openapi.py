@@ -24,7 +24,7 @@ def test_bodies_are_described_by_the_models_that_validate_them(app):
     create = spec["paths"]["/api/v1/batches"]["post"]
     ref = create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
     schema = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
-    assert set(schema["properties"]) == {"label", "template", "overrides"}
+    assert set(schema["properties"]) == {"label", "template", "overrides", "hold"}
     assert schema["additionalProperties"] is False
     assert "401" in create["responses"] and "Error" in spec["components"]["schemas"]
 

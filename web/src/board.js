@@ -1,0 +1,140 @@
+// The study board: a card per study of the batch with its series; a series is dragged
+// (SortableJS: mouse and touch) or sent with its "Move to" menu (keyboard) to another study
+// or to "new study". The preview is the server's dry run of the move (the attributes the
+// moved instances will go out with); the move itself goes through the moves API.
+import Sortable from "sortablejs";
+import { api, el } from "./api.js";
+
+const NEW_STUDY = "__new__";
+
+export class Board {
+  constructor(root, batchId, onChange, instancesOf = () => []) {
+    this.root = root;
+    this.batchId = batchId;
+    this.onChange = onChange;
+    // The instances of a series as this page read them ([{sop, label}]): single instances can
+    // be moved too. (After a reload the page knows the files chosen again.)
+    this.instancesOf = instancesOf;
+    this.studies = [];
+    this.open = new Set();
+  }
+
+  async load() {
+    const data = await api("GET", `/api/v1/batches/${this.batchId}/studies`);
+    this.studies = data.studies;
+    this.render();
+    this.problems(data.problems);
+  }
+
+  problems(list) {
+    let box = this.root.querySelector(".problems");
+    if (!box) { box = el("ul", { class: "problems", "aria-live": "polite" }); this.root.prepend(box); }
+    box.replaceChildren(...(list || []).map((p) => el("li", { class: "problem", "data-code": p.code },
+      `${p.study_instance_uid}: ${p.message}`)));
+  }
+
+  targets(except) {
+    return this.studies.filter((s) => s.study_instance_uid !== except);
+  }
+
+  render() {
+    const cards = this.studies.map((study) => {
+      const series = el("ul", { class: "series", "data-study": study.study_instance_uid },
+        study.series.map((s) => this.seriesItem(study, s)));
+      return el("article", { class: "card", "data-study": study.study_instance_uid },
+        el("h4", {}, `${study.patient_ids.join(", ") || "(no PatientID)"} · ${study.study_dates.join(", ")}`),
+        el("p", { class: "meta" }, `${study.description || ""} ${study.modality || ""} · ${study.series.length} series, ${study.instances} instances`),
+        el("p", { class: "uid" }, study.study_instance_uid),
+        series);
+    });
+    const fresh = el("article", { class: "card new-study", "data-study": NEW_STUDY },
+      el("h4", {}, "New study"), el("ul", { class: "series", "data-study": NEW_STUDY }));
+    const grid = el("div", { class: "cards" }, cards, fresh);
+    const old = this.root.querySelector(".cards");
+    if (old) old.replaceWith(grid); else this.root.append(grid);
+    for (const list of grid.querySelectorAll("ul.series, ul.instances")) {
+      Sortable.create(list, {
+        group: "series", sort: false, animation: 120, delayOnTouchOnly: true, delay: 150,
+        onAdd: (event) => {
+          const to = event.to.dataset.study;
+          const { series, sop } = event.item.dataset;
+          event.from.insertBefore(event.item, event.from.children[event.oldIndex] || null); // the server decides
+          this.preview(sop ? { sop_instance_uids: [sop] } : { series_instance_uids: [series] }, to);
+        },
+      });
+    }
+  }
+
+  moveMenu(study, label, what) {
+    const menu = el("select", { class: "move-to", "aria-label": `move ${label} to` },
+      el("option", { value: "" }, "Move to…"),
+      this.targets(study.study_instance_uid).map((t) => el("option", { value: t.study_instance_uid },
+        `${t.patient_ids.join(", ")} ${t.description || ""} (${t.study_instance_uid.slice(-12)})`)),
+      el("option", { value: NEW_STUDY }, "a new study"));
+    menu.addEventListener("change", () => { if (menu.value) this.preview(what, menu.value); });
+    return menu;
+  }
+
+  seriesItem(study, s) {
+    const uid = s.series_instance_uid;
+    const known = this.instancesOf(uid);
+    const item = el("li", { class: "series-item", tabindex: "0", "data-series": uid },
+      el("span", {}, `${s.modality || "?"} · ${s.instances} instances${s.moved_in ? " · moved in" : ""}`),
+      el("span", { class: "uid" }, uid),
+      this.moveMenu(study, `series ${uid}`, { series_instance_uids: [uid] }));
+    if (known.length > 1) {
+      const toggle = el("button", { type: "button", class: "link", "aria-expanded": String(this.open.has(uid)) },
+        this.open.has(uid) ? "hide instances" : `${known.length} instances…`);
+      toggle.addEventListener("click", () => {
+        if (this.open.has(uid)) this.open.delete(uid); else this.open.add(uid);
+        this.render();
+      });
+      item.append(toggle);
+      if (this.open.has(uid)) {
+        item.append(el("ul", { class: "instances", "data-study": study.study_instance_uid },
+          known.map((i) => el("li", { class: "instance-item", tabindex: "0", "data-sop": i.sop },
+            el("span", {}, i.label), this.moveMenu(study, `instance ${i.sop}`, { sop_instance_uids: [i.sop] })))));
+      }
+    }
+    return item;
+  }
+
+  async preview(what, to) {
+    const body = { ...what, ...(to === NEW_STUDY ? { new_study: true } : { target_study_instance_uid: to }) };
+    const dialog = el("dialog", { class: "preview" });
+    document.body.append(dialog);
+    try {
+      const answer = await api("POST", `/api/v1/batches/${this.batchId}/moves`, { ...body, dry_run: true });
+      // Elements the target's first instance lacks come back null (removed): not listed.
+      const rows = Object.entries(answer.attributes).filter(([, v]) => v !== null).map(([k, v]) =>
+        el("tr", {}, el("th", {}, k), el("td", {}, Array.isArray(v) ? v.join("\\") : v)));
+      dialog.append(
+        el("h3", {}, `Move ${answer.moved_instances} instances ${answer.new_study ? "to a new study" : "to this study"}`),
+        el("p", {}, "They will go out with:"),
+        el("table", { class: "values" }, rows),
+        el("p", {},
+          el("button", { type: "button", class: "primary", id: "do-move", onclick: () => this.move(body, dialog) }, "Move"),
+          " ", el("button", { type: "button", onclick: () => { dialog.remove(); this.render(); } }, "Cancel")),
+        el("p", { class: "error", role: "alert" }));
+    } catch (error) {
+      dialog.append(el("p", { class: "error", role: "alert" }, error.message),
+        el("button", { type: "button", onclick: () => { dialog.remove(); this.render(); } }, "Close"));
+    }
+    dialog.showModal();
+    const first = dialog.querySelector("button");
+    if (first) first.focus();
+  }
+
+  async move(body, dialog) {
+    try {
+      const answer = await api("POST", `/api/v1/batches/${this.batchId}/moves`, body);
+      this.studies = answer.studies;
+      dialog.remove();
+      this.render();
+      this.problems(answer.problems);
+      this.onChange();
+    } catch (error) {
+      dialog.querySelector(".error").textContent = error.message;
+    }
+  }
+}
