@@ -129,6 +129,20 @@ def test_dashboard_in_headless_chromium(api_server, populated, tmp_path, gateway
         assert len(day_chart.find_elements(By.CSS_SELECTOR, "svg circle.fc-point")) == 7
         assert len(day_chart.find_elements(By.CSS_SELECTOR, "svg polygon")) == 2  # the 95% and 80% bands
         assert "no forecast yet" in driver.find_element(By.CSS_SELECTOR, "[data-forecast-chart='hour']").text
+        # The panel says why its model is what it is (no complete day of history yet: the note).
+        assert "history" in driver.find_element(By.ID, "forecast-reason").text
+        # Closures entered on the panel (issue 20) reach the facility's calendar through the API.
+        form = driver.find_element(By.ID, "forecast-calendar-form")
+        form.find_element(By.NAME, "country").send_keys("GB")
+        form.find_element(By.NAME, "closed_days").send_keys("2030-12-27")
+        form.find_element(By.NAME, "closes_on_public_holidays").click()
+        form.find_element(By.CSS_SELECTOR, "button[type='submit']").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#forecast-calendar[data-saved='1']"))
+        facility_id = driver.find_element(By.ID, "forecast-calendar").get_attribute("data-facility")
+        calendar = driver.execute_script(
+            "return fetch('/api/v1/forecasts/calendars/' + arguments[0]).then(r => r.json())", facility_id)
+        assert calendar["country"] == "GB" and calendar["closed_days"] == ["2030-12-27"]
+        assert calendar["closes_on_public_holidays"] is True
 
         driver.find_element(By.CSS_SELECTOR, "#users tr[data-href] td:nth-child(2)").click()  # the row
         wait.until(lambda d: d.find_elements(By.ID, "user-email"))
