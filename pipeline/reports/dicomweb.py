@@ -90,8 +90,9 @@ class DicomWebReader:
         """The study's SR and DOC instances (DICOM JSON, with the UIDs and SOP class)."""
         out: list[dict] = []
         for modality in REPORT_MODALITIES:
-            # SOPInstanceUID, SOPClassUID and SeriesInstanceUID are default return keys here.
-            out.extend(self._search(f"/studies/{study_uid}/instances", {"Modality": modality}))
+            out.extend(self._search(f"/studies/{study_uid}/instances",
+                                    {"Modality": modality,
+                                     "includefield": "SOPClassUID,SeriesInstanceUID,Modality"}))
         return out
 
     def retrieve(self, study_uid: str, series_uid: str, sop_uid: str) -> bytes:
