@@ -79,19 +79,24 @@ class DicomWebReader:
         """True/False from ModalitiesInStudy (one cheap query), None when the PACS does not
         say (then the caller asks at instance level)."""
         found = self._search("/studies", {"StudyInstanceUID": study_uid, "includefield": "ModalitiesInStudy"})
-        if not found:
-            return False
-        modalities = (found[0].get(_TAG["ModalitiesInStudy"]) or {}).get("Value")
-        if not modalities:
-            return None
-        return any(m in REPORT_MODALITIES for m in modalities)
+        # One UID can answer as several studies: Orthanc keys a study by PatientID too, so a
+        # report written under another PatientID is a study entry of its own. Look at all.
+        answer: bool | None = False
+        for entry in found:
+            modalities = (entry.get(_TAG["ModalitiesInStudy"]) or {}).get("Value")
+            if not modalities:
+                answer = None
+            elif any(m in REPORT_MODALITIES for m in modalities):
+                return True
+        return answer
 
     def report_instances(self, study_uid: str) -> list[dict]:
         """The study's SR and DOC instances (DICOM JSON, with the UIDs and SOP class)."""
         out: list[dict] = []
         for modality in REPORT_MODALITIES:
-            # SOPInstanceUID, SOPClassUID and SeriesInstanceUID are default return keys here.
-            out.extend(self._search(f"/studies/{study_uid}/instances", {"Modality": modality}))
+            out.extend(self._search(f"/studies/{study_uid}/instances",
+                                    {"Modality": modality,
+                                     "includefield": "SOPClassUID,SeriesInstanceUID,Modality"}))
         return out
 
     def retrieve(self, study_uid: str, series_uid: str, sop_uid: str) -> bytes:
