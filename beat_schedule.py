@@ -43,6 +43,19 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 3600.0,
         "options": {"expires": 3500},
     },
+    # Consults: a reminder before the due time, and past it the consult goes back to the pool
+    # (locked rows, skip-locked: a second beat is harmless). Daily digests of notices, hourly
+    # (each user's digest is a day apart). Both on the exports pool, which mails.
+    "consults-check-due": {
+        "task": "consults.check_due",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    "consults-send-digests": {
+        "task": "consults.send_digests",
+        "schedule": 3600.0,
+        "options": {"expires": 3500},
+    },
     # Scheduled exports: schedules live in export_definitions; this tick creates
     # the due runs (unique per export and slot, so a second beat is harmless).
     "exports-dispatch-due": {

@@ -22,6 +22,9 @@ from api.http.context import Resources
 from api.http.limits import RateLimiter
 from api.intake import batches, conflicts, files
 from api.lifecycle import storage as storage_api
+from api.reports import comments as report_comments
+from api.reports import consults as report_consults
+from api.reports import notifications as report_notifications
 from api.reports import pages as report_pages
 from api.reports import reports as radiology_reports
 from config import Settings, load_settings
@@ -125,6 +128,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(exports.blueprint, url_prefix="/api/v1/exports")
     app.register_blueprint(radiology_reports.blueprint, url_prefix="/api/v1/reports")
     app.register_blueprint(report_pages.blueprint, url_prefix="/reports")
+    app.register_blueprint(report_comments.blueprint, url_prefix="/api/v1/reports")
+    app.register_blueprint(report_consults.blueprint, url_prefix="/api/v1/reports")
+    app.register_blueprint(report_notifications.blueprint, url_prefix="/api/v1/notifications")
     app.register_blueprint(dashboard.blueprint, url_prefix="/dashboard")
     app.register_blueprint(event_history.blueprint, url_prefix="/api/v1/events")
     app.register_blueprint(graphql_view.blueprint, url_prefix="/api/v1/graphql")

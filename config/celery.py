@@ -16,6 +16,8 @@ TASK_ROUTES = {
     "exports.*": {"queue": "exports"},
     # The report poll talks to the PACS over HTTP, like forwarding: the pacs pool runs it.
     "reports.*": {"queue": "pacs"},
+    # Comment mail, digests, consult reminders, addendum filing: the pool that mails.
+    "consults.*": {"queue": "exports"},
     # The canary sender; each canary itself is sent to the queue it tests.
     "health.*": {"queue": "intake"},
     # Outbox housekeeping (a bounded delete an hour): light, beside the canary sender.

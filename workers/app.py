@@ -29,6 +29,7 @@ TASK_MODULES = (
     "workers.exports",
     "workers.liveness",
     "workers.event_outbox",
+    "workers.consults",
 )
 app.conf.imports = list(TASK_MODULES)
 

@@ -85,3 +85,15 @@ def run_lifecycle_here(now: str | None = None, facility_ids: list[int] | None = 
 def run_replication_here() -> dict:
     """The DR copy, run now in the calling process (``relaypacs storage replicate``)."""
     return _run_here(_task("storage.replicate"))
+
+
+def enqueue_notice_mail(notification_ids: list[int]) -> None:
+    """Mail the notices whose recipients want each one (queue ``exports``), after the commit
+    that created them."""
+    if notification_ids:
+        _task("consults.mail_notices", list(notification_ids)).apply_async()
+
+
+def enqueue_addendum_filing(addendum_id: int) -> None:
+    """Make the addendum's DICOM instance and forward it, after the commit that added it."""
+    _task("consults.file_addendum", addendum_id).apply_async()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from pipeline.delivery.forwarding import ForwardResult
-from pipeline.models import ExportDefinition, ExportRun, Study
+from pipeline.models import ExportDefinition, ExportRun, Notification, Study
 from pipeline.ops import events, outbox
 
 
@@ -42,4 +42,18 @@ def export_run_changed(session: Session, run_id: int) -> None:
 
 def report_events(session: Session, out: list[events.Event]) -> None:
     """report.status_changed events of the report poll, in its transaction."""
+    outbox.record(session, out)
+
+
+def notices(session: Session, rows: list[Notification]) -> None:
+    """notification.created for notices a task adds, in its transaction."""
+    if not rows:
+        return
+    session.flush()
+    out = []
+    for row in rows:
+        ids = {k: v for k, v in (("report_id", row.report_id), ("consult_id", row.consult_id),
+                                 ("comment_id", row.comment_id)) if v is not None}
+        out.append(events.notification(row.facility_id, row.kind, notification_id=row.id,
+                                       user_id=row.user_id, **ids))
     outbox.record(session, out)

@@ -8,12 +8,15 @@ schedule and the backoff), commits per destination, then publishes report.status
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from pipeline.models import Destination, utcnow
 from pipeline.reports import poll
 from workers import event_publishing, runtime
 from workers.app import app
+
+log = logging.getLogger(__name__)
 
 
 @app.task(name="reports.poll_pacs", acks_late=False, soft_time_limit=240, time_limit=300)
@@ -25,13 +28,18 @@ def poll_pacs(now: str | None = None, limit: int = 500) -> dict:
     box, store = runtime.secret_box(), runtime.store()
     with runtime.session_scope() as session:
         destination_ids = [d.id for d in poll.pollable_destinations(session)]
-    out = {}
+    out: dict[int, dict] = {}
     for destination_id in destination_ids:
-        with runtime.session_scope() as session:
-            destination = session.get_one(Destination, destination_id)
-            result = poll.poll_destination(session, store, destination, lambda d: poll.reader_for(d, box),
-                                           moment, limit)
-            event_publishing.report_events(session, result.events)  # committed with the poll's rows
+        try:
+            with runtime.session_scope() as session:
+                destination = session.get_one(Destination, destination_id)
+                result = poll.poll_destination(session, store, destination, lambda d: poll.reader_for(d, box),
+                                               moment, limit)
+                event_publishing.report_events(session, result.events)  # committed with the poll's rows
+        except Exception as exc:  # noqa: BLE001 - one destination's failure must not stop the others
+            log.warning("report poll of destination %s failed: %s", destination_id, type(exc).__name__)
+            out[destination_id] = {"state": "error", "error": type(exc).__name__}
+            continue
         out[destination_id] = {"state": result.state, "skipped": result.skipped,
                                "studies_checked": result.studies_checked, "documents": result.documents_read,
                                "more_due": result.more_due}

@@ -11,7 +11,7 @@ import dataclasses
 
 from sqlalchemy.orm import Session
 
-from pipeline.models import ExportDefinition, ExportRun, Upload, UploadState
+from pipeline.models import ExportDefinition, ExportRun, Notification, ReportComment, Upload, UploadState
 from pipeline.ops import events, outbox
 
 
@@ -50,3 +50,26 @@ def export_run_changed(session: Session, definition: ExportDefinition, run: Expo
 def report_events(session: Session, out: list[events.Event]) -> None:
     """report.status_changed (and any other radiology-report events), in the change's transaction."""
     outbox.record(session, out)
+
+
+def comment_created(session: Session, comment: ReportComment, notices: list[Notification]) -> None:
+    """comment.created, then notification.created for each recipient, in the comment's transaction."""
+    session.flush()  # the comment's and the notices' ids
+    out = [events.comment_created(comment.facility_id, comment.report_id, comment.id,
+                                  comment.author_id, comment.version)]
+    out += [notice_event(n) for n in notices]
+    outbox.record(session, out)
+
+
+def notice_event(notice: Notification) -> events.Event:
+    ids = {k: v for k, v in (("report_id", notice.report_id), ("comment_id", notice.comment_id),
+                             ("consult_id", notice.consult_id)) if v is not None}
+    return events.notification(notice.facility_id, notice.kind, notification_id=notice.id,
+                               user_id=notice.user_id, **ids)
+
+
+def notices(session: Session, rows: list[Notification]) -> None:
+    """notification.created for notices, in the transaction that adds them."""
+    if rows:
+        session.flush()
+        outbox.record(session, [notice_event(n) for n in rows])

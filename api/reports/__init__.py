@@ -1,0 +1,1 @@
+"""Radiology reports' routes: the reports, their comment threads, consults and notifications."""

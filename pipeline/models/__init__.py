@@ -6,7 +6,8 @@
 - delivery: destinations, breaker state, routing rules, deliveries, renditions;
 - lifecycle: stored objects and tiers, restores, lifecycle runs;
 - analytics: materialised stats; forecasting: calendars and forecasts; exports: definitions and runs;
-- ops: queue canaries, the event outbox.
+- ops: queue canaries, the event outbox; comments: report comments, consults, addenda, notifications,
+  mail preferences.
 
 PostgreSQL is the source of truth in production; the same models run on SQLite for the
 embedded demo. Every row a facility owns carries ``facility_id`` so queries can be scoped.
@@ -32,6 +33,12 @@ from pipeline.models.analytics import WeeklyFacilityStats as WeeklyFacilityStats
 from pipeline.models.base import Base as Base
 from pipeline.models.base import UTCDateTime as UTCDateTime
 from pipeline.models.base import utcnow as utcnow
+from pipeline.models.comments import ConsultRequest as ConsultRequest
+from pipeline.models.comments import ConsultStateChange as ConsultStateChange
+from pipeline.models.comments import MailPreference as MailPreference
+from pipeline.models.comments import Notification as Notification
+from pipeline.models.comments import ReportAddendum as ReportAddendum
+from pipeline.models.comments import ReportComment as ReportComment
 from pipeline.models.delivery import BreakerState as BreakerState
 from pipeline.models.delivery import Delivery as Delivery
 from pipeline.models.delivery import DeliverySender as DeliverySender

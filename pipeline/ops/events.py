@@ -42,9 +42,11 @@ EXPORT_NOTIFICATION = "export.notification"
 # notification row was created for a person.
 REPORT_STATUS_CHANGED = "report.status_changed"
 NOTIFICATION_CREATED = "notification.created"
+# A comment (or a corrected version of one) was added to a report's thread.
+COMMENT_CREATED = "comment.created"
 EVENT_TYPES = frozenset({UPLOAD_INITIATED, UPLOAD_CHUNK_RECEIVED, UPLOAD_COMPLETED, STUDY_FORWARDED,
                          DELIVERY_DEAD_LETTERED, EXPORT_RUN_STATE_CHANGED, EXPORT_NOTIFICATION,
-                         REPORT_STATUS_CHANGED, NOTIFICATION_CREATED})
+                         REPORT_STATUS_CHANGED, NOTIFICATION_CREATED, COMMENT_CREATED})
 
 STREAM_KEY = "relaypacs:events"
 CHANNEL = "relaypacs:events:live"
@@ -54,7 +56,7 @@ STREAM_MAXLEN = 100_000
 ALLOWED_FIELDS = frozenset({"upload_id", "batch_id", "study_id", "destination_id", "user_id",
                             "offset", "length", "delivered", "failed", "deferred", "report_id",
                             "export_id", "run_id", "notification_id", "status", "from", "to",
-                            "kind", "recipients"})
+                            "kind", "recipients", "comment_id", "consult_id", "version"})
 # What an export.notification is about (``kind``): things a QA manager or admin acts on.
 NOTIFY_EXPORT_SENT = "export_sent"  # a scheduled export was mailed to its recipients
 NOTIFY_EXPORT_FAILED = "export_failed"  # an export run failed for good (replayable)
@@ -135,6 +137,13 @@ def notification(facility_id: int, kind: str, **ids: int) -> Event:
     """notification.created (radiology reports: comments, consults, status): ``kind`` and
     the ids and counts it is about."""
     return Event(NOTIFICATION_CREATED, facility_id, {"kind": kind, **ids})
+
+
+def comment_created(facility_id: int, report_id: int, comment_id: int, author_id: int,
+                    version: int) -> Event:
+    """comment.created: ids only (the text stays behind the API's scoping)."""
+    return Event(COMMENT_CREATED, facility_id, {"report_id": report_id, "comment_id": comment_id,
+                                                "user_id": author_id, "version": version})
 
 
 def visible_to(payload: dict, facility_id: int, is_admin: bool) -> bool:
