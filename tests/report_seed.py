@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydicom.uid import generate_uid
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from pipeline.models import (
@@ -31,6 +31,18 @@ class SeededStudy:
     id: int
     facility_id: int
     study_instance_uid: str
+
+
+def _advance_sequences(session: Session, *models: type) -> None:
+    """Rows inserted with explicit ids leave PostgreSQL's sequences behind: move them on, so
+    the application's own inserts that follow get fresh ids (SQLite needs nothing)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for model in models:
+        last = session.scalar(select(func.max(model.id)))
+        if last is not None:
+            session.execute(text("SELECT setval(pg_get_serial_sequence(:table, 'id'), :last)"),
+                            {"table": model.__tablename__, "last": last})
 
 
 def _next_id(session: Session, model: type) -> int:
@@ -146,6 +158,7 @@ def delivered_studies(
         (Delivery, deliveries),
     ):
         session.execute(insert(model), rows)
+    _advance_sequences(session, Batch, Study, Series, Instance, Delivery)
     session.flush()
     return [SeededStudy(s["id"], facility_id, s["study_instance_uid"]) for s in studies]
 
@@ -180,6 +193,7 @@ def reports_for(
         history.append({"report_id": report0 + i, "from_status": None, "to_status": status, "at": now})
     session.execute(insert(RadiologyReport), rows)
     session.execute(insert(ReportStatusChange), history)
+    _advance_sequences(session, RadiologyReport)
     session.flush()
     return [r["id"] for r in rows]
 

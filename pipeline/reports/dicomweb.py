@@ -90,9 +90,8 @@ class DicomWebReader:
         """The study's SR and DOC instances (DICOM JSON, with the UIDs and SOP class)."""
         out: list[dict] = []
         for modality in REPORT_MODALITIES:
-            out.extend(self._search(f"/studies/{study_uid}/instances",
-                                    {"Modality": modality,
-                                     "includefield": "SOPClassUID,SeriesInstanceUID,Modality"}))
+            # SOPInstanceUID, SOPClassUID and SeriesInstanceUID are default return keys here.
+            out.extend(self._search(f"/studies/{study_uid}/instances", {"Modality": modality}))
         return out
 
     def retrieve(self, study_uid: str, series_uid: str, sop_uid: str) -> bytes:

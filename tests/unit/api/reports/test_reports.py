@@ -195,3 +195,14 @@ def test_report_pages_with_the_same_sign_in(client, session, world):
     (south_id,) = reports_for(session, world["south"][:1], world["pacs"].id)
     session.commit()
     assert client.get(f"/reports/{south_id}").status_code == 404
+
+
+def test_a_study_not_delivered_yet_gets_no_manual_report(client, session, world):
+    from pipeline.models import Study
+
+    study = Study(facility_id=world["north"][0].facility_id, study_instance_uid="1.2.826.0.1.99")
+    session.add(study)
+    session.commit()
+    answer = client.post("/api/v1/reports", json={"study_id": study.id, "text": "x"},
+                         headers=auth(world["radiologist"]))
+    assert answer.status_code == 409 and "not been delivered" in answer.get_json()["error"]["message"]
