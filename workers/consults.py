@@ -4,7 +4,8 @@
 - ``consults.mail_notices``: one mail per notice whose recipient wants each one, at most once
   (the notice is stamped in the transaction that sends it);
 - ``consults.send_digests``: the daily digests (beat);
-- ``consults.check_due``: reminders of consults due soon, re-offers of overdue ones (beat);
+- ``consults.check_due``: reminders of consults due soon, re-offers of overdue ones, and the
+  sweep that mails notices nobody enqueued a mail for (the report poll's status notices) (beat);
 - ``consults.file_addendum``: the addendum PDF made into a DICOM instance of the study and put
   on the delivery ledger; the forwarding itself is the pacs queue's.
 Thin adapters over pipeline/reports; events after the commits.
@@ -113,12 +114,14 @@ def check_due(now: str | None = None) -> dict:
     moment = datetime.fromisoformat(now).replace(tzinfo=UTC) if now else utcnow()
     with runtime.session_scope() as session:
         moved = consult_requests.remind_and_reoffer(session, moment)
-        summary = [(m.consult.id, m.consult.facility_id, m.from_state, m.to_state) for m in moved]
+        summary = [(m.from_state, m.to_state) for m in moved]
         event_publishing.notices(session, [n for m in moved for n in m.notices])  # same commit
         notice_ids = [n.id for m in moved for n in m.notices]
-    chains.enqueue_notice_mail(notice_ids)
-    return {"reminded": sum(1 for _, _, a, b in summary if a == b),
-            "reoffered": sum(1 for _, _, a, b in summary if a != b)}
+    with runtime.session_scope() as session:
+        unmailed = notifications.unmailed_each(session, moment)
+    chains.enqueue_notice_mail(notice_ids + [i for i in unmailed if i not in notice_ids])
+    return {"reminded": sum(1 for a, b in summary if a == b),
+            "reoffered": sum(1 for a, b in summary if a != b), "swept": len(unmailed)}
 
 
 @app.task(name="consults.file_addendum", bind=True, max_retries=60, acks_late=True)

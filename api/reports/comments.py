@@ -12,6 +12,8 @@ queue.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from flask import Blueprint, g, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,7 +22,7 @@ from api.http.auth import actor, current_user, require
 from api.http.context import db
 from api.http.errors import ApiError
 from api.http.openapi import operation
-from api.reports.access import load_report
+from api.reports.access import MAX_ID, load_report
 from pipeline.accounts import audit
 from pipeline.models import ReportComment, Role
 from pipeline.reports import threads
@@ -30,7 +32,8 @@ from workers import chains
 class CommentBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(min_length=1, max_length=4000)
-    recipients: list[int] | None = Field(None, max_length=threads.MAX_RECIPIENTS)
+    recipients: list[Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]] | None = Field(
+        None, max_length=threads.MAX_RECIPIENTS)
 
 
 class CorrectionBody(BaseModel):
@@ -98,9 +101,11 @@ def add_comment(report_id: int):  # noqa: ANN201
            responses={201: "the new version"})
 def correct_comment(report_id: int, key: str):  # noqa: ANN201
     report = load_report(report_id)
+    if not (key.isascii() and key.isalnum() and len(key) <= 32):
+        raise ApiError(404, "no such comment on this report")
     session = db()
     try:
-        version = threads.correct_comment(session, report_id=report.id, thread_key=key[:32],
+        version = threads.correct_comment(session, report_id=report.id, thread_key=key,
                                           author=current_user(), text=g.body.text)
     except (threads.ThreadError, PermissionError, LookupError) as exc:
         session.rollback()

@@ -21,12 +21,12 @@ from api.http.auth import actor, current_user, require
 from api.http.context import db
 from api.http.errors import ApiError
 from api.http.openapi import operation
-from api.reports.access import load_report
+from api.reports.access import MAX_ID, load_report
 from pipeline.accounts import audit
 from pipeline.models import ConsultRequest, Role
 from pipeline.reports import consult_requests, consults
 from pipeline.reports import status as report_status
-from pipeline.reports.status_notices import appended_by_addendum
+from pipeline.reports.status_notices import take_made
 from pipeline.reports.threads import ThreadError
 from workers import chains
 
@@ -38,7 +38,7 @@ PARTIES = (Role.CLINICIAN, Role.RADIOLOGIST, Role.CONSULTANT, Role.ADMIN)
 class ConsultBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1, max_length=4000)
-    consultant_id: int | None = Field(None, ge=1)
+    consultant_id: int | None = Field(None, strict=True, ge=1, le=MAX_ID)
     subspecialty: str | None = Field(None, min_length=1, max_length=64)
     due_at: datetime | None = None
 
@@ -122,7 +122,7 @@ def move_consult(report_id: int, consult_id: int, action: str):  # noqa: ANN201
     try:
         moved = consult_requests.move(session, consult, action, current_user(),
                                       addendum_text=body.addendum)
-        change = appended_by_addendum(session, report, current_user().id) \
+        status_event = consult_requests.appended_by_addendum(session, report, current_user().id) \
             if moved.addendum is not None else None
     except consults.IllegalTransition as exc:
         session.rollback()
@@ -140,11 +140,11 @@ def move_consult(report_id: int, consult_id: int, action: str):  # noqa: ANN201
                  detail={"report_id": report.id, "from": moved.from_state, "to": moved.to_state,
                          "addendum_id": moved.addendum.id if moved.addendum else None})
     session.flush()  # the notices' ids
-    status_event = [change.event] if change is not None and change.event is not None else []
-    publish.report_events(session, status_event + [publish.notice_event(n) for n in
-                                                   moved.notices + (change.notices if change else [])])
+    told = moved.notices + take_made(session)
+    publish.report_events(session, ([status_event] if status_event is not None else [])
+                          + [publish.notice_event(n) for n in told])
     session.commit()  # the move and its events together (the outbox)
-    chains.enqueue_notice_mail([n.id for n in moved.notices + (change.notices if change else [])])
+    chains.enqueue_notice_mail([n.id for n in told])
     if moved.addendum is not None:
         chains.enqueue_addendum_filing(moved.addendum.id)
     return jsonify(consult_json(consult, with_history=True))

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,6 +18,7 @@ from api.http.auth import actor, current_user, require
 from api.http.context import db
 from api.http.errors import ApiError
 from api.http.openapi import operation
+from api.reports.access import MAX_ID
 from pipeline.accounts import audit
 from pipeline.models import Notification, Role
 from pipeline.reports import notifications
@@ -31,7 +34,8 @@ class ListQuery(BaseModel):
 
 class ReadBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    ids: list[int] = Field(default_factory=list, max_length=1000)
+    ids: list[Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]] = Field(default_factory=list,
+                                                                           max_length=1000)
     everything: bool = Field(False, alias="all")
 
 
@@ -95,12 +99,12 @@ def put_preference():  # noqa: ANN201
 @operation("The unsubscribe link's page: a button that confirms (link scanners only GET)",
            public=True)
 def unsubscribe_page():  # noqa: ANN201
-    key = (request.args.get("token") or "")[:100]
+    if not request.args.get("token"):
+        raise ApiError(400, "missing token: use the link from the mail")
     page = ("<!doctype html><title>RelayPACS notification mail</title>"
             "<form method=post action=''><p>Stop RelayPACS notification mails?</p>"
             "<button>Stop the mails</button></form>")
-    return Response(page if key else "missing token", status=200 if key else 400,
-                    mimetype="text/html")
+    return Response(page, mimetype="text/html")
 
 
 @blueprint.route("/unsubscribe", methods=["POST"])

@@ -11,6 +11,7 @@ from flask import Blueprint, Response, redirect, render_template, request, url_f
 from api.http.auth import csrf_token, signed_in_user
 from api.http.context import db
 from api.http.errors import ApiError
+from api.reports import conversation
 from api.reports.reports import READERS
 from pipeline.accounts.scoping import readable_facility_ids
 from pipeline.models import User
@@ -57,4 +58,6 @@ def show(report_id: int):  # noqa: ANN201
     report = listing.report_detail(db(), report_id, scope) if report_id < 2**31 else None
     if report is None:
         raise ApiError(404, f"report {report_id} not found")
-    return _page("reports/show.html", user=user, report=report)
+    # The thread and consults below the report (api/reports/conversation.py).
+    return _page("reports/conversation.html", user=user, report=report,
+                 **conversation.page_context(db(), report_id))

@@ -11,22 +11,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pipeline.models import (
     ConsultRequest,
     ConsultStateChange,
     Notification,
+    RadiologyReport,
     ReportAddendum,
+    ReportStatus,
     User,
     utcnow,
 )
 from pipeline.models.comments import MAX_TEXT
-from pipeline.reports import consults, notifications
+from pipeline.ops import events
+from pipeline.reports import consults, listing, notifications
 from pipeline.reports.access import can_read_facility, pool_members, roles_of, subspecialties_of
 from pipeline.reports.consults import ActorView, ConsultAction, ConsultState, ConsultView
 from pipeline.reports.notices import NoticeKind
+from pipeline.reports.status import change_status
 from pipeline.reports.threads import ThreadError
 
 REQUESTERS = frozenset({"clinician", "radiologist", "admin"})
@@ -54,6 +58,8 @@ def _text(value: object, name: str) -> str:
         raise ThreadError(f"{name}: a non-empty string is required")
     if len(value) > MAX_TEXT:
         raise ThreadError(f"{name}: at most {MAX_TEXT} characters ({len(value)} given)")
+    if "\x00" in value:  # PostgreSQL text cannot hold NUL
+        raise ThreadError(f"{name}: NUL characters are not allowed")
     return value
 
 
@@ -83,7 +89,7 @@ def request(session: Session, *, report_id: int, facility_id: int, requester: Us
             raise ThreadError(f"consultant_id: user {consultant_id} is not a consultant for this facility")
         targets = [consultant_id]
     else:
-        if not isinstance(subspecialty, str) or not 0 < len(subspecialty) <= 64:
+        if not isinstance(subspecialty, str) or not 0 < len(subspecialty) <= 64 or "\x00" in subspecialty:
             raise ThreadError("subspecialty: a name of at most 64 characters")
         targets = pool_members(session, facility_id, subspecialty)
         if not targets:
@@ -192,3 +198,21 @@ def addendum_of(session: Session, consult_id: int) -> ReportAddendum | None:
     return session.scalar(select(ReportAddendum).where(ReportAddendum.consult_id == consult_id)
                           .order_by(ReportAddendum.id).limit(1))
 
+
+
+def appended_by_addendum(session: Session, report: RadiologyReport, actor_id: int,
+                         now: datetime | None = None) -> events.Event | None:
+    """The report becomes ``appended`` after an addendum (never ``amended``: its text is not
+    changed); a second addendum leaves it so, with no new history row. Raises the status
+    module's IllegalTransition for a report that takes no addendum (cancelled)."""
+    if report.status == ReportStatus.APPENDED:
+        return None
+    event = change_status(session, report, ReportStatus.APPENDED, by_user_id=actor_id,
+                          reason="addendum (consult answer)", now=now or utcnow())
+    session.flush()
+    return event
+
+
+# The report listing's consult count, in its one statement.
+listing.register_count("consult_count", lambda: select(func.count(ConsultRequest.id))
+                       .where(ConsultRequest.report_id == RadiologyReport.id).scalar_subquery())

@@ -139,3 +139,16 @@ def email_of(session: Session, user_id: int) -> str | None:
     if user is None or user.disabled_at is not None:
         return None
     return user.email
+
+
+def unmailed_each(session: Session, now: datetime, *, settle: timedelta = timedelta(seconds=30),
+                  window: timedelta = timedelta(days=2), limit: int = 500) -> list[int]:
+    """Notices of recipients who want each one mailed that no mail went out for yet (made
+    where nobody enqueued their mail, e.g. by the report poll, or whose enqueue was lost):
+    the beat's sweep mails them. ``settle`` leaves the API's own enqueues time to act."""
+    wants_each = (MailPreference.mode.is_(None)) | (MailPreference.mode == MailMode.EACH.value)
+    return list(session.scalars(
+        select(Notification.id).outerjoin(MailPreference, MailPreference.user_id == Notification.user_id)
+        .where(Notification.mailed_at.is_(None), wants_each,
+               Notification.created_at <= now - settle, Notification.created_at > now - window)
+        .order_by(Notification.id).limit(limit)))

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.models import RadiologyReport, ReportStatus, ReportStatusChange
 from pipeline.ops import events
+from pipeline.reports.status_notices import status_notices
 
 S = ReportStatus
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -57,6 +58,7 @@ def record_initial(session: Session, report: RadiologyReport, *, by_user_id: int
     """The first history row of a new (flushed) report: from nothing to its status."""
     session.add(ReportStatusChange(report_id=report.id, from_status=None, to_status=report.status,
                                    at=now, by_user_id=by_user_id, reason=reason))
+    status_notices(session, report, report.status, by_user_id)  # the senders hear of a final one
     return events.report_status_changed(report.facility_id, report.id, None, report.status)
 
 
@@ -72,4 +74,5 @@ def change_status(session: Session, report: RadiologyReport, to_status: str, *,
     report.updated_at = now
     session.add(ReportStatusChange(report_id=report.id, from_status=from_status, to_status=report.status,
                                    at=now, by_user_id=by_user_id, reason=reason))
+    status_notices(session, report, report.status, by_user_id)  # final, amended, appended
     return events.report_status_changed(report.facility_id, report.id, from_status, report.status)

@@ -1,33 +1,25 @@
-"""What the conversation does to a report's status, and who hears of status changes.
+"""Who hears of a report's status: the clinicians who sent the study are notified when a report
+becomes final, amended or appended, whoever or whatever moved it (the PACS poll, a
+radiologist, an addendum): pipeline.reports.status calls ``status_notices`` for every move.
 
-An addendum makes a report ``appended`` (never ``amended``: its text is not changed), through
-the one status function (pipeline.reports.status). The clinicians who sent the study are
-notified when a report becomes final, amended or appended, whoever or whatever moved it (the
-PACS poll calls ``status_notices`` too).
+The notices a session made are also kept in ``session.info[MADE]``, so the caller that
+commits can publish their ``notification.created`` and enqueue their mail; notices whose
+caller does not (the poll) are mailed by the beat's sweep (``consults.check_due``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from pipeline.models import Notification, RadiologyReport, ReportAddendum, ReportStatus, User, utcnow
-from pipeline.ops import events
+from pipeline.models import Notification, RadiologyReport, ReportAddendum, User
 from pipeline.reports import notifications
 from pipeline.reports.access import can_read_facility
 from pipeline.reports.addendum_filing import ReportText
 from pipeline.reports.notices import STATUSES_NOTIFIED, NoticeKind
-from pipeline.reports.status import change_status
 from pipeline.reports.threads import senders_of_study
 
-
-@dataclass
-class StatusChange:
-    event: events.Event | None
-    notices: list[Notification] = field(default_factory=list)
+MADE = "relaypacs.status_notices"
 
 
 def status_notices(session: Session, report: RadiologyReport, to_status: str,
@@ -41,20 +33,15 @@ def status_notices(session: Session, report: RadiologyReport, to_status: str,
         if (user is not None and user.id != actor_id and user.disabled_at is None
                 and can_read_facility(session, user, report.facility_id)):
             targets.append(user_id)
-    return notifications.create(session, user_ids=targets, facility_id=report.facility_id,
+    made = notifications.create(session, user_ids=targets, facility_id=report.facility_id,
                                 kind=NoticeKind.REPORT_STATUS, report_id=report.id)
+    session.info.setdefault(MADE, []).extend(made)
+    return made
 
 
-def appended_by_addendum(session: Session, report: RadiologyReport, actor_id: int,
-                         now: datetime | None = None) -> StatusChange:
-    """The report is ``appended`` after an addendum (a second addendum leaves it so, with no
-    new history row); the senders are told."""
-    if report.status == ReportStatus.APPENDED:
-        return StatusChange(None)
-    event = change_status(session, report, ReportStatus.APPENDED, by_user_id=actor_id,
-                          reason="addendum (consult answer)", now=now or utcnow())
-    session.flush()
-    return StatusChange(event, status_notices(session, report, ReportStatus.APPENDED, actor_id))
+def take_made(session: Session) -> list[Notification]:
+    """The status notices this session made since the last call (the committing caller's)."""
+    return session.info.pop(MADE, [])
 
 
 def report_text_for(session: Session, addendum_id: int) -> ReportText:

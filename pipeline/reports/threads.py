@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from pipeline.models import Batch, Instance, Notification, ReportComment, User, utcnow
+from pipeline.models import Batch, Instance, Notification, RadiologyReport, ReportComment, User, utcnow
 from pipeline.models.comments import MAX_TEXT
-from pipeline.reports import notifications
+from pipeline.reports import listing, notifications
 from pipeline.reports.access import can_read_facility, roles_of
 from pipeline.reports.notices import NoticeKind, comment_recipients
 
@@ -40,6 +40,8 @@ def checked_text(text: object) -> str:
         raise ThreadError("text: a non-empty string is required")
     if len(text) > MAX_TEXT:
         raise ThreadError(f"text: at most {MAX_TEXT} characters ({len(text)} given)")
+    if "\x00" in text:  # PostgreSQL text cannot hold NUL
+        raise ThreadError("text: NUL characters are not allowed")
     return text
 
 
@@ -149,3 +151,8 @@ def thread(session: Session, report_id: int, *, history: bool = False) -> list[R
             newest[row.thread_key] = row
     return sorted(newest.values(), key=lambda c: first[c.thread_key])
 
+
+
+# The report listing's comment count (comments, not their versions), in its one statement.
+listing.register_count("comment_count", lambda: select(func.count(func.distinct(ReportComment.thread_key)))
+                       .where(ReportComment.report_id == RadiologyReport.id).scalar_subquery())

@@ -126,6 +126,19 @@ def test_comments_are_scoped_versioned_and_notify_once(client, session, world, m
                        json={"text": "x" * 4001}).status_code == 400
     assert client.get(f"/api/v1/reports/{north}/comments", headers=_h(world, "sender")).status_code == 403
 
+    # Bad input: 4xx, never a 500 (PostgreSQL refuses NUL; ids beyond its integers).
+    for body in ({"text": "a\x00b"}, {"text": "x", "recipients": [2**40]},
+                 {"text": "x", "recipients": [True]}):
+        assert client.post(f"/api/v1/reports/{north}/comments", headers=_h(world, "north"),
+                           json=body).status_code == 400, body
+    # A NUL in the path is refused before any route (request bounds); any other key that is
+    # not a comment's: 404.
+    assert client.post(f"/api/v1/reports/{north}/comments/a%00b/versions", headers=_h(world, "north"),
+                       json={"text": "x"}).status_code == 400
+    assert client.post(f"/api/v1/reports/{north}/comments/not-a-key/versions", headers=_h(world, "north"),
+                       json={"text": "x"}).status_code == 404
+    assert client.post("/api/v1/notifications/read", headers=_h(world, "north"),
+                       json={"ids": [2**40]}).status_code == 400
     # A correction is a new version; the old one stays; only the author corrects.
     key = comment["key"]
     assert client.post(f"/api/v1/reports/{north}/comments/{key}/versions", headers=_h(world, "north"),
@@ -139,6 +152,9 @@ def test_comments_are_scoped_versioned_and_notify_once(client, session, world, m
     assert [c["text"] for c in every["comments"]] == ["Please correlate.", "Please correlate clinically."]
     assert session.scalar(select(ReportComment.text).where(ReportComment.id == comment["id"])) == \
         "Please correlate."
+    # The report listing counts comments (not versions), in its one statement.
+    listed = client.get("/api/v1/reports", headers=_h(world, "north")).json["reports"]
+    assert [(r["id"], r["comment_count"]) for r in listed] == [(north, 1)]
     actions = set(session.scalars(select(AuditEvent.action)))
     assert {"comment.created", "comment.corrected"} <= actions
 
@@ -166,6 +182,11 @@ def test_consult_moves_and_illegal_ones(client, session, world, mailed):
         "question": "?", "consultant_id": ids["outsider"]}).status_code == 400  # not assigned here
     assert client.post(base, headers=_h(world, "north"), json={
         "question": "?", "subspecialty": "chest"}).status_code == 400  # nobody in that pool
+    for body in ({"question": "a\x00", "consultant_id": ids["consultant"]},
+                 {"question": "?", "consultant_id": 2**40},
+                 {"question": "?", "consultant_id": ids["consultant"], "subspecialty": "neuro"},
+                 {"question": "?", "consultant_id": ids["consultant"], "due_at": "2001-01-01T00:00:00Z"}):
+        assert client.post(base, headers=_h(world, "north"), json=body).status_code == 400, body
     made = client.post(base, headers=_h(world, "north"),
                        json={"question": "New?", "consultant_id": ids["consultant"]})
     assert made.status_code == 201, made.json
@@ -206,3 +227,43 @@ def test_mail_preferences_and_unsubscribe(client, session, world):
     assert client.post("/api/v1/notifications/unsubscribe?token=nope").status_code == 404
     assert client.post(f"/api/v1/notifications/unsubscribe?token={key}").json["mode"] == "none"
     assert _mode(client, world) == {"mode": "none"}
+
+
+def test_daily_digests_and_the_mail_sweep(session, world):
+    from datetime import timedelta
+
+    from pipeline.reports import notifications
+
+    now = utcnow()
+    ids, north = world["ids"], world["reports"]["north"]
+    notifications.set_mode(session, ids["north2"], "daily")
+    made = notifications.create(session, user_ids=[ids["north2"], ids["reader"]], facility_id=1,
+                                kind="report_status", report_id=north, now=now - timedelta(minutes=5))
+    session.commit()
+    # Each-mode notices nobody mailed are swept (after a settling delay); daily ones are not.
+    swept = notifications.unmailed_each(session, now)
+    assert made[1].id in swept and made[0].id not in swept
+    assert made[1].id not in notifications.unmailed_each(session, now - timedelta(minutes=5))
+    assert notifications.claim_for_mail(session, made[1].id, now) is not None
+    assert notifications.claim_for_mail(session, made[1].id, now) is None  # once only
+    session.commit()
+    assert made[1].id not in notifications.unmailed_each(session, now)
+    # The digest: due once a day, with every notice not mailed yet.
+    assert ids["north2"] in notifications.due_digests(session, now)
+    rows = notifications.claim_digest(session, ids["north2"], now)
+    assert made[0].id in [r.id for r in rows]
+    session.commit()
+    assert ids["north2"] not in notifications.due_digests(session, now + timedelta(hours=1))
+
+
+def test_the_report_page_shows_the_thread_and_consults(app, world, sign_in):
+    browser = app.test_client()
+    assert sign_in(browser, world["tokens"]["north"]).status_code == 302
+    page = browser.get(f"/reports/{world['reports']['north']}")
+    assert page.status_code == 200, page.text
+    assert "Please correlate clinically." in page.text  # the newest version of the comment
+    assert "Please correlate.<" not in page.text  # not the superseded one
+    assert 'id="consults"' in page.text and "New?" in page.text and "completed" in page.text
+    assert 'data-events-url="/dashboard/events"' in page.text
+    # Another facility's report: not found, thread and all.
+    assert browser.get(f"/reports/{world['reports']['south']}").status_code == 404
