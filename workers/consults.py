@@ -115,9 +115,8 @@ def check_due(now: str | None = None) -> dict:
     with runtime.session_scope() as session:
         moved = consult_requests.remind_and_reoffer(session, moment)
         summary = [(m.from_state, m.to_state) for m in moved]
-        notices = [n for m in moved for n in m.notices]
-        event_publishing.notices(session, notices)  # committed with the moves
-        notice_ids = [n.id for n in notices]
+        event_publishing.notices(session, [n for m in moved for n in m.notices])  # same commit
+        notice_ids = [n.id for m in moved for n in m.notices]
     with runtime.session_scope() as session:
         unmailed = notifications.unmailed_each(session, moment)
     chains.enqueue_notice_mail(notice_ids + [i for i in unmailed if i not in notice_ids])

@@ -46,7 +46,7 @@ def report_events(session: Session, out: list[events.Event]) -> None:
 
 
 def notices(session: Session, rows: list[Notification]) -> None:
-    """notification.created for notices a task made, in its transaction."""
+    """notification.created for notices a task adds, in its transaction."""
     if not rows:
         return
     session.flush()

@@ -33,8 +33,8 @@ def poll_pacs(now: str | None = None, limit: int = 500) -> dict:
         try:
             with runtime.session_scope() as session:
                 destination = session.get_one(Destination, destination_id)
-                result = poll.poll_destination(session, store, destination,
-                                               lambda d: poll.reader_for(d, box), moment, limit)
+                result = poll.poll_destination(session, store, destination, lambda d: poll.reader_for(d, box),
+                                               moment, limit)
                 event_publishing.report_events(session, result.events)  # committed with the poll's rows
         except Exception as exc:  # noqa: BLE001 - one destination's failure must not stop the others
             log.warning("report poll of destination %s failed: %s", destination_id, type(exc).__name__)

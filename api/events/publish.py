@@ -69,7 +69,7 @@ def notice_event(notice: Notification) -> events.Event:
 
 
 def notices(session: Session, rows: list[Notification]) -> None:
-    """notification.created for the notices, in their transaction."""
+    """notification.created for notices, in the transaction that adds them."""
     if rows:
         session.flush()
         outbox.record(session, [notice_event(n) for n in rows])

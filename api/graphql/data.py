@@ -18,11 +18,14 @@ from sqlalchemy.orm import Session
 
 from pipeline.models import (
     Batch,
+    ConsultRequest,
     Delivery,
     Destination,
     Facility,
     Instance,
+    Notification,
     RadiologyReport,
+    ReportComment,
     Study,
     Upload,
     User,
@@ -151,3 +154,37 @@ def reports_of_studies(session: Session, scope: Scope,
     for report in session.scalars(_scoped(query, RadiologyReport.facility_id, scope)):
         grouped[report.study_id].append(report)
     return [grouped[s] for s in study_ids]
+
+
+def _children_of_reports(session: Session, scope: Scope, model, report_ids: Sequence[int]) -> list[list]:  # noqa: ANN001
+    query = (select(model).where(model.report_id.in_(list(set(report_ids))))
+             .order_by(model.report_id, model.id))
+    grouped: dict[int, list] = defaultdict(list)
+    for row in session.scalars(_scoped(query, model.facility_id, scope)):
+        grouped[row.report_id].append(row)
+    return [grouped[r] for r in report_ids]
+
+
+def comments_of_reports(session: Session, scope: Scope,
+                        report_ids: Sequence[int]) -> list[list[ReportComment]]:
+    return _children_of_reports(session, scope, ReportComment, report_ids)
+
+
+def consults_of_reports(session: Session, scope: Scope,
+                        report_ids: Sequence[int]) -> list[list[ConsultRequest]]:
+    return _children_of_reports(session, scope, ConsultRequest, report_ids)
+
+
+def notifications_of(session: Session, scope: Scope, user_id: int, limit: int,
+                     unread: bool) -> list[Notification]:
+    """The user's own notices (never anyone else's, whatever their role), newest first."""
+    query = (select(Notification).where(Notification.user_id == user_id)
+             .order_by(Notification.id.desc()).limit(limit))
+    if unread:
+        query = query.where(Notification.read_at.is_(None))
+    return list(session.scalars(query))
+
+
+def unread_count(session: Session, user_id: int) -> int:
+    return session.scalar(select(func.count()).select_from(Notification).where(
+        Notification.user_id == user_id, Notification.read_at.is_(None))) or 0

@@ -5,8 +5,8 @@ Field names are the REST ones (snake_case, ``auto_camel_case`` off). No patient 
 no file names (a file name can be a patient's name): ids, states, counts and DICOM UIDs.
 Every relation resolves through the request's DataLoaders (``Loaders``), made per request
 so no cache outlives it or crosses users, and every loader reads through data.py, which
-filters on the caller's readable facilities in SQL. Radiology reports hang off ``Study``;
-comments, consults and notifications join them once those models are merged (see README).
+filters on the caller's readable facilities in SQL. Radiology reports hang off ``Study``,
+their comments and consults off the report; the dashboard has the user's own notices.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ class Loaders:
         self.delivery_status = batched(data.delivery_status_of_studies)
         self.deliveries = batched(data.deliveries_of_studies)
         self.reports = batched(data.reports_of_studies)
+        self.comments = batched(data.comments_of_reports)
+        self.consults = batched(data.consults_of_reports)
 
 
 @dataclass
@@ -116,6 +118,43 @@ class Delivery:
 
 
 @strawberry.type
+class Comment:
+    """One version of a comment on a report (its text is left out here: free text can name
+    the patient; REST /api/v1/reports/ID/comments has it)."""
+
+    id: int
+    report_id: int
+    thread_key: str
+    version: int
+    author_id: int
+    created_at: datetime
+
+
+@strawberry.type
+class Consult:
+    id: int
+    report_id: int
+    state: str
+    requester_id: int
+    consultant_id: int | None
+    subspecialty: str | None
+    due_at: datetime
+    created_at: datetime
+    updated_at: datetime
+
+
+@strawberry.type
+class Notification:
+    id: int
+    kind: str
+    report_id: int | None
+    comment_id: int | None
+    consult_id: int | None
+    created_at: datetime
+    read_at: datetime | None
+
+
+@strawberry.type
 class RadiologyReport:
     """A radiology report of a study (REST: /api/v1/reports/ID). Its text is not here: it is
     free text that can name the patient; ``original_url`` is the document (PDF or DICOM)."""
@@ -131,6 +170,19 @@ class RadiologyReport:
     document_at: datetime | None
     created_at: datetime
     updated_at: datetime
+
+    @strawberry.field
+    async def comments(self, info: Info) -> list[Comment]:
+        return [Comment(id=c.id, report_id=c.report_id, thread_key=c.thread_key, version=c.version,
+                        author_id=c.author_id, created_at=c.created_at)
+                for c in await _ctx(info).loaders.comments.load(self.id)]
+
+    @strawberry.field
+    async def consults(self, info: Info) -> list[Consult]:
+        return [Consult(id=c.id, report_id=c.report_id, state=str(c.state), requester_id=c.requester_id,
+                        consultant_id=c.consultant_id, subspecialty=c.subspecialty, due_at=c.due_at,
+                        created_at=c.created_at, updated_at=c.updated_at)
+                for c in await _ctx(info).loaders.consults.load(self.id)]
 
     @strawberry.field(description="the original document (GET, audited); null when there is none")
     def original_url(self) -> str | None:
@@ -219,12 +271,24 @@ class Batch:
 
 @strawberry.type
 class Dashboard:
-    """The signed-in user's screen: their latest uploads (each with its study and delivery
-    status) and their latest batches (with their studies)."""
+    """The signed-in user's screen: their latest uploads (each with its study, delivery status
+    and reports), their latest batches (with their studies) and their unread notices."""
 
     user: User
     uploads: list[Upload]
     batches: list[Batch]
+
+    @strawberry.field(description="how many of the user's notices are unread")
+    def unread_notifications(self, info: Info) -> int:
+        ctx = _ctx(info)
+        return data.unread_count(ctx.session, ctx.user.id)
+
+    @strawberry.field(description="the user's notices, newest first (unread only by default)")
+    def notifications(self, info: Info, limit: int = 20, unread: bool = True) -> list[Notification]:
+        ctx = _ctx(info)
+        return [Notification(id=n.id, kind=n.kind, report_id=n.report_id, comment_id=n.comment_id,
+                             consult_id=n.consult_id, created_at=n.created_at, read_at=n.read_at)
+                for n in data.notifications_of(ctx.session, ctx.scope, ctx.user.id, _page(limit), unread)]
 
 
 def _facility(row: models.Facility | None) -> Facility | None:

@@ -89,7 +89,7 @@ def add_comment(report_id: int):  # noqa: ANN201
         raise _errors(exc) from exc
     audit.record(session, actor(), "comment.created", target=f"comment:{posted.comment.id}",
                  detail={"report_id": report.id, "recipients": len(posted.notices)})
-    publish.comment_created(session, posted.comment, posted.notices)
+    publish.comment_created(session, posted.comment, posted.notices)  # committed with the comment
     session.commit()
     chains.enqueue_notice_mail([n.id for n in posted.notices])
     return jsonify(comment_json(posted.comment)), 201
@@ -113,6 +113,6 @@ def correct_comment(report_id: int, key: str):  # noqa: ANN201
     audit.record(session, actor(), "comment.corrected", target=f"comment:{version.id}",
                  detail={"report_id": report.id, "key": version.thread_key,
                          "version": version.version})
-    publish.comment_created(session, version, [])
+    publish.comment_created(session, version, [])  # committed with the correction
     session.commit()
     return jsonify(comment_json(version)), 201

@@ -99,7 +99,7 @@ def request_consult(report_id: int):  # noqa: ANN201
         raise ApiError(403, str(exc)) from exc
     audit.record(session, actor(), "consult.requested", target=f"consult:{made.consult.id}",
                  detail={"report_id": report.id, "pool": made.consult.consultant_id is None})
-    publish.notices(session, made.notices)
+    publish.notices(session, made.notices)  # committed with the consult
     session.commit()
     chains.enqueue_notice_mail([n.id for n in made.notices])
     return jsonify(consult_json(made.consult)), 201
@@ -139,11 +139,11 @@ def move_consult(report_id: int, consult_id: int, action: str):  # noqa: ANN201
     audit.record(session, actor(), f"consult.{action}", target=f"consult:{consult.id}",
                  detail={"report_id": report.id, "from": moved.from_state, "to": moved.to_state,
                          "addendum_id": moved.addendum.id if moved.addendum else None})
-    session.flush()
+    session.flush()  # the notices' ids
     told = moved.notices + take_made(session)
     publish.report_events(session, ([status_event] if status_event is not None else [])
                           + [publish.notice_event(n) for n in told])
-    session.commit()
+    session.commit()  # the move and its events together (the outbox)
     chains.enqueue_notice_mail([n.id for n in told])
     if moved.addendum is not None:
         chains.enqueue_addendum_filing(moved.addendum.id)

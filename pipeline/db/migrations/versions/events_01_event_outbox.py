@@ -1,7 +1,7 @@
 """event outbox: events written in the state change's transaction, ordered by the relay
 
 Revision ID: events_01
-Revises: reports_02
+Revises: consults_01
 Create Date: 2026-12-06 19:00:00
 """
 

@@ -14,10 +14,13 @@ from sqlalchemy import event
 from pipeline.accounts.users import user_for_token
 from pipeline.models import (
     Batch,
+    ConsultRequest,
     Delivery,
     Destination,
     Instance,
+    Notification,
     RadiologyReport,
+    ReportComment,
     Series,
     Study,
     Upload,
@@ -27,10 +30,11 @@ from pipeline.models import (
 DASHBOARD = """
 query Dashboard($n: Int!) {
   dashboard(limit: $n) {
+    unread_notifications notifications(limit: $n) { id kind report_id read_at }
     user { id email role facility { id name } }
     uploads { id state offset length batch { id label state }
               study { id study_instance_uid modality delivery_status { destination state count }
-                      reports { id status source original_url } } }
+                      reports { id status source original_url comments { id version } consults { state } } } }
     batches { id state studies { id modality delivery_status { destination state count }
                                  deliveries(limit: 3) { destination state attempts } } }
   }
@@ -71,9 +75,18 @@ def seed(session, token: str, files: int) -> dict:  # noqa: ANN001
         session.flush()
         session.add(Delivery(instance_id=instance.id, destination_id=destination.id, study_id=study.id,
                              batch_id=batch.id, state="delivered", attempts=1))
-        session.add(RadiologyReport(facility_id=user.facility_id, study_id=study.id, source="manual",
-                                    study_instance_uid=study.study_instance_uid, status="final",
-                                    text="DOE^JOHN: no acute findings", text_sha256="0" * 64))
+        report = RadiologyReport(facility_id=user.facility_id, study_id=study.id, source="manual",
+                                 study_instance_uid=study.study_instance_uid, status="final",
+                                 text="DOE^JOHN: no acute findings", text_sha256="0" * 64)
+        session.add(report)
+        session.flush()
+        session.add_all([
+            ReportComment(report_id=report.id, facility_id=user.facility_id, thread_key=f"t{n}", version=1,
+                          author_id=user.id, text="DOE^JOHN again", recipients=[]),
+            ConsultRequest(report_id=report.id, facility_id=user.facility_id, requester_id=user.id,
+                           question="DOE^JOHN?", state="requested", due_at=utcnow() + timedelta(days=1)),
+            Notification(user_id=user.id, facility_id=user.facility_id, kind="comment", report_id=report.id),
+        ])
         made["studies"].append(study.id)
     session.commit()
     return made
@@ -112,11 +125,14 @@ def test_the_dashboard_in_one_request_and_constant_statements(client, session, m
         assert len(dash["uploads"]) == n and len(dash["batches"]) == min(n, 6)
         assert all([(r["status"], r["original_url"]) for r in u["study"]["reports"]] == [("final", None)]
                    for u in dash["uploads"])
+        assert dash["unread_notifications"] == 60 and len(dash["notifications"]) == n
+        assert all(len(u["study"]["reports"][0]["comments"]) == 1 for u in dash["uploads"])
+        assert all(u["study"]["reports"][0]["consults"] == [{"state": "requested"}] for u in dash["uploads"])
         statuses = [u["study"]["delivery_status"] for u in dash["uploads"]]
         assert all([(s["state"], s["count"]) for s in status] == [("delivered", 1)] for status in statuses)
         counts[n] = len(count_statements)
     assert counts[5] == counts[50], (counts, count_statements)
-    assert counts[50] <= 12  # auth + two lists + one statement per relation, whatever the page
+    assert counts[50] <= 14  # auth, two lists, the notices and their count, one statement per relation
     assert "DOE" not in answer.get_data(as_text=True)  # no file names, no report text (names in both)
 
 
