@@ -18,6 +18,7 @@ from api.forecasting import forecasts
 from api.http import errors, health, observability
 from api.http.context import Resources
 from api.http.limits import RateLimiter
+from api.http.shedding import LoadShedder
 from api.intake import batches, conflicts, files
 from api.lifecycle import storage as storage_api
 from config import Settings, load_settings
@@ -66,6 +67,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n,  # type: ignore[method-assign]
                                 x_port=n, x_prefix=0)
+    # Outermost: a refused request costs nothing of what follows (api/http/shedding.py).
+    app.wsgi_app = LoadShedder(app.wsgi_app, settings.max_in_flight,  # type: ignore[method-assign]
+                               settings.shed_queue_ms)
     engine = make_engine(settings.database_url)
     app.extensions["relaypacs"] = Resources(
         settings=settings,

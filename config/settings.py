@@ -141,6 +141,11 @@ class Settings:
     # Proxies in front of the API whose X-Forwarded-For/-Proto/-Host/-Port are believed (0:
     # none; behind one nginx: 1). More than the real number lets a client forge its address.
     trusted_proxies: int = 0
+    # Load shedding (api/http/shedding.py): a process with this many requests in progress
+    # answers the next with 503 + Retry-After (0: never); a request a proxy stamped with
+    # X-Request-Start more than this many ms ago is refused the same way (0: never).
+    max_in_flight: int = 16
+    shed_queue_ms: int = 1000
     # An open event stream checks this often that its token or session still works.
     events_auth_recheck_seconds: float = 20.0
     extra: dict[str, str] = field(default_factory=dict)
@@ -301,6 +306,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             env, "RELAYPACS_PASSWORD_RESET_TTL_SECONDS", Settings.password_reset_ttl_seconds),
         public_url=(env.get("RELAYPACS_PUBLIC_URL") or "").rstrip("/") or None,
         trusted_proxies=_int(env, "RELAYPACS_TRUSTED_PROXIES", Settings.trusted_proxies),
+        max_in_flight=_int(env, "RELAYPACS_MAX_IN_FLIGHT", Settings.max_in_flight),
+        shed_queue_ms=_int(env, "RELAYPACS_SHED_QUEUE_MS", Settings.shed_queue_ms),
         events_auth_recheck_seconds=_float(
             env, "RELAYPACS_EVENTS_AUTH_RECHECK_SECONDS", Settings.events_auth_recheck_seconds),
     )
