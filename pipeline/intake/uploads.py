@@ -168,6 +168,28 @@ def acquire_lease(session: Session, upload_id: str, seconds: int, now: datetime 
     return token
 
 
+def take_lease(session: Session, upload_id: str, seconds: int, *, offset: int,
+               facility_id: int | None, now: datetime | None = None) -> tuple[str, Upload] | None:
+    """The common case of a PATCH in one statement: the lease of an upload of ``facility_id``
+    (None: any facility, for admins) that is RECEIVING at ``offset`` with no live lease, and
+    the upload's row. None when any of that does not hold: the caller then looks the upload
+    up to say which (404, 403, 410, 409) and takes the lease with :func:`acquire_lease` (423)."""
+    now = now or utcnow()
+    token = secrets.token_hex(8)
+    conditions = [Upload.id == upload_id, Upload.state == UploadState.RECEIVING,
+                  Upload.offset == offset,
+                  or_(Upload.lock_token.is_(None), Upload.lock_expires_at < now)]
+    if facility_id is not None:
+        conditions.append(Upload.facility_id == facility_id)
+    upload = session.scalars(
+        update(Upload).where(*conditions)
+        .values(lock_token=token, lock_expires_at=now + timedelta(seconds=seconds))
+        .returning(Upload),
+        execution_options={"synchronize_session": False, "populate_existing": True},
+    ).one_or_none()
+    return (token, upload) if upload is not None else None
+
+
 def renew_lease(session: Session, upload_id: str, token: str, seconds: int) -> bool:
     result = session.execute(
         update(Upload)
