@@ -59,6 +59,12 @@ FILE_BYTES = 40_000
 TREES = [Path(t).resolve() if t != "." else REPO
          for t in os.environ.get("BENCH_CAPACITY_TREES", ".").split(",") if t]
 SERVERS = os.environ.get("BENCH_CAPACITY_SERVERS", "gthread:2x8").split(",")
+# Or an explicit list of TREE@SERVER runs (e.g. the starting commit once, this tree in several
+# worker models): BENCH_CAPACITY_RUNS=/tmp/relaypacs-base@gthread:2x8,.@gthread:2x8,.@sync:4
+RUNS = [(Path(t).resolve() if t != "." else REPO, server)
+        for t, _, server in (run.partition("@") for run in
+                             os.environ.get("BENCH_CAPACITY_RUNS", "").split(",") if run)] or [
+    (tree, server) for server in SERVERS for tree in TREES]
 RESULTS = Path(__file__).parent / "results" / "capacity.json"
 
 
@@ -178,30 +184,29 @@ def _measure(deployment: Deployment) -> dict:
 def test_api_capacity(redis_database, tmp_path):  # noqa: ANN001
     ensure_postgres()
     runs = []
-    for server in SERVERS:
-        for tree in TREES:
-            deployment = Deployment(tree, server, redis_database.url, redis_database.flush, tmp_path)
-            try:
-                result = {"tree": str(tree), "commit": _commit(tree), "server": server,
-                          **_measure(deployment)}
-            finally:
-                deployment.stop()
-            runs.append(result)
-            g, g200, tus = result["get_empty"], result["get_200_files"], result["tus"]
-            print(f"\n[{result['commit']} {server}] {result['uptime_before']}\n"
-                  f"  GET empty batch: {g['requests_per_s']} req/s of {g['offered_per_s']:g} offered,"
-                  f" P50/P95/P99 {g['p50_ms']}/{g['p95_ms']}/{g['p99_ms']} ms, errors {g['errors']},"
-                  f" server CPU {g['server_cpu_ms_per_request']} ms/request\n"
-                  f"  GET 200-file batch: {g200['requests_per_s']} req/s of "
-                  f"{g200['offered_per_s']:g} offered, P50/P95/P99 "
-                  f"{g200['p50_ms']}/{g200['p95_ms']}/{g200['p99_ms']} ms, errors {g200['errors']},"
-                  f" server CPU {g200['server_cpu_ms_per_request']} ms/request\n"
-                  f"  tus {TUS_CLIENTS} clients: {tus['files_accepted']}/{tus['files_offered']} files,"
-                  f" {tus['files_per_s']} files/s, requests P50/P95/P99 "
-                  f"{tus['p50_ms']}/{tus['p95_ms']}/{tus['p99_ms']} ms, errors {tus['errors']},"
-                  f" server CPU {tus['server_cpu_ms_per_request']} ms/request")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                   "runs": runs}, indent=2) + "\n")
+    for tree, server in RUNS:
+        deployment = Deployment(tree, server, redis_database.url, redis_database.flush, tmp_path)
+        try:
+            result = {"tree": str(tree), "commit": _commit(tree), "server": server,
+                      **_measure(deployment)}
+        finally:
+            deployment.stop()
+        runs.append(result)
+        RESULTS.parent.mkdir(exist_ok=True)  # after every run: a later one may not finish
+        RESULTS.write_text(json.dumps({"written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                       "runs": runs}, indent=2) + "\n")
+        g, g200, tus = result["get_empty"], result["get_200_files"], result["tus"]
+        print(f"\n[{result['commit']} {server}] {result['uptime_before']}\n"
+              f"  GET empty batch: {g['requests_per_s']} req/s of {g['offered_per_s']:g} offered,"
+              f" P50/P95/P99 {g['p50_ms']}/{g['p95_ms']}/{g['p99_ms']} ms, errors {g['errors']},"
+              f" server CPU {g['server_cpu_ms_per_request']} ms/request\n"
+              f"  GET 200-file batch: {g200['requests_per_s']} req/s of "
+              f"{g200['offered_per_s']:g} offered, P50/P95/P99 "
+              f"{g200['p50_ms']}/{g200['p95_ms']}/{g200['p99_ms']} ms, errors {g200['errors']},"
+              f" server CPU {g200['server_cpu_ms_per_request']} ms/request\n"
+              f"  tus {TUS_CLIENTS} clients: {tus['files_accepted']}/{tus['files_offered']} files,"
+              f" {tus['files_per_s']} files/s, requests P50/P95/P99 "
+              f"{tus['p50_ms']}/{tus['p95_ms']}/{tus['p99_ms']} ms, errors {tus['errors']},"
+              f" server CPU {tus['server_cpu_ms_per_request']} ms/request")
     for run in runs:
         assert run["tus"]["errors"] == 0 or run["tree"] != str(REPO), run["tus"]["errors_by_kind"]

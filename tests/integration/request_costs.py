@@ -40,8 +40,32 @@ class RequestCosts:
         self.statements.clear()
 
     @contextlib.contextmanager
-    def active(self) -> Iterator[RequestCosts]:
+    def redis_only(self) -> Iterator[RequestCosts]:
+        """Count the measuring thread's Redis commands only."""
+        with self._redis_counted():
+            yield self
+
+    @contextlib.contextmanager
+    def _redis_counted(self) -> Iterator[None]:
         import redis.connection
+
+        original_send = redis.connection.AbstractConnection.send_packed_command
+        measured_thread = threading.get_ident()
+
+        def send(connection, command, check_health=True):  # noqa: ANN001, ANN202
+            # The request's own commands, not the telemetry flusher's (a background thread).
+            if threading.get_ident() == measured_thread:
+                self._add("redis")
+            return original_send(connection, command, check_health)
+
+        redis.connection.AbstractConnection.send_packed_command = send
+        try:
+            yield
+        finally:
+            redis.connection.AbstractConnection.send_packed_command = original_send
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[RequestCosts]:
 
         def on_execute(conn, cursor, statement, params, context, executemany):  # noqa: ANN001, ARG001
             self._add("sql")
@@ -63,26 +87,15 @@ class RequestCosts:
             self._add("ping")
             return original_ping(dbapi_connection)
 
-        original_send = redis.connection.AbstractConnection.send_packed_command
-
-        measured_thread = threading.get_ident()
-
-        def send(connection, command, check_health=True):  # noqa: ANN001, ANN202
-            # The request's own commands, not the telemetry flusher's (a background thread).
-            if threading.get_ident() == measured_thread:
-                self._add("redis")
-            return original_send(connection, command, check_health)
-
         listeners = [("before_cursor_execute", on_execute), ("begin", on_begin),
                      ("commit", on_commit), ("rollback", on_rollback)]
         for name, fn in listeners:
             event.listen(self.engine, name, fn)
         dialect.do_ping = ping
-        redis.connection.AbstractConnection.send_packed_command = send
         try:
-            yield self
+            with self._redis_counted():
+                yield self
         finally:
             for name, fn in listeners:
                 event.remove(self.engine, name, fn)
             dialect.do_ping = original_ping
-            redis.connection.AbstractConnection.send_packed_command = original_send
