@@ -124,6 +124,23 @@ class Deployment:
                     total += stat[2]
         return total
 
+    def worker_rss_mib(self) -> list[float]:
+        """Resident memory of each gunicorn worker (the arbiter, which serves nothing, left out)."""
+        sizes = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == self.process.pid:
+                continue
+            stat = _proc_stat(entry)
+            if stat is None or stat[1] != self.process.pid:
+                continue
+            try:
+                with open(f"/proc/{entry}/status") as fh:
+                    rss = next(line for line in fh if line.startswith("VmRSS:"))
+            except (OSError, StopIteration):
+                continue
+            sizes.append(round(int(rss.split()[1]) / 1024, 1))
+        return sorted(sizes)
+
     def user(self, email: str) -> str:
         out = run_cli(["users", "create", "--email", email, "--facility", "Capacity",
                        "--role", "uploader"], self.env)
@@ -176,6 +193,7 @@ def _measure(deployment: Deployment) -> dict:
             url, [token], [tus_batch], clients=TUS_CLIENTS, period=1.0, duration=SECONDS,
             payload=os.urandom(FILE_BYTES)))
         out["uptime_after"] = _uptime()
+        out["worker_rss_mib"] = deployment.worker_rss_mib()
         return out
 
     return asyncio.run(scenario())
@@ -207,6 +225,7 @@ def test_api_capacity(redis_database, tmp_path):  # noqa: ANN001
               f"  tus {TUS_CLIENTS} clients: {tus['files_accepted']}/{tus['files_offered']} files,"
               f" {tus['files_per_s']} files/s, requests P50/P95/P99 "
               f"{tus['p50_ms']}/{tus['p95_ms']}/{tus['p99_ms']} ms, errors {tus['errors']},"
-              f" server CPU {tus['server_cpu_ms_per_request']} ms/request")
+              f" server CPU {tus['server_cpu_ms_per_request']} ms/request\n"
+              f"  worker RSS MiB {result['worker_rss_mib']}")
     for run in runs:
         assert run["tus"]["errors"] == 0 or run["tree"] != str(REPO), run["tus"]["errors_by_kind"]
