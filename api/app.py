@@ -81,9 +81,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.teardown_request
     def _close_session(_exc: BaseException | None) -> None:
-        session = g.pop("session", None)
-        if session is not None:
-            session.close()
+        for name in ("session", "snapshot_session"):
+            session = g.pop(name, None)
+            if session is not None:
+                session.close()
 
     observability.register(app)
     errors.register(app)

@@ -104,7 +104,7 @@ def batch_report(session: Session, batch: Batch, quiet_seconds: float | None = N
     destinations = dict(session.execute(
         select(Destination.id, Destination.name)
         .where(Destination.id.in_({d.destination_id for d in deliveries})))
-        .tuples().all()) if deliveries else {}
+        .all()) if deliveries else {}
     studies = {
         s.id: s
         for s in session.scalars(

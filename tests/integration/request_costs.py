@@ -71,14 +71,22 @@ class RequestCosts:
             self._add("sql")
             self.statements.append(statement.split("\n")[0][:120])
 
+        # On an AUTOCOMMIT connection psycopg2 sends no BEGIN, COMMIT or ROLLBACK at all,
+        # although SQLAlchemy still reports its transaction's begin and end.
+        def autocommit(conn) -> bool:  # noqa: ANN001
+            return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+
         def on_begin(conn):  # noqa: ANN001
-            self._add("begin")
+            if not autocommit(conn):
+                self._add("begin")
 
         def on_commit(conn):  # noqa: ANN001
-            self._add("commit")
+            if not autocommit(conn):
+                self._add("commit")
 
         def on_rollback(conn):  # noqa: ANN001
-            self._add("rollback")
+            if not autocommit(conn):
+                self._add("rollback")
 
         dialect = self.engine.dialect
         original_ping = dialect.do_ping
