@@ -141,10 +141,12 @@ class Settings:
     # Proxies in front of the API whose X-Forwarded-For/-Proto/-Host/-Port are believed (0:
     # none; behind one nginx: 1). More than the real number lets a client forge its address.
     trusted_proxies: int = 0
-    # Load shedding (api/http/shedding.py): a process with this many requests in progress
-    # answers the next with 503 + Retry-After (0: never); a request a proxy stamped with
-    # X-Request-Start more than this many ms ago is refused the same way (0: never).
-    max_in_flight: int = 16
+    # Load shedding (api/http/shedding.py): a request a proxy stamped with X-Request-Start
+    # more than shed_queue_ms ago is answered 503 + Retry-After (0: never); a process with
+    # max_in_flight requests in progress answers the next the same way (0: no bound, the
+    # default: a tus PATCH over a slow link is in progress for seconds without using the CPU,
+    # so the bound suits read-only pods and deployments without a proxy, set below --threads).
+    max_in_flight: int = 0
     shed_queue_ms: int = 1000
     # An open event stream checks this often that its token or session still works.
     events_auth_recheck_seconds: float = 20.0

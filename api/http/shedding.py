@@ -7,10 +7,12 @@ line), so a refused request costs a fraction of a served one:
 - time queued: a proxy in front stamps each request with ``X-Request-Start`` (nginx:
   ``proxy_set_header X-Request-Start "t=${msec}";``, in deploy/nginx.conf); a request that
   already waited longer than RELAYPACS_SHED_QUEUE_MS for a worker is refused.
-- requests in flight in this process: more than RELAYPACS_MAX_IN_FLIGHT at once means the
-  CPU is the queue (threads only wait for the GIL and the database); the next is refused.
-  Run more threads than this bound, so that the queue forms here, visibly, and not in
-  gunicorn's accept queue where nobody can refuse it.
+- requests in flight in this process (RELAYPACS_MAX_IN_FLIGHT, off by default): more than
+  that many at once means the CPU is the queue (threads only wait for the GIL and the
+  database); the next is refused. Run more threads than this bound, so that the queue forms
+  here, visibly, and not in gunicorn's accept queue where nobody can refuse it. Off by
+  default because a tus PATCH over a slow clinic link is in flight for seconds while using
+  no CPU: behind nginx, the queue-time check is the one that measures the real wait.
 Liveness and readiness probes and /metrics are never refused: shedding is not being down.
 """
 
