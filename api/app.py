@@ -20,6 +20,7 @@ from api.graphql import view as graphql_view
 from api.http import errors, health, observability
 from api.http.context import Resources
 from api.http.limits import RateLimiter
+from api.http.shedding import LoadShedder
 from api.intake import batches, conflicts, files
 from api.intake import studies as study_list
 from api.lifecycle import storage as storage_api
@@ -79,6 +80,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n,  # type: ignore[method-assign]
                                 x_port=n, x_prefix=0)
+    # Outermost: a refused request costs nothing of what follows (api/http/shedding.py).
+    app.wsgi_app = LoadShedder(app.wsgi_app, settings.max_in_flight,  # type: ignore[method-assign]
+                               settings.shed_queue_ms)
     engine = make_engine(settings.database_url)
     app.extensions["relaypacs"] = Resources(
         settings=settings,
@@ -93,9 +97,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.teardown_request
     def _close_session(_exc: BaseException | None) -> None:
-        session = g.pop("session", None)
-        if session is not None:
-            session.close()
+        for name in ("session", "snapshot_session"):
+            session = g.pop(name, None)
+            if session is not None:
+                session.close()
 
     observability.register(app)
     errors.register(app)

@@ -145,6 +145,13 @@ class Settings:
     # Proxies in front of the API whose X-Forwarded-For/-Proto/-Host/-Port are believed (0:
     # none; behind one nginx: 1). More than the real number lets a client forge its address.
     trusted_proxies: int = 0
+    # Load shedding (api/http/shedding.py): a request a proxy stamped with X-Request-Start
+    # more than shed_queue_ms ago is answered 503 + Retry-After (0: never); a process with
+    # max_in_flight requests in progress answers the next the same way (0: no bound, the
+    # default: a tus PATCH over a slow link is in progress for seconds without using the CPU,
+    # so the bound suits read-only pods and deployments without a proxy, set below --threads).
+    max_in_flight: int = 0
+    shed_queue_ms: int = 1000
     # An open event stream checks this often that its token or session still works.
     events_auth_recheck_seconds: float = 20.0
     # The event outbox (pipeline/ops/outbox.py): a RabbitMQ topic exchange that also gets every
@@ -323,6 +330,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
             env, "RELAYPACS_PASSWORD_RESET_TTL_SECONDS", Settings.password_reset_ttl_seconds),
         public_url=(env.get("RELAYPACS_PUBLIC_URL") or "").rstrip("/") or None,
         trusted_proxies=_int(env, "RELAYPACS_TRUSTED_PROXIES", Settings.trusted_proxies),
+        max_in_flight=_int(env, "RELAYPACS_MAX_IN_FLIGHT", Settings.max_in_flight),
+        shed_queue_ms=_int(env, "RELAYPACS_SHED_QUEUE_MS", Settings.shed_queue_ms),
         events_auth_recheck_seconds=_float(
             env, "RELAYPACS_EVENTS_AUTH_RECHECK_SECONDS", Settings.events_auth_recheck_seconds),
         events_amqp_url=env.get("RELAYPACS_EVENTS_AMQP_URL") or None,

@@ -32,6 +32,21 @@ def db() -> Session:
     return g.session
 
 
+def snapshot_db() -> Session:
+    """A session for a read-only view of the primary's current state, outside a transaction
+    (psycopg2 autocommit): the view pays no BEGIN and ROLLBACK round trips. Each statement
+    sees what was committed when it started, as it would inside a READ COMMITTED transaction;
+    nothing it reads may be written through it. Closed at the end of the request."""
+    if "snapshot_session" not in g:
+        engine = current_app.extensions.get("relaypacs.autocommit")
+        if engine is None:
+            bind = resources().session_factory.kw["bind"]
+            engine = current_app.extensions.setdefault(
+                "relaypacs.autocommit", bind.execution_options(isolation_level="AUTOCOMMIT"))
+        g.snapshot_session = resources().session_factory(bind=engine)
+    return g.snapshot_session
+
+
 def read_db() -> Session:
     """A session for analytics and listings: on a healthy read replica when
     RELAYPACS_DATABASE_REPLICA_URLS names any, else the request's primary session."""

@@ -7,9 +7,10 @@ from typing import Any
 from flask import Blueprint, g, jsonify
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.http.auth import actor, check_facility, current_user, require
-from api.http.context import db, resources
+from api.http.context import db, resources, snapshot_db
 from api.http.errors import ApiError
 from api.http.openapi import operation
 from pipeline.accounts import audit
@@ -24,8 +25,8 @@ blueprint = Blueprint("batches", __name__)
 WRITERS = (Role.UPLOADER, Role.ADMIN)
 
 
-def _load(batch_id: int) -> Batch:
-    batch = db().get(Batch, batch_id)
+def _load(batch_id: int, session: Session | None = None) -> Batch:
+    batch = (session or db()).get(Batch, batch_id)
     if batch is None:
         raise ApiError(404, f"batch {batch_id} not found")
     check_facility(batch.facility_id)
@@ -89,8 +90,11 @@ def list_batches():  # noqa: ANN201
 @require()
 @operation("Batch status: every file, study and delivery; conflicts; what it waits for")
 def show(batch_id: int):  # noqa: ANN201
-    batch = _load(batch_id)
-    return jsonify(batch_report(db(), batch, quiet_seconds=resources().settings.batch_quiet_seconds))
+    # Polled by every client for progress: read outside a transaction (no BEGIN, ROLLBACK).
+    session = snapshot_db()
+    batch = _load(batch_id, session)
+    return jsonify(batch_report(session, batch,
+                                quiet_seconds=resources().settings.batch_quiet_seconds))
 
 
 @blueprint.route("/<int:batch_id>/complete", methods=["POST"])

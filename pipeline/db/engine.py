@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event
+import time
+
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
+
+# A pooled PostgreSQL connection is pinged before use only when it sat idle longer than this.
+# A connection returned by the previous request a moment ago is alive in all but a race with a
+# server restart (that request then fails once and the pool replaces every connection), while
+# pinging it on every checkout (pool_pre_ping) costs each request a round trip, three for a tus
+# PATCH that commits twice.
+PING_AFTER_IDLE_SECONDS = 1.0
 
 
 def make_engine(database_url: str) -> Engine:
@@ -26,7 +35,30 @@ def make_engine(database_url: str) -> Engine:
     # outcomes, 40 rows at a time) goes out as one execute_batch round trip instead of one
     # statement per row. Nothing here reads rowcount after an executemany.
     batching = {"executemany_mode": "values_plus_batch"} if "psycopg2" in _driver(database_url) else {}
-    return create_engine(database_url, pool_pre_ping=True, pool_size=10, max_overflow=20, **batching)
+    engine = create_engine(database_url, pool_size=10, max_overflow=20, **batching)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """pool_pre_ping, for connections that sat idle only (SQLAlchemy's documented checkout
+    hook: raising DisconnectionError makes the pool retry with a new connection)."""
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(_dbapi_conn, record) -> None:  # noqa: ANN001
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check(dbapi_conn, record, _proxy) -> None:  # noqa: ANN001
+        idle_since = record.info.pop("idle_since", None)
+        if idle_since is None or time.monotonic() - idle_since <= PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as error:
+            raise exc.DisconnectionError(f"connection dropped while idle: {error}") from error
+        if not alive:
+            raise exc.DisconnectionError("connection dropped while idle")
 
 
 def _driver(database_url: str) -> str:

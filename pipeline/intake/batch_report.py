@@ -103,7 +103,11 @@ def batch_report(session: Session, batch: Batch, quiet_seconds: float | None = N
     deliveries = session.scalars(
         select(Delivery).where(Delivery.instance_id.in_(instance_ids)).order_by(Delivery.id)
     ).all() if instance_ids else []
-    destinations = {d.id: d.name for d in session.scalars(select(Destination))}
+    # Names of the destinations these deliveries went to, not every destination's row.
+    destinations = dict(session.execute(
+        select(Destination.id, Destination.name)
+        .where(Destination.id.in_({d.destination_id for d in deliveries})))
+        .all()) if deliveries else {}
     studies = {
         s.id: s
         for s in session.scalars(

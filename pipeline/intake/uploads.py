@@ -168,6 +168,28 @@ def acquire_lease(session: Session, upload_id: str, seconds: int, now: datetime 
     return token
 
 
+def take_lease(session: Session, upload_id: str, seconds: int, *, offset: int,
+               facility_id: int | None, now: datetime | None = None) -> tuple[str, Upload] | None:
+    """The common case of a PATCH in one statement: the lease of an upload of ``facility_id``
+    (None: any facility, for admins) that is RECEIVING at ``offset`` with no live lease, and
+    the upload's row. None when any of that does not hold: the caller then looks the upload
+    up to say which (404, 403, 410, 409) and takes the lease with :func:`acquire_lease` (423)."""
+    now = now or utcnow()
+    token = secrets.token_hex(8)
+    conditions = [Upload.id == upload_id, Upload.state == UploadState.RECEIVING,
+                  Upload.offset == offset,
+                  or_(Upload.lock_token.is_(None), Upload.lock_expires_at < now)]
+    if facility_id is not None:
+        conditions.append(Upload.facility_id == facility_id)
+    upload = session.scalars(
+        update(Upload).where(*conditions)
+        .values(lock_token=token, lock_expires_at=now + timedelta(seconds=seconds))
+        .returning(Upload),
+        execution_options={"synchronize_session": False, "populate_existing": True},
+    ).one_or_none()
+    return (token, upload) if upload is not None else None
+
+
 def renew_lease(session: Session, upload_id: str, token: str, seconds: int) -> bool:
     result = session.execute(
         update(Upload)
@@ -252,7 +274,7 @@ def stage_chunk(
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as spool:
-            received, interrupted = _spool_body(
+            received, interrupted, renewed_at = _spool_body(
                 stream, spool, hashers, limit=remaining, upload_length=upload.length,
                 renew=renew, clock=clock,
             )
@@ -268,30 +290,44 @@ def stage_chunk(
             # A mismatch goes the assembly way, which quarantines the file with the reason.
             whole = digest == declared.digest
         key = original_key(upload, lease) if whole else chunk_key(upload, offset, lease)
-        _while_renewing(renew, lambda: store.put_file(key, tmp))
+        _while_renewing(renew, lambda: store.put_file(key, tmp), renewed_at=renewed_at,
+                        clock=clock)
         return StagedChunk(key=key, offset=offset, length=received, sha256=chunk_hash.hexdigest(),
                            whole=whole)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _while_renewing(renew: Callable[[], None] | None, work: Callable[[], None]) -> None:
+def _while_renewing(renew: Callable[[], None] | None, work: Callable[[], None], *,
+                    renewed_at: float | None = None,
+                    clock: Callable[[], float] = time.monotonic) -> None:
     """Run ``work`` (a PUT of any length) while another thread renews the lease every
-    RENEW_EVERY_SECONDS; ``renew`` must therefore use its own database session."""
+    RENEW_EVERY_SECONDS; ``renew`` must therefore use its own database session.
+
+    ``renewed_at`` (``clock`` time the lease was taken or last renewed): a lease renewed less
+    than RENEW_EVERY_SECONDS ago is not renewed again before the PUT, only when that interval
+    is up, exactly as while the body arrived. A small file's PATCH then costs no renewal
+    transaction at all."""
     if renew is None:
         work()
         return
     done = threading.Event()
+    first_wait = RENEW_EVERY_SECONDS
+    if renewed_at is None or clock() - renewed_at >= RENEW_EVERY_SECONDS:
+        renew()
+    else:
+        first_wait = RENEW_EVERY_SECONDS - (clock() - renewed_at)
 
     def keep() -> None:
-        while not done.wait(RENEW_EVERY_SECONDS):
+        wait = first_wait
+        while not done.wait(wait):
+            wait = RENEW_EVERY_SECONDS
             try:
                 renew()
             except Exception:  # noqa: BLE001 - a renewal missed: record_chunk tells with 409
                 logging.getLogger(__name__).warning("lease renewal failed", exc_info=True)
 
     keeper = threading.Thread(target=keep, name="lease-renewal", daemon=True)
-    renew()
     keeper.start()
     try:
         work()
@@ -309,19 +345,20 @@ def _spool_body(
     upload_length: int,
     renew: Callable[[], None] | None,
     clock: Callable[[], float],
-) -> tuple[int, Exception | None]:
+) -> tuple[int, Exception | None, float]:
     """Copy ``stream`` to ``spool`` a block at a time, feeding every hasher, renewing the
-    lease every RENEW_EVERY_SECONDS; 413 past ``limit`` bytes. Returns the bytes received
-    and, when the client went away mid-body, the error that cut it off."""
+    lease every RENEW_EVERY_SECONDS; 413 past ``limit`` bytes. Returns the bytes received,
+    when the client went away mid-body the error that cut it off, and when the lease was
+    last renewed (``clock`` time; the start when it was not)."""
     received = 0
     last_renew = clock()
     while True:
         try:
             block = stream.read(READ_BLOCK)
         except (OSError, ValueError) as exc:  # client went away mid-body
-            return received, exc
+            return received, exc, last_renew
         if not block:
-            return received, None
+            return received, None, last_renew
         received += len(block)
         if received > limit:
             raise TusError(413, f"chunk goes past Upload-Length ({upload_length} bytes)")

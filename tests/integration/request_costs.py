@@ -1,0 +1,109 @@
+"""What one API request costs in round trips: SQL statements, transaction statements (BEGIN,
+COMMIT, ROLLBACK), connection pings, and Redis commands, counted with SQLAlchemy's event
+listeners and a wrapper around redis-py's command sending (instrumentation only: every
+statement still goes to the real PostgreSQL and Redis)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import Counter
+from collections.abc import Iterator
+
+from sqlalchemy import Engine, event
+
+
+class RequestCosts:
+    """Counts round trips on ``engine`` (every thread) and the Redis commands the measuring
+    thread sends (any redis-py connection) while active."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.counts: Counter = Counter()
+        self.statements: list[str] = []
+        self._lock = threading.Lock()
+
+    def _add(self, kind: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[kind] += n
+
+    @property
+    def sql(self) -> int:
+        return self.counts["sql"]
+
+    @property
+    def round_trips(self) -> int:
+        return sum(self.counts.values())
+
+    def reset(self) -> None:
+        self.counts.clear()
+        self.statements.clear()
+
+    @contextlib.contextmanager
+    def redis_only(self) -> Iterator[RequestCosts]:
+        """Count the measuring thread's Redis commands only."""
+        with self._redis_counted():
+            yield self
+
+    @contextlib.contextmanager
+    def _redis_counted(self) -> Iterator[None]:
+        import redis.connection
+
+        original_send = redis.connection.AbstractConnection.send_packed_command
+        measured_thread = threading.get_ident()
+
+        def send(connection, command, check_health=True):  # noqa: ANN001, ANN202
+            # The request's own commands, not the telemetry flusher's (a background thread).
+            if threading.get_ident() == measured_thread:
+                self._add("redis")
+            return original_send(connection, command, check_health)
+
+        redis.connection.AbstractConnection.send_packed_command = send
+        try:
+            yield
+        finally:
+            redis.connection.AbstractConnection.send_packed_command = original_send
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[RequestCosts]:
+
+        def on_execute(conn, cursor, statement, params, context, executemany):  # noqa: ANN001, ARG001
+            self._add("sql")
+            self.statements.append(statement.split("\n")[0][:120])
+
+        # On an AUTOCOMMIT connection psycopg2 sends no BEGIN, COMMIT or ROLLBACK at all,
+        # although SQLAlchemy still reports its transaction's begin and end.
+        def autocommit(conn) -> bool:  # noqa: ANN001
+            return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+
+        def on_begin(conn):  # noqa: ANN001
+            if not autocommit(conn):
+                self._add("begin")
+
+        def on_commit(conn):  # noqa: ANN001
+            if not autocommit(conn):
+                self._add("commit")
+
+        def on_rollback(conn):  # noqa: ANN001
+            if not autocommit(conn):
+                self._add("rollback")
+
+        dialect = self.engine.dialect
+        original_ping = dialect.do_ping
+
+        def ping(dbapi_connection):  # noqa: ANN001, ANN202
+            self._add("ping")
+            return original_ping(dbapi_connection)
+
+        listeners = [("before_cursor_execute", on_execute), ("begin", on_begin),
+                     ("commit", on_commit), ("rollback", on_rollback)]
+        for name, fn in listeners:
+            event.listen(self.engine, name, fn)
+        dialect.do_ping = ping
+        try:
+            with self._redis_counted():
+                yield self
+        finally:
+            for name, fn in listeners:
+                event.remove(self.engine, name, fn)
+            dialect.do_ping = original_ping

@@ -1,0 +1,146 @@
+"""Round trips per API request on a real PostgreSQL and Redis (the Flask app in-process):
+an authenticated read of a batch costs the same number of statements whether it has no
+files or 200, and a small file's tus creation and PATCH stay within the statements the
+lease and the bookkeeping need. The ceilings are the measured numbers: a change that adds
+a round trip to these paths fails here."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from config import load_settings
+from pipeline.accounts.users import create_user
+from pipeline.db.migrate import upgrade_database
+from pipeline.models import Batch, Upload, UploadState, utcnow
+from tests.integration.request_costs import RequestCosts
+from tests.integration.services import create_database, database_url, drop_database, ensure_postgres
+
+pytestmark = pytest.mark.integration
+
+FILE = os.urandom(40_000)
+
+
+@pytest.fixture(scope="module")
+def app(redis_url, tmp_path_factory) -> Iterator:  # noqa: ANN001
+    from api import create_app
+
+    ensure_postgres()
+    name = create_database("relaypacs_costs_")
+    url = database_url(name)
+    upgrade_database(url)
+    var = tmp_path_factory.mktemp("costs")
+    settings = load_settings({
+        "RELAYPACS_DATABASE_URL": url, "RELAYPACS_REDIS_URL": redis_url,
+        "RELAYPACS_BROKER_URL": "memory://", "RELAYPACS_VAR_DIR": str(var),
+        "RELAYPACS_STORAGE_URL": f"file://{var / 'objects'}",
+    })
+    app = create_app(settings)
+    try:
+        yield app
+    finally:
+        app.extensions["relaypacs"].session_factory.kw["bind"].dispose()
+        drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def token(app) -> str:  # noqa: ANN001
+    with app.extensions["relaypacs"].session_factory() as session:
+        _, token = create_user(session, "costs@costs.test", "Costs Clinic", "uploader")
+        session.commit()
+    return token
+
+
+def _costs(app) -> RequestCosts:  # noqa: ANN001
+    return RequestCosts(app.extensions["relaypacs"].session_factory.kw["bind"])
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _open_batch(client, auth: dict) -> int:  # noqa: ANN001
+    response = client.post("/api/v1/batches", json={"label": "costs"}, headers=auth)
+    assert response.status_code == 201, response.json
+    return response.json["id"]
+
+
+def _measured(app, client, method: str, path: str, **kwargs) -> tuple:  # noqa: ANN001, ANN003
+    """The request's response and costs, after the same request once unmeasured (warm)."""
+    costs = _costs(app)
+    with costs.active():
+        response = client.open(path, method=method, **kwargs)
+    return response, costs
+
+
+def _add_files(app, batch_id: int, count: int) -> None:  # noqa: ANN001
+    with app.extensions["relaypacs"].session_factory() as session:
+        batch = session.get(Batch, batch_id)
+        now = utcnow()
+        for i in range(count):
+            session.add(Upload(id=f"costs{batch_id}x{i}", batch_id=batch_id,
+                               facility_id=batch.facility_id, user_id=batch.user_id,
+                               filename=f"f{i}.dcm", length=40_000, offset=40_000,
+                               state=UploadState.ASSEMBLED, created_at=now, updated_at=now,
+                               expires_at=now))
+        session.commit()
+
+
+def test_an_authenticated_batch_read_costs_the_same_with_20_or_200_files(app, token):  # noqa: ANN001
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {token}"}
+    empty, some, full = (_open_batch(client, auth) for _ in range(3))
+    _add_files(app, some, 20)
+    _add_files(app, full, 200)
+    client.get(f"/api/v1/batches/{empty}", headers=auth)  # warm: token cache, pool
+    measured = {}
+    for batch_id, files in ((empty, 0), (some, 20), (full, 200)):
+        response, measured[files] = _measured(app, client, "GET", f"/api/v1/batches/{batch_id}",
+                                              headers=auth)
+        assert response.status_code == 200 and response.json["totals"]["files"] == files
+        print(f"\nGET {files}-file batch: {dict(measured[files].counts)}")
+    assert measured[200].counts == measured[20].counts
+    for costs in measured.values():
+        assert costs.sql <= SQL_GET_BATCH, costs.statements
+        assert costs.round_trips <= ROUND_TRIPS_GET_BATCH, dict(costs.counts)
+
+
+def test_a_small_files_tus_creation_and_patch_stay_within_their_statements(app, token):  # noqa: ANN001
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0"}
+    batch = _open_batch(client, auth)
+    create = {**auth, "Upload-Length": str(len(FILE)),
+              "Upload-Metadata": f"filename {_b64('a.dcm')},batch_id {_b64(str(batch))}"}
+    client.post("/api/v1/files", headers=create)  # warm
+    response, on_create = _measured(app, client, "POST", "/api/v1/files", headers=create)
+    assert response.status_code == 201
+    location = response.headers["Location"].replace("http://localhost", "")
+    response, on_patch = _measured(app, client, "PATCH", location, data=FILE, headers={
+        **auth, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+    assert response.status_code == 204 and response.headers["Upload-Offset"] == str(len(FILE))
+    print(f"\ntus creation: {dict(on_create.counts)} {on_create.statements}"
+          f"\ntus PATCH: {dict(on_patch.counts)} {on_patch.statements}")
+    assert on_create.sql <= SQL_TUS_CREATE, on_create.statements
+    assert on_create.round_trips <= ROUND_TRIPS_TUS_CREATE, dict(on_create.counts)
+    assert on_patch.sql <= SQL_TUS_PATCH, on_patch.statements
+    assert on_patch.round_trips <= ROUND_TRIPS_TUS_PATCH, dict(on_patch.counts)
+
+
+# Measured ceilings (the starting commit's figures in brackets): a read of a batch, 7 SQL
+# statements whatever its size and the rate limiter's one Redis command, outside a transaction:
+# 8 round trips (8 statements and 12 round trips with a ping per checkout, BEGIN and ROLLBACK;
+# 7 statements for a batch with no files, 8 with any). A pooled connection that goes back
+# from autocommit to a transaction pays one SET (psycopg2 resets the session's default
+# isolation): a PATCH right after a read on the same connection costs 11, not 10;
+# a tus creation 4 statements, 8 round trips (9); a 40 KB PATCH 3 statements, 10 round trips
+# (5 and 17: a ping per checkout, a SELECT before the lease's UPDATE, and a renewal
+# transaction of a lease taken a moment before).
+SQL_GET_BATCH = 7
+ROUND_TRIPS_GET_BATCH = 8
+SQL_TUS_CREATE = 4
+ROUND_TRIPS_TUS_CREATE = 8
+SQL_TUS_PATCH = 3
+ROUND_TRIPS_TUS_PATCH = 10
