@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from api.http.auth import actor, check_facility, current_user, require
 from api.http.context import db, resources, snapshot_db
 from api.http.errors import ApiError
-from api.http.openapi import operation
+from api.http.openapi import STANDARD_ERRORS, operation
 from pipeline.accounts import audit
 from pipeline.dicom.attributes import MetadataError
 from pipeline.editing import batch_edits
@@ -115,7 +115,7 @@ def complete(batch_id: int):  # noqa: ANN201
 @blueprint.route("/<int:batch_id>/confirm", methods=["POST"])
 @require(*WRITERS)
 @operation("Release a held batch (opened from the upload screen): it is complete and goes out "
-           "once its files are processed")
+           "once its files are processed", errors=(*STANDARD_ERRORS, 409))
 def confirm(batch_id: int):  # noqa: ANN201
     batch = _load(batch_id)
     session = db()
