@@ -82,9 +82,12 @@ def test_idempotent_calls_survive_a_keep_alive_connection_the_server_just_closed
             with conn:
                 conn.recv(65536)
                 body = b'{"id": 7, "state": "completed"}'
+                # Counted before the answer goes out: once the client has read the third
+                # answer, the count is 3 (counted after sendall, the client could get there
+                # first: a full CI run saw 2).
+                answered.append(1)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Connection: keep-alive\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-                answered.append(1)
                 conn.recv(65536)  # the next request on the kept-alive connection: closed on it
 
     thread = threading.Thread(target=serve, daemon=True)
