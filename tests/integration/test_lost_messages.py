@@ -85,6 +85,9 @@ def test_a_redis_broker_restarted_empty_has_its_lost_work_driven_again_at_once(
     assert report["totals"]["deliveries_by_state"] == {"delivered": len(files)}
 
 
+# Out of the CI run (2 cores, 30 minutes): the same fault on default settings is a scenario of
+# tests/bench/test_bench_faults.py; run it with `pytest -m bench tests/integration/test_lost_messages.py`.
+@pytest.mark.bench
 def test_tasks_that_meet_a_database_restart_run_again(gateway_env, it_dir, orthanc_clean):
     postgres = PrivatePostgres().init()
     stack = FaultStack(it_dir / "lost-pg", database_url=postgres.create_database(),

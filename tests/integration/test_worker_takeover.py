@@ -92,6 +92,9 @@ def _kill_mid_study(stack: FaultStack, gateway: Gateway, recorder: StowRecorder,
             "restart_seconds": restarted, "recovered_seconds": recovered}
 
 
+# Out of the CI run (2 cores, 30 minutes): the same fault on default settings is a scenario of
+# tests/bench/test_bench_faults.py; run it with `pytest -m bench tests/integration/test_worker_takeover.py`.
+@pytest.mark.bench
 def test_a_killed_pacs_workers_study_is_taken_over_within_a_minute_on_redis(
     redis_stack, make_user, orthanc_clean, recorder
 ):
@@ -150,6 +153,9 @@ def test_a_slow_but_alive_sender_is_never_taken_over(gateway_env, it_dir, make_u
         stack.stop()
 
 
+# Out of the CI run (2 cores, 30 minutes): the same fault on default settings is a scenario of
+# tests/bench/test_bench_faults.py; run it with `pytest -m bench tests/integration/test_worker_takeover.py`.
+@pytest.mark.bench
 @pytest.mark.skipif(not rabbitmq_available(), reason="RabbitMQ is not running on 5672")
 def test_a_killed_pacs_workers_study_is_taken_over_at_once_on_rabbitmq(
     gateway_env, it_dir, make_user, orthanc_clean, recorder
