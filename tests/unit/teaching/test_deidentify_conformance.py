@@ -275,13 +275,16 @@ def test_every_pydicom_sample_meets_table_e1_1(path, options):
         deidentify(work, ctx)
         try:
             after = _roundtrip(work)
-        except Exception as exc:  # noqa: BLE001
+        except Exception:  # noqa: BLE001
             # The de-identified copy must still be writable whenever the original was.
             try:
                 _roundtrip(original)
             except Exception:  # noqa: BLE001
-                pytest.skip(f"the original itself cannot be written: {exc}")
-            raise
+                # pydicom cannot write this sample at all (SC_rgb_jpeg.dcm): check the
+                # de-identified dataset in memory instead of skipping it.
+                after = work
+            else:
+                raise
     checker = Checker(options, ctx)
     checker.check(original, after)
     problems = checker.failures + _check_common(after, options, ctx)
