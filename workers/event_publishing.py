@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session
 from pipeline.delivery.forwarding import ForwardResult
 from pipeline.models import ExportDefinition, ExportRun, Notification, Study
 from pipeline.ops import events, outbox
+from pipeline.reports import notifications
 
 
 def study_forwarded(session: Session, study_id: int, destination_id: int, result: ForwardResult) -> None:
@@ -50,10 +51,4 @@ def notices(session: Session, rows: list[Notification]) -> None:
     if not rows:
         return
     session.flush()
-    out = []
-    for row in rows:
-        ids = {k: v for k, v in (("report_id", row.report_id), ("consult_id", row.consult_id),
-                                 ("comment_id", row.comment_id)) if v is not None}
-        out.append(events.notification(row.facility_id, row.kind, notification_id=row.id,
-                                       user_id=row.user_id, **ids))
-    outbox.record(session, out)
+    outbox.record(session, [notifications.notice_event(row) for row in rows])

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from pipeline.models import ExportDefinition, ExportRun, Notification, ReportComment, Upload, UploadState
 from pipeline.ops import events, outbox
+from pipeline.reports import notifications
 
 
 def upload_created(session: Session, upload: Upload, first_chunk: bool = False) -> None:
@@ -57,19 +58,12 @@ def comment_created(session: Session, comment: ReportComment, notices: list[Noti
     session.flush()  # the comment's and the notices' ids
     out = [events.comment_created(comment.facility_id, comment.report_id, comment.id,
                                   comment.author_id, comment.version)]
-    out += [notice_event(n) for n in notices]
+    out += [notifications.notice_event(n) for n in notices]
     outbox.record(session, out)
-
-
-def notice_event(notice: Notification) -> events.Event:
-    ids = {k: v for k, v in (("report_id", notice.report_id), ("comment_id", notice.comment_id),
-                             ("consult_id", notice.consult_id)) if v is not None}
-    return events.notification(notice.facility_id, notice.kind, notification_id=notice.id,
-                               user_id=notice.user_id, **ids)
 
 
 def notices(session: Session, rows: list[Notification]) -> None:
     """notification.created for notices, in the transaction that adds them."""
     if rows:
         session.flush()
-        outbox.record(session, [notice_event(n) for n in rows])
+        outbox.record(session, [notifications.notice_event(n) for n in rows])

@@ -24,7 +24,7 @@ from api.http.openapi import operation
 from api.reports.access import MAX_ID, load_report
 from pipeline.accounts import audit
 from pipeline.models import ConsultRequest, Role
-from pipeline.reports import consult_requests, consults
+from pipeline.reports import consult_requests, consults, notifications
 from pipeline.reports import status as report_status
 from pipeline.reports.status_notices import take_made
 from pipeline.reports.threads import ThreadError
@@ -142,7 +142,7 @@ def move_consult(report_id: int, consult_id: int, action: str):  # noqa: ANN201
     session.flush()  # the notices' ids
     told = moved.notices + take_made(session)
     publish.report_events(session, ([status_event] if status_event is not None else [])
-                          + [publish.notice_event(n) for n in told])
+                          + [notifications.notice_event(n) for n in told])
     session.commit()  # the move and its events together (the outbox)
     chains.enqueue_notice_mail([n.id for n in told])
     if moved.addendum is not None:

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from pipeline.models import MailPreference, Notification, User, utcnow
+from pipeline.ops import events
 from pipeline.reports.notices import DEFAULT_MODE, MailMode, NoticeKind
 
 DIGEST_EVERY = timedelta(days=1)
@@ -152,3 +153,11 @@ def unmailed_each(session: Session, now: datetime, *, settle: timedelta = timede
         .where(Notification.mailed_at.is_(None), wants_each,
                Notification.created_at <= now - settle, Notification.created_at > now - window)
         .order_by(Notification.id).limit(limit)))
+
+
+def notice_event(notice: Notification) -> events.Event:
+    """notification.created for one notice (ids only: what it is about, never its text)."""
+    ids = {k: v for k, v in (("report_id", notice.report_id), ("comment_id", notice.comment_id),
+                             ("consult_id", notice.consult_id)) if v is not None}
+    return events.notification(notice.facility_id, notice.kind, notification_id=notice.id,
+                               user_id=notice.user_id, **ids)
