@@ -9,7 +9,10 @@ sub-requests and form posts), Path=/ (every page, the API and the events process
 whenever the request came over https (directly, or as a trusted proxy says: see
 RELAYPACS_TRUSTED_PROXIES). Every sign-in, refused sign-in, logout, reset request and reset
 use is audited; the person is only ever told "wrong email or password", and a reset request
-always answers the same, so neither says which emails have accounts.
+always answers the same, so neither says which emails have accounts. The forms posted before
+any session exists (sign-in, reset) refuse a post that the browser says another site's page
+made (``from_another_site``: Fetch Metadata, else Origin), so no page elsewhere can sign a
+person into someone else's account (login CSRF).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from api.http.auth import (
     SESSION_COOKIE,
     actor,
     check_csrf,
+    from_another_site,
     session_policy,
     signed_in_user,
     web_session,
@@ -43,6 +47,7 @@ api_blueprint = Blueprint("auth", __name__)
 
 WRONG = "wrong email or password"
 LINK_REFUSED = "this link is unknown, already used or expired: ask for a new one"
+CROSS_SITE = "this form was sent from another site's page: open the sign-in page here and try again"
 RESET_SENT = ("if that address has an account, a link to set a new password is on its way; "
               "it works once, for a limited time")
 
@@ -76,6 +81,15 @@ def _form(template: str, status: int = 200, **context: object) -> Response:
     return _no_store(response)
 
 
+def _cross_site(template: str, **context: object) -> Response | None:
+    """403 with the form again when another site's page posted it (login CSRF); logged without
+    the email, which is the victim's or the attacker's."""
+    if not from_another_site():
+        return None
+    log.warning("refused a cross-site post to %s", request.path)
+    return _form(template, 403, error=CROSS_SITE, **context)
+
+
 def _throttled(template: str, **context: object) -> Response | None:
     """The sign-in limit, per real client address (the proxy's X-Forwarded-For when trusted)."""
     try:
@@ -99,6 +113,8 @@ def login_form():  # noqa: ANN201
 @blueprint.route("/login", methods=["POST"])
 def login():  # noqa: ANN201
     target = _local_target(request.form.get("next"))
+    if (refused := _cross_site("accounts/login.html", next=target, email="")) is not None:
+        return refused
     email = (request.form.get("email") or "").strip()
     if (refused := _throttled("accounts/login.html", next=target, email=email)) is not None:
         return refused
@@ -193,6 +209,8 @@ def reset_request_form():  # noqa: ANN201
 
 @blueprint.route("/password-reset", methods=["POST"])
 def reset_request():  # noqa: ANN201
+    if (refused := _cross_site("accounts/reset_request.html", email="")) is not None:
+        return refused
     email = (request.form.get("email") or "").strip()
     if (refused := _throttled("accounts/reset_request.html", email=email)) is not None:
         return refused
@@ -214,6 +232,8 @@ def reset_form():  # noqa: ANN201
 
 @blueprint.route("/password-reset/new", methods=["POST"])
 def reset_set():  # noqa: ANN201
+    if (refused := _cross_site("accounts/reset_set.html", token="")) is not None:
+        return refused
     token = request.form.get("token", "")
     password = request.form.get("password") or ""
     if password != (request.form.get("confirm") or ""):

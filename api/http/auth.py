@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import wraps
 from typing import TypeVar
+from urllib.parse import urlparse
 
 from flask import current_app, g, request
 
@@ -132,6 +133,28 @@ def check_csrf() -> None:
     if not expected or not hmac.compare_digest(sent.encode(), expected.encode()):
         raise ApiError(403, "missing or wrong CSRF token",
                        hint=f"send the page's token in {CSRF_HEADER} (or the {CSRF_FIELD} form field)")
+
+
+# What a browser says of who made a request (Fetch Metadata): only this site's own pages, or
+# a person typing the address, may post the forms that have no session yet.
+_OWN_SITE = frozenset({"same-origin", "none"})
+
+
+def from_another_site() -> bool:
+    """True when a browser says another site's page made this request: its ``Sec-Fetch-Site``
+    (every current browser sends it) names another site, or, from an older browser, its
+    ``Origin`` is not this host (``null`` included: sandboxed frames, data: pages). A request
+    with neither header is not from a browser page (a script, the CLI) and no third party's
+    page can be behind it. Used where no session, so no CSRF token, exists yet: the sign-in
+    and password-reset forms (login CSRF)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site not in _OWN_SITE
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return False
+    # request.host is the proxy's Host when RELAYPACS_TRUSTED_PROXIES says to believe it.
+    return origin == "null" or urlparse(origin).netloc.lower() != request.host.lower()
 
 
 def authenticate() -> User:

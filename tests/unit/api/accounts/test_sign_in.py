@@ -219,3 +219,46 @@ def test_sign_in_limit_counts_per_real_client_address_behind_the_proxy(app, prox
     # last, and only that many (1) hops are believed.
     forged = {"X-Forwarded-For": "10.9.9.9, 203.0.113.1"}
     assert proxied.post("/login", data=wrong, headers=forged).status_code == 429
+
+
+@pytest.mark.parametrize("headers", [
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "same-site"},  # a sibling subdomain is another application
+    {"Origin": "https://attacker.example"},
+    {"Origin": "null"},  # a sandboxed frame or a data: page
+])
+def test_another_sites_page_cannot_sign_a_person_in_or_reset(client, make_token, sign_in, session, headers):
+    # Login CSRF: a hostile page posting the attacker's email and password into /login would
+    # sign the victim into the attacker's account (and what they upload would land there).
+    # The form has no session yet, so the session's CSRF token cannot protect it; the browser's
+    # own Sec-Fetch-Site and Origin headers can.
+    admin = make_token("Clinic A", "admin")
+    sign_in(client, admin)
+    client.post("/logout", data={})  # cookie cleared below anyway
+    client.delete_cookie("relaypacs_session")
+    email = session.scalar(select(User.email).where(User.role == "admin"))
+    before = session.query(UserSession).count()
+    refused = client.post("/login", data={"email": email, "password": TEST_PASSWORD}, headers=headers)
+    assert refused.status_code == 403
+    assert "another site" in refused.get_data(as_text=True)
+    assert not any(v.startswith("relaypacs_session=") for v in refused.headers.getlist("Set-Cookie"))
+    session.expire_all()
+    assert session.query(UserSession).count() == before
+    assert client.post("/password-reset", data={"email": email}, headers=headers).status_code == 403
+    assert client.post("/password-reset/new", data={"token": "x", "password": "p", "confirm": "p"},
+                       headers=headers).status_code == 403
+
+
+@pytest.mark.parametrize("headers", [
+    {},  # not a browser (a script, the CLI): no cross-site page is involved
+    {"Sec-Fetch-Site": "same-origin"},
+    {"Sec-Fetch-Site": "none"},  # typed or bookmarked
+    {"Origin": "http://localhost"},  # the test client's own host
+])
+def test_this_sites_own_form_and_non_browsers_still_sign_in(client, make_token, sign_in, session, headers):
+    admin = make_token("Clinic A", "admin")
+    sign_in(client, admin)
+    client.delete_cookie("relaypacs_session")
+    email = session.scalar(select(User.email).where(User.role == "admin"))
+    signed = client.post("/login", data={"email": email, "password": TEST_PASSWORD}, headers=headers)
+    assert signed.status_code == 302, signed.get_data(as_text=True)
