@@ -33,6 +33,13 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": 3600.0,
         "options": {"expires": 3500},
     },
+    # Ended sign-in sessions and spent reset links, 30 days after they ended (the audit trail
+    # keeps the sign-ins): bounded deletes, daily.
+    "accounts-prune-sign-ins": {
+        "task": "accounts.prune_sign_ins",
+        "schedule": crontab(hour=3, minute=45),
+        "options": {"expires": 6 * 3600},
+    },
     "send-queue-canaries": {
         "task": "health.send_canaries",
         "schedule": 60.0,

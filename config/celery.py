@@ -23,6 +23,7 @@ TASK_ROUTES = {
     "health.*": {"queue": "intake"},
     # Outbox housekeeping (a bounded delete an hour): light, beside the canary sender.
     "events.*": {"queue": "intake"},
+    "accounts.*": {"queue": "intake"},
 }
 
 

@@ -30,6 +30,7 @@ TASK_MODULES = (
     "workers.liveness",
     "workers.consults",
     "workers.event_outbox",
+    "workers.accounts",
     "workers.teaching",
 )
 app.conf.imports = list(TASK_MODULES)

@@ -1,0 +1,27 @@
+"""Sign-in housekeeping (queue ``intake`` by the ``accounts.*`` route): ended sessions and
+spent reset links leave their tables after the retention (pipeline/accounts/retention.py)."""
+
+from __future__ import annotations
+
+from pipeline.accounts import retention
+from workers import runtime
+from workers.app import app
+
+MAX_ROWS_PER_RUN = 200_000
+CHUNK = 10_000
+
+
+@app.task(name="accounts.prune_sign_ins", acks_late=False)
+def prune_sign_ins() -> dict:
+    """Not acks_late: a lost run is the next day's work."""
+    before = retention.cutoff()
+    removed = {"sessions": 0, "password_resets": 0}
+    for key, prune in (("sessions", retention.prune_sessions_chunk),
+                       ("password_resets", retention.prune_resets_chunk)):
+        while removed[key] < MAX_ROWS_PER_RUN:
+            with runtime.session_scope() as session:
+                count = prune(session, before=before, chunk=min(CHUNK, MAX_ROWS_PER_RUN - removed[key]))
+            removed[key] += count
+            if count < CHUNK:
+                break
+    return removed
