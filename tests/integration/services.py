@@ -311,9 +311,8 @@ class RedisDatabase:
             client = redis.Redis(host=LOOPBACK, port=REDIS_PORT, db=db)
             # Claims expire, so a crashed session frees its database within the hour.
             if client.set(REDIS_CLAIM_KEY, self.token, nx=True, ex=3600):
-                client.flushdb()
-                client.set(REDIS_CLAIM_KEY, self.token, ex=3600)
                 self.db, self.client = db, client
+                self.flush()
                 return
             client.close()
         raise RuntimeError(f"no free Redis database in {list(dbs)}: other test sessions hold them")
@@ -323,8 +322,10 @@ class RedisDatabase:
         return f"redis://{LOOPBACK}:{REDIS_PORT}/{self.db}"
 
     def flush(self) -> None:
-        self.client.flushdb()
-        self.client.set(REDIS_CLAIM_KEY, self.token, ex=3600)
+        # FLUSHDB also deletes the claim: both in one MULTI/EXEC, or another session scanning
+        # for a free database could claim this one between the two.
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.flushdb().set(REDIS_CLAIM_KEY, self.token, ex=3600).execute()
 
     def release(self) -> None:
         with contextlib.suppress(Exception):
