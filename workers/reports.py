@@ -1,7 +1,8 @@
-"""The report poll's task (routed to the ``pacs`` queue: its pool is the one that talks to the
-PACS, and the task is I/O-bound like forwarding). Beat runs it every minute; each run asks each
-DICOMweb destination about at most ``limit`` due studies (pipeline/reports/poll.py has the
-schedule and the backoff), commits per destination, then publishes report.status_changed.
+"""The report poll's task (routed to the ``reports`` queue, whose pool does nothing else: a long
+poll never holds up forwarding on ``pacs``, and each pool scales on its own). Beat runs it
+every minute; each run asks each DICOMweb destination about at most ``limit`` due studies
+(pipeline/reports/poll.py has the schedule and the backoff) and commits per destination with
+its report.status_changed and notification.created events (the outbox).
 
 ``now`` (ISO 8601) lets tests and operators poll as of a given time; unset, real time.
 """
