@@ -8,7 +8,8 @@
    query per related row: study, first instance, batch, uploader, author, comments, each
    comment's author, history), as a ratio. The same dicts come out of both (checked).
 2. The report poll over 10,000 delivered studies (``BENCH_REPORT_POLL_STUDIES``) held by
-   Orthanc (one CT instance each, 1% with an SR): studies checked per second, rounds of 500.
+   Orthanc (one CT instance each, 1% with an SR): studies checked per second, rounds of 500,
+   one QIDO-RS query per study against UID-list batches of ``LIST_BATCH``, alternating.
 
 Run: .venv/bin/python -m pytest -q -m bench tests/bench/test_bench_reports.py -s
 (``-k listing`` and ``-k poll`` one at a time keep each call short).
@@ -257,6 +258,9 @@ def test_bench_listing_and_one_report_over_100k(reports_database, tmp_path, benc
 
 
 def test_bench_report_poll_studies_per_second(reports_database, orthanc, tmp_path, bench_results):
+    """The same 10,000 studies, delivered twice (two facilities, two destinations on the same
+    Orthanc): one destination polled one QIDO-RS query per study (as before batching), the
+    other with UID list matching (LIST_BATCH studies a query), rounds of 500 alternating."""
     from pydicom.uid import generate_uid
 
     from pipeline.accounts.users import create_user
@@ -269,10 +273,14 @@ def test_bench_report_poll_studies_per_second(reports_database, orthanc, tmp_pat
     from tests.report_seed import delivered_studies, destination
     from tests.sample_data import synthetic_study
 
+    class PerStudy(DicomWebReader):
+        """Never answers a batch: every study is asked about alone (the poll before batching)."""
+
+        def studies_with_reports(self, study_uids):  # noqa: ANN001, ANN202, ARG002
+            return {}
+
     engine = make_engine(reports_database)
     session = make_session_factory(engine)()
-    uploader, _ = create_user(session, "poll@bench.test", "Bench Poll", "uploader")
-    dest = destination(session, "bench-poll-orthanc", orthanc.dicomweb_url)
     uids = [generate_uid() for _ in range(POLL_STUDIES)]
     store_start = time.perf_counter()
     batch: list[bytes] = []
@@ -287,36 +295,41 @@ def test_bench_report_poll_studies_per_second(reports_database, orthanc, tmp_pat
     if batch:
         assert orthanc.stow(batch).status_code == 200
     store_seconds = time.perf_counter() - store_start
-    delivered_studies(session, uploader.facility_id, uploader.id, dest.id, POLL_STUDIES, study_uids=uids)
+    modes = {}
+    for mode, reader in (("per_study", PerStudy), ("batched", DicomWebReader)):
+        uploader, _ = create_user(session, f"poll-{mode}@bench.test", f"Bench Poll {mode}", "uploader")
+        dest = destination(session, f"bench-poll-{mode}", orthanc.dicomweb_url)
+        delivered_studies(session, uploader.facility_id, uploader.id, dest.id, POLL_STUDIES, study_uids=uids)
+        modes[mode] = {"destination": dest, "reader": reader, "checked": 0, "read": 0, "rounds": 0,
+                       "seconds": 0.0, "more": True}
     session.commit()
     store = open_store(f"file://{tmp_path / 'objects'}")
     now = utcnow()
-    checked = read = rounds = 0
-    start = time.perf_counter()
-    while True:
-        result = poll.poll_destination(
-            session, store, dest, lambda d: DicomWebReader(d.options["url"]), now, limit=500
-        )
-        session.commit()
-        rounds += 1
-        checked += result.studies_checked
-        read += result.documents_read
-        assert result.state == "ok"
-        if not result.more_due:
-            break
-    seconds = time.perf_counter() - start
-    results = {
-        "studies": POLL_STUDIES,
-        "studies_checked": checked,
-        "reports_read": read,
-        "rounds": rounds,
-        "seconds": round(seconds, 1),
-        "studies_per_second": round(checked / seconds, 1),
-        "orthanc_store_seconds": round(store_seconds, 1),
-        "load_avg": [round(v, 2) for v in os.getloadavg()],
-    }
+    while any(m["more"] for m in modes.values()):
+        for m in modes.values():
+            if not m["more"]:
+                continue
+            start = time.perf_counter()
+            result = poll.poll_destination(session, store, m["destination"],
+                                           lambda d, r=m["reader"]: r(d.options["url"]), now, limit=500)
+            session.commit()
+            m["seconds"] += time.perf_counter() - start
+            assert result.state == "ok"
+            m["rounds"] += 1
+            m["checked"] += result.studies_checked
+            m["read"] += result.documents_read
+            m["more"] = result.more_due
+    results = {"studies": POLL_STUDIES, "orthanc_store_seconds": round(store_seconds, 1)}
+    for mode, m in modes.items():
+        results[mode] = {"studies_checked": m["checked"], "reports_read": m["read"], "rounds": m["rounds"],
+                         "seconds": round(m["seconds"], 1),
+                         "studies_per_second": round(m["checked"] / m["seconds"], 1)}
+    results["batched_speedup"] = round(results["batched"]["studies_per_second"]
+                                       / results["per_study"]["studies_per_second"], 1)
+    results["load_avg"] = [round(v, 2) for v in os.getloadavg()]
     bench_results["reports_poll"] = results
     print("\nreport poll:", results)
     session.close()
     engine.dispose()
-    assert checked == POLL_STUDIES and read == len(with_reports)
+    for m in modes.values():
+        assert m["checked"] == POLL_STUDIES and m["read"] == len(with_reports)
