@@ -108,7 +108,8 @@ BEAT_SCHEDULE: dict[str, dict] = {
         "options": {"expires": 3500},
     },
     # Radiology reports back from the PACS: each minute, each DICOMweb destination is asked
-    # about its due delivered studies (schedule and backoff: pipeline/reports/poll.py).
+    # about its due delivered studies (schedule and backoff: pipeline/reports/poll.py), on the
+    # ``reports`` queue and its own worker pool (config/celery.py routes reports.*).
     "reports-poll-pacs": {
         "task": "reports.poll_pacs",
         "schedule": 60.0,

@@ -7,7 +7,7 @@ import logging
 from flask import Flask, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api.accounts import audit_log, sign_in
+from api.accounts import audit_log, reader_assignments, sign_in
 from api.analytics import drilldown as analytics
 from api.dashboard import forecast as dashboard_forecast
 from api.dashboard import pages as dashboard
@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(deliveries.blueprint, url_prefix="/api/v1/deliveries")
     app.register_blueprint(storage_api.blueprint, url_prefix="/api/v1/storage")
     app.register_blueprint(audit_log.blueprint, url_prefix="/api/v1/audit")
+    app.register_blueprint(reader_assignments.blueprint, url_prefix="/api/v1/reader-assignments")
     app.register_blueprint(sign_in.api_blueprint, url_prefix="/api/v1/auth")
     app.register_blueprint(sign_in.blueprint)
     app.register_blueprint(analytics.blueprint, url_prefix="/api/v1/analytics")

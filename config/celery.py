@@ -14,8 +14,9 @@ TASK_ROUTES = {
     "storage.*": {"queue": "storage"},
     "analytics.*": {"queue": "analytics"},
     "exports.*": {"queue": "exports"},
-    # The report poll talks to the PACS over HTTP, like forwarding: the pacs pool runs it.
-    "reports.*": {"queue": "pacs"},
+    # The report poll asks every DICOMweb destination about its delivered studies: a pool of
+    # its own, so a long poll never delays forwarding (pacs) and each scales on its own.
+    "reports.*": {"queue": "reports"},
     # Comment mail, digests, consult reminders, addendum filing: the pool that mails.
     "consults.*": {"queue": "exports"},
     "teaching.*": {"queue": "teaching"},

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-QUEUES = ("intake", "dicom", "pacs", "storage", "analytics", "exports", "teaching")
+QUEUES = ("intake", "dicom", "pacs", "storage", "analytics", "exports", "teaching", "reports")
 
 
 @dataclass(frozen=True)

@@ -203,3 +203,27 @@ def destination(session: Session, name: str, url: str = "http://127.0.0.1:9/dico
     session.add(dest)
     session.flush()
     return dest
+
+
+def comments_for(session: Session, report_ids: list[int], facility_id: int, author_ids: list[int],
+                 per_report: int = 3) -> int:
+    """Threads on reports of one facility: report ``i`` gets ``i % (per_report + 1)`` comments
+    (so counts vary), each by one of ``author_ids`` in turn; every third thread's first comment
+    has a corrected second version. Returns the number of rows."""
+    from pipeline.models import ReportComment
+
+    now = utcnow()
+    rows: list[dict] = []
+    for i, report_id in enumerate(report_ids):
+        for n in range(i % (per_report + 1)):
+            key = hashlib.sha256(f"{report_id}-{n}".encode()).hexdigest()[:32]
+            versions = 2 if n == 0 and i % 3 == 0 else 1
+            for version in range(1, versions + 1):
+                rows.append({"report_id": report_id, "facility_id": facility_id, "thread_key": key,
+                             "version": version, "author_id": author_ids[(i + n) % len(author_ids)],
+                             "text": f"Comment {n} on report {report_id}, version {version}.",
+                             "recipients": [], "created_at": now})
+    if rows:
+        session.execute(insert(ReportComment), rows)
+        session.flush()
+    return len(rows)

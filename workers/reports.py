@@ -1,7 +1,8 @@
-"""The report poll's task (routed to the ``pacs`` queue: its pool is the one that talks to the
-PACS, and the task is I/O-bound like forwarding). Beat runs it every minute; each run asks each
-DICOMweb destination about at most ``limit`` due studies (pipeline/reports/poll.py has the
-schedule and the backoff), commits per destination, then publishes report.status_changed.
+"""The report poll's task (routed to the ``reports`` queue, whose pool does nothing else: a long
+poll never holds up forwarding on ``pacs``, and each pool scales on its own). Beat runs it
+every minute; each run asks each DICOMweb destination about at most ``limit`` due studies
+(pipeline/reports/poll.py has the schedule and the backoff) and commits per destination with
+its report.status_changed and notification.created events (the outbox).
 
 ``now`` (ISO 8601) lets tests and operators poll as of a given time; unset, real time.
 """
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 
 from pipeline.models import Destination, utcnow
 from pipeline.reports import poll
+from pipeline.reports.status_notices import take_made
 from workers import event_publishing, runtime
 from workers.app import app
 
@@ -36,6 +38,9 @@ def poll_pacs(now: str | None = None, limit: int = 500) -> dict:
                 result = poll.poll_destination(session, store, destination, lambda d: poll.reader_for(d, box),
                                                moment, limit)
                 event_publishing.report_events(session, result.events)  # committed with the poll's rows
+                # The senders' notices of final/amended reports: notification.created now, the
+                # mail from the beat's sweep (consults.check_due) within a minute.
+                event_publishing.notices(session, take_made(session))
         except Exception as exc:  # noqa: BLE001 - one destination's failure must not stop the others
             log.warning("report poll of destination %s failed: %s", destination_id, type(exc).__name__)
             out[destination_id] = {"state": "error", "error": type(exc).__name__}

@@ -8,8 +8,11 @@ the number of clients, and per client only its socket and the id of the last eve
 How a client is fed:
 - one reader task per process subscribes to the live channel and appends each event to a
   shared ring of recent events, then wakes every stream (one future for all of them);
-- each stream walks the ring from its own position and writes what its caller may see
-  (admins every facility, anyone else their own facility);
+- each stream walks the ring from its own position and writes what its caller may see:
+  the facilities ``readable_facility_ids`` gives them, as every API read (admins every
+  facility, a radiologist or consultant also the facilities assigned to them, anyone else
+  their own), looked up again at each auth recheck, so a new assignment reaches an open
+  stream within RELAYPACS_EVENTS_AUTH_RECHECK_SECONDS;
 - ``Last-Event-ID`` (header, or ``lastEventId`` in the query for clients that cannot set
   headers) replays from the Redis stream first, and from PostgreSQL (the event outbox, a
   week at least) for whatever is older than the stream's window; a stream that falls behind the ring (a
@@ -39,10 +42,10 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from config import Settings
+from pipeline.accounts.scoping import readable_facility_ids
 from pipeline.accounts.sessions import SessionPolicy, find_session
 from pipeline.accounts.users import user_for_token
 from pipeline.db.engine import make_engine, make_session_factory
-from pipeline.models import Role
 from pipeline.ops import events, outbox
 
 log = logging.getLogger(__name__)
@@ -56,10 +59,12 @@ ENDED_FRAME = (b'event: auth.ended\n'
                b'data: {"type": "auth.ended", "reason": "signed out, or the token was revoked"}\n\n')
 
 
-@dataclass(frozen=True)
+Scope = frozenset[int] | None  # the facilities a caller reads; None: every one (admins)
+
+
+@dataclass
 class Caller:
-    facility_id: int
-    is_admin: bool
+    facilities: Scope  # refreshed at each recheck (an admin may change the assignments)
     kind: str  # "token" or "session"
     secret: str  # what to check again: the token, or the session cookie's value
 
@@ -173,8 +178,8 @@ class EventServer:
                                     lifetime_seconds=settings.session_lifetime_seconds)
         self.recheck_seconds = max(0.1, settings.events_auth_recheck_seconds)
 
-    def _lookup(self, kind: str, secret: str, opening: bool) -> tuple[int, bool] | None:
-        """(facility, admin?) of the caller while its token or session works, else None.
+    def _lookup(self, kind: str, secret: str, opening: bool) -> tuple[Scope] | None:
+        """(the facilities the caller reads,) while its token or session works, else None.
         Opening a stream is a request (session activity); a recheck is not."""
         with self.sessions() as session:
             if kind == "token":
@@ -185,7 +190,7 @@ class EventServer:
                 user = found[1] if found else None
             if user is None:
                 return None
-            return user.facility_id, user.role == Role.ADMIN
+            return (readable_facility_ids(session, user),)
 
     async def authenticate(self, request: web.Request) -> Caller:
         header = request.headers.get("Authorization", "")
@@ -202,7 +207,7 @@ class EventServer:
         if found is None:
             raise _error(401, "invalid or revoked token" if kind == "token"
                          else "session ended: sign in again")
-        return Caller(found[0], found[1], kind, secret)
+        return Caller(found[0], kind, secret)
 
     async def still_allowed(self, caller: Caller) -> bool:
         loop = asyncio.get_running_loop()
@@ -211,7 +216,10 @@ class EventServer:
         except Exception as exc:  # noqa: BLE001 - a database blip must not cut every stream
             log.warning("event stream auth recheck failed (%s); keeping the stream", type(exc).__name__)
             return True
-        return found is not None
+        if found is None:
+            return False
+        caller.facilities = found[0]
+        return True
 
     def cors_headers(self, request: web.Request) -> dict[str, str]:
         """Credentialed CORS for the origins named in settings (a dashboard served elsewhere)."""
@@ -253,10 +261,9 @@ class EventServer:
                       last_id: str, position: int, newest: str) -> None:
         """Live events after ``position`` in the ring; older ones come from the Redis stream.
         Ends (after an ``auth.ended`` event) once the caller's token or session stops working."""
-        facility_id, is_admin = caller.facility_id, caller.is_admin
         sent = last_id or newest
         if last_id:
-            sent = await self._catch_up(response, facility_id, is_admin, last_id)
+            sent = await self._catch_up(response, caller, last_id)
         next_check = time.monotonic() + self.recheck_seconds
         last_write = time.monotonic()
         while True:
@@ -269,14 +276,14 @@ class EventServer:
             entries = self.feed.after(position)
             if entries is None:  # fell off the ring: read what we missed from Redis
                 position = self.feed.seq
-                sent = await self._catch_up(response, facility_id, is_admin, sent)
+                sent = await self._catch_up(response, caller, sent)
                 continue
             for seq, stream_id, payload, parsed in entries:
                 position = seq
                 if events.stream_id_key(stream_id) <= events.stream_id_key(sent):
                     continue
                 sent = stream_id
-                if events.visible_to(parsed, facility_id, is_admin):
+                if events.visible_to(parsed, caller.facilities):
                     await response.write(events.sse_frame(stream_id, payload, parsed.get("type", "message")))
                     last_write = time.monotonic()
             if entries:
@@ -289,15 +296,14 @@ class EventServer:
                     await response.write(b": keepalive\n\n")
                     last_write = time.monotonic()
 
-    def _history_page(self, after: int, before: int | None, facility_id: int | None) -> list[tuple[str, str]]:
+    def _history_page(self, after: int, before: int | None, facilities: Scope) -> list[tuple[str, str]]:
         with self.sessions() as session:
             rows = outbox.history(session, after=after, before=before, limit=REPLAY_PAGE,
-                                  facility_id=facility_id)
+                                  facility_ids=facilities)
             return [(outbox.format_id(r.position), json.dumps(outbox.envelope(r), separators=(",", ":")))
                     for r in rows]
 
-    async def _from_history(self, response: web.StreamResponse, facility_id: int, is_admin: bool,
-                            after: str) -> str:
+    async def _from_history(self, response: web.StreamResponse, caller: Caller, after: str) -> str:
         """Events older than the Redis stream's window come from PostgreSQL (the outbox keeps
         a week at least), so an old Last-Event-ID still resumes without a gap."""
         oldest = await self.redis.xrange(events.STREAM_KEY, count=1)
@@ -309,7 +315,7 @@ class EventServer:
         loop = asyncio.get_running_loop()
         while True:
             rows = await loop.run_in_executor(self.executor, self._history_page, position, before,
-                                              None if is_admin else facility_id)
+                                              caller.facilities)
             for stream_id, payload in rows:
                 after = stream_id
                 await response.write(events.sse_frame(stream_id, payload, json.loads(payload)["type"]))
@@ -317,15 +323,14 @@ class EventServer:
                 return after
             position = outbox.parse_id(after) or position
 
-    async def _catch_up(self, response: web.StreamResponse, facility_id: int, is_admin: bool,
-                        after: str) -> str:
-        after = await self._from_history(response, facility_id, is_admin, after)
+    async def _catch_up(self, response: web.StreamResponse, caller: Caller, after: str) -> str:
+        after = await self._from_history(response, caller, after)
         while True:
             rows = await self.replay(after)
             for stream_id, payload in rows:
                 after = stream_id
                 parsed = json.loads(payload)
-                if events.visible_to(parsed, facility_id, is_admin):
+                if events.visible_to(parsed, caller.facilities):
                     await response.write(events.sse_frame(stream_id, payload, parsed.get("type", "message")))
             if len(rows) < REPLAY_PAGE:
                 return after

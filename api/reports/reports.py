@@ -23,7 +23,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
 
-from api.events.publish import report_events
+from api.events.publish import notices, report_events
 from api.http.auth import actor, current_user, require
 from api.http.context import db, resources
 from api.http.errors import ApiError
@@ -31,8 +31,11 @@ from api.http.openapi import operation
 from pipeline.accounts import audit
 from pipeline.accounts.scoping import readable_facility_ids
 from pipeline.models import Destination, RadiologyReport, ReportPollState, Role, Study, utcnow
+from pipeline.ops.events import Event
 from pipeline.reports import listing, manual, status
+from pipeline.reports.status_notices import take_made
 from pipeline.storage import ObjectMissing
+from workers import chains
 
 blueprint = Blueprint("reports", __name__)
 READERS = (Role.CLINICIAN, Role.RADIOLOGIST, Role.CONSULTANT, Role.QA_MANAGER, Role.ADMIN)
@@ -72,6 +75,15 @@ def _readable_report(report_id: int) -> RadiologyReport:
     if scope is not None and report.facility_id not in scope:
         raise ApiError(403, "this belongs to another facility")
     return report
+
+
+def _publish(event: Event) -> list[int]:
+    """The move's event and the senders' notices (final, amended, appended) into the outbox,
+    committed with the move; returns the notices' ids, to mail once it is committed."""
+    made = take_made(db())
+    report_events(db(), [event])
+    notices(db(), made)
+    return [n.id for n in made]
 
 
 @blueprint.route("", methods=["GET"])
@@ -135,8 +147,9 @@ def create():  # noqa: ANN201
         raise ApiError(exc.status_code, str(exc)) from exc
     audit.record(db(), actor(), "report.created", target=f"report:{report.id}",
                  detail={"study_id": study.id, "status": report.status, "content_type": report.content_type})
-    report_events(db(), [event])  # committed with the report (the outbox)
+    told = _publish(event)
     db().commit()
+    chains.enqueue_notice_mail(told)
     body = listing.report_detail(db(), report.id, None)
     response = jsonify(body)
     response.status_code = 201
@@ -174,8 +187,9 @@ def move(report_id: int):  # noqa: ANN201
         raise ApiError(409, str(exc), allowed=exc.allowed) from exc
     audit.record(db(), actor(), "report.status_changed", target=f"report:{report.id}",
                  detail={"from": before, "to": report.status})
-    report_events(db(), [event])  # committed with the move (the outbox)
+    told = _publish(event)
     db().commit()
+    chains.enqueue_notice_mail(told)
     return jsonify(listing.report_detail(db(), report.id, None))
 
 

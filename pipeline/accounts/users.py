@@ -96,21 +96,30 @@ def assign_reader(session: Session, email: str, facility_name: str,
     """Let a radiologist or consultant read a facility's delivered studies and reports (and
     join its consult pools by ``subspecialties``); again for the same pair replaces them."""
     user = _existing_user(session, email)
-    if not user.has_role(*READER_ROLES):
-        raise ValueError(f"{email!r} is neither a radiologist nor a consultant")
     facility = session.scalar(select(Facility).where(Facility.name == facility_name))
     if facility is None:
         raise ValueError(f"no facility named {facility_name!r}")
+    return set_assignment(session, user, facility.id, subspecialties)[0]
+
+
+def set_assignment(session: Session, user: User, facility_id: int, subspecialties: Iterable[str] = (),
+                   by_user_id: int | None = None) -> tuple[ReaderAssignment, bool]:
+    """The one way an assignment is made or changed (CLI and admin API): (row, created?).
+    ValueError when ``user`` is neither a radiologist nor a consultant."""
+    if not user.has_role(*READER_ROLES):
+        raise ValueError(f"user {user.id} is neither a radiologist nor a consultant")
     wanted = sorted({s.strip().lower() for s in subspecialties if s.strip()})
     row = session.scalar(select(ReaderAssignment).where(ReaderAssignment.user_id == user.id,
-                                                        ReaderAssignment.facility_id == facility.id))
+                                                        ReaderAssignment.facility_id == facility_id))
+    created = row is None
     if row is None:
-        row = ReaderAssignment(user_id=user.id, facility_id=facility.id, subspecialties=wanted)
+        row = ReaderAssignment(user_id=user.id, facility_id=facility_id, subspecialties=wanted,
+                               created_by=by_user_id)
         session.add(row)
     else:
         row.subspecialties = wanted
     session.flush()
-    return row
+    return row, created
 
 
 def unassign_reader(session: Session, email: str, facility_name: str) -> bool:

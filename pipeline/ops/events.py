@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -146,9 +146,10 @@ def comment_created(facility_id: int, report_id: int, comment_id: int, author_id
                                                 "user_id": author_id, "version": version})
 
 
-def visible_to(payload: dict, facility_id: int, is_admin: bool) -> bool:
-    """Facility scoping, as for every other API read: admins see every facility."""
-    return is_admin or payload.get("facility_id") == facility_id
+def visible_to(payload: dict, facility_ids: Collection[int] | None) -> bool:
+    """Facility scoping, as for every other API read: ``facility_ids`` is what
+    ``readable_facility_ids`` gave the caller (None: every facility, admins)."""
+    return facility_ids is None or payload.get("facility_id") in facility_ids
 
 
 def stream_id_key(stream_id: str) -> tuple[int, int]:

@@ -11,7 +11,7 @@ not have it, or no longer): nothing to read there.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import requests
@@ -19,6 +19,9 @@ import requests
 DICOM_JSON = "application/dicom+json"
 # Report modalities: Structured Reports and Encapsulated Documents (PDF).
 REPORT_MODALITIES = ("SR", "DOC")
+# Studies asked about in one QIDO-RS query (UID list matching): 40 UIDs of up to 64
+# characters keep the request line near 3 KB, under every server's limit we know of.
+LIST_BATCH = 40
 _TAG = {"StudyInstanceUID": "0020000D", "SeriesInstanceUID": "0020000E", "SOPInstanceUID": "00080018",
         "SOPClassUID": "00080016", "Modality": "00080060", "ModalitiesInStudy": "00080061"}
 
@@ -89,6 +92,41 @@ class DicomWebReader:
             elif any(m in REPORT_MODALITIES for m in modalities):
                 return True
         return answer
+
+    def studies_with_reports(self, study_uids: Sequence[str]) -> dict[str, bool | None]:
+        """One QIDO-RS query for many studies (UID list matching, PS3.18 8.3.4.1: the UIDs
+        joined by commas in the query; Orthanc's plugin answers nothing for the backslash
+        form of C-FIND): for each study the PACS answered about, True/False from
+        ModalitiesInStudy, None when it does not say. A study missing from the answer (a PACS
+        without list matching, a truncated answer, a study it no longer holds) is left out,
+        and so is every study when the PACS refuses the query (4xx): the caller then asks
+        about each of those alone, so batching never decides anything a single query would
+        not have."""
+        if not study_uids:
+            return {}
+        wanted = set(study_uids)
+        try:
+            found = self._search("/studies", {"StudyInstanceUID": ",".join(study_uids),
+                                              "includefield": "ModalitiesInStudy"})
+        except DestinationUnavailable as exc:
+            if str(exc) in ("HTTP 400", "HTTP 413", "HTTP 414"):  # the list refused: not an outage
+                return {}
+            raise
+        out: dict[str, bool | None] = {}
+        for entry in found:
+            uid = value(entry, "StudyInstanceUID")
+            if uid not in wanted or out.get(uid) is True:
+                continue
+            # Several entries for one UID (Orthanc keys studies by PatientID too): any
+            # report makes True; otherwise any entry that does not say makes None.
+            modalities = (entry.get(_TAG["ModalitiesInStudy"]) or {}).get("Value")
+            if not modalities:
+                out[uid] = None
+            elif any(m in REPORT_MODALITIES for m in modalities):
+                out[uid] = True
+            else:
+                out.setdefault(uid, False)
+        return out
 
     def report_instances(self, study_uid: str) -> list[dict]:
         """The study's SR and DOC instances (DICOM JSON, with the UIDs and SOP class)."""

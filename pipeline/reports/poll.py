@@ -14,9 +14,11 @@ How often, by the study's age since that first delivery (``SCHEDULE``):
     age < 30 days   once a day
     after 30 days   never again        (``POLL_DAYS``: a later report is entered by hand)
 
-Per study, one QIDO-RS query at study level (ModalitiesInStudy) says whether there is
-anything to read; only then the SR and DOC instances are listed and each new one fetched with
-WADO-RS, kept byte for byte in the object store and read (pipeline/reports/documents.py).
+Whether a study has anything to read comes from a QIDO-RS query at study level
+(ModalitiesInStudy), asked for ``LIST_BATCH`` studies at once by UID list matching; a study the
+batched answer leaves out is asked about alone. Only for a study with SR or DOC are its report
+instances listed and each new one fetched with WADO-RS, kept byte for byte in the object store
+and read (pipeline/reports/documents.py).
 Documents under ``ADDENDUM_UID_PREFIX`` are the gateway's own addenda and are skipped.
 
 Per destination, backoff: a destination that does not answer (connection, 5xx, 401/403,
@@ -51,7 +53,7 @@ from pipeline.models import (
 )
 from pipeline.ops import events
 from pipeline.reports import is_own_addendum, status
-from pipeline.reports.dicomweb import DestinationUnavailable, DicomWebReader, value
+from pipeline.reports.dicomweb import LIST_BATCH, DestinationUnavailable, DicomWebReader, value
 from pipeline.reports.documents import ReportDocument, UnreadableDocument, read_document
 
 log = logging.getLogger(__name__)
@@ -175,11 +177,16 @@ def _ingest(session: Session, store: object, destination_id: int, study: Study,
     return out
 
 
+NOT_ASKED = object()  # check_study's ``has`` when no batched answer covered the study
+
+
 def check_study(session: Session, store: object, reader: DicomWebReader, destination_id: int,
-                study: Study, now: datetime) -> tuple[list[events.Event], int, int]:
-    """Ask about one study; read and record its new documents. Raises DestinationUnavailable.
-    Returns the events, documents read, documents unreadable."""
-    has = reader.study_has_reports(study.study_instance_uid)
+                study: Study, now: datetime, has: object = NOT_ASKED) -> tuple[list[events.Event], int, int]:
+    """Ask about one study (unless ``has`` is the batched answer about it); read and record its
+    new documents. Raises DestinationUnavailable. Returns the events, documents read,
+    documents unreadable."""
+    if has is NOT_ASKED:
+        has = reader.study_has_reports(study.study_instance_uid)
     if has is False:
         return [], 0, 0
     known = set(session.scalars(select(RadiologyReport.sop_instance_uid).where(
@@ -221,8 +228,15 @@ def poll_destination(session: Session, store: object, destination: Destination,
     reader = reader_for(destination)
     state.last_polled_at = now
     try:
+        # First whether each study holds anything, LIST_BATCH studies per QIDO-RS query; a
+        # study the batched answer leaves out is asked about alone in check_study.
+        answers: dict[str, bool | None] = {}
+        for first in range(0, min(len(due), limit), LIST_BATCH):
+            answers.update(reader.studies_with_reports(
+                [study.study_instance_uid for _, study in due[first:min(first + LIST_BATCH, limit)]]))
         for check, study in due[:limit]:
-            found, read, unreadable = check_study(session, store, reader, destination.id, study, now)
+            found, read, unreadable = check_study(session, store, reader, destination.id, study, now,
+                                                  answers.get(study.study_instance_uid, NOT_ASKED))
             result.events.extend(found)
             result.documents_read += read
             result.documents_unreadable += unreadable

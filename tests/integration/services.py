@@ -675,7 +675,7 @@ class Worker(ServiceProcess):
 class WorkerFleet:
     """The session's Celery workers: one default worker, plus extras fault tests start/kill."""
 
-    DEFAULT_QUEUES = "intake,dicom,pacs"
+    DEFAULT_QUEUES = "intake,dicom,pacs,reports"
 
     def __init__(self, env: Mapping[str, str], log_dir: Path):
         self.env = dict(env)

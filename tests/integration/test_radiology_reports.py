@@ -1,5 +1,5 @@
 """Radiology reports read back from a real Orthanc by the report poll, run by a real Celery
-worker (the ``reports.poll_pacs`` task beat schedules, sent to the ``pacs`` queue) on the real
+worker (the ``reports.poll_pacs`` task beat schedules, sent to the ``reports`` queue) on the real
 stack (PostgreSQL, Redis, moto_server): a study is uploaded and delivered; an SR stored into
 Orthanc for it shows up as a final report with the original object kept; an amending SR makes
 it amended; an Encapsulated PDF report is read; the gateway's own addenda are never taken for
@@ -32,7 +32,7 @@ FACILITY = "Reports Clinic"
 def _poll(broker_url: str, at) -> None:  # noqa: ANN001
     """What beat does every minute, as of ``at`` (so the test need not wait for the schedule)."""
     sender = Celery(broker=broker_url)
-    sender.send_task("reports.poll_pacs", kwargs={"now": at.isoformat()}, queue="pacs")
+    sender.send_task("reports.poll_pacs", kwargs={"now": at.isoformat()}, queue="reports")
 
 
 def _study_reports(url: str, headers: dict, study_uid: str, **params) -> list[dict]:  # noqa: ANN003

@@ -222,6 +222,28 @@ def test_a_reconnecting_stream_gets_each_comment_once(world, events_server):  # 
         again.close()
 
 
+def test_an_assigned_reader_gets_the_served_facility_s_events_live_and_on_replay(world, events_server):  # noqa: F811
+    """A consultant of South who serves North (a reader assignment) is told of North's
+    comments on the stream as they happen and when resuming with Last-Event-ID."""
+    people, north = world["people"], world["reports"]["north"]
+    mine = lambda e: e["type"] == "comment.created" and e.get("report_id") == north  # noqa: E731
+    live = SseReader(events_server.url, people.tokens["pool_consultant"])
+    try:
+        first = _post(world, "north_b", f"/api/v1/reports/{north}/comments", {"text": "for the hub"})
+        live.wait_for(lambda e: mine(e) and e["comment_id"] == first.json()["id"], "north's comment, live",
+                      timeout=15)
+        last_id = live.events[-1]["id"]
+    finally:
+        live.close()
+    second = _post(world, "north_b", f"/api/v1/reports/{north}/comments", {"text": "while away"})
+    again = SseReader(events_server.url, people.tokens["pool_consultant"], last_event_id=last_id)
+    try:
+        again.wait_for(lambda e: mine(e) and e["comment_id"] == second.json()["id"],
+                       "north's comment, replayed", timeout=15)
+    finally:
+        again.close()
+
+
 def test_a_consult_runs_its_states_and_its_addendum_reaches_orthanc(world, mail_worker, orthanc):
     people, north = world["people"], world["reports"]["north"]
     base = f"/api/v1/reports/{north}/consults"

@@ -24,9 +24,12 @@ def test_events_carry_ids_and_counts_only():
 
 
 def test_scoping_and_framing():
-    assert events.visible_to({"facility_id": 2}, 2, False)
-    assert not events.visible_to({"facility_id": 2}, 3, False)
-    assert events.visible_to({"facility_id": 2}, 3, True)
+    assert events.visible_to({"facility_id": 2}, frozenset({2}))
+    assert not events.visible_to({"facility_id": 2}, frozenset({3}))
+    assert events.visible_to({"facility_id": 2}, None)  # admins: every facility
+    # A reader assigned to facilities 3 and 2 sees both, not 4.
+    assert events.visible_to({"facility_id": 2}, frozenset({3, 2}))
+    assert not events.visible_to({"facility_id": 4}, frozenset({3, 2}))
     frame = events.sse_frame("17-0", '{"a":1}', "upload.completed").decode()
     assert frame == 'id: 17-0\nevent: upload.completed\ndata: {"a":1}\n\n'
     assert events.stream_id_key("17-2") > events.stream_id_key("17-1") > events.stream_id_key("9-9")

@@ -26,6 +26,9 @@ class StandInPacs:
         self.docs: dict[str, dict[str, bytes]] = {}
         self.down = False
         self.asked: list[str] = []
+        self.alone: list[str] = []  # asked with a query of their own
+        self.batches: list[list[str]] = []
+        self.left_out: set[str] = set()  # studies a batched answer does not mention
 
     def add(self, study_uid: str, sop_uid: str, data: bytes) -> None:
         self.docs.setdefault(study_uid, {})[sop_uid] = data
@@ -34,10 +37,18 @@ class StandInPacs:
         if self.down:
             raise DestinationUnavailable("no answer: ConnectionError")
 
-    def study_has_reports(self, study_uid: str) -> bool:
+    def _has(self, study_uid: str) -> bool:
         self._check()
         self.asked.append(study_uid)
         return bool(self.docs.get(study_uid))
+
+    def study_has_reports(self, study_uid: str) -> bool:
+        self.alone.append(study_uid)
+        return self._has(study_uid)
+
+    def studies_with_reports(self, study_uids: list[str]) -> dict[str, bool | None]:
+        self.batches.append(list(study_uids))
+        return {uid: self._has(uid) for uid in study_uids if uid not in self.left_out}
 
     def report_instances(self, study_uid: str) -> list[dict]:
         self._check()
@@ -145,3 +156,18 @@ def test_unanswering_destination_backs_off_and_shows_unreachable(session, tmp_pa
     back = poll.poll_destination(session, store, dest, lambda d: pacs, now + timedelta(minutes=10))
     assert back.state == "ok" and state.consecutive_failures == 0 and state.next_poll_at is None
     assert back.studies_checked == 3
+
+
+def test_studies_are_asked_in_batches_and_one_left_out_is_asked_alone(session, tmp_path):
+    dest, studies, store = _world(session, tmp_path)
+    pacs = StandInPacs()
+    uids = [s.study_instance_uid for s in studies]
+    sop_uid, data = basic_text_sr(uids[2], "Consolidation.")
+    pacs.add(uids[2], sop_uid, data)
+    pacs.left_out = {uids[1]}  # e.g. a PACS that no longer holds it, or a truncated answer
+    result = poll.poll_destination(session, store, dest, lambda d: pacs, utcnow())
+    session.commit()
+    assert [sorted(b) for b in pacs.batches] == [sorted(uids)]  # one query for the three
+    assert pacs.alone == [uids[1]]  # only the one the batch did not answer for
+    assert (result.studies_checked, result.documents_read) == (3, 1)
+    assert session.scalar(select(RadiologyReport.study_id)) == studies[2].id

@@ -5,7 +5,7 @@ read state, consult moves (409 for illegal ones, 403 for someone else's), unsubs
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from config import load_settings
 from pipeline.accounts.users import create_user
@@ -267,3 +267,46 @@ def test_the_report_page_shows_the_thread_and_consults(app, world, sign_in):
     assert 'data-events-url="/dashboard/events"' in page.text
     # Another facility's report: not found, thread and all.
     assert browser.get(f"/reports/{world['reports']['south']}").status_code == 404
+
+
+def test_a_status_move_through_the_api_notifies_the_senders_and_announces_it(client, session, world, mailed):
+    """POST /reports/ID/status and POST /reports (a final report) notify the study's sender
+    through the outbox (notification.created) and the mail queue, with the report.status_changed."""
+    from pipeline.models import Delivery, Destination, OutboxEvent
+
+    north = session.get(RadiologyReport, world["reports"]["north"])
+    pacs = Destination(name="status-move-pacs", kind="stowrs", options={"url": "http://127.0.0.1:9"})
+    session.add(pacs)
+    session.flush()
+    instance = session.scalar(select(Instance).where(Instance.study_id == north.study_id))
+    session.add(Delivery(instance_id=instance.id, destination_id=pacs.id, study_id=north.study_id,
+                         batch_id=instance.batch_id, state="delivered", delivered_at=utcnow()))
+    report = RadiologyReport(facility_id=north.facility_id, study_id=north.study_id,
+                             study_instance_uid=north.study_instance_uid, source="manual",
+                             status="final", text=TEXT, text_sha256=text_sha256(TEXT))
+    session.add(report)
+    session.commit()
+    since = session.scalar(select(func.max(OutboxEvent.id))) or 0
+
+    def new_events() -> list[tuple[str, dict]]:
+        session.expire_all()
+        return [(e.type, e.data) for e in session.scalars(
+            select(OutboxEvent).where(OutboxEvent.id > since).order_by(OutboxEvent.id))]
+
+    moved = client.post(f"/api/v1/reports/{report.id}/status", json={"status": "amended"},
+                        headers=_h(world, "reader"))
+    assert moved.status_code == 200, moved.json
+    got = new_events()
+    assert ("report.status_changed", {"report_id": report.id, "from": "final", "to": "amended"}) in [
+        (t, {k: d.get(k) for k in ("report_id", "from", "to")}) for t, d in got]
+    told = [d for t, d in got if t == "notification.created"]
+    assert [d["user_id"] for d in told] == [world["ids"]["sender"]] and told[0]["report_id"] == report.id
+    assert mailed["mail"] == [[told[0]["notification_id"]]]
+
+    since = session.scalar(select(func.max(OutboxEvent.id)))
+    created = client.post("/api/v1/reports", json={"study_id": north.study_id, "text": "Impression: clear."},
+                          headers=_h(world, "reader"))
+    assert created.status_code == 201, created.json
+    told = [d for t, d in new_events() if t == "notification.created"]
+    assert [d["user_id"] for d in told] == [world["ids"]["sender"]]
+    assert mailed["mail"][-1] == [told[0]["notification_id"]]

@@ -206,3 +206,29 @@ def test_a_study_not_delivered_yet_gets_no_manual_report(client, session, world)
     answer = client.post("/api/v1/reports", json={"study_id": study.id, "text": "x"},
                          headers=auth(world["radiologist"]))
     assert answer.status_code == 409 and "not been delivered" in answer.get_json()["error"]["message"]
+
+
+def test_one_report_comes_with_its_thread_in_a_constant_number_of_statements(app, client, session, world):
+    from pipeline.models import ReportComment, User
+
+    factory = app.extensions["relaypacs"].session_factory
+    quiet, busy = reports_for(session, world["north"][:2], world["pacs"].id)
+    author = session.scalar(select(User).where(User.email == "clin@north.test"))
+    for key, texts in (("a" * 32, ["first", "first, corrected"]), ("b" * 32, ["second"]),
+                       ("c" * 32, ["third"])):
+        for version, text in enumerate(texts, start=1):
+            session.add(ReportComment(report_id=busy, facility_id=author.facility_id, thread_key=key,
+                                      version=version, author_id=author.id, text=text, recipients=[]))
+            session.flush()
+    session.commit()
+    headers = auth(world["clinician"])
+    client.get(f"/api/v1/reports/{quiet}", headers=headers)  # warm the token cache
+    with counted(factory) as none:
+        empty = client.get(f"/api/v1/reports/{quiet}", headers=headers).get_json()
+    with counted(factory) as three:
+        full = client.get(f"/api/v1/reports/{busy}", headers=headers).get_json()
+    assert empty["comments"] == [] and len(none) == len(three), (none, three)
+    assert [c["text"] for c in full["comments"]] == ["first, corrected", "second", "third"]
+    assert [c["version"] for c in full["comments"]] == [2, 1, 1]
+    assert full["comments"][0]["author"] == {"id": author.id, "email": "clin@north.test"}
+    assert full["comment_count"] == 3
