@@ -46,11 +46,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from pipeline.forecasting.candidates import (  # noqa: E402
+    HOLIDAY_REACH_DAYS,
     Candidate,
     CandidateFailed,
     clean_history,
     conformal_widths,
     fit_univariate,
+    holiday_period_factor,
+    near_holiday,
 )
 
 SEASON = 7
@@ -211,6 +214,7 @@ class Forecast:
     day_rules: list = field(default_factory=list)  # per day ahead: which closure/holiday rule applied
     intervals: dict = field(default_factory=dict)  # how the 80%/95% intervals were made
     alternatives: dict = field(default_factory=dict)  # every candidate's points (not stored)
+    detail: dict = field(default_factory=dict)  # the backtest's arrays, for evaluation (not stored)
 
     def points(self) -> list[dict]:
         p = self.prediction
@@ -707,7 +711,15 @@ def forecast_series(
     widths = conformal_widths(error_matrix / fold_scale, usable, horizon)
     final_scale = _weekday_scales(clean[latest], horizon)
     mean = alternatives[winner]
-    half80, half95 = widths[0.8] * final_scale, widths[0.95] * final_scale
+    # Holiday periods (a few days either side of a public holiday) are less predictable than
+    # ordinary weeks: their intervals are widened by how much more this facility's own history
+    # moved week on week around past holidays than on ordinary days (1 when it did not, or
+    # when the history has too few such days to tell).
+    near = near_holiday(days, holidays)
+    holiday_day = np.array([day in holidays for day in days[:n]], dtype=bool)
+    holiday_widen, holiday_days_seen = holiday_period_factor(y, near[:n], shut[:n] | holiday_day)
+    widen = np.where(near[n:] & ~shut[n:], holiday_widen, 1.0)
+    half80, half95 = widths[0.8] * final_scale * widen, widths[0.95] * final_scale * widen
     clip = np.maximum
     prediction = _zero_closed(Prediction(clip(mean, 0), clip(mean - half80, 0), clip(mean + half80, 0),
                                          clip(mean - half95, 0), clip(mean + half95, 0)), shut[n:])
@@ -735,6 +747,9 @@ def forecast_series(
             rules.append("public holiday on a weekend: weekly cycle")
         else:
             rules.append(None)
+        if widen[i] > 1:
+            note = f"holiday period: interval widened x{holiday_widen:.2f}"
+            rules[i] = f"{rules[i]}; {note}" if rules[i] else note
 
     compared = [{"model": name, "rank": rank + 1, **scores[name].as_dict(), **({"spec": specs[name]}
                                                                               if name in specs else {})}
@@ -756,13 +771,20 @@ def forecast_series(
                            "quantiles by week ahead",
                  "errors": int(usable.sum()), "folds": folds,
                  "q80_by_week": [_round(v) for v in widths[0.8][::SEASON]],
-                 "q95_by_week": [_round(v) for v in widths[0.95][::SEASON]]}
+                 "q95_by_week": [_round(v) for v in widths[0.95][::SEASON]],
+                 "holiday_periods": {"reach_days": HOLIDAY_REACH_DAYS, "widened_by": _round(holiday_widen),
+                                     "history_days_seen": holiday_days_seen,
+                                     "days_ahead_widened": int((widen > 1).sum())}}
     order = specs[winner].get("order") if winner in specs else None
     return Forecast(winner, start, prediction, order=order,
                     aic=best.aic if winner == "sarimax" and best else None, backtest=backtest,
                     fallback_reason=reason if winner == "seasonal_naive" else None,
                     scale=best.scale if winner == "sarimax" and best else None, reason=reason,
-                    day_rules=rules, intervals=intervals, alternatives=alternatives, **record)
+                    day_rules=rules, intervals=intervals, alternatives=alternatives,
+                    detail={"origins": origins, "actuals": actuals, "fold_preds": fold_preds,
+                            "mase_scales": mase_scales, "fold_shut": fold_shut, "fold_scale": fold_scale,
+                            "final_scale": final_scale, "scores": scores, "specs": specs},
+                    **record)
 
 
 def _exog_usable(flags: np.ndarray) -> bool:

@@ -145,3 +145,60 @@ def test_little_history_says_so_with_wide_intervals():
     # Student t on three weeks of changes: wider than the normal interval on the same spread.
     assert points[0]["hi95"] - points[0]["lo95"] > normal.hi95[0] - normal.lo95[0]
     assert result.intervals["degrees_of_freedom"] == 20
+
+
+def test_near_holiday_marks_the_days_either_side():
+    days = [START + timedelta(days=i) for i in range(21)]
+    near = cands.near_holiday(days, {START + timedelta(days=10)}, reach=3)
+    assert np.flatnonzero(near).tolist() == list(range(7, 14))
+
+
+def _holiday_weeks(n: int, holidays: list[int], *, upset: float, seed: int = 5) -> np.ndarray:
+    """A weekly series whose days around each holiday (not the holiday itself) move by up to
+    ``upset`` (a share of the day's volume) in either direction: schedules that shift."""
+    y = weekly(n, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    for h in holidays:
+        for k in (-3, -2, -1, 1, 2, 3):
+            if 0 <= h + k < n:
+                y[h + k] *= 1 + rng.uniform(-upset, upset)
+    return y
+
+
+def test_holiday_period_factor_learns_how_much_harder_holiday_weeks_were():
+    n = 364
+    holidays = [31, 101, 178, 255, 332]
+    days = [START + timedelta(days=i) for i in range(n)]
+    near = cands.near_holiday(days, {START + timedelta(days=h) for h in holidays})
+    skip = np.isin(np.arange(n), holidays)
+    upset, _ = cands.holiday_period_factor(_holiday_weeks(n, holidays, upset=0.6), near, skip)
+    calm, seen = cands.holiday_period_factor(_holiday_weeks(n, holidays, upset=0.0), near, skip)
+    assert upset > 2.0
+    assert calm == 1.0 and seen > cands.HOLIDAY_MIN_DAYS  # seen, and no harder: left as it is
+    few = np.zeros(n, dtype=bool)
+    few[40:45] = True  # fewer than HOLIDAY_MIN_DAYS in a holiday period: nothing learnt
+    assert cands.holiday_period_factor(_holiday_weeks(n, holidays, upset=0.6), few, skip)[0] == 1.0
+
+
+def test_intervals_widen_in_a_holiday_period_when_past_ones_were_harder():
+    n = 364
+    past = [31, 101, 178, 255, 332]
+    ahead = n + 10  # a holiday ten days after the history ends
+    holidays = [START + timedelta(days=h) for h in (*past, ahead)]
+    y = _holiday_weeks(n, past, upset=0.6)
+    result = fc.forecast_series(y, START, horizon=21, folds=2, holidays=holidays,
+                                candidates=("seasonal_naive", "weekday_mean_4w", "theta"))
+    points = result.points()
+    factor = result.intervals["holiday_periods"]["widened_by"]
+    assert factor > 1.5
+    width = [p["hi80"] - p["lo80"] for p in points]
+    for i in (7, 8, 9, 11, 12, 13):  # the days around the holiday ahead: wider than a week later
+        assert points[i]["rule"] == f"holiday period: interval widened x{factor:.2f}"
+        assert width[i] > 1.4 * width[i + 7] or width[i + 7] == 0, (i, width)
+    assert "rule" not in points[0] and "rule" not in points[20]
+    assert points[10]["rule"].endswith(f"; holiday period: interval widened x{factor:.2f}")
+    assert result.intervals["holiday_periods"]["days_ahead_widened"] == 7
+    calm = fc.forecast_series(_holiday_weeks(n, past, upset=0.0), START, horizon=21, folds=2,
+                              holidays=holidays, candidates=("seasonal_naive", "weekday_mean_4w", "theta"))
+    assert calm.intervals["holiday_periods"]["widened_by"] == 1.0
+    assert not any("holiday period" in (p.get("rule") or "") for p in calm.points())
