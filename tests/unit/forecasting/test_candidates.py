@@ -51,10 +51,11 @@ def test_theta_and_short_window_candidates():
     assert cands.weekday_mean_point(flat[3:], 7).tolist() == PROFILE.tolist()
 
 
-def test_conformal_quantile_is_the_finite_sample_rank():
+def test_conformal_quantile_is_the_empirical_quantile():
     errors = np.arange(1, 10, dtype=float)  # m = 9
-    assert cands.conformal_quantile(errors, 0.8) == 8.0  # ceil(10 * 0.8) = 8th smallest
-    assert cands.conformal_quantile(errors, 0.95) == 9.0  # ceil(9.5) = 10 > m: the largest
+    assert cands.conformal_quantile(errors, 0.8) == pytest.approx(7.4)  # 1 + 0.8 * 8
+    assert cands.conformal_quantile(errors, 0.95) == pytest.approx(8.6)
+    assert np.isnan(cands.conformal_quantile(np.array([]), 0.8))
 
 
 def test_conformal_widths_cover_new_errors_at_their_level():
@@ -74,7 +75,7 @@ def test_every_candidate_is_compared_and_the_best_one_wins():
     assert [c["rank"] for c in compared] == list(range(1, len(compared) + 1))
     mases = [c["mase"] for c in compared]
     assert mases == sorted(mases)
-    assert result.model == compared[0]["model"] == result.backtest["chosen"]
+    assert result.model == result.backtest["chosen"]
     assert result.model in result.reason
     assert set(result.alternatives) == set(fc.CANDIDATES)
     combination = next(c for c in compared if c["model"] == "combination")
@@ -82,6 +83,30 @@ def test_every_candidate_is_compared_and_the_best_one_wins():
     assert result.intervals["method"].startswith("conformal")
     for p in result.points():
         assert 0 <= p["lo95"] <= p["lo80"] <= p["mean"] <= p["hi80"] <= p["hi95"]
+
+
+def _single_beat_combination_by_margin(result: fc.Forecast) -> str | None:
+    compared = {c["model"]: c["mase"] for c in result.backtest["compared"]}
+    single = min((m for m in compared if m != "combination"), key=lambda m: compared[m])
+    return single if compared[single] < compared["combination"] * (1 - fc.SINGLE_MARGIN) else None
+
+
+def test_the_combination_is_chosen_unless_a_single_candidate_beats_it_by_the_margin():
+    # Ordinary noisy weeks: the candidates are close, their mean is the forecast.
+    steady = fc.forecast_series(weekly(252, noise=12.0, seed=3), START, horizon=14, folds=3)
+    assert _single_beat_combination_by_margin(steady) is None, steady.backtest["compared"]
+    assert steady.model == "combination"
+    assert steady.reason.startswith("combination (mean of ")
+    members = next(c for c in steady.backtest["compared"] if c["model"] == "combination")["spec"]["of"]
+    assert len(members) == fc.COMBINE_TOP
+    assert np.allclose(steady.prediction.mean, np.mean([steady.alternatives[m] for m in members], axis=0))
+    # A step change a month before the first origin: whatever wins, the rule decided it.
+    n = 266
+    y = np.concatenate([weekly(n - 56, seed=1), weekly(56, level=2.0, seed=2)])
+    stepped = fc.forecast_series(y, START, horizon=14, folds=2)
+    assert stepped.model == (_single_beat_combination_by_margin(stepped) or "combination")
+    if stepped.model != "combination":
+        assert "beat the combination by more than 2%" in stepped.reason
 
 
 def test_after_a_step_change_a_candidate_that_follows_the_new_level_wins():
