@@ -22,7 +22,9 @@ Pure functions over plain values (dates, floats): no database, no flask, no cele
   record keeps the ranking and the reason;
 - the intervals are conformal: the winner's backtest errors, normalised by each weekday's
   typical week-on-week change, give per week ahead the 80% / 95% quantiles (never narrower
-  further ahead), scaled back by the latest history's weekday figures; clipped at zero;
+  further ahead), scaled back by the latest history's weekday figures, widened in holiday
+  periods by the history's own holiday-period volatility (``holiday_period_factor``);
+  clipped at zero;
 - closed days ahead (the facility's own, and public holidays only if the facility closes on
   them: the caller passes those as closed) are zero; a public holiday ahead gets the effect
   learnt from the past ones (``sarimax``: its regressor; the others: the median ratio of a
@@ -547,9 +549,10 @@ def forecast_series(
 ) -> Forecast:
     """Forecast ``horizon`` days after the last of ``y`` (``y[0]`` is ``first_day``).
 
-    ``candidates``: which of ``CANDIDATES`` compete (default all); the one with the lowest
-    mean MASE over the rolling-origin backtest's folds is the forecast, and its errors there
-    give the intervals (conformal, by week ahead).
+    ``candidates``: which of ``CANDIDATES`` compete (default all); the combination is the
+    forecast unless a single one's mean MASE over the rolling-origin backtest's folds is more
+    than ``SINGLE_MARGIN`` below it, and the chosen one's errors there give the intervals
+    (their quantiles by week ahead).
 
     ``closed``: days the facility is shut (forecast zero). ``holidays``: public holidays; a
     holiday is not a closed day (the facility's calendar says when it closes, and the caller

@@ -16,7 +16,7 @@ Three panels, in one run:
 
 Each panel: the median holdout MASE of the production choice, of each candidate alone (its
 own final forecast, which the production run computes anyway), seasonal naive and AutoARIMA;
-the share of holdout days inside the 80% and 95% intervals (conformal, calibrated on the
+the share of holdout days inside the 80% and 95% intervals (from backtest errors, calibrated on the
 backtest folds before the holdout, never on it); wall time.
 
 The production path is measured: ``pipeline.forecasting.daily.forecast_series`` with its default
