@@ -51,10 +51,11 @@ def test_theta_and_short_window_candidates():
     assert cands.weekday_mean_point(flat[3:], 7).tolist() == PROFILE.tolist()
 
 
-def test_conformal_quantile_is_the_finite_sample_rank():
+def test_conformal_quantile_is_the_empirical_quantile():
     errors = np.arange(1, 10, dtype=float)  # m = 9
-    assert cands.conformal_quantile(errors, 0.8) == 8.0  # ceil(10 * 0.8) = 8th smallest
-    assert cands.conformal_quantile(errors, 0.95) == 9.0  # ceil(9.5) = 10 > m: the largest
+    assert cands.conformal_quantile(errors, 0.8) == pytest.approx(7.4)  # 1 + 0.8 * 8
+    assert cands.conformal_quantile(errors, 0.95) == pytest.approx(8.6)
+    assert np.isnan(cands.conformal_quantile(np.array([]), 0.8))
 
 
 def test_conformal_widths_cover_new_errors_at_their_level():
@@ -74,7 +75,7 @@ def test_every_candidate_is_compared_and_the_best_one_wins():
     assert [c["rank"] for c in compared] == list(range(1, len(compared) + 1))
     mases = [c["mase"] for c in compared]
     assert mases == sorted(mases)
-    assert result.model == compared[0]["model"] == result.backtest["chosen"]
+    assert result.model == result.backtest["chosen"]
     assert result.model in result.reason
     assert set(result.alternatives) == set(fc.CANDIDATES)
     combination = next(c for c in compared if c["model"] == "combination")
@@ -82,6 +83,30 @@ def test_every_candidate_is_compared_and_the_best_one_wins():
     assert result.intervals["method"].startswith("conformal")
     for p in result.points():
         assert 0 <= p["lo95"] <= p["lo80"] <= p["mean"] <= p["hi80"] <= p["hi95"]
+
+
+def _single_beat_combination_by_margin(result: fc.Forecast) -> str | None:
+    compared = {c["model"]: c["mase"] for c in result.backtest["compared"]}
+    single = min((m for m in compared if m != "combination"), key=lambda m: compared[m])
+    return single if compared[single] < compared["combination"] * (1 - fc.SINGLE_MARGIN) else None
+
+
+def test_the_combination_is_chosen_unless_a_single_candidate_beats_it_by_the_margin():
+    # Ordinary noisy weeks: the candidates are close, their mean is the forecast.
+    steady = fc.forecast_series(weekly(252, noise=12.0, seed=3), START, horizon=14, folds=3)
+    assert _single_beat_combination_by_margin(steady) is None, steady.backtest["compared"]
+    assert steady.model == "combination"
+    assert steady.reason.startswith("combination (mean of ")
+    members = next(c for c in steady.backtest["compared"] if c["model"] == "combination")["spec"]["of"]
+    assert len(members) == fc.COMBINE_TOP
+    assert np.allclose(steady.prediction.mean, np.mean([steady.alternatives[m] for m in members], axis=0))
+    # A step change a month before the first origin: whatever wins, the rule decided it.
+    n = 266
+    y = np.concatenate([weekly(n - 56, seed=1), weekly(56, level=2.0, seed=2)])
+    stepped = fc.forecast_series(y, START, horizon=14, folds=2)
+    assert stepped.model == (_single_beat_combination_by_margin(stepped) or "combination")
+    if stepped.model != "combination":
+        assert "beat the combination by more than 2%" in stepped.reason
 
 
 def test_after_a_step_change_a_candidate_that_follows_the_new_level_wins():
@@ -145,3 +170,60 @@ def test_little_history_says_so_with_wide_intervals():
     # Student t on three weeks of changes: wider than the normal interval on the same spread.
     assert points[0]["hi95"] - points[0]["lo95"] > normal.hi95[0] - normal.lo95[0]
     assert result.intervals["degrees_of_freedom"] == 20
+
+
+def test_near_holiday_marks_the_days_either_side():
+    days = [START + timedelta(days=i) for i in range(21)]
+    near = cands.near_holiday(days, {START + timedelta(days=10)}, reach=3)
+    assert np.flatnonzero(near).tolist() == list(range(7, 14))
+
+
+def _holiday_weeks(n: int, holidays: list[int], *, upset: float, seed: int = 5) -> np.ndarray:
+    """A weekly series whose days around each holiday (not the holiday itself) move by up to
+    ``upset`` (a share of the day's volume) in either direction: schedules that shift."""
+    y = weekly(n, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    for h in holidays:
+        for k in (-3, -2, -1, 1, 2, 3):
+            if 0 <= h + k < n:
+                y[h + k] *= 1 + rng.uniform(-upset, upset)
+    return y
+
+
+def test_holiday_period_factor_learns_how_much_harder_holiday_weeks_were():
+    n = 364
+    holidays = [31, 101, 178, 255, 332]
+    days = [START + timedelta(days=i) for i in range(n)]
+    near = cands.near_holiday(days, {START + timedelta(days=h) for h in holidays})
+    skip = np.isin(np.arange(n), holidays)
+    upset, _ = cands.holiday_period_factor(_holiday_weeks(n, holidays, upset=0.6), near, skip)
+    calm, seen = cands.holiday_period_factor(_holiday_weeks(n, holidays, upset=0.0), near, skip)
+    assert upset > 2.0
+    assert calm == 1.0 and seen > cands.HOLIDAY_MIN_DAYS  # seen, and no harder: left as it is
+    few = np.zeros(n, dtype=bool)
+    few[40:45] = True  # fewer than HOLIDAY_MIN_DAYS in a holiday period: nothing learnt
+    assert cands.holiday_period_factor(_holiday_weeks(n, holidays, upset=0.6), few, skip)[0] == 1.0
+
+
+def test_intervals_widen_in_a_holiday_period_when_past_ones_were_harder():
+    n = 364
+    past = [31, 101, 178, 255, 332]
+    ahead = n + 10  # a holiday ten days after the history ends
+    holidays = [START + timedelta(days=h) for h in (*past, ahead)]
+    y = _holiday_weeks(n, past, upset=0.6)
+    result = fc.forecast_series(y, START, horizon=21, folds=2, holidays=holidays,
+                                candidates=("seasonal_naive", "weekday_mean_4w", "theta"))
+    points = result.points()
+    factor = result.intervals["holiday_periods"]["widened_by"]
+    assert factor > 1.5
+    width = [p["hi80"] - p["lo80"] for p in points]
+    for i in (7, 8, 9, 11, 12, 13):  # the days around the holiday ahead: wider than a week later
+        assert points[i]["rule"] == f"holiday period: interval widened x{factor:.2f}"
+        assert width[i] > 1.4 * width[i + 7] or width[i + 7] == 0, (i, width)
+    assert "rule" not in points[0] and "rule" not in points[20]
+    assert points[10]["rule"].endswith(f"; holiday period: interval widened x{factor:.2f}")
+    assert result.intervals["holiday_periods"]["days_ahead_widened"] == 7
+    calm = fc.forecast_series(_holiday_weeks(n, past, upset=0.0), START, horizon=21, folds=2,
+                              holidays=holidays, candidates=("seasonal_naive", "weekday_mean_4w", "theta"))
+    assert calm.intervals["holiday_periods"]["widened_by"] == 1.0
+    assert not any("holiday period" in (p.get("rule") or "") for p in calm.points())
