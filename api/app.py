@@ -35,7 +35,7 @@ from api.web import assets as web_assets
 from api.web import pages as web_pages
 from config import Settings, load_settings
 from config.logging import configure_logging
-from pipeline.db.engine import make_engine, make_session_factory
+from pipeline.db.engine import make_autocommit_engine, make_engine, make_session_factory
 from pipeline.db.migrate import SchemaGuard
 from pipeline.ops import outbox
 from pipeline.ops.telemetry import Telemetry
@@ -91,6 +91,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         limiter=RateLimiter(dict(settings.rate_limits), settings.redis_url),
         telemetry=Telemetry(settings.redis_url),
     )
+    # Reads outside a transaction (api.http.context.snapshot_db) borrow from their own pool.
+    app.extensions["relaypacs.autocommit"] = make_autocommit_engine(engine)
     # Events a request wrote into its transaction go out right after its commit (the outbox).
     outbox.relay_after_commit(app.extensions["relaypacs"].session_factory, outbox.process_relay(
         engine, settings.redis_url, settings.events_amqp_url, settings.events_amqp_exchange).kick)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask import current_app, g
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.http.limits import RateLimiter
 from config import Settings
+from pipeline.db.engine import make_autocommit_engine
 from pipeline.ops.telemetry import Telemetry
 from pipeline.storage import ObjectStore
 
@@ -38,13 +40,17 @@ def snapshot_db() -> Session:
     sees what was committed when it started, as it would inside a READ COMMITTED transaction;
     nothing it reads may be written through it. Closed at the end of the request."""
     if "snapshot_session" not in g:
-        engine = current_app.extensions.get("relaypacs.autocommit")
-        if engine is None:
-            bind = resources().session_factory.kw["bind"]
-            engine = current_app.extensions.setdefault(
-                "relaypacs.autocommit", bind.execution_options(isolation_level="AUTOCOMMIT"))
-        g.snapshot_session = resources().session_factory(bind=engine)
+        g.snapshot_session = resources().session_factory(bind=autocommit_engine())
     return g.snapshot_session
+
+
+def autocommit_engine() -> Engine:
+    """The app's engine for reads outside a transaction (its own pool: pipeline.db.engine)."""
+    engine = current_app.extensions.get("relaypacs.autocommit")
+    if engine is None:
+        engine = current_app.extensions.setdefault(
+            "relaypacs.autocommit", make_autocommit_engine(resources().session_factory.kw["bind"]))
+    return engine
 
 
 def read_db() -> Session:

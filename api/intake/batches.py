@@ -10,14 +10,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.http.auth import actor, check_facility, current_user, require
-from api.http.context import db, resources, snapshot_db
+from api.http.context import autocommit_engine, db, resources, snapshot_db
 from api.http.errors import ApiError
 from api.http.openapi import STANDARD_ERRORS, operation
 from pipeline.accounts import audit
 from pipeline.dicom.attributes import MetadataError
 from pipeline.editing import batch_edits
 from pipeline.intake import batches as batch_progress
-from pipeline.intake.batch_report import batch_report, batch_summary
+from pipeline.intake.batch_report import (
+    batch_report,
+    batch_status,
+    batch_summary,
+    report_without_instances,
+)
 from pipeline.models import Batch, BatchState, Role, utcnow
 from workers import chains
 
@@ -90,11 +95,21 @@ def list_batches():  # noqa: ANN201
 @require()
 @operation("Batch status: every file, study and delivery; conflicts; what it waits for")
 def show(batch_id: int):  # noqa: ANN201
-    # Polled by every client for progress: read outside a transaction (no BEGIN, ROLLBACK).
+    # Polled by every client for progress: read outside a transaction (no BEGIN, ROLLBACK),
+    # in one statement until the batch's files have instances (pipeline.intake.batch_report).
+    quiet = resources().settings.batch_quiet_seconds
+    engine = autocommit_engine()
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            status = batch_status(connection, batch_id)
+        if status is None:
+            raise ApiError(404, f"batch {batch_id} not found")
+        check_facility(status.batch.facility_id)
+        if not status.has_instances:
+            return jsonify(report_without_instances(status, quiet))
     session = snapshot_db()
     batch = _load(batch_id, session)
-    return jsonify(batch_report(session, batch,
-                                quiet_seconds=resources().settings.batch_quiet_seconds))
+    return jsonify(batch_report(session, batch, quiet_seconds=quiet))
 
 
 @blueprint.route("/<int:batch_id>/complete", methods=["POST"])

@@ -40,6 +40,18 @@ def make_engine(database_url: str) -> Engine:
     return engine
 
 
+def make_autocommit_engine(engine: Engine) -> Engine:
+    """A second engine, with its own pool, whose connections stay in autocommit: reads that
+    need no transaction (the polled batch status) pay neither BEGIN/ROLLBACK nor, as an
+    ``execution_options(isolation_level=...)`` view of the main pool would, the SET that
+    puts a borrowed connection back to the default isolation when it is returned."""
+    if engine.dialect.name != "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    reads = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=10, max_overflow=20)
+    _ping_when_idle(reads)
+    return reads
+
+
 def _ping_when_idle(engine: Engine) -> None:
     """pool_pre_ping, for connections that sat idle only (SQLAlchemy's documented checkout
     hook: raising DisconnectionError makes the pool retry with a new connection)."""

@@ -4,9 +4,11 @@ the conflicts between versions of one instance, and what the batch still waits f
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from pipeline.dicom.versions import conflicts_of_batch
@@ -33,7 +35,7 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def batch_summary(batch: Batch) -> dict:
+def batch_summary(batch: Batch | BatchRow) -> dict:
     return {
         "id": batch.id,
         "label": batch.label,
@@ -48,8 +50,9 @@ def batch_summary(batch: Batch) -> dict:
     }
 
 
-def waiting_for(session: Session, batch: Batch, uploads: list[Upload], conflicts: list[dict],
-                quiet_seconds: float | None, now: datetime | None = None) -> dict:
+def waiting_for(batch: Batch | BatchRow, uploads: list[Upload] | list[UploadRow],
+                conflicts: list[dict], quiet_seconds: float | None, pending: int,
+                now: datetime | None = None) -> dict:
     """What the batch still waits for, in the terms a client can show: unfinished files
     with their offsets, conflicts a person must resolve, the end of the quiet period (after
     which the settled files go out whatever the unfinished ones do), deliveries not done."""
@@ -64,9 +67,6 @@ def waiting_for(session: Session, batch: Batch, uploads: list[Upload], conflicts
         last = batch.last_activity_at
         last = last if last.tzinfo else last.replace(tzinfo=now.tzinfo)
         quiet_ends = last + timedelta(seconds=quiet_seconds)
-    pending = session.scalar(select(func.count()).select_from(Delivery).where(
-        Delivery.batch_id == batch.id,
-        Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING])))
     return {
         "files_receiving": len(receiving),
         "files_processing": len(unfinished) - len(receiving),
@@ -191,5 +191,162 @@ def batch_report(session: Session, batch: Batch, quiet_seconds: float | None = N
         # SOPInstanceUIDs that arrived in several versions: each with every version, the one
         # chosen (or none: a person must choose) and the rule that chose it.
         "conflicts": conflicts,
-        "waiting": waiting_for(session, batch, list(uploads), conflicts, quiet_seconds),
+        "waiting": waiting_for(batch, list(uploads), conflicts, quiet_seconds,
+                               _pending_deliveries(session, batch.id)),
+    }
+
+
+def _pending_deliveries(session: Session, batch_id: int) -> int:
+    return session.scalar(select(func.count()).select_from(Delivery).where(
+        Delivery.batch_id == batch_id,
+        Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING]))) or 0
+
+
+# -- the polled read in one statement ---------------------------------------------------------
+#
+# Every client polls its batch while it uploads; until the workers have parsed a file there
+# are no instances, studies, deliveries or conflicts to report, and what remains (the batch,
+# its uploads, its change log, the pending deliveries) comes back from PostgreSQL in one
+# statement, aggregated as JSON, with a flag that says whether any instance belongs to the
+# batch. Only then does the read take the full path above (a constant number of statements
+# more). Timestamps inside the JSON travel as microseconds since the epoch, so they come out
+# exactly as the ORM path's isoformat() writes them.
+
+@dataclass(frozen=True, slots=True)
+class BatchRow:
+    id: int
+    label: str | None
+    state: str
+    facility_id: int
+    template: str | None
+    created_at: datetime
+    completed_at: datetime | None
+    forwarding_started_at: datetime | None
+    held: bool
+    confirmed_at: datetime | None
+    last_activity_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRow:
+    id: str
+    filename: str
+    state: str
+    offset: int
+    length: int
+    quarantine_reason: str | None
+    quarantine_detail: str | None
+    sop_instance_uid: str | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatus:
+    """What the one statement read: enough for the whole report while ``has_instances`` is
+    false."""
+
+    batch: BatchRow
+    uploads: list[UploadRow]
+    changes: list[dict]
+    pending_deliveries: int
+    has_instances: bool
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _from_micros(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(UTC) if value is not None else None
+
+
+BATCH_STATUS_SQL = """
+SELECT b.id, b.label, b.state, b.facility_id, b.template, b.created_at, b.completed_at,
+       b.forwarding_started_at, b.held, b.confirmed_at, b.last_activity_at,
+       (SELECT json_agg(json_build_array(u.id, u.filename, u.state, u."offset", u.length,
+                                         u.quarantine_reason, u.quarantine_detail,
+                                         u.sop_instance_uid,
+                                         (extract(epoch from u.updated_at) * 1000000)::bigint)
+                        ORDER BY u.created_at, u.id)
+          FROM uploads u WHERE u.batch_id = b.id),
+       (SELECT json_agg(json_build_array(m.id, (extract(epoch from m.created_at) * 1000000)::bigint,
+                                         us.email, m.kind, m.subject, m.detail) ORDER BY m.id)
+          FROM metadata_changes m JOIN users us ON us.id = m.user_id WHERE m.batch_id = b.id),
+       (SELECT count(*) FROM deliveries d
+         WHERE d.batch_id = b.id AND d.state IN ($2, $3)),
+       EXISTS (SELECT 1 FROM instances i WHERE i.batch_id = b.id)
+       OR EXISTS (SELECT 1 FROM uploads u JOIN instances i ON i.upload_id = u.id
+                   WHERE u.batch_id = b.id)
+       OR EXISTS (SELECT 1 FROM uploads u JOIN instances i
+                    ON i.facility_id = b.facility_id AND i.sop_instance_uid = u.sop_instance_uid
+                   AND i.version_state = $4
+                   WHERE u.batch_id = b.id AND u.sop_instance_uid IS NOT NULL)
+  FROM batches b WHERE b.id = $1
+"""
+# Prepared once per connection (the pool keeps it): planning this statement cost PostgreSQL
+# more than running it (measured 0.71 ms a read unprepared, 0.20 ms prepared, empty batch).
+_PREPARED = "relaypacs_batch_status"
+_PREPARE = "PREPARE relaypacs_batch_status (integer, text, text, text) AS " + BATCH_STATUS_SQL
+
+
+def batch_status(connection: Connection, batch_id: int) -> BatchStatus | None:
+    """The batch's status in one round trip (PostgreSQL; the connection's first call also
+    prepares the statement), or None when there is no such batch."""
+    info = connection.connection.info
+    if not info.get(_PREPARED):
+        connection.exec_driver_sql(_PREPARE)
+        info[_PREPARED] = True
+    row = connection.exec_driver_sql("EXECUTE relaypacs_batch_status (%s, %s, %s, %s)", (
+        batch_id, DeliveryState.PENDING.value, DeliveryState.SENDING.value,
+        InstanceVersion.CURRENT.value)).first()
+    if row is None:
+        return None
+    (id_, label, state, facility_id, template, created_at, completed_at, forwarding_started_at,
+     held, confirmed_at, last_activity_at, uploads, changes, pending, has_instances) = row
+    batch = BatchRow(id_, label, state, facility_id, template, _utc(created_at),
+                     _utc(completed_at), _utc(forwarding_started_at), bool(held),
+                     _utc(confirmed_at), _utc(last_activity_at))
+    return BatchStatus(
+        batch=batch,
+        uploads=[UploadRow(*u[:8], _from_micros(u[8])) for u in uploads or ()],
+        changes=[{"id": c[0], "at": _from_micros(c[1]).isoformat(), "by": c[2], "kind": c[3],
+                  "subject": c[4], "detail": c[5]} for c in changes or ()],
+        pending_deliveries=int(pending or 0),
+        has_instances=bool(has_instances),
+    )
+
+
+def report_without_instances(status: BatchStatus, quiet_seconds: float | None = None) -> dict:
+    """``batch_report`` of a batch none of whose files has an instance yet (no studies,
+    deliveries or conflicts to report), from ``batch_status`` alone."""
+    if status.has_instances:
+        raise ValueError("the batch has instances: use batch_report")
+    uploads = status.uploads
+    files: list[dict[str, Any]] = [{
+        "upload_id": u.id, "filename": u.filename, "state": u.state, "offset": u.offset,
+        "length": u.length, "quarantine_reason": u.quarantine_reason,
+        "quarantine_detail": u.quarantine_detail, "sop_instance_uid": u.sop_instance_uid,
+        "study_instance_uid": None, "version": None,
+    } for u in uploads]
+    return {
+        **batch_summary(status.batch),
+        "totals": {
+            "files": len(files),
+            "bytes": sum(u.length for u in uploads),
+            "bytes_received": sum(u.offset for u in uploads),
+            "files_by_state": dict(Counter(u.state for u in uploads)),
+            "studies": 0,
+            "deliveries_by_state": {},
+        },
+        "files": files,
+        "studies": [],
+        "deliveries": [],
+        "changes": status.changes,
+        "problems": [],
+        "conflicts": [],
+        "waiting": waiting_for(status.batch, uploads, [], quiet_seconds,
+                               status.pending_deliveries),
     }

@@ -19,8 +19,10 @@ class RequestCosts:
     thread publishing after the commit, the telemetry flusher) are not the request's cost:
     they are counted apart, under ``background``, and left out of ``sql``/``round_trips``."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *more: Engine) -> None:
         self.engine = engine
+        # The app's other engines (its autocommit engine for snapshot reads) count too.
+        self.engines = [engine, *more]
         self.counts: Counter = Counter()
         self.statements: list[str] = []
         self._lock = threading.Lock()
@@ -80,7 +82,11 @@ class RequestCosts:
         # On an AUTOCOMMIT connection psycopg2 sends no BEGIN, COMMIT or ROLLBACK at all,
         # although SQLAlchemy still reports its transaction's begin and end.
         def autocommit(conn) -> bool:  # noqa: ANN001
-            return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+            if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+                return True
+            # An engine made in autocommit (pipeline.db.engine.make_autocommit_engine): ask
+            # the driver's connection, which knows without a round trip.
+            return bool(getattr(conn.connection.dbapi_connection, "autocommit", False))
 
         def on_begin(conn):  # noqa: ANN001
             if not autocommit(conn) and threading.get_ident() == measured_thread:
@@ -94,23 +100,28 @@ class RequestCosts:
             if not autocommit(conn) and threading.get_ident() == measured_thread:
                 self._add("rollback")
 
-        dialect = self.engine.dialect
-        original_ping = dialect.do_ping
-
-        def ping(dbapi_connection):  # noqa: ANN001, ANN202
-            if threading.get_ident() == measured_thread:
-                self._add("ping")
-            return original_ping(dbapi_connection)
+        def counted_ping(original):  # noqa: ANN001, ANN202
+            def ping(dbapi_connection):  # noqa: ANN001, ANN202
+                if threading.get_ident() == measured_thread:
+                    self._add("ping")
+                return original(dbapi_connection)
+            return ping
 
         listeners = [("before_cursor_execute", on_execute), ("begin", on_begin),
                      ("commit", on_commit), ("rollback", on_rollback)]
-        for name, fn in listeners:
-            event.listen(self.engine, name, fn)
-        dialect.do_ping = ping
+        pings = {}
+        for engine in self.engines:
+            for name, fn in listeners:
+                event.listen(engine, name, fn)
+            if engine.dialect not in pings:
+                pings[engine.dialect] = engine.dialect.do_ping
+                engine.dialect.do_ping = counted_ping(engine.dialect.do_ping)
         try:
             with self._redis_counted():
                 yield self
         finally:
-            for name, fn in listeners:
-                event.remove(self.engine, name, fn)
-            dialect.do_ping = original_ping
+            for engine in self.engines:
+                for name, fn in listeners:
+                    event.remove(engine, name, fn)
+            for dialect, original in pings.items():
+                dialect.do_ping = original
