@@ -16,14 +16,14 @@ export class Board {
     this.open = new Set();
     // A series' instances as the server files them ([{sop_instance_uid, filename}]), asked
     // for when the series is opened: single instances can be moved from any session, after a
-    // reload too, without the files being chosen again. Dropped whenever the board reloads.
+    // reload too, without the files being chosen again. Asked again whenever the studies change.
     this.instances = new Map();
   }
 
   async load() {
     const data = await api("GET", `/api/v1/batches/${this.batchId}/studies`);
     this.studies = data.studies;
-    this.instances.clear();
+    await this.refreshInstances();
     this.render();
     this.problems(data.problems);
   }
@@ -57,6 +57,11 @@ export class Board {
     for (const list of grid.querySelectorAll("ul.series, ul.instances")) {
       Sortable.create(list, {
         group: "series", sort: false, animation: 120, delayOnTouchOnly: true, delay: 150,
+        // Mouse drags go through Sortable's pointer-event path, the one touch uses, not the
+        // browser's HTML5 drag and drop: one behaviour for mouse, pen and finger, and the same
+        // input a person's mouse gives is what the browser test drives (headless Chromium
+        // starts no native drag session from mouse input). 3 px of slack keeps clicks clicks.
+        forceFallback: true, fallbackTolerance: 3,
         onAdd: (event) => {
           const to = event.to.dataset.study;
           const { series, sop } = event.item.dataset;
@@ -100,15 +105,27 @@ export class Board {
     return item;
   }
 
+  async instancesOf(seriesUid) {
+    const data = await api("GET",
+      `/api/v1/batches/${this.batchId}/series/${encodeURIComponent(seriesUid)}/instances`);
+    return data.instances;
+  }
+
+  async refreshInstances() {
+    // The studies changed (a move, files parsed): the open series are asked for again; one
+    // that no longer holds this batch's instances closes.
+    const fresh = new Map();
+    await Promise.all([...this.open].map(async (uid) => {
+      try { fresh.set(uid, await this.instancesOf(uid)); } catch (error) { this.open.delete(uid); }
+    }));
+    this.instances = fresh;
+  }
+
   async toggle(seriesUid) {
     if (this.open.has(seriesUid)) {
       this.open.delete(seriesUid);
     } else {
-      if (!this.instances.has(seriesUid)) {
-        const data = await api("GET",
-          `/api/v1/batches/${this.batchId}/series/${encodeURIComponent(seriesUid)}/instances`);
-        this.instances.set(seriesUid, data.instances);
-      }
+      this.instances.set(seriesUid, await this.instancesOf(seriesUid));
       this.open.add(seriesUid);
     }
     this.render();
@@ -144,6 +161,7 @@ export class Board {
     try {
       const answer = await api("POST", `/api/v1/batches/${this.batchId}/moves`, body);
       this.studies = answer.studies;
+      await this.refreshInstances();
       dialog.remove();
       this.render();
       this.problems(answer.problems);
