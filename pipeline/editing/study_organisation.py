@@ -213,6 +213,8 @@ def series_instances(session: Session, batch: Batch, series_uid: str) -> list[di
     the name it was uploaded under: what the board offers for single-instance moves. Only
     this batch's instances (those the moves API accepts); the batch is the caller's, already
     checked against the user's facility."""
+    if len(series_uid) > 64 or not UID_PATTERN.fullmatch(series_uid):
+        raise NotFound("no instance of this batch is in that series")  # not a UID: none can be
     rows = session.execute(
         select(Instance.sop_instance_uid, Upload.filename)
         .join(Series, Series.id == Instance.series_id)

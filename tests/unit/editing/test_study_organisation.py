@@ -299,6 +299,9 @@ def test_move_into_unknown_or_same_study(client, uploader, clinic_day):
     unknown = client.post(f"/api/v1/batches/{batch_id}/moves", headers=uploader, json={
         "series_instance_uids": [series["B1"]], "target_study_instance_uid": "1.2.3.4"})
     assert unknown.status_code == 404
+    for not_a_uid, status in (("abc", 404), ("1.2%0A", 404), ("1" * 65, 404), ("1.2%00", 400)):
+        assert client.get(f"/api/v1/batches/{batch_id}/series/{not_a_uid}/instances",
+                          headers=uploader).status_code == status  # 400: the app's NUL guard
     same = client.post(f"/api/v1/batches/{batch_id}/moves", headers=uploader, json={
         "series_instance_uids": [series["B1"]], "target_study_instance_uid": uids["B"]})
     assert same.status_code == 400
@@ -387,3 +390,6 @@ def test_series_instances_listed_on_demand_for_single_moves(client, uploader, ma
     assert client.get(url).status_code == 401
     unknown = client.get(f"/api/v1/batches/{batch_id}/series/1.2.3.4/instances", headers=uploader)
     assert unknown.status_code == 404
+    for not_a_uid, status in (("abc", 404), ("1.2%0A", 404), ("1" * 65, 404), ("1.2%00", 400)):
+        assert client.get(f"/api/v1/batches/{batch_id}/series/{not_a_uid}/instances",
+                          headers=uploader).status_code == status  # 400: the app's NUL guard
