@@ -1,7 +1,8 @@
 """The upload screen, its study board and the phone page in headless Chromium on the real
-stack (API, workers, PostgreSQL, Redis, S3, Orthanc): a folder with a template and an
-override reaches Orthanc with their values once confirmed, a non-DICOM file is listed as
-skipped, a series moved on the board arrives under its new study, a reload mid-upload resumes
+stack (API, workers, PostgreSQL, Redis, S3, Orthanc): a folder of 200 files with a template
+and an override reaches Orthanc with their values once confirmed, a non-DICOM file is listed as
+skipped, a series (by finger and keyboard) and a single instance (by mouse, after a reload,
+from the server's listing) moved on the board arrive under their new study, a reload mid-upload resumes
 without sending finished files again, a phone-sized window sends a photo, and another
 facility's batch cannot be reached from the pages."""
 
