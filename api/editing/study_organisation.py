@@ -37,6 +37,16 @@ def studies(batch_id: int):  # noqa: ANN201
                     "problems": study_organisation.problems_of(rows)})
 
 
+@blueprint.route("/<int:batch_id>/series/<series_uid>/instances", methods=["GET"])
+@require()
+def series_instances(batch_id: int, series_uid: str):  # noqa: ANN201
+    """On demand (the board opening a series): the batch's instances in that series, so
+    single instances can be moved from any session, not only the one that read the files."""
+    batch = _load(batch_id)
+    return jsonify({"batch_id": batch.id, "series_instance_uid": series_uid,
+                    "instances": study_organisation.series_instances(db(), batch, series_uid)})
+
+
 @blueprint.route("/<int:batch_id>/moves", methods=["POST"])
 @require(*WRITERS)
 def move(batch_id: int):  # noqa: ANN201

@@ -39,6 +39,7 @@ from pipeline.models import (
     InstanceVersion,
     Series,
     Study,
+    Upload,
     User,
 )
 
@@ -205,6 +206,26 @@ def batch_studies(session: Session, batch: Batch) -> list[dict]:
             "problems": problems,
         })
     return out
+
+
+def series_instances(session: Session, batch: Batch, series_uid: str) -> list[dict]:
+    """The batch's current instances in one series (as filed now, moves included), each with
+    the name it was uploaded under: what the board offers for single-instance moves. Only
+    this batch's instances (those the moves API accepts); the batch is the caller's, already
+    checked against the user's facility."""
+    if len(series_uid) > 64 or not UID_PATTERN.fullmatch(series_uid):
+        raise NotFound("no instance of this batch is in that series")  # not a UID: none can be
+    rows = session.execute(
+        select(Instance.sop_instance_uid, Upload.filename)
+        .join(Series, Series.id == Instance.series_id)
+        .outerjoin(Upload, Upload.id == Instance.upload_id)
+        .where(Instance.batch_id == batch.id, Series.series_instance_uid == series_uid,
+               Instance.version_state == InstanceVersion.CURRENT)
+        .order_by(Upload.filename, Instance.id)
+    ).all()
+    if not rows:
+        raise NotFound("no instance of this batch is in that series")
+    return [{"sop_instance_uid": sop, "filename": filename} for sop, filename in rows]
 
 
 def problems_of(studies: list[dict]) -> list[dict]:

@@ -9,9 +9,12 @@ time). This kernel has no ``netem`` (nor ``fq``/``fq_codel``): delay needs the p
         link.upstream_bytes()                        # bytes the shaped interface sent
 
 ``inside(argv)`` prefixes ``ip netns exec NS``: any program (the CLI, a headless Chromium)
-runs on the clinic side. Needs root (ip netns, tc). The namespace (and with it the veth
-pair) is deleted on exit, on failure too, and namespaces left by a killed earlier run (their
-name carries the creating process id) are removed at the next start.
+runs on the clinic side. ``local_url(url)`` gives the clinic side a loopback address for an
+exposed URL (a plain forwarder inside the namespace): a browser treats ``http://127.0.0.1``
+as a secure context (Web Crypto, the sign-in cookie) and ``http://10.x.y.1`` not.
+Needs root (ip netns, tc). The namespace (and with it the veth pair) is deleted on exit, on
+failure too, and namespaces left by a killed earlier run (their name carries the creating
+process id) are removed at the next start.
 
 What the proxy emulates and what it does not: every byte is held ``rtt/2`` before it is
 passed on, in each direction, so each HTTP request/response exchange costs the full round
@@ -30,9 +33,12 @@ import os
 import re
 import secrets
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 NS_PREFIX = "rplink-"
 READ_BLOCK = 64 * 1024
@@ -172,6 +178,7 @@ class ClinicLink:
         octet = int(tag[:2], 16)
         self.host_ip, self.clinic_ip = f"10.213.{octet}.1", f"10.213.{octet}.2"
         self.proxies: list[DelayProxy] = []
+        self.forwarders: list[subprocess.Popen] = []
 
     def __enter__(self) -> ClinicLink:
         remove_stale_namespaces()
@@ -211,6 +218,22 @@ class ClinicLink:
         self.proxies.append(proxy)
         return f"{scheme}://{self.host_ip}:{proxy.listen_port}"
 
+    def local_url(self, url: str) -> str:
+        """``url`` (from ``expose``) reached from ``http://127.0.0.1:PORT`` on the clinic side:
+        a forwarder without delay runs inside the namespace (its bytes still cross the shaped
+        veth and the delay proxy). Stopped by ``close``."""
+        host, port = url.rsplit("//", 1)[1].rsplit(":", 1)
+        local_port = 18000 + secrets.randbelow(2000)
+        forwarder = subprocess.Popen(
+            self.inside([sys.executable, "-m", "tests.bench.clinic_link", "forward",
+                         str(local_port), host, port]),
+            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+        if forwarder.stdout.readline().strip() != "ready":
+            forwarder.kill()
+            raise RuntimeError("forwarder inside the clinic namespace did not start")
+        self.forwarders.append(forwarder)
+        return f"http://127.0.0.1:{local_port}"
+
     def inside(self, argv: Sequence[str]) -> list[str]:
         """``argv`` run on the clinic side of the link."""
         return ["ip", "netns", "exec", self.namespace, *argv]
@@ -227,6 +250,11 @@ class ClinicLink:
         return sum(int(q.get("drops", 0)) for q in json.loads(out) if q.get("kind") == "tbf")
 
     def close(self) -> None:
+        for forwarder in self.forwarders:
+            forwarder.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                forwarder.wait(5)
+        self.forwarders.clear()
         for proxy in self.proxies:
             with contextlib.suppress(Exception):
                 proxy.stop()
@@ -234,3 +262,23 @@ class ClinicLink:
         # Deleting the namespace deletes the veth pair with it (both ends).
         _run("ip", "netns", "delete", self.namespace, check=False)
         _run("ip", "link", "delete", self.host_if, check=False)
+
+
+def _forward(listen_port: int, target_host: str, target_port: int) -> None:
+    """``python -m tests.bench.clinic_link forward PORT HOST PORT``: a forwarder without delay
+    on 127.0.0.1:PORT (run inside the namespace by ``ClinicLink.local_url``)."""
+    proxy = DelayProxy("127.0.0.1", target_host, target_port, 0.0, listen_port=listen_port).start()
+    print("ready", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        proxy.stop()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["forward"]:
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        _forward(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

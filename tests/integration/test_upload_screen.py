@@ -1,7 +1,8 @@
 """The upload screen, its study board and the phone page in headless Chromium on the real
-stack (API, workers, PostgreSQL, Redis, S3, Orthanc): a folder with a template and an
-override reaches Orthanc with their values once confirmed, a non-DICOM file is listed as
-skipped, a series moved on the board arrives under its new study, a reload mid-upload resumes
+stack (API, workers, PostgreSQL, Redis, S3, Orthanc): a folder of 200 files with a template
+and an override reaches Orthanc with their values once confirmed, a non-DICOM file is listed as
+skipped, a series (by finger and keyboard) and a single instance (by mouse, after a reload,
+from the server's listing) moved on the board arrive under their new study, a reload mid-upload resumes
 without sending finished files again, a phone-sized window sends a photo, and another
 facility's batch cannot be reached from the pages."""
 
@@ -31,6 +32,8 @@ from tests.integration.upload_screen import (
 pytestmark = pytest.mark.integration
 
 FACILITY = "Screen Clinic"
+# The issue's scenario: a folder of 200 files (two patients) with a template and an override.
+FOLDER_FILES = 200
 TEMPLATE = {"name": "XR hand", "attributes": {"InstitutionName": "Screen Clinic East",
                                                "StudyDescription": "XR hand two views"}}
 
@@ -82,8 +85,8 @@ def test_folder_with_template_and_override_reaches_orthanc(tmp_path, api_server,
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    p1 = patient_study(12, patient_id="SCR-1", name="Doe^Jon")
-    p2 = patient_study(8, patient_id="SCR-2", name="Roe^Ann")
+    p1 = patient_study(FOLDER_FILES * 3 // 5, patient_id="SCR-1", name="Doe^Jon")
+    p2 = patient_study(FOLDER_FILES - len(p1), patient_id="SCR-2", name="Roe^Ann")
     files = {f"p1/IM{i:03d}": d for i, d in enumerate(p1)} | {f"p2/IM{i:03d}": d for i, d in enumerate(p2)}
     files["p1/README.txt"] = b"exported by the modality; not an image\n" * 10
     write(tmp_path / "folder", files)
@@ -94,8 +97,11 @@ def test_folder_with_template_and_override_reaches_orthanc(tmp_path, api_server,
     assert created.status_code == 201, created.text
     signed_in(driver, api_server.url, person)
     choose_folder(driver, tmp_path / "folder")
-    assert wait_scanned(driver) == "20 DICOM files, 1 skipped"
-    skipped = driver.find_element(By.CSS_SELECTOR, '#files .row.skipped')
+    assert wait_scanned(driver) == f"{FOLDER_FILES} DICOM files, 1 skipped"
+    # The list is virtualised: scrolled to the skipped file's row, as a person would.
+    driver.execute_script("const i = window.relaypacs.files.findIndex((f) => f.skipped);"
+                          " document.getElementById('files').scrollTop = Math.max(0, i - 2) * 24")
+    skipped = WebDriverWait(driver, 5).until(lambda d: d.find_element(By.CSS_SELECTOR, '#files .row.skipped'))
     assert "README.txt" in skipped.text and "skipped: not a DICOM file" in skipped.text
 
     WebDriverWait(driver, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#template option")) > 1)
@@ -118,17 +124,17 @@ def test_folder_with_template_and_override_reaches_orthanc(tmp_path, api_server,
 
     def parsed() -> bool:
         states.update(report=gateway.report(batch_id))
-        return states["report"]["totals"]["files_by_state"] == {"parsed": 20}
+        return states["report"]["totals"]["files_by_state"] == {"parsed": FOLDER_FILES}
 
     try:
-        wait_until(parsed, "files parsed", timeout=60)
+        wait_until(parsed, "files parsed", timeout=120)
     except TimeoutError:
         pytest.fail(f"{states['report']['totals']} {states['report']['files'][:2]}")
     WebDriverWait(driver, 20).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#board .card")) == 3)
     time.sleep(1.5)
     assert orthanc_clean.count() == 0
     confirm(driver)
-    wait_until(lambda: orthanc_clean.count() == 20, "20 instances in Orthanc", timeout=90)
+    wait_until(lambda: orthanc_clean.count() == FOLDER_FILES, "all instances in Orthanc", timeout=180)
     for data in p1:
         ds = sent(orthanc_clean, data)
         assert (str(ds.PatientName), ds.PatientBirthDate) == ("Doe^John", "19800101")
@@ -173,6 +179,29 @@ def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_ser
     dialog.find_element(By.XPATH, ".//button[text()='Cancel']").click()
     wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "dialog.preview"))
 
+    # Another session: the page reloaded, the files not chosen again. The board lists a
+    # series' instances from the server, and one is dragged with the mouse (real pointer
+    # input through Chromium: press, move in steps, release) to study A.
+    driver.refresh()
+    wait_ready(driver)
+    wait.until(lambda d: d.find_element(By.ID, "open-board").is_displayed())
+    driver.find_element(By.ID, "open-board").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#board .card[data-study]")) == 3)
+    series_b_item = f'.series-item[data-series="{series_b}"]'
+    driver.find_element(By.CSS_SELECTOR, f"{series_b_item} .instances-toggle").click()
+    moved_sop = uids_of(wrong[0])[2]
+    instance = wait.until(lambda d: d.find_element(By.CSS_SELECTOR,
+                                                  f'.instance-item[data-sop="{moved_sop}"]'))
+    assert len(driver.find_elements(By.CSS_SELECTOR, f"{series_b_item} .instance-item")) == 2
+    study_a_list = driver.find_element(By.CSS_SELECTOR, f'.card[data-study="{study_a}"] ul.series')
+    mouse_drag(driver, instance, study_a_list)
+    dialog = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "dialog.preview #do-move")
+                        and d.find_element(By.CSS_SELECTOR, "dialog.preview"))
+    assert "Move 1 instances to this study" in dialog.text
+    dialog.find_element(By.ID, "do-move").click()
+    study_a_meta = f'.card[data-study="{study_a}"] .meta'
+    wait.until(lambda d: "4 instances" in d.find_element(By.CSS_SELECTOR, study_a_meta).text)
+
     # The keyboard way: the series' "Move to" menu, the server's preview, then the move.
     item = driver.find_element(By.CSS_SELECTOR, f'.series-item[data-series="{series_b}"]')
     Select(item.find_element(By.CSS_SELECTOR, "select.move-to")).select_by_value(study_a)
@@ -180,7 +209,7 @@ def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_ser
                         d.find_element(By.CSS_SELECTOR, "dialog.preview"))
     preview = dialog.text
     first_a = pydicom.dcmread(io.BytesIO(right[0]))
-    assert "Move 2 instances to this study" in preview
+    assert "Move 1 instances to this study" in preview
     assert study_a in preview and str(first_a.StudyID) in preview
     dialog.find_element(By.ID, "do-move").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#board .card[data-study]")) == 2)
@@ -190,6 +219,23 @@ def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_ser
     for data in wrong:
         assert sent(orthanc_clean, data).StudyInstanceUID == study_a
     assert study_b not in {sent(orthanc_clean, d).StudyInstanceUID for d in right + wrong}
+
+
+def mouse_drag(driver, source, target) -> None:  # noqa: ANN001
+    """A person dragging with the mouse: press on ``source``, move onto ``target`` in small
+    steps, release (WebDriver actions: Chromium's own mouse input, not synthetic DOM events)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", target)
+    chain = ActionChains(driver, duration=50).move_to_element(source).click_and_hold()
+    dx = target.location["x"] + 20 - source.location["x"]
+    dy = target.location["y"] + 8 - source.location["y"]
+    done = (0, 0)
+    for i in range(1, 11):
+        step = (round(dx * i / 10), round(dy * i / 10))
+        chain.move_by_offset(step[0] - done[0], step[1] - done[1])
+        done = step
+    chain.release().perform()
 
 
 def touch_drag(driver, source: str, target: str) -> None:  # noqa: ANN001

@@ -8,20 +8,22 @@ import { api, el } from "./api.js";
 const NEW_STUDY = "__new__";
 
 export class Board {
-  constructor(root, batchId, onChange, instancesOf = () => []) {
+  constructor(root, batchId, onChange) {
     this.root = root;
     this.batchId = batchId;
     this.onChange = onChange;
-    // The instances of a series as this page read them ([{sop, label}]): single instances can
-    // be moved too. (After a reload the page knows the files chosen again.)
-    this.instancesOf = instancesOf;
     this.studies = [];
     this.open = new Set();
+    // A series' instances as the server files them ([{sop_instance_uid, filename}]), asked
+    // for when the series is opened: single instances can be moved from any session, after a
+    // reload too, without the files being chosen again. Asked again whenever the studies change.
+    this.instances = new Map();
   }
 
   async load() {
     const data = await api("GET", `/api/v1/batches/${this.batchId}/studies`);
     this.studies = data.studies;
+    await this.refreshInstances();
     this.render();
     this.problems(data.problems);
   }
@@ -55,6 +57,11 @@ export class Board {
     for (const list of grid.querySelectorAll("ul.series, ul.instances")) {
       Sortable.create(list, {
         group: "series", sort: false, animation: 120, delayOnTouchOnly: true, delay: 150,
+        // Mouse drags go through Sortable's pointer-event path, the one touch uses, not the
+        // browser's HTML5 drag and drop: one behaviour for mouse, pen and finger, and the same
+        // input a person's mouse gives is what the browser test drives (headless Chromium
+        // starts no native drag session from mouse input). 3 px of slack keeps clicks clicks.
+        forceFallback: true, fallbackTolerance: 3,
         onAdd: (event) => {
           const to = event.to.dataset.study;
           const { series, sop } = event.item.dataset;
@@ -77,26 +84,51 @@ export class Board {
 
   seriesItem(study, s) {
     const uid = s.series_instance_uid;
-    const known = this.instancesOf(uid);
+    const known = this.instances.get(uid) || [];
     const item = el("li", { class: "series-item", tabindex: "0", "data-series": uid },
       el("span", {}, `${s.modality || "?"} · ${s.instances} instances${s.moved_in ? " · moved in" : ""}`),
       el("span", { class: "uid" }, uid),
       this.moveMenu(study, `series ${uid}`, { series_instance_uids: [uid] }));
-    if (known.length > 1) {
-      const toggle = el("button", { type: "button", class: "link", "aria-expanded": String(this.open.has(uid)) },
-        this.open.has(uid) ? "hide instances" : `${known.length} instances…`);
-      toggle.addEventListener("click", () => {
-        if (this.open.has(uid)) this.open.delete(uid); else this.open.add(uid);
-        this.render();
-      });
+    if (s.instances > 1) {
+      const open = this.open.has(uid) && this.instances.has(uid);
+      const toggle = el("button", { type: "button", class: "link instances-toggle", "aria-expanded": String(open) },
+        open ? "hide instances" : `${s.instances} instances…`);
+      toggle.addEventListener("click", () => this.toggle(uid));
       item.append(toggle);
-      if (this.open.has(uid)) {
+      if (open) {
         item.append(el("ul", { class: "instances", "data-study": study.study_instance_uid },
-          known.map((i) => el("li", { class: "instance-item", tabindex: "0", "data-sop": i.sop },
-            el("span", {}, i.label), this.moveMenu(study, `instance ${i.sop}`, { sop_instance_uids: [i.sop] })))));
+          known.map((i) => el("li", { class: "instance-item", tabindex: "0", "data-sop": i.sop_instance_uid },
+            el("span", {}, i.filename || i.sop_instance_uid),
+            this.moveMenu(study, `instance ${i.sop_instance_uid}`, { sop_instance_uids: [i.sop_instance_uid] })))));
       }
     }
     return item;
+  }
+
+  async instancesOf(seriesUid) {
+    const data = await api("GET",
+      `/api/v1/batches/${this.batchId}/series/${encodeURIComponent(seriesUid)}/instances`);
+    return data.instances;
+  }
+
+  async refreshInstances() {
+    // The studies changed (a move, files parsed): the open series are asked for again; one
+    // that no longer holds this batch's instances closes.
+    const fresh = new Map();
+    await Promise.all([...this.open].map(async (uid) => {
+      try { fresh.set(uid, await this.instancesOf(uid)); } catch (error) { this.open.delete(uid); }
+    }));
+    this.instances = fresh;
+  }
+
+  async toggle(seriesUid) {
+    if (this.open.has(seriesUid)) {
+      this.open.delete(seriesUid);
+    } else {
+      this.instances.set(seriesUid, await this.instancesOf(seriesUid));
+      this.open.add(seriesUid);
+    }
+    this.render();
   }
 
   async preview(what, to) {
@@ -129,6 +161,7 @@ export class Board {
     try {
       const answer = await api("POST", `/api/v1/batches/${this.batchId}/moves`, body);
       this.studies = answer.studies;
+      await this.refreshInstances();
       dialog.remove();
       this.render();
       this.problems(answer.problems);

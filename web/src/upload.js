@@ -340,8 +340,12 @@ async function runQueue() {
 
 async function start() {
   $("form-error").textContent = "";
-  if (!state.batch) {
+  if (!state.batch || state.resumePending) {
+    // resumePending: the batch's board was opened from the reload note before the files were
+    // chosen again; the files it holds are found now, so they are not sent twice.
+    state.resumePending = false;
     const resumable = await resumableBatch();
+    if (state.batch && (!resumable || resumable.id !== state.batch.id)) board = null;
     state.batch = resumable || await openBatch();
     if (!state.batch) return;
     if (resumable) markAlreadySent(resumable);
@@ -399,9 +403,7 @@ async function followUp() {
   $("batch-id").textContent = state.batch.id;
   $("pause").disabled = true;
   const { Board } = await import("./board.js"); // only when a batch is there to organise
-  board = board || new Board($("board"), state.batch.id, onBoardChange, (seriesUid) =>
-    state.files.filter((f) => f.header && f.header.series === seriesUid)
-      .map((f) => ({ sop: f.header.sop, label: f.path })));
+  board = board || new Board($("board"), state.batch.id, onBoardChange);
   await board.load();
   watch();
 }
@@ -489,7 +491,15 @@ function uploadPage() {
   resumableBatch().then((report) => {
     if (report) {
       $("resume-note").hidden = false;
-      $("resume-note").textContent = `Batch ${report.id} was not finished: choose the same folder again to resume it.`;
+      // Its files sent already can be organised and confirmed without choosing them again.
+      $("resume-note").replaceChildren(
+        `Batch ${report.id} was not finished: choose the same folder again to resume it, or `,
+        el("button", { type: "button", class: "link", id: "open-board",
+          onclick: () => {
+            if (!state.batch) { state.batch = report; state.resumePending = true; }
+            followUp();
+          } }, "organise what it holds"),
+        ".");
     }
   });
   document.body.dataset.ready = "1";

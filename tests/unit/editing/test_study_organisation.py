@@ -299,6 +299,9 @@ def test_move_into_unknown_or_same_study(client, uploader, clinic_day):
     unknown = client.post(f"/api/v1/batches/{batch_id}/moves", headers=uploader, json={
         "series_instance_uids": [series["B1"]], "target_study_instance_uid": "1.2.3.4"})
     assert unknown.status_code == 404
+    for not_a_uid, status in (("abc", 404), ("1.2%0A", 404), ("1" * 65, 404), ("1.2%00", 400)):
+        assert client.get(f"/api/v1/batches/{batch_id}/series/{not_a_uid}/instances",
+                          headers=uploader).status_code == status  # 400: the app's NUL guard
     same = client.post(f"/api/v1/batches/{batch_id}/moves", headers=uploader, json={
         "series_instance_uids": [series["B1"]], "target_study_instance_uid": uids["B"]})
     assert same.status_code == 400
@@ -362,3 +365,31 @@ def test_preload_spares_the_per_instance_origin_and_series_queries(client, uploa
         event.remove(session.get_bind(), "before_cursor_execute", record)
     assert got == expected
     assert not [s for s in statements if "instance_origins" in s or "FROM series" in s], statements
+
+
+def test_series_instances_listed_on_demand_for_single_moves(client, uploader, make_token, clinic_day):
+    """The board of any session (not only the one that read the files) can list a series'
+    instances and move one of them; the listing follows moves and is scoped to the facility."""
+    batch_id, uids, series, files = clinic_day
+    url = f"/api/v1/batches/{batch_id}/series/{series['C1']}/instances"
+    listed = client.get(url, headers=uploader)
+    assert listed.status_code == 200, listed.get_json()
+    sops = [i["sop_instance_uid"] for i in listed.get_json()["instances"]]
+    expected = [pydicom.dcmread(io.BytesIO(d), stop_before_pixels=True).SOPInstanceUID for d in files["C1"]]
+    assert sorted(sops) == sorted(expected)
+    assert {i["filename"] for i in listed.get_json()["instances"]} == {"f.dcm"}
+    moved = client.post(f"/api/v1/batches/{batch_id}/moves", headers=uploader, json={
+        "sop_instance_uids": [sops[0]], "target_study_instance_uid": uids["A"]})
+    assert moved.status_code == 200, moved.get_json()
+    after = client.get(url, headers=uploader).get_json()["instances"]
+    assert [i["sop_instance_uid"] for i in after] == sops[1:]
+    qa = {"Authorization": f"Bearer {make_token('Clinic A', 'qa_manager')}"}
+    other = {"Authorization": f"Bearer {make_token('Clinic B', 'uploader')}"}
+    assert client.get(url, headers=qa).status_code == 200
+    assert client.get(url, headers=other).status_code == 403
+    assert client.get(url).status_code == 401
+    unknown = client.get(f"/api/v1/batches/{batch_id}/series/1.2.3.4/instances", headers=uploader)
+    assert unknown.status_code == 404
+    for not_a_uid, status in (("abc", 404), ("1.2%0A", 404), ("1" * 65, 404), ("1.2%00", 400)):
+        assert client.get(f"/api/v1/batches/{batch_id}/series/{not_a_uid}/instances",
+                          headers=uploader).status_code == status  # 400: the app's NUL guard
