@@ -123,12 +123,17 @@ def test_sr_amending_sr_and_pdf_from_orthanc(
     assert sorted(r["sop_instance_uid"] for r in everything) == sorted([first_uid, second_uid, pdf_uid])
     stream = redis.Redis.from_url(redis_url).xrange(events.STREAM_KEY)
     ids = {r["id"] for r in everything}
-    moves = [json.loads(f[b"e"]) for _, f in stream]
+    published = [json.loads(f[b"e"]) for _, f in stream]
     moves = [
         (e["report_id"], e["from"], e["to"])
-        for e in moves
+        for e in published
         if e["type"] == events.REPORT_STATUS_CHANGED and e.get("report_id") in ids
     ]
+    # The sender is told of each final or amended report, on the stream too (the poll's outbox).
+    told = {e["report_id"] for e in published
+            if e["type"] == events.NOTIFICATION_CREATED and e.get("kind") == "report_status"
+            and e.get("report_id") in ids}
+    assert told == ids, (told, ids)
     assert sorted(moves, key=str) == sorted(
         [
             (report["id"], None, "final"),
