@@ -180,3 +180,13 @@ def test_the_one_statement_batch_read_says_what_the_full_read_says(app, token): 
     assert fast == full
     assert fast["totals"]["files_by_state"] == {"receiving": 1, "quarantined": 1, "assembled": 1}
     assert client.get("/api/v1/batches/987654", headers=auth).status_code == 404
+
+
+def test_a_batch_id_past_the_column_s_range_is_not_found(app, token):  # noqa: ANN001
+    # The prepared statement's parameter is a PostgreSQL integer: an id past its range (the
+    # fuzzer sent 224679596677) names no batch, and must say so, not fail the statement.
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {token}"}
+    for batch_id in (2**31, 224679596677, 2**63):
+        response = client.get(f"/api/v1/batches/{batch_id}", headers=auth)
+        assert response.status_code == 404, (batch_id, response.status_code, response.json)
