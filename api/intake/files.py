@@ -157,11 +157,10 @@ def create() -> Response:
         # creation-with-upload: the first chunk (for most files, all of it) rides on the POST.
         upload = _create_with_chunk(upload, checksum)
         return Response(status=201, headers=_headers(upload, Location=_location(upload)))
-    intake.add_upload(session, upload)
+    intake.insert_upload(session, upload)  # an empty file goes in RECEIVED
     upload_created(session, upload)  # committed with the row (the outbox)
     session.commit()
-    if intake.finish_if_complete(session, upload):
-        session.commit()
+    if upload.state == UploadState.RECEIVED:
         chains.enqueue_upload_chain(upload.id)
     return Response(status=201, headers=_headers(upload, Location=_location(upload)))
 
