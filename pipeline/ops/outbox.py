@@ -263,11 +263,15 @@ class Relay:
             if not got:
                 return None
             with Session(self.engine, expire_on_commit=False) as session:
-                self._assign(session)
-                rows = session.scalars(
-                    select(OutboxEvent).where(OutboxEvent.published_at.is_(None),
-                                              OutboxEvent.position.is_not(None))
-                    .order_by(OutboxEvent.position).limit(self.batch)).all()
+                if self.engine.dialect.name == "postgresql":
+                    self._assign_in_one_statement(session)
+                else:
+                    self._assign(session)
+                # Core rows (the same attribute names envelope() reads): never changed as objects.
+                table = OutboxEvent.__table__
+                rows = session.execute(
+                    select(table).where(table.c.published_at.is_(None), table.c.position.is_not(None))
+                    .order_by(table.c.position).limit(self.batch)).all()
                 if not rows:
                     return 0
                 batch = [Outgoing(format_id(r.position), r.type, r.facility_id,  # type: ignore[arg-type]
@@ -292,6 +296,15 @@ class Relay:
             position += 1
         session.commit()  # visible now, in increasing order, before any later assignment
 
+    def _assign_in_one_statement(self, session: Session) -> None:
+        """:meth:`_assign` on PostgreSQL in one UPDATE: every pending row (up to a batch, in
+        id order) gets the next position above the highest one given and above the sinks'
+        floor, no lower than the clock's; was a SELECT, a max() and one UPDATE per row."""
+        floor = max([0, *(sink.floor() for sink in self.sinks)])
+        base = max(int(self.clock() * 1000) << SEQ_BITS, floor + 1)
+        session.execute(_ASSIGN_PG, {"base": base, "batch": self.batch})
+        session.commit()  # visible now, in increasing order, before any later assignment
+
     def drain(self, max_batches: int = 1000) -> int:
         """Relay until nothing is left (or another relay has the lock); the count published."""
         total = 0
@@ -301,6 +314,17 @@ class Relay:
                 break
             total += sent
         return total
+
+
+# The highest position given (the unique index on position answers max() at once) + 1,
+# or :base if higher; then one more per pending row in id order.
+_ASSIGN_PG = text("""
+UPDATE event_outbox SET position = start.at + pending.n
+FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n
+      FROM event_outbox WHERE position IS NULL ORDER BY id LIMIT :batch) AS pending,
+     (SELECT GREATEST(:base, COALESCE(max(position), 0) + 1) AS at FROM event_outbox) AS start
+WHERE event_outbox.id = pending.id
+""")
 
 
 class RelayThread:
