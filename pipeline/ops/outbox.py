@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Protocol
 
-from sqlalchemy import Engine, delete, event, func, insert, select, text, update
+from sqlalchemy import Engine, Insert, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.models import OutboxEvent, utcnow
@@ -87,20 +87,26 @@ _WRITTEN = "relaypacs.outbox_written"
 
 def record(session: Session, batch: events.Event | Iterable[events.Event]) -> None:
     """Add events to the caller's transaction: they exist exactly when the change commits."""
+    statement = record_statement(session, batch)
+    if statement is not None:
+        # One Core INSERT in the caller's transaction, sent now (after whatever the session
+        # has flushed before): the rows are never read back as objects, so the ORM's unit
+        # of work (identity map, flush planning, primary keys fetched back) was pure cost.
+        # A rollback of the caller's transaction takes them back as before.
+        session.execute(statement)
+
+
+def record_statement(session: Session, batch: events.Event | Iterable[events.Event]) -> Insert | None:
+    """:func:`record`'s INSERT (None for no events) for a caller that sends it inside a
+    statement of its own (a data-modifying CTE on PostgreSQL, pipeline/intake/uploads.py);
+    the caller must execute it in ``session``'s transaction before it commits."""
     items = [batch] if isinstance(batch, events.Event) else list(batch)
     if not items:
-        return
+        return None
     session.info[_WRITTEN] = True
-    # One Core INSERT in the caller's transaction, sent now (after whatever the session
-    # has flushed before): the rows are never read back as objects, so the ORM's unit of
-    # work (identity map, flush planning, primary keys fetched back) was pure cost. A
-    # rollback of the caller's transaction takes them back as before.
-    rows = [{"type": e.type, "facility_id": e.facility_id, "data": dict(e.data), "occurred_at": e.at}
-            for e in items]
-    session.execute(_INSERT, rows if len(rows) > 1 else rows[0])
-
-
-_INSERT = insert(OutboxEvent.__table__)
+    return insert(OutboxEvent.__table__).values([
+        {"type": e.type, "facility_id": e.facility_id, "data": dict(e.data), "occurred_at": e.at}
+        for e in items])
 
 
 def envelope(row: OutboxEvent) -> dict:
