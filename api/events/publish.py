@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from sqlalchemy import Insert
 from sqlalchemy.orm import Session
 
 from pipeline.models import ExportDefinition, ExportRun, Notification, ReportComment, Upload, UploadState
@@ -26,6 +27,12 @@ def upload_created(session: Session, upload: Upload, first_chunk: bool = False) 
         return
     initiated = dataclasses.replace(initiated, data={**initiated.data, "offset": 0})
     outbox.record(session, [initiated, *_chunk_events(upload)])
+
+
+def initiated_statement(session: Session, upload: Upload) -> Insert | None:
+    """upload.initiated as an outbox INSERT the caller sends with the upload's own INSERT in
+    one statement (pipeline.intake.uploads.insert_upload), in the same transaction."""
+    return outbox.record_statement(session, events.upload_event(events.UPLOAD_INITIATED, upload))
 
 
 def _chunk_events(upload: Upload) -> list[events.Event]:

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, request, url_for
 from sqlalchemy import func, select
 from werkzeug.exceptions import ClientDisconnected
 
-from api.events.publish import chunk_recorded, upload_created
+from api.events.publish import chunk_recorded, initiated_statement, upload_created
 from api.http.auth import check_facility, current_user, require
 from api.http.context import db, resources
 from api.http.errors import ApiError
@@ -157,11 +157,11 @@ def create() -> Response:
         # creation-with-upload: the first chunk (for most files, all of it) rides on the POST.
         upload = _create_with_chunk(upload, checksum)
         return Response(status=201, headers=_headers(upload, Location=_location(upload)))
-    intake.add_upload(session, upload)
-    upload_created(session, upload)  # committed with the row (the outbox)
+    # One statement on PostgreSQL: the row, the batch's activity and upload.initiated in the
+    # outbox (committed with the row). An empty file goes in RECEIVED.
+    intake.insert_upload(session, upload, also=initiated_statement(session, upload))
     session.commit()
-    if intake.finish_if_complete(session, upload):
-        session.commit()
+    if upload.state == UploadState.RECEIVED:
         chains.enqueue_upload_chain(upload.id)
     return Response(status=201, headers=_headers(upload, Location=_location(upload)))
 
@@ -306,7 +306,7 @@ def _write_chunk(upload: Upload, offset: int, checksum, lease: str) -> Upload:  
             # Gives the lease back in the same statement.
             upload = intake.record_chunk(
                 session, upload_id, lease, staged,
-                expiry=timedelta(seconds=settings.upload_expiry_seconds),
+                expiry=timedelta(seconds=settings.upload_expiry_seconds), batch_id=upload.batch_id,
             )
             chunk_recorded(session, upload)  # committed with the offset (the outbox)
             session.commit()

@@ -28,7 +28,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import case, delete, or_, select, update
+from sqlalchemy import Executable, Result, case, delete, insert, or_, select, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
 from pipeline.intake.tus import Checksum, TusError, clean_filename, parse_checksum
@@ -94,11 +95,74 @@ def new_upload(
 
 
 def add_upload(session: Session, upload: Upload) -> Upload:
-    """Add an upload made by :func:`new_upload` that has no body yet (plain creation)."""
+    """Add an upload made by :func:`new_upload` that has no body yet, as an ORM object the
+    caller goes on changing (workers, tests). The API's creation uses :func:`insert_upload`."""
     session.add(upload)
     session.get(Batch, upload.batch_id).last_activity_at = upload.created_at
     session.flush()
     return upload
+
+
+# An Upload's column attributes and their columns, for a Core INSERT from a transient object.
+_UPLOAD_COLUMNS = {attr.key: attr.columns[0].key for attr in sa_inspect(Upload).column_attrs}
+
+
+def insert_upload(session: Session, upload: Upload, *, also: Executable | None = None) -> Upload:
+    """Plain creation (no body yet) in Core statements in the caller's transaction: the
+    upload's INSERT, the batch's activity stamp (:func:`touch_batch`) and ``also`` (its
+    event's outbox INSERT), on PostgreSQL as one statement (:func:`_execute_with`).
+    ``upload`` stays a transient object the request only reads (headers, its event): the
+    ORM's unit of work (identity map, flush planning) cost more than the INSERT itself. An
+    empty file is complete at creation and goes in RECEIVED."""
+    if upload.state == UploadState.RECEIVING and upload.offset == upload.length:
+        upload.state = UploadState.RECEIVED
+    values = {}
+    for key, column in _UPLOAD_COLUMNS.items():
+        value = upload.__dict__.get(key)
+        if value is None:  # the column's scalar default, stated (a CTE'd INSERT skips them)
+            default = Upload.__table__.c[column].default
+            value = default.arg if default is not None and default.is_scalar else None
+        if value is not None:
+            values[column] = value
+    _execute_with(session, insert(Upload.__table__).values(values),
+                  _touch(upload.batch_id, upload.created_at), also)
+    return upload
+
+
+def _execute_with(session: Session, statement: Executable, *also: Executable | None,
+                  **options: object) -> Result:
+    """``statement`` and the DML statements ``also`` in the caller's transaction. On
+    PostgreSQL in one round trip, ``also`` as data-modifying CTEs of ``statement`` (each
+    runs once, whether or not the main statement reads it; they touch other tables than it,
+    so the shared snapshot changes nothing); elsewhere (SQLite) one after another."""
+    extra = [a for a in also if a is not None]
+    if session.get_bind().dialect.name == "postgresql":
+        statement = statement.add_cte(*(a.cte(f"also_{i}") for i, a in enumerate(extra)))
+        return session.execute(statement, **options)
+    for a in extra:
+        session.execute(a)
+    return session.execute(statement, **options)
+
+
+# A batch's last activity is stamped this far ahead, and written only when the stamp no
+# longer covers the moment of the activity: a batch receiving 200 files/s then takes about
+# one write a second instead of two per file, and its row is not locked by every file's
+# transaction (each of which waited for the one before to commit). The stamp is never
+# behind the real last activity, so a quiet period never ends early; it may end up to this
+# much late.
+ACTIVITY_STAMP_AHEAD = timedelta(seconds=1)
+
+
+def touch_batch(session: Session, batch_id: int, now: datetime) -> None:
+    """Record activity on a batch at ``now`` (see ACTIVITY_STAMP_AHEAD): one conditional
+    UPDATE that changes (and locks) the row only when its stamp is older than ``now``."""
+    session.execute(_touch(batch_id, now))
+
+
+def _touch(batch_id: int, now: datetime) -> Executable:
+    batches = Batch.__table__
+    return (update(batches).where(batches.c.id == batch_id, batches.c.last_activity_at < now)
+            .values(last_activity_at=now + ACTIVITY_STAMP_AHEAD))
 
 
 def record_new_upload(
@@ -372,11 +436,12 @@ def _spool_body(
 
 def record_chunk(
     session: Session, upload_id: str, lease: str, staged: StagedChunk, *, expiry: timedelta,
-    now: datetime | None = None,
+    batch_id: int | None = None, now: datetime | None = None,
 ) -> Upload:
     """Advance the offset for a staged chunk and give the lease back, in one UPDATE; 409 if
     the lease was lost meanwhile. Activity pushes the expiry forward: only idle uploads
-    expire. The last chunk makes the upload RECEIVED (ASSEMBLED when it was the whole file)."""
+    expire. The last chunk makes the upload RECEIVED (ASSEMBLED when it was the whole file).
+    The batch's activity is stamped too: in the same statement when ``batch_id`` is given."""
     now = now or utcnow()
     end = Upload.offset + staged.length
     values: dict = {
@@ -386,32 +451,26 @@ def record_chunk(
     }
     if staged.whole:
         values.update(state=UploadState.ASSEMBLED.value, object_key=staged.key, sha256=staged.sha256)
-    upload = session.scalars(
+    # The batch's activity stamp rides on the same statement (PostgreSQL; a CTE): a 409
+    # rolls the whole transaction back, the stamp with it.
+    upload = _execute_with(
+        session,
         update(Upload)
         .where(Upload.id == upload_id, Upload.lock_token == lease, Upload.offset == staged.offset,
                Upload.state == UploadState.RECEIVING)  # not terminated or expired meanwhile
         .values(**values)
         .returning(Upload),
+        _touch(batch_id, now) if batch_id is not None else None,
         execution_options={"synchronize_session": False, "populate_existing": True},
-    ).one_or_none()
+    ).scalars().one_or_none()
     if upload is None:
         raise TusError(409, "upload changed while this chunk was written; HEAD and resume")
+    if batch_id is None:
+        touch_batch(session, upload.batch_id, now)
     if not staged.whole:
         session.add(_chunk_row(upload_id, staged))
-    session.execute(
-        update(Batch).where(Batch.id == upload.batch_id).values(last_activity_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    session.flush()
-    return upload
-
-
-def finish_if_complete(session: Session, upload: Upload) -> bool:
-    """A zero-length or creation-with-upload file may be complete at creation."""
-    if upload.state == UploadState.RECEIVING and upload.offset == upload.length:
-        upload.state = UploadState.RECEIVED
         session.flush()
-    return upload.state == UploadState.RECEIVED
+    return upload
 
 
 def terminate(session: Session, upload: Upload) -> list[str]:

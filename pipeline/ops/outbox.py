@@ -41,7 +41,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Protocol
 
-from sqlalchemy import Engine, delete, event, func, select, text, update
+from sqlalchemy import Engine, Insert, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.models import OutboxEvent, utcnow
@@ -87,10 +87,26 @@ _WRITTEN = "relaypacs.outbox_written"
 
 def record(session: Session, batch: events.Event | Iterable[events.Event]) -> None:
     """Add events to the caller's transaction: they exist exactly when the change commits."""
+    statement = record_statement(session, batch)
+    if statement is not None:
+        # One Core INSERT in the caller's transaction, sent now (after whatever the session
+        # has flushed before): the rows are never read back as objects, so the ORM's unit
+        # of work (identity map, flush planning, primary keys fetched back) was pure cost.
+        # A rollback of the caller's transaction takes them back as before.
+        session.execute(statement)
+
+
+def record_statement(session: Session, batch: events.Event | Iterable[events.Event]) -> Insert | None:
+    """:func:`record`'s INSERT (None for no events) for a caller that sends it inside a
+    statement of its own (a data-modifying CTE on PostgreSQL, pipeline/intake/uploads.py);
+    the caller must execute it in ``session``'s transaction before it commits."""
     items = [batch] if isinstance(batch, events.Event) else list(batch)
+    if not items:
+        return None
     session.info[_WRITTEN] = True
-    session.add_all([OutboxEvent(type=e.type, facility_id=e.facility_id, data=dict(e.data), occurred_at=e.at)
-                     for e in items])
+    return insert(OutboxEvent.__table__).values([
+        {"type": e.type, "facility_id": e.facility_id, "data": dict(e.data), "occurred_at": e.at}
+        for e in items])
 
 
 def envelope(row: OutboxEvent) -> dict:
@@ -253,11 +269,15 @@ class Relay:
             if not got:
                 return None
             with Session(self.engine, expire_on_commit=False) as session:
-                self._assign(session)
-                rows = session.scalars(
-                    select(OutboxEvent).where(OutboxEvent.published_at.is_(None),
-                                              OutboxEvent.position.is_not(None))
-                    .order_by(OutboxEvent.position).limit(self.batch)).all()
+                if self.engine.dialect.name == "postgresql":
+                    self._assign_in_one_statement(session)
+                else:
+                    self._assign(session)
+                # Core rows (the same attribute names envelope() reads): never changed as objects.
+                table = OutboxEvent.__table__
+                rows = session.execute(
+                    select(table).where(table.c.published_at.is_(None), table.c.position.is_not(None))
+                    .order_by(table.c.position).limit(self.batch)).all()
                 if not rows:
                     return 0
                 batch = [Outgoing(format_id(r.position), r.type, r.facility_id,  # type: ignore[arg-type]
@@ -282,6 +302,15 @@ class Relay:
             position += 1
         session.commit()  # visible now, in increasing order, before any later assignment
 
+    def _assign_in_one_statement(self, session: Session) -> None:
+        """:meth:`_assign` on PostgreSQL in one UPDATE: every pending row (up to a batch, in
+        id order) gets the next position above the highest one given and above the sinks'
+        floor, no lower than the clock's; was a SELECT, a max() and one UPDATE per row."""
+        floor = max([0, *(sink.floor() for sink in self.sinks)])
+        base = max(int(self.clock() * 1000) << SEQ_BITS, floor + 1)
+        session.execute(_ASSIGN_PG, {"base": base, "batch": self.batch})
+        session.commit()  # visible now, in increasing order, before any later assignment
+
     def drain(self, max_batches: int = 1000) -> int:
         """Relay until nothing is left (or another relay has the lock); the count published."""
         total = 0
@@ -291,6 +320,17 @@ class Relay:
                 break
             total += sent
         return total
+
+
+# The highest position given (the unique index on position answers max() at once) + 1,
+# or :base if higher; then one more per pending row in id order.
+_ASSIGN_PG = text("""
+UPDATE event_outbox SET position = start.at + pending.n
+FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n
+      FROM event_outbox WHERE position IS NULL ORDER BY id LIMIT :batch) AS pending,
+     (SELECT GREATEST(:base, COALESCE(max(position), 0) + 1) AS at FROM event_outbox) AS start
+WHERE event_outbox.id = pending.id
+""")
 
 
 class RelayThread:

@@ -83,3 +83,24 @@ def test_staged_keys_carry_the_lease(upload):
     assert intake.chunk_key(upload, 0, "ab12") != intake.chunk_key(upload, 0, "cd34")
     assert intake.chunk_key(upload, 0, "ab12").endswith("/chunks/000000000000000-ab12")
     assert intake.original_key(upload, "ab12").endswith("/original-ab12.dcm")
+
+
+def test_the_batch_activity_stamp_never_falls_behind_the_last_activity(session, upload):
+    """A batch's last activity is written ACTIVITY_STAMP_AHEAD ahead and only when the stamp
+    no longer covers the moment: the stamp is never before the last activity (a quiet period
+    never ends early) and at most ACTIVITY_STAMP_AHEAD after it."""
+    ahead = intake.ACTIVITY_STAMP_AHEAD
+    t0 = utcnow() + timedelta(hours=1)  # after the creation's own stamp
+
+    def stamp() -> object:
+        session.commit()
+        session.expire_all()
+        return session.get(Batch, upload.batch_id).last_activity_at.replace(tzinfo=None)
+
+    for moment, expected in ((t0, t0 + ahead),  # written ahead
+                             (t0 + ahead / 2, t0 + ahead),  # covered: no write
+                             (t0 + ahead, t0 + ahead),  # still covered
+                             (t0 + ahead * 1.5, t0 + ahead * 2.5)):  # past it: written again
+        intake.touch_batch(session, upload.batch_id, moment)
+        assert stamp() == expected.replace(tzinfo=None)
+        assert moment.replace(tzinfo=None) <= stamp() <= (moment + ahead).replace(tzinfo=None)
