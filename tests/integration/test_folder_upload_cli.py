@@ -12,6 +12,7 @@ import pytest
 
 from tests.integration.services import relaypacs_argv
 from tests.sample_data import bad_dicom_files, synthetic_study
+from tests.signals import default_sigint
 
 pytestmark = pytest.mark.integration
 
@@ -68,7 +69,8 @@ def test_interrupted_upload_resumes_without_resending(tmp_path, api_server, toke
     state = tmp_path / "state.json"
     argv = relaypacs_argv("upload", str(folder), "--server", api_server.url, "--token", token,
                           "--state", str(state), "--jobs", "1", "--chunk-size", "2048")
-    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=default_sigint)
     deadline = time.monotonic() + 60
     done = 0
     while time.monotonic() < deadline and first.poll() is None:

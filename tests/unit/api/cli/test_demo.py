@@ -15,6 +15,8 @@ import urllib.parse
 import urllib.request
 from http.cookiejar import CookieJar
 
+from tests.signals import default_sigint
+
 # Bounds for a loaded 2-core CI machine; the demo takes a few seconds on a quiet one (it took
 # ~95 s while its worker waited 2 s for every pair of tasks).
 DEMO_TIMEOUT = 90
@@ -25,7 +27,8 @@ def _demo(tmp_path, *args: str) -> subprocess.Popen:
     for name in ("RELAYPACS_DATABASE_URL", "RELAYPACS_STORAGE_URL", "RELAYPACS_BROKER_URL"):
         env.pop(name, None)
     return subprocess.Popen([sys.executable, "-m", "api.cli", "demo", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=default_sigint)
 
 
 def test_demo_delivers_everything_and_says_where_the_time_went(tmp_path):
