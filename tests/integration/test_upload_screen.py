@@ -188,13 +188,17 @@ def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_ser
     driver.find_element(By.ID, "open-board").click()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#board .card[data-study]")) == 3)
     series_b_item = f'.series-item[data-series="{series_b}"]'
-    driver.find_element(By.CSS_SELECTOR, f"{series_b_item} .instances-toggle").click()
     moved_sop = uids_of(wrong[0])[2]
-    instance = wait.until(lambda d: d.find_element(By.CSS_SELECTOR,
-                                                  f'.instance-item[data-sop="{moved_sop}"]'))
+    # The board is drawn again when the batch's poll sees its studies change (the first poll
+    # after opening it does): an element found a moment before may be replaced before the
+    # click reaches it, so each step finds its elements afresh and is tried again if so.
+    fresh(lambda: driver.find_element(By.CSS_SELECTOR, f"{series_b_item} .instances-toggle").click(),
+          until=lambda: driver.find_elements(By.CSS_SELECTOR, f'.instance-item[data-sop="{moved_sop}"]'))
     assert len(driver.find_elements(By.CSS_SELECTOR, f"{series_b_item} .instance-item")) == 2
-    study_a_list = driver.find_element(By.CSS_SELECTOR, f'.card[data-study="{study_a}"] ul.series')
-    mouse_drag(driver, instance, study_a_list)
+    fresh(lambda: mouse_drag(
+        driver, driver.find_element(By.CSS_SELECTOR, f'.instance-item[data-sop="{moved_sop}"]'),
+        driver.find_element(By.CSS_SELECTOR, f'.card[data-study="{study_a}"] ul.series')),
+        until=lambda: driver.find_elements(By.CSS_SELECTOR, "dialog.preview #do-move"))
     dialog = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "dialog.preview #do-move")
                         and d.find_element(By.CSS_SELECTOR, "dialog.preview"))
     assert "Move 1 instances to this study" in dialog.text
@@ -219,6 +223,27 @@ def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_ser
     for data in wrong:
         assert sent(orthanc_clean, data).StudyInstanceUID == study_a
     assert study_b not in {sent(orthanc_clean, d).StudyInstanceUID for d in right + wrong}
+
+
+def fresh(step, until, timeout: float = 20.0) -> None:  # noqa: ANN001
+    """Run ``step`` (which finds its own elements) until ``until()`` is truthy; a step whose
+    elements the page replaced meanwhile (stale) is run again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            step()
+            end = time.monotonic() + 5
+            while time.monotonic() < end:
+                if until():
+                    return
+                time.sleep(0.1)
+        except StaleElementReferenceException:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError("the page kept replacing the elements, or the step had no effect")
+        time.sleep(0.3)
 
 
 def mouse_drag(driver, source, target) -> None:  # noqa: ANN001
