@@ -41,7 +41,7 @@ import os
 import resource
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -230,6 +230,26 @@ class _RawClient:
                 conn.transport.close()
 
 
+async def _open_loop(loop: asyncio.AbstractEventLoop, tally: Tally, rate: float, duration: float,
+                     warmup: float, one: Callable[[int, float, bool], Awaitable[None]]) -> set[asyncio.Task]:
+    """Start ``one(i, scheduled, counted)`` at ``rate`` per second on a schedule fixed in
+    advance (open loop: a slow answer never delays the next start), the first ``warmup``
+    seconds' worth not counted; returns the requests still in flight when the last started."""
+    pending: set[asyncio.Task] = set()
+    start = loop.time() + 0.05
+    total = int((warmup + duration) * rate)
+    counted_from = int(warmup * rate)
+    for i in range(total):
+        scheduled = start + i / rate
+        await _sleep_until(loop, scheduled)
+        if i == counted_from:
+            tally.started = loop.time()
+        task = loop.create_task(one(i, scheduled, i >= counted_from))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    return pending
+
+
 async def run_get(url: str, tokens: Sequence[str], path: str, rate: float, duration: float,
                   connections: int = 256, warmup: float = 2.0, client: str = "raw") -> dict:
     """``rate`` GETs of ``path`` per second for ``duration`` seconds after ``warmup`` seconds at
@@ -241,7 +261,6 @@ async def run_get(url: str, tokens: Sequence[str], path: str, rate: float, durat
     loop = asyncio.get_running_loop()
     async with _session(tokens, connections) as http:
         headers = [{"Authorization": f"Bearer {t}"} for t in tokens]
-        pending: set[asyncio.Task] = set()
 
         async def one(index: int, scheduled: float, counted: bool) -> None:
             try:
@@ -258,17 +277,7 @@ async def run_get(url: str, tokens: Sequence[str], path: str, rate: float, durat
             if counted:
                 tally.ok("GET", loop.time() - scheduled)
 
-        start = loop.time() + 0.05
-        total = int((warmup + duration) * rate)
-        counted_from = int(warmup * rate)
-        for i in range(total):
-            scheduled = start + i / rate
-            await _sleep_until(loop, scheduled)
-            if i == counted_from:
-                tally.started = loop.time()
-            task = loop.create_task(one(i, scheduled, i >= counted_from))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
+        pending = await _open_loop(loop, tally, rate, duration, warmup, one)
         await asyncio.gather(*pending)
         tally.finished = loop.time()
     return tally.summary(workload="GET " + path, offered_per_s=rate, duration_s=duration)
@@ -280,7 +289,6 @@ async def _run_get_raw(url: str, tokens: Sequence[str], path: str, rate: float, 
     loop = asyncio.get_running_loop()
     raw = _RawClient(url, connections)
     requests = [raw.request(path, t) for t in tokens]
-    pending: set[asyncio.Task] = set()
 
     async def one(index: int, scheduled: float, counted: bool) -> None:
         try:
@@ -295,17 +303,7 @@ async def _run_get_raw(url: str, tokens: Sequence[str], path: str, rate: float, 
             else:
                 tally.fail("GET", str(status))
 
-    start = loop.time() + 0.05
-    total = int((warmup + duration) * rate)
-    counted_from = int(warmup * rate)
-    for i in range(total):
-        scheduled = start + i / rate
-        await _sleep_until(loop, scheduled)
-        if i == counted_from:
-            tally.started = loop.time()
-        task = loop.create_task(one(i, scheduled, i >= counted_from))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+    pending = await _open_loop(loop, tally, rate, duration, warmup, one)
     if pending:
         _, late = await asyncio.wait(set(pending), timeout=60)
         for task in late:
