@@ -15,13 +15,6 @@ CHUNK = 10_000
 def prune_sign_ins() -> dict:
     """Not acks_late: a lost run is the next day's work."""
     before = retention.cutoff()
-    removed = {"sessions": 0, "password_resets": 0}
-    for key, prune in (("sessions", retention.prune_sessions_chunk),
-                       ("password_resets", retention.prune_resets_chunk)):
-        while removed[key] < MAX_ROWS_PER_RUN:
-            with runtime.session_scope() as session:
-                count = prune(session, before=before, chunk=min(CHUNK, MAX_ROWS_PER_RUN - removed[key]))
-            removed[key] += count
-            if count < CHUNK:
-                break
-    return removed
+    return {key: runtime.delete_in_chunks(prune, limit=MAX_ROWS_PER_RUN, chunk=CHUNK, before=before)
+            for key, prune in (("sessions", retention.prune_sessions_chunk),
+                               ("password_resets", retention.prune_resets_chunk))}

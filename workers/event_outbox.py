@@ -16,11 +16,5 @@ CHUNK = 10_000
 def prune_outbox() -> dict:
     """Not acks_late: a lost run is the next hour's work."""
     cutoff = outbox.retention_cutoff(keep_days=runtime.settings().events_retention_days)
-    removed = 0
-    while removed < MAX_ROWS_PER_RUN:
-        with runtime.session_scope() as session:
-            count = outbox.prune_chunk(session, cutoff=cutoff, chunk=min(CHUNK, MAX_ROWS_PER_RUN - removed))
-        removed += count
-        if count < CHUNK:
-            break
-    return {"removed": removed}
+    return {"removed": runtime.delete_in_chunks(outbox.prune_chunk, limit=MAX_ROWS_PER_RUN, chunk=CHUNK,
+                                                cutoff=cutoff)}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
 
@@ -142,6 +142,20 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def delete_in_chunks(prune: Callable[..., int], *, limit: int, chunk: int, **kwargs: object) -> int:
+    """Call ``prune(session, chunk=N, **kwargs)`` (a bounded delete returning its row count)
+    in a transaction of its own each time, until a call deletes less than a full chunk or
+    ``limit`` rows are gone: a backlog never holds one long lock. Returns the rows deleted."""
+    removed = 0
+    while removed < limit:
+        with session_scope() as session:
+            count = prune(session, chunk=min(chunk, limit - removed), **kwargs)
+        removed += count
+        if count < chunk:
+            break
+    return removed
 
 
 # Failures of the services around a task, not of the file it works on: retried, never a
