@@ -23,10 +23,10 @@ from api.http.errors import ApiError
 from api.http.openapi import operation
 from pipeline.accounts import audit
 from pipeline.accounts.users import set_assignment
-from pipeline.models import Facility, ReaderAssignment, Role, User
+from pipeline.models import MAX_ROW_ID, Facility, ReaderAssignment, Role, User
 
 blueprint = Blueprint("reader_assignments", __name__)
-MAX_ID = 2**31 - 1
+MAX_ID = MAX_ROW_ID
 # Stored lower-case (pipeline.accounts.users.set_assignment): "Neuro" and "neuro" are one pool.
 Subspecialty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40,
                                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]

@@ -30,7 +30,7 @@ from pipeline.accounts import audit
 from pipeline.exports import definitions as export_definitions
 from pipeline.exports import runs as export_runs
 from pipeline.exports import schedule as export_schedule
-from pipeline.models import ExportDefinition, ExportRun, ExportRunState, Facility, Role, utcnow
+from pipeline.models import MAX_ROW_ID, ExportDefinition, ExportRun, ExportRunState, Facility, Role, utcnow
 from pipeline.storage import ObjectMissing
 from workers import chains
 
@@ -38,7 +38,7 @@ blueprint = Blueprint("exports", __name__)
 MANAGERS = (Role.QA_MANAGER, Role.ADMIN)
 
 
-MAX_ID = 2**31 - 1  # PostgreSQL integer ids: a larger path id is simply not found
+MAX_ID = MAX_ROW_ID  # a larger path id is simply not found
 
 
 def _load(export_id: int) -> ExportDefinition:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from api.http.auth import current_user
 from api.http.context import db
 from api.http.errors import ApiError
-from pipeline.models import RadiologyReport
+from pipeline.models import MAX_ROW_ID, RadiologyReport
 from pipeline.reports.access import can_read_facility
 
-MAX_ID = 2**31 - 1  # PostgreSQL integer ids: a larger path id is simply not found
+MAX_ID = MAX_ROW_ID  # a larger path id is simply not found
 
 
 def load_report(report_id: int) -> RadiologyReport:

@@ -113,7 +113,7 @@ def move_consult(report_id: int, consult_id: int, action: str):  # noqa: ANN201
     report = load_report(report_id)
     session = db()
     consult = session.get(ConsultRequest, consult_id, with_for_update=True) \
-        if consult_id <= 2**31 - 1 else None
+        if consult_id <= MAX_ID else None
     if consult is None or consult.report_id != report.id:
         raise ApiError(404, f"consult {consult_id} not found")
     if action not in {a.value for a in consults.ConsultAction} - {"reoffer"}:

@@ -30,7 +30,7 @@ from api.http.errors import ApiError
 from api.http.openapi import operation
 from pipeline.accounts import audit
 from pipeline.accounts.scoping import readable_facility_ids
-from pipeline.models import Destination, RadiologyReport, ReportPollState, Role, Study, utcnow
+from pipeline.models import MAX_ROW_ID, Destination, RadiologyReport, ReportPollState, Role, Study, utcnow
 from pipeline.ops.events import Event
 from pipeline.reports import listing, manual, status
 from pipeline.reports.status_notices import take_made
@@ -40,7 +40,7 @@ from workers import chains
 blueprint = Blueprint("reports", __name__)
 READERS = (Role.CLINICIAN, Role.RADIOLOGIST, Role.CONSULTANT, Role.QA_MANAGER, Role.ADMIN)
 WRITERS = (Role.RADIOLOGIST, Role.ADMIN)
-MAX_ID = 2**31 - 1
+MAX_ID = MAX_ROW_ID
 
 
 class ReportListQuery(BaseModel):

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.exports import schedule as export_schedule
+from pipeline.models import MAX_ROW_ID
 
 # name -> (label, section, number format). Sections become sheets and PDF chapters.
 METRICS: dict[str, tuple[str, str, str]] = {
@@ -38,7 +39,7 @@ PERIODS = ("yesterday", "last_week", "last_month", "last_7_days", "last_30_days"
 FORMATS = ("xlsx", "pdf", "csv")
 _EMAIL = re.compile(r"^[^@\s<>,;\x00-\x1f]+@[^@\s<>,;\x00-\x1f]+\.[^@\s<>,;\x00-\x1f]+$")
 # Database ids are 32-bit on PostgreSQL; larger numbers are refused here, not by the driver.
-RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
 Modality = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_]+$")]
 
 

@@ -15,6 +15,7 @@ from pipeline.dicom.versions import conflicts_of_batch
 from pipeline.editing.batch_edits import change_log
 from pipeline.editing.study_organisation import batch_studies, problems_of
 from pipeline.models import (
+    MAX_ROW_ID,
     TERMINAL_UPLOAD_STATES,
     Batch,
     BatchState,
@@ -289,14 +290,13 @@ SELECT b.id, b.label, b.state, b.facility_id, b.template, b.created_at, b.comple
 # Prepared once per connection (the pool keeps it): planning this statement cost PostgreSQL
 # more than running it (measured 0.71 ms a read unprepared, 0.20 ms prepared, empty batch).
 _PREPARED = "relaypacs_batch_status"
-_MAX_ID = 2**31 - 1  # batches.id is a PostgreSQL integer
 _PREPARE = "PREPARE relaypacs_batch_status (integer, text, text, text) AS " + BATCH_STATUS_SQL
 
 
 def batch_status(connection: Connection, batch_id: int) -> BatchStatus | None:
     """The batch's status in one round trip (PostgreSQL; the connection's first call also
     prepares the statement), or None when there is no such batch."""
-    if not 0 < batch_id <= _MAX_ID:
+    if not 0 < batch_id <= MAX_ROW_ID:
         return None  # no row has it, and the prepared statement's integer would refuse it
     info = connection.connection.info
     if not info.get(_PREPARED):

@@ -30,6 +30,7 @@ from pipeline.models.analytics import AnalyticsWatermark as AnalyticsWatermark
 from pipeline.models.analytics import DailyFacilityStats as DailyFacilityStats
 from pipeline.models.analytics import HourlyStats as HourlyStats
 from pipeline.models.analytics import WeeklyFacilityStats as WeeklyFacilityStats
+from pipeline.models.base import MAX_ROW_ID as MAX_ROW_ID
 from pipeline.models.base import Base as Base
 from pipeline.models.base import UTCDateTime as UTCDateTime
 from pipeline.models.base import utcnow as utcnow

@@ -10,6 +10,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
 
+# Row ids are PostgreSQL integers: an id past this names no row (checked before it reaches a
+# statement whose parameter is an integer, where it would be an error instead of 'not found').
+MAX_ROW_ID = 2**31 - 1
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
