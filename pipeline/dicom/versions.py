@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -256,20 +256,40 @@ def conflicts_of_batch(session: Session, batch: Batch) -> list[dict]:
             SopInstance.sop_instance_uid.in_(
                 select(Instance.sop_instance_uid).where(Instance.batch_id == batch.id)),
         ).order_by(SopInstance.id)))
-    return [describe(session, key) for key in keys]
+    return describe_many(session, keys)
 
 
 def describe(session: Session, key: SopInstance) -> dict:
-    versions = versions_of(session, key.facility_id, key.sop_instance_uid)
-    ids = [v.id for v in versions]
+    return describe_many(session, [key])[0]
+
+
+def describe_many(session: Session, keys: list[SopInstance]) -> list[dict]:
+    """Each conflict with its versions, their uploads, origins and deliveries: the same six
+    statements for one conflict or a re-sent study's hundreds (every poll of a parsed batch
+    lists them)."""
+    if not keys:
+        return []
+    by_key: dict[tuple[int, str], list[Instance]] = {(k.facility_id, k.sop_instance_uid): [] for k in keys}
+    for instance in session.scalars(
+            select(Instance).where(tuple_(Instance.facility_id, Instance.sop_instance_uid).in_(list(by_key)))
+            .order_by(Instance.id).execution_options(populate_existing=True)):
+        by_key[(instance.facility_id, instance.sop_instance_uid)].append(instance)
+    every = [v for versions in by_key.values() for v in versions]
+    ids = [v.id for v in every]
     uploads = {u.id: u for u in session.scalars(
-        select(Upload).where(Upload.id.in_([v.upload_id for v in versions])))}
+        select(Upload).where(Upload.id.in_({v.upload_id for v in every})))}
     origins = {o.instance_id: o for o in session.scalars(
         select(InstanceOrigin).where(InstanceOrigin.instance_id.in_(ids)))}
     names = dict(session.execute(select(Destination.id, Destination.name)).all())
     deliveries: dict[int, dict[str, list[str]]] = {i: {} for i in ids}
     for d in session.scalars(select(Delivery).where(Delivery.instance_id.in_(ids))):
         deliveries[d.instance_id].setdefault(d.state, []).append(names.get(d.destination_id, "?"))
+    return [_described(key, by_key[(key.facility_id, key.sop_instance_uid)], uploads, origins, deliveries)
+            for key in keys]
+
+
+def _described(key: SopInstance, versions: list[Instance], uploads: dict[str, Upload],
+               origins: dict[int, InstanceOrigin], deliveries: dict[int, dict[str, list[str]]]) -> dict:
     chosen = next((v for v in versions if v.id == key.chosen_instance_id), None)
     return {
         "id": key.id,

@@ -277,3 +277,38 @@ def test_a_person_may_still_move_a_corrected_version(session, store, new_batch, 
     session.commit()
     ds = sent(session, store, instance_of(session, second))
     assert (ds.PatientID, ds.StudyInstanceUID) == ("P-TARGET", target_uid)
+
+
+def test_a_batch_s_conflicts_are_read_in_the_same_statements_for_one_or_many(
+        session, new_batch, ingest):
+    """Every poll of a parsed batch lists its conflicts: a re-sent study of hundreds of files
+    must not cost statements per conflict."""
+    from sqlalchemy import event
+
+    def conflicting_batch(n: int, facility: str) -> Batch:
+        batch = new_batch(facility)
+        for data in patient_study(n, patient_id=f"P{n}", name="Doe^Ann"):
+            ingest(batch, data, filename="a.dcm")
+            ingest(batch, transcoded(data, "1.2.840.10008.1.2"), filename="b.dcm")
+        return batch
+
+    def statements(batch: Batch) -> tuple[int, list[dict]]:
+        seen: list[str] = []
+        engine = session.get_bind()
+
+        def record(conn, cursor, statement, *args) -> None:  # noqa: ANN001, ANN002
+            seen.append(statement)
+
+        session.expire_all()
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            report = versions.conflicts_of_batch(session, batch)
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        return len(seen), report
+
+    one, one_report = statements(conflicting_batch(1, "Clinic A"))
+    many, many_report = statements(conflicting_batch(6, "Clinic B"))
+    assert (len(one_report), len(many_report)) == (1, 6)
+    assert all(len(c["versions"]) == 2 and c["state"] == ConflictState.CHOSEN for c in many_report)
+    assert many == one, f"{one} statements for one conflict, {many} for six"
