@@ -120,19 +120,8 @@ def batch_report(session: Session, batch: Batch, quiet_seconds: float | None = N
     files = []
     for u in uploads:
         instance = of_upload[u.id]
-        files.append({
-            "upload_id": u.id,
-            "filename": u.filename,
-            "state": u.state,
-            "offset": u.offset,
-            "length": u.length,
-            "quarantine_reason": u.quarantine_reason,
-            "quarantine_detail": u.quarantine_detail,
-            "sop_instance_uid": u.sop_instance_uid,
-            "study_instance_uid": studies[instance.study_id].study_instance_uid if instance else None,
-            # current: goes out; held: waits for a person; superseded: another version was chosen.
-            "version": instance.version_state if instance else None,
-        })
+        files.append(_file(u, studies[instance.study_id].study_instance_uid if instance else None,
+                           instance.version_state if instance else None))
 
     per_study: dict[int, dict] = defaultdict(lambda: {"instances": set(), "series": set(),
                                                       "deliveries": defaultdict(Counter)})
@@ -171,29 +160,52 @@ def batch_report(session: Session, batch: Batch, quiet_seconds: float | None = N
         for d in deliveries
     ]
     conflicts = conflicts_of_batch(session, batch)
-    file_states = Counter(f["state"] for f in files)
-    delivery_states = Counter(d.state for d in deliveries)
+    return _report(batch, list(uploads), files, study_rows, delivery_rows,
+                   Counter(d.state for d in deliveries), change_log(session, batch.id),
+                   problems_of(batch_studies(session, batch)), conflicts,
+                   _pending_deliveries(session, batch.id), quiet_seconds)
+
+
+def _file(u: Upload | UploadRow, study_instance_uid: str | None, version: str | None) -> dict[str, Any]:
+    return {
+        "upload_id": u.id,
+        "filename": u.filename,
+        "state": u.state,
+        "offset": u.offset,
+        "length": u.length,
+        "quarantine_reason": u.quarantine_reason,
+        "quarantine_detail": u.quarantine_detail,
+        "sop_instance_uid": u.sop_instance_uid,
+        "study_instance_uid": study_instance_uid,
+        # current: goes out; held: waits for a person; superseded: another version was chosen.
+        "version": version,
+    }
+
+
+def _report(batch: Batch | BatchRow, uploads: list[Upload] | list[UploadRow], files: list[dict],
+            studies: list[dict], deliveries: list[dict], delivery_states: Counter, changes: list[dict],
+            problems: list, conflicts: list[dict], pending: int, quiet_seconds: float | None) -> dict:
+    """The report's one shape, whichever read gathered its parts."""
     return {
         **batch_summary(batch),
         "totals": {
             "files": len(files),
             "bytes": sum(u.length for u in uploads),
             "bytes_received": sum(u.offset for u in uploads),
-            "files_by_state": dict(file_states),
-            "studies": len(study_rows),
+            "files_by_state": dict(Counter(f["state"] for f in files)),
+            "studies": len(studies),
             "deliveries_by_state": dict(delivery_states),
         },
         "files": files,
-        "studies": study_rows,
-        "deliveries": delivery_rows,
+        "studies": studies,
+        "deliveries": deliveries,
         # Who changed what (template, overrides, moves), and what still looks wrong.
-        "changes": change_log(session, batch.id),
-        "problems": problems_of(batch_studies(session, batch)),
+        "changes": changes,
+        "problems": problems,
         # SOPInstanceUIDs that arrived in several versions: each with every version, the one
         # chosen (or none: a person must choose) and the rule that chose it.
         "conflicts": conflicts,
-        "waiting": waiting_for(batch, list(uploads), conflicts, quiet_seconds,
-                               _pending_deliveries(session, batch.id)),
+        "waiting": waiting_for(batch, uploads, conflicts, quiet_seconds, pending),
     }
 
 
@@ -327,29 +339,5 @@ def report_without_instances(status: BatchStatus, quiet_seconds: float | None = 
     deliveries or conflicts to report), from ``batch_status`` alone."""
     if status.has_instances:
         raise ValueError("the batch has instances: use batch_report")
-    uploads = status.uploads
-    files: list[dict[str, Any]] = [{
-        "upload_id": u.id, "filename": u.filename, "state": u.state, "offset": u.offset,
-        "length": u.length, "quarantine_reason": u.quarantine_reason,
-        "quarantine_detail": u.quarantine_detail, "sop_instance_uid": u.sop_instance_uid,
-        "study_instance_uid": None, "version": None,
-    } for u in uploads]
-    return {
-        **batch_summary(status.batch),
-        "totals": {
-            "files": len(files),
-            "bytes": sum(u.length for u in uploads),
-            "bytes_received": sum(u.offset for u in uploads),
-            "files_by_state": dict(Counter(u.state for u in uploads)),
-            "studies": 0,
-            "deliveries_by_state": {},
-        },
-        "files": files,
-        "studies": [],
-        "deliveries": [],
-        "changes": status.changes,
-        "problems": [],
-        "conflicts": [],
-        "waiting": waiting_for(status.batch, uploads, [], quiet_seconds,
-                               status.pending_deliveries),
-    }
+    return _report(status.batch, status.uploads, [_file(u, None, None) for u in status.uploads],
+                   [], [], Counter(), status.changes, [], [], status.pending_deliveries, quiet_seconds)
