@@ -16,6 +16,7 @@ from typing import Annotated
 from flask import Blueprint, g, jsonify
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.http.auth import actor, current_user, require
 from api.http.context import db
@@ -49,20 +50,25 @@ def _json(row: ReaderAssignment, email: str, facility: str) -> dict:
             "created_by": row.created_by}
 
 
+def assignments(session: Session, user_id: int | None = None, facility_id: int | None = None) -> list[dict]:
+    """The assignments as the API lists them, by user then facility (also the admin page's)."""
+    stmt = (select(ReaderAssignment, User.email, Facility.name)
+            .join(User, User.id == ReaderAssignment.user_id)
+            .join(Facility, Facility.id == ReaderAssignment.facility_id)
+            .order_by(ReaderAssignment.user_id, ReaderAssignment.facility_id))
+    if user_id is not None:
+        stmt = stmt.where(ReaderAssignment.user_id == user_id)
+    if facility_id is not None:
+        stmt = stmt.where(ReaderAssignment.facility_id == facility_id)
+    return [_json(row, email, name) for row, email, name in session.execute(stmt)]
+
+
 @blueprint.route("", methods=["GET"])
 @require(Role.ADMIN)
 @operation("Reader assignments: the facilities each radiologist or consultant serves", query=AssignmentQuery)
 def list_assignments():  # noqa: ANN201
     q: AssignmentQuery = g.query
-    stmt = (select(ReaderAssignment, User.email, Facility.name)
-            .join(User, User.id == ReaderAssignment.user_id)
-            .join(Facility, Facility.id == ReaderAssignment.facility_id)
-            .order_by(ReaderAssignment.user_id, ReaderAssignment.facility_id))
-    if q.user_id is not None:
-        stmt = stmt.where(ReaderAssignment.user_id == q.user_id)
-    if q.facility_id is not None:
-        stmt = stmt.where(ReaderAssignment.facility_id == q.facility_id)
-    return jsonify({"assignments": [_json(row, email, name) for row, email, name in db().execute(stmt)]})
+    return jsonify({"assignments": assignments(db(), q.user_id, q.facility_id)})
 
 
 def _user_and_facility(user_id: int, facility_id: int) -> tuple[User, Facility]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from config import load_settings
+from config.settings import QUEUES
 
 
 @click.command()
@@ -45,13 +46,16 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
     ])
 
 
+# Every queue by default: a small site's one worker then runs every job beat sends (reports,
+# exports, storage, analytics, teaching, each queue's canary), not only the upload pipeline.
+# Larger sites run a pool per queue (-Q pacs), as docker-compose does.
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.option("-Q", "--queues", default="intake,dicom,pacs", show_default=True)
+@click.option("-Q", "--queues", default=",".join(QUEUES), show_default=True)
 @click.option("-c", "--concurrency", default=None, type=int)
 @click.option("--pool", default=None, help="prefork (CPU) or threads (I/O-bound forwarding)")
 @click.argument("extra", nargs=-1, type=click.UNPROCESSED)
 def worker(queues: str, concurrency: int | None, pool: str | None, extra: tuple[str, ...]) -> None:
-    """Run a worker pool for the given queues."""
+    """Run a worker pool for the given queues (default: every queue)."""
     from workers.app import app
 
     argv = ["worker", "-Q", queues, "--loglevel", "INFO", "-n", f"{queues.replace(',', '-')}@%h"]

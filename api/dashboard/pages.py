@@ -9,18 +9,24 @@ numbers and charts as uploads arrive and studies are delivered.
 People sign in once at /login (api/accounts/sign_in.py) with email and password; the pages
 read the session cookie (api.http.auth), with the same roles and facility scoping as the API.
 Someone signed in whose role is not a viewer gets 403.
+
+/dashboard/readers (admins only) lists the reader assignments, and adds and ends them from
+the page through /api/v1/reader-assignments (the API's checks and audit, the session's CSRF
+token): read from the primary, so the list shown after a change has it.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, url_for
+from sqlalchemy import select
 
+from api.accounts.reader_assignments import assignments
 from api.analytics.drilldown import VIEWERS
 from api.http.auth import csrf_token, signed_in_user
-from api.http.context import close_read_session, read_db, resources
+from api.http.context import close_read_session, db, read_db, resources
 from api.http.errors import ApiError
 from pipeline.analytics import drilldown, stats
-from pipeline.models import Role, User
+from pipeline.models import Facility, Role, User
 
 blueprint = Blueprint("dashboard", __name__, template_folder="templates",
                       static_folder="static", static_url_path="/static")
@@ -137,3 +143,22 @@ def user(facility_id: int, user_id: int):  # noqa: ANN201
     if data is None:
         raise ApiError(404, f"user {user_id} not found in facility {facility_id}")
     return _page("dashboard/user.html", data, rng, viewer)
+
+
+@blueprint.route("/readers", methods=["GET"])
+def readers():  # noqa: ANN201
+    user = _signed_in()
+    if user is None:
+        return _login_redirect()
+    if not user.is_admin:
+        raise ApiError(403, "reader assignments are kept by admins")
+    session = db()
+    people = [u for u in session.scalars(select(User).where(User.disabled_at.is_(None)).order_by(User.email))
+              if u.has_role(Role.RADIOLOGIST, Role.CONSULTANT)]
+    facilities = session.execute(select(Facility.id, Facility.name).order_by(Facility.name)).all()
+    response = Response(render_template(
+        "dashboard/readers.html", user=user, csrf_token=csrf_token(), assignments=assignments(session),
+        readers=[{"id": u.id, "email": u.email, "facility_id": u.facility_id} for u in people],
+        facilities=[{"id": f.id, "name": f.name} for f in facilities]))
+    response.headers["Cache-Control"] = "no-store"
+    return response

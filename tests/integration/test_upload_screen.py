@@ -2,7 +2,8 @@
 stack (API, workers, PostgreSQL, Redis, S3, Orthanc): a folder of 200 files with a template
 and an override reaches Orthanc with their values once confirmed, a non-DICOM file is listed as
 skipped, a series (by finger and keyboard) and a single instance (by mouse, after a reload,
-from the server's listing) moved on the board arrive under their new study, a reload mid-upload resumes
+from the server's listing) moved on the board arrive under their new study, a mouse drag
+survives the board's data changing under it, a reload mid-upload resumes
 without sending finished files again, a phone-sized window sends a photo, and another
 facility's batch cannot be reached from the pages."""
 
@@ -151,24 +152,36 @@ def test_folder_with_template_and_override_reaches_orthanc(tmp_path, api_server,
     assert not actions or "batch.confirmed" in actions
 
 
+def uploaded_two_studies(driver, tmp_path, url: str, person: tuple, patient_id: str, name: str,  # noqa: ANN001
+                         accession: str) -> tuple[list[bytes], list[bytes]]:
+    """Three instances of one study and two of another (a wrong study UID) of one patient,
+    uploaded from the page into a held batch, whose board shows both (and "new study")."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    right = patient_study(3, patient_id=patient_id, name=name, accession=accession)
+    wrong = patient_study(2, patient_id=patient_id, name=name, accession=accession)
+    paths = write(tmp_path / "f", {f"a{i}": d for i, d in enumerate(right)}
+                  | {f"b{i}": d for i, d in enumerate(wrong)})
+    signed_in(driver, url, person)
+    choose_files(driver, paths)
+    assert wait_scanned(driver) == "5 DICOM files, 0 skipped"
+    driver.find_element(By.ID, "start").click()
+    wait_uploaded(driver)
+    WebDriverWait(driver, 30).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#board .card[data-study]")) == 3)
+    return right, wrong
+
+
 def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_server, worker, destination,
                                                                orthanc_clean, person, driver):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    right = patient_study(3, patient_id="SCR-3", name="Poe^Eve", accession="A-7")
-    wrong = patient_study(2, patient_id="SCR-3", name="Poe^Eve", accession="A-7")  # a wrong study UID
+    right, wrong = uploaded_two_studies(driver, tmp_path, api_server.url, person, "SCR-3", "Poe^Eve", "A-7")
     study_a, study_b = uids_of(right[0])[0], uids_of(wrong[0])[0]
     series_b = uids_of(wrong[0])[1]
-    paths = write(tmp_path / "f", {f"a{i}": d for i, d in enumerate(right)}
-                  | {f"b{i}": d for i, d in enumerate(wrong)})
-    signed_in(driver, api_server.url, person)
-    choose_files(driver, paths)
-    assert wait_scanned(driver) == "5 DICOM files, 0 skipped"
-    driver.find_element(By.ID, "start").click()
-    wait_uploaded(driver)
     wait = WebDriverWait(driver, 30)
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#board .card[data-study]")) == 3)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '#board .problem[data-code="split_study"]'))
 
     # Dragged with a finger (SortableJS's touch path): the server's preview opens; cancelled.
@@ -189,16 +202,13 @@ def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_ser
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#board .card[data-study]")) == 3)
     series_b_item = f'.series-item[data-series="{series_b}"]'
     moved_sop = uids_of(wrong[0])[2]
-    # The board is drawn again when the batch's poll sees its studies change (the first poll
-    # after opening it does): an element found a moment before may be replaced before the
-    # click reaches it, so each step finds its elements afresh and is tried again if so.
-    fresh(lambda: driver.find_element(By.CSS_SELECTOR, f"{series_b_item} .instances-toggle").click(),
-          until=lambda: driver.find_elements(By.CSS_SELECTOR, f'.instance-item[data-sop="{moved_sop}"]'))
+    # The first poll after opening asks for the studies again: the same, so the board is not
+    # drawn again, and what is found here is what is clicked and dragged.
+    driver.find_element(By.CSS_SELECTOR, f"{series_b_item} .instances-toggle").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'.instance-item[data-sop="{moved_sop}"]'))
     assert len(driver.find_elements(By.CSS_SELECTOR, f"{series_b_item} .instance-item")) == 2
-    fresh(lambda: mouse_drag(
-        driver, driver.find_element(By.CSS_SELECTOR, f'.instance-item[data-sop="{moved_sop}"]'),
-        driver.find_element(By.CSS_SELECTOR, f'.card[data-study="{study_a}"] ul.series')),
-        until=lambda: driver.find_elements(By.CSS_SELECTOR, "dialog.preview #do-move"))
+    mouse_drag(driver, driver.find_element(By.CSS_SELECTOR, f'.instance-item[data-sop="{moved_sop}"]'),
+               driver.find_element(By.CSS_SELECTOR, f'.card[data-study="{study_a}"] ul.series'))
     dialog = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "dialog.preview #do-move")
                         and d.find_element(By.CSS_SELECTOR, "dialog.preview"))
     assert "Move 1 instances to this study" in dialog.text
@@ -225,25 +235,87 @@ def test_series_moved_on_the_board_arrives_under_its_new_study(tmp_path, api_ser
     assert study_b not in {sent(orthanc_clean, d).StudyInstanceUID for d in right + wrong}
 
 
-def fresh(step, until, timeout: float = 20.0) -> None:  # noqa: ANN001
-    """Run ``step`` (which finds its own elements) until ``until()`` is truthy; a step whose
-    elements the page replaced meanwhile (stale) is run again."""
-    from selenium.common.exceptions import StaleElementReferenceException
+def test_a_mouse_drag_survives_the_board_being_redrawn(tmp_path, api_server, worker, destination, person,
+                                                       driver):
+    """A person is mid-drag (mouse held) when another file of the batch is parsed and the
+    page's poll sees the studies change: the drag goes on, the drop opens the server's
+    preview, the move reaches the server, and the board then shows the new file's study."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            step()
-            end = time.monotonic() + 5
-            while time.monotonic() < end:
-                if until():
-                    return
-                time.sleep(0.1)
-        except StaleElementReferenceException:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("the page kept replacing the elements, or the step had no effect")
-        time.sleep(0.3)
+    right, wrong = uploaded_two_studies(driver, tmp_path, api_server.url, person, "SCR-5", "Zoe^Ida", "A-9")
+    late = patient_study(1, patient_id="SCR-5", name="Zoe^Ida", accession="A-10")  # arrives mid-drag
+    study_a, (study_b, series_b, _), study_late = uids_of(right[0])[0], uids_of(wrong[0]), uids_of(late[0])[0]
+    batch_id = int(driver.find_element(By.ID, "batch-id").text)
+    wait = WebDriverWait(driver, 30)
+    shape = "return window.relaypacs.boardShape || ''"
+    wait.until(lambda d: study_a in d.execute_script(shape) and study_b in d.execute_script(shape))
+    time.sleep(1)  # the board drawn from that poll's load
+
+    source = f'.series-item[data-series="{series_b}"]'
+    target = f'.card[data-study="{study_a}"] ul.series'
+    driver.execute_script("document.getElementById('board').scrollIntoView({block: 'start'})")
+    (x0, y0), (x1, y1) = _point(driver, source), _point(driver, target)
+    # Pressed and moved a third of the way (past Sortable's 3 px tolerance): the drag is on.
+    pointer(driver, [("move", x0, y0), ("down",), *_steps(x0, y0, x0 + (x1 - x0) / 3, y0 + (y1 - y0) / 3)])
+    assert driver.find_elements(By.CSS_SELECTOR, f"{source}.sortable-chosen")
+
+    # Meanwhile another file of the batch arrives and is parsed; the page's poll sees it.
+    Gateway(api_server.url, person[2]).upload(batch_id, late[0], name="late.dcm")
+    wait.until(lambda d: study_late in d.execute_script(shape))
+    time.sleep(1.5)  # past the board's load that the poll started
+    # The drag is still there as the person left it: its copy under the pointer, and the
+    # series once on the board (a board drawn anew drops the copy, and shows the series
+    # twice: the new board's item and Sortable's placeholder, moved into the new list).
+    copies = "return [...document.querySelectorAll('.sortable-fallback')].filter((e) => e.isConnected).length"
+    assert driver.execute_script(copies) == 1
+    assert len(driver.find_elements(
+        By.CSS_SELECTOR, f'#board .series-item[data-series="{series_b}"]:not(.sortable-fallback)')) == 1
+
+    # The drag goes on onto study A and is released: the drop reaches the server.
+    xm, ym = x0 + (x1 - x0) / 3, y0 + (y1 - y0) / 3
+    pointer(driver, [*_steps(xm, ym, x1, y1), ("up",)])
+    dialog = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "dialog.preview #do-move")
+                        and d.find_element(By.CSS_SELECTOR, "dialog.preview"))
+    assert "Move 2 instances to this study" in dialog.text
+    dialog.find_element(By.ID, "do-move").click()
+    wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, "dialog.preview"))
+    studies = Gateway(api_server.url, person[2]).http.get(
+        f"{api_server.url}/api/v1/batches/{batch_id}/studies", timeout=10).json()["studies"]
+    by_uid = {s["study_instance_uid"]: s for s in studies}
+    assert series_b in {s["series_instance_uid"] for s in by_uid[study_a]["series"]}
+    assert by_uid[study_a]["instances"] == 5 and study_late in by_uid
+    # The board caught up with what arrived during the drag.
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#board .card[data-study="{study_late}"]'))
+    assert "5 instances" in driver.find_element(By.CSS_SELECTOR, f'.card[data-study="{study_a}"] .meta').text
+
+
+def _point(driver, selector: str) -> tuple[float, float]:  # noqa: ANN001
+    """A point inside the element, in viewport pixels."""
+    x, y = driver.execute_script(
+        "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
+        " return [r.x + Math.min(r.width / 2, 40), r.y + Math.min(r.height / 2, 12)]", selector)
+    return x, y
+
+
+def _steps(x0: float, y0: float, x1: float, y1: float, n: int = 10) -> list[tuple]:
+    return [("move", x0 + (x1 - x0) * i / n, y0 + (y1 - y0) * i / n) for i in range(1, n + 1)]
+
+
+def pointer(driver, actions: list[tuple]) -> None:  # noqa: ANN001
+    """Chromium's own mouse input at viewport points: ("move", x, y), ("down",), ("up",).
+    The button stays pressed between calls until an ("up",)."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+    builder = ActionBuilder(driver, duration=30)
+    for action in actions:
+        if action[0] == "move":
+            builder.pointer_action.move_to_location(round(action[1]), round(action[2]))
+        elif action[0] == "down":
+            builder.pointer_action.pointer_down()
+        else:
+            builder.pointer_action.pointer_up()
+    builder.perform()
 
 
 def mouse_drag(driver, source, target) -> None:  # noqa: ANN001

@@ -2,6 +2,8 @@
 // (SortableJS: mouse and touch) or sent with its "Move to" menu (keyboard) to another study
 // or to "new study". The preview is the server's dry run of the move (the attributes the
 // moved instances will go out with); the move itself goes through the moves API.
+// The board is never drawn anew under a person's hands: while a drag is on or a preview is
+// open, new data from the server waits, and is drawn once the drag or the preview ends.
 import Sortable from "sortablejs";
 import { api, el } from "./api.js";
 
@@ -18,14 +20,41 @@ export class Board {
     // for when the series is opened: single instances can be moved from any session, after a
     // reload too, without the files being chosen again. Asked again whenever the studies change.
     this.instances = new Map();
+    this.dragging = false;
+    this.dialog = null; // the open preview
+    this.pending = null; // the latest studies that arrived while busy
+    this.drawn = null; // what the board was last drawn from
   }
 
   async load() {
-    const data = await api("GET", `/api/v1/batches/${this.batchId}/studies`);
-    this.studies = data.studies;
-    await this.refreshInstances();
-    this.render();
+    await this.show(await api("GET", `/api/v1/batches/${this.batchId}/studies`));
+  }
+
+  busy() {
+    return this.dragging || this.dialog !== null;
+  }
+
+  async show(data) {
+    // Drawing replaces every list: a drag in progress would lose its element and its
+    // Sortable, and a preview its rows. The data waits (only the latest), and is shown at
+    // the end; the open series' instances are asked for before, so checked again after.
+    if (this.busy()) { this.pending = data; return; }
+    const instances = await this.instancesNow();
+    if (this.busy()) { this.pending = data; return; }
     this.problems(data.problems);
+    // The same as drawn (the first poll after opening asks again): not drawn again, so an
+    // element a person is about to click or has focused stays where it is.
+    if (JSON.stringify([data.studies, [...instances]]) === this.drawn) return;
+    this.studies = data.studies;
+    this.instances = instances;
+    this.render();
+  }
+
+  settle() {
+    if (this.busy() || !this.pending) return;
+    const data = this.pending;
+    this.pending = null;
+    this.show(data);
   }
 
   problems(list) {
@@ -40,6 +69,7 @@ export class Board {
   }
 
   render() {
+    this.drawn = JSON.stringify([this.studies, [...this.instances]]);
     const cards = this.studies.map((study) => {
       const series = el("ul", { class: "series", "data-study": study.study_instance_uid },
         study.series.map((s) => this.seriesItem(study, s)));
@@ -62,6 +92,11 @@ export class Board {
         // input a person's mouse gives is what the browser test drives (headless Chromium
         // starts no native drag session from mouse input). 3 px of slack keeps clicks clicks.
         forceFallback: true, fallbackTolerance: 3,
+        // From the press (a draw between it and the first move would lose the drag too) to
+        // the drop; released after this drop's own handlers (onAdd opens the preview) ran.
+        onChoose: () => { this.dragging = true; },
+        onUnchoose: () => this.dropped(),
+        onEnd: () => this.dropped(),
         onAdd: (event) => {
           const to = event.to.dataset.study;
           const { series, sop } = event.item.dataset;
@@ -70,6 +105,10 @@ export class Board {
         },
       });
     }
+  }
+
+  dropped() {
+    setTimeout(() => { this.dragging = false; this.settle(); });
   }
 
   moveMenu(study, label, what) {
@@ -111,14 +150,14 @@ export class Board {
     return data.instances;
   }
 
-  async refreshInstances() {
+  async instancesNow() {
     // The studies changed (a move, files parsed): the open series are asked for again; one
     // that no longer holds this batch's instances closes.
     const fresh = new Map();
     await Promise.all([...this.open].map(async (uid) => {
       try { fresh.set(uid, await this.instancesOf(uid)); } catch (error) { this.open.delete(uid); }
     }));
-    this.instances = fresh;
+    return fresh;
   }
 
   async toggle(seriesUid) {
@@ -135,6 +174,8 @@ export class Board {
     const body = { ...what, ...(to === NEW_STUDY ? { new_study: true } : { target_study_instance_uid: to }) };
     const dialog = el("dialog", { class: "preview" });
     document.body.append(dialog);
+    this.dialog = dialog;
+    dialog.addEventListener("close", () => this.close(dialog)); // Escape closes it too
     try {
       const answer = await api("POST", `/api/v1/batches/${this.batchId}/moves`, { ...body, dry_run: true });
       // Elements the target's first instance lacks come back null (removed): not listed.
@@ -146,25 +187,30 @@ export class Board {
         el("table", { class: "values" }, rows),
         el("p", {},
           el("button", { type: "button", class: "primary", id: "do-move", onclick: () => this.move(body, dialog) }, "Move"),
-          " ", el("button", { type: "button", onclick: () => { dialog.remove(); this.render(); } }, "Cancel")),
+          " ", el("button", { type: "button", onclick: () => this.close(dialog) }, "Cancel")),
         el("p", { class: "error", role: "alert" }));
     } catch (error) {
       dialog.append(el("p", { class: "error", role: "alert" }, error.message),
-        el("button", { type: "button", onclick: () => { dialog.remove(); this.render(); } }, "Close"));
+        el("button", { type: "button", onclick: () => this.close(dialog) }, "Close"));
     }
     dialog.showModal();
     const first = dialog.querySelector("button");
     if (first) first.focus();
   }
 
+  close(dialog) {
+    if (!dialog.isConnected) return; // closed already
+    dialog.remove();
+    if (this.dialog === dialog) this.dialog = null;
+    if (this.pending) this.settle(); else this.render();
+  }
+
   async move(body, dialog) {
     try {
       const answer = await api("POST", `/api/v1/batches/${this.batchId}/moves`, body);
-      this.studies = answer.studies;
-      await this.refreshInstances();
-      dialog.remove();
-      this.render();
-      this.problems(answer.problems);
+      // The move's answer is the server's studies after it: newer than anything waiting.
+      this.pending = answer;
+      this.close(dialog);
       this.onChange();
     } catch (error) {
       dialog.querySelector(".error").textContent = error.message;

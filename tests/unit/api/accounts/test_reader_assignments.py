@@ -73,3 +73,35 @@ def test_bad_assignments_are_refused(client, session):
     assert client.put(f"/api/v1/reader-assignments/{reader.id}/{north.id}", json={"extra": 1},
                       headers=admin).status_code == 400
     assert client.get("/api/v1/reader-assignments", headers=admin).json == {"assignments": []}
+
+
+def test_the_admin_page_lists_assigns_and_ends_through_the_api(client, session, sign_in):
+    admin, admin_token = create_user(session, "admin@hub.test", "Hub", "admin")
+    qa, qa_token = create_user(session, "qa@north.test", "North", "qa_manager")
+    reader, _ = create_user(session, "rad@hub.test", "Hub", ["radiologist"])
+    create_user(session, "up@hub.test", "Hub", "uploader")
+    north = qa.facility_id
+    session.commit()
+    assert client.get("/dashboard/readers").status_code == 302  # signed out: to /login
+    assert sign_in(client, qa_token).status_code == 302
+    assert client.get("/dashboard/readers").status_code == 403  # a viewer, not an admin
+    assert sign_in(client, admin_token, next="/dashboard/readers").status_code == 302
+    page = client.get("/dashboard/readers")
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
+    assert "No assignments yet." in html and f'<option value="{north}">North</option>' in html
+    assert "rad@hub.test" in html and "up@hub.test" not in html  # only radiologists and consultants
+    token = html.split('name="csrf-token" content="', 1)[1].split('"', 1)[0]
+    path = f"/api/v1/reader-assignments/{reader.id}/{north}"
+
+    # What the page's script sends: the session cookie with its CSRF token.
+    body = {"subspecialties": ["neuro"]}
+    assert client.put(path, json=body).status_code == 403  # no token
+    assert client.put(path, json=body, headers={"X-CSRF-Token": token}).status_code == 201
+    html = client.get("/dashboard/readers").get_data(as_text=True)
+    assert f'<tr data-user="{reader.id}" data-facility="{north}">' in html and "<td>neuro</td>" in html
+    assert client.delete(path, headers={"X-CSRF-Token": token}).status_code == 204
+    assert "No assignments yet." in client.get("/dashboard/readers").get_data(as_text=True)
+    audited = [(e.action, e.user_id) for e in session.scalars(
+        select(AuditEvent).where(AuditEvent.action.like("reader.%")).order_by(AuditEvent.id))]
+    assert audited == [("reader.assigned", admin.id), ("reader.unassigned", admin.id)]
