@@ -17,7 +17,7 @@ from api.events import history as event_history
 from api.exports import definitions as exports
 from api.forecasting import forecasts
 from api.graphql import view as graphql_view
-from api.http import errors, health, observability
+from api.http import errors, health, observability, routing
 from api.http.context import Resources
 from api.http.limits import RateLimiter
 from api.http.shedding import LoadShedder
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     configure_logging()
     app = Flask(__name__)
+    app.url_map.converters.update(routing.CONVERTERS)  # before any blueprint's rules
     app.wsgi_app = MethodOverride(app.wsgi_app)  # type: ignore[method-assign]
     if settings.trusted_proxies > 0:
         # The client's address (audit trail, sign-in limit), scheme (the cookie's Secure flag)

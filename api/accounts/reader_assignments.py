@@ -27,15 +27,14 @@ from pipeline.accounts.users import set_assignment
 from pipeline.models import MAX_ROW_ID, Facility, ReaderAssignment, Role, User
 
 blueprint = Blueprint("reader_assignments", __name__)
-MAX_ID = MAX_ROW_ID
 # Stored lower-case (pipeline.accounts.users.set_assignment): "Neuro" and "neuro" are one pool.
 Subspecialty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40,
                                                 pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
 
 
 class AssignmentQuery(BaseModel):
-    user_id: int | None = Field(None, ge=1, le=MAX_ID)
-    facility_id: int | None = Field(None, ge=1, le=MAX_ID)
+    user_id: int | None = Field(None, ge=1, le=MAX_ROW_ID)
+    facility_id: int | None = Field(None, ge=1, le=MAX_ROW_ID)
 
 
 class AssignmentBody(BaseModel):
@@ -72,16 +71,16 @@ def list_assignments():  # noqa: ANN201
 
 
 def _user_and_facility(user_id: int, facility_id: int) -> tuple[User, Facility]:
-    user = db().get(User, user_id) if user_id <= MAX_ID else None
+    user = db().get(User, user_id)
     if user is None:
         raise ApiError(404, f"user {user_id} not found")
-    facility = db().get(Facility, facility_id) if facility_id <= MAX_ID else None
+    facility = db().get(Facility, facility_id)
     if facility is None:
         raise ApiError(404, f"facility {facility_id} not found")
     return user, facility
 
 
-@blueprint.route("/<int:user_id>/<int:facility_id>", methods=["PUT"])
+@blueprint.route("/<id:user_id>/<id:facility_id>", methods=["PUT"])
 @require(Role.ADMIN)
 @operation("Assign a radiologist or consultant to a facility (or replace the subspecialties)",
            body=AssignmentBody, responses={200: "replaced", 201: "assigned"},
@@ -102,13 +101,12 @@ def put_assignment(user_id: int, facility_id: int):  # noqa: ANN201
     return jsonify(_json(row, user.email, facility.name)), 201 if created else 200
 
 
-@blueprint.route("/<int:user_id>/<int:facility_id>", methods=["DELETE"])
+@blueprint.route("/<id:user_id>/<id:facility_id>", methods=["DELETE"])
 @require(Role.ADMIN)
 @operation("End a reader's assignment to a facility", responses={204: "ended"}, errors=(401, 403, 404, 429))
 def delete_assignment(user_id: int, facility_id: int):  # noqa: ANN201
     row = db().scalar(select(ReaderAssignment).where(ReaderAssignment.user_id == user_id,
-                                                     ReaderAssignment.facility_id == facility_id)) \
-        if user_id <= MAX_ID and facility_id <= MAX_ID else None
+                                                     ReaderAssignment.facility_id == facility_id))
     if row is None:
         raise ApiError(404, f"user {user_id} is not assigned to facility {facility_id}")
     db().delete(row)

@@ -61,13 +61,13 @@ def facilities():  # noqa: ANN201
     return jsonify(drilldown.facilities_overview(read_db(), request_range(), visible_facilities()))
 
 
-@blueprint.route("/facilities/<int:facility_id>", methods=["GET"])
+@blueprint.route("/facilities/<id:facility_id>", methods=["GET"])
 @require(*VIEWERS)
 def facility(facility_id: int):  # noqa: ANN201
     return jsonify(facility_or_404(facility_id, request_range()))
 
 
-@blueprint.route("/facilities/<int:facility_id>/users/<int:user_id>", methods=["GET"])
+@blueprint.route("/facilities/<id:facility_id>/users/<id:user_id>", methods=["GET"])
 @require(*VIEWERS)
 def user(facility_id: int, user_id: int):  # noqa: ANN201
     return jsonify(user_or_404(facility_id, user_id, request_range()))

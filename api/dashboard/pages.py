@@ -119,7 +119,7 @@ def _check_facility(user: User, facility_id: int) -> None:
         raise ApiError(403, "this belongs to another facility")
 
 
-@blueprint.route("/facilities/<int:facility_id>", methods=["GET"])
+@blueprint.route("/facilities/<id:facility_id>", methods=["GET"])
 def facility(facility_id: int):  # noqa: ANN201
     user = _signed_in()
     if user is None:
@@ -132,7 +132,7 @@ def facility(facility_id: int):  # noqa: ANN201
     return _page("dashboard/facility.html", data, rng, user)
 
 
-@blueprint.route("/facilities/<int:facility_id>/users/<int:user_id>", methods=["GET"])
+@blueprint.route("/facilities/<id:facility_id>/users/<id:user_id>", methods=["GET"])
 def user(facility_id: int, user_id: int):  # noqa: ANN201
     viewer = _signed_in()
     if viewer is None:

@@ -28,7 +28,7 @@ metadata_errors.register(blueprint)
 WRITERS = (Role.UPLOADER, Role.ADMIN)
 
 
-@blueprint.route("/<int:batch_id>/studies", methods=["GET"])
+@blueprint.route("/<id:batch_id>/studies", methods=["GET"])
 @require()
 def studies(batch_id: int):  # noqa: ANN201
     batch = _load(batch_id)
@@ -37,7 +37,7 @@ def studies(batch_id: int):  # noqa: ANN201
                     "problems": study_organisation.problems_of(rows)})
 
 
-@blueprint.route("/<int:batch_id>/series/<series_uid>/instances", methods=["GET"])
+@blueprint.route("/<id:batch_id>/series/<series_uid>/instances", methods=["GET"])
 @require()
 def series_instances(batch_id: int, series_uid: str):  # noqa: ANN201
     """On demand (the board opening a series): the batch's instances in that series, so
@@ -47,7 +47,7 @@ def series_instances(batch_id: int, series_uid: str):  # noqa: ANN201
                     "instances": study_organisation.series_instances(db(), batch, series_uid)})
 
 
-@blueprint.route("/<int:batch_id>/moves", methods=["POST"])
+@blueprint.route("/<id:batch_id>/moves", methods=["POST"])
 @require(*WRITERS)
 def move(batch_id: int):  # noqa: ANN201
     batch = _load(batch_id)
@@ -72,7 +72,7 @@ def move(batch_id: int):  # noqa: ANN201
                     "problems": study_organisation.problems_of(rows)})
 
 
-@blueprint.route("/<int:batch_id>/patients", methods=["GET"])
+@blueprint.route("/<id:batch_id>/patients", methods=["GET"])
 @require()
 def patients(batch_id: int):  # noqa: ANN201
     """PatientIDs as the batch's files say, with their instance counts and overrides."""
@@ -92,14 +92,14 @@ def patients(batch_id: int):  # noqa: ANN201
     ]})
 
 
-@blueprint.route("/<int:batch_id>/patients/<path:patient_id>", methods=["GET"])
+@blueprint.route("/<id:batch_id>/patients/<path:patient_id>", methods=["GET"])
 @require()
 def patient(batch_id: int, patient_id: str):  # noqa: ANN201
     batch = _load(batch_id)
     return jsonify({"patient_id": patient_id, "override": (batch.overrides or {}).get(patient_id, {})})
 
 
-@blueprint.route("/<int:batch_id>/patients/<path:patient_id>", methods=["PATCH"])
+@blueprint.route("/<id:batch_id>/patients/<path:patient_id>", methods=["PATCH"])
 @require(*WRITERS)
 def override(batch_id: int, patient_id: str):  # noqa: ANN201
     """Merge attribute values into the patient's override; ``null`` removes one."""
@@ -113,7 +113,7 @@ def override(batch_id: int, patient_id: str):  # noqa: ANN201
     return jsonify({"patient_id": patient_id, "override": current})
 
 
-@blueprint.route("/<int:batch_id>/changes", methods=["GET"])
+@blueprint.route("/<id:batch_id>/changes", methods=["GET"])
 @require()
 def changes(batch_id: int):  # noqa: ANN201
     batch = _load(batch_id)

@@ -58,13 +58,13 @@ def list_templates():  # noqa: ANN201
                                   for t in templates.list_templates(db(), facility_id)]})
 
 
-@blueprint.route("/<int:template_id>", methods=["GET"])
+@blueprint.route("/<id:template_id>", methods=["GET"])
 @require()
 def show(template_id: int):  # noqa: ANN201
     return jsonify(templates.describe(_load(template_id)))
 
 
-@blueprint.route("/<int:template_id>", methods=["PUT", "PATCH"])
+@blueprint.route("/<id:template_id>", methods=["PUT", "PATCH"])
 @require(*WRITERS)
 def update(template_id: int):  # noqa: ANN201
     template = _load(template_id)
@@ -75,7 +75,7 @@ def update(template_id: int):  # noqa: ANN201
     return jsonify(templates.describe(template))
 
 
-@blueprint.route("/<int:template_id>", methods=["DELETE"])
+@blueprint.route("/<id:template_id>", methods=["DELETE"])
 @require(*WRITERS)
 def delete(template_id: int):  # noqa: ANN201
     # Batches keep the values they applied (in their change log): deleting is always safe.

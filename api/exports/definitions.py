@@ -30,7 +30,7 @@ from pipeline.accounts import audit
 from pipeline.exports import definitions as export_definitions
 from pipeline.exports import runs as export_runs
 from pipeline.exports import schedule as export_schedule
-from pipeline.models import MAX_ROW_ID, ExportDefinition, ExportRun, ExportRunState, Facility, Role, utcnow
+from pipeline.models import ExportDefinition, ExportRun, ExportRunState, Facility, Role, utcnow
 from pipeline.storage import ObjectMissing
 from workers import chains
 
@@ -38,11 +38,8 @@ blueprint = Blueprint("exports", __name__)
 MANAGERS = (Role.QA_MANAGER, Role.ADMIN)
 
 
-MAX_ID = MAX_ROW_ID  # a larger path id is simply not found
-
-
 def _load(export_id: int) -> ExportDefinition:
-    definition = db().get(ExportDefinition, export_id) if export_id <= MAX_ID else None
+    definition = db().get(ExportDefinition, export_id)
     if definition is None:
         raise ApiError(404, f"export {export_id} not found")
     check_facility(definition.facility_id)
@@ -112,7 +109,7 @@ def create():  # noqa: ANN201
     return response
 
 
-@blueprint.route("/<int:export_id>", methods=["GET"])
+@blueprint.route("/<id:export_id>", methods=["GET"])
 @require(*MANAGERS)
 @operation("An export definition and its latest runs")
 def show(export_id: int):  # noqa: ANN201
@@ -122,7 +119,7 @@ def show(export_id: int):  # noqa: ANN201
     return jsonify(body)
 
 
-@blueprint.route("/<int:export_id>", methods=["PUT"])
+@blueprint.route("/<id:export_id>", methods=["PUT"])
 @require(*MANAGERS)
 @operation("Replace an export definition (reschedules from now)", body=export_definitions.ExportSpec,
            errors=(400, 401, 403, 404, 409, 429))
@@ -134,7 +131,7 @@ def replace(export_id: int):  # noqa: ANN201
     return jsonify(definition_json(definition))
 
 
-@blueprint.route("/<int:export_id>", methods=["DELETE"])
+@blueprint.route("/<id:export_id>", methods=["DELETE"])
 @require(*MANAGERS)
 @operation("Delete an export definition and its run history", responses={204: "deleted"})
 def delete(export_id: int):  # noqa: ANN201
@@ -148,7 +145,7 @@ def delete(export_id: int):  # noqa: ANN201
     return "", 204
 
 
-@blueprint.route("/<int:export_id>/run", methods=["POST"])
+@blueprint.route("/<id:export_id>/run", methods=["POST"])
 @require(*MANAGERS)
 @operation("Run an export now (for the period it would cover if due now)", responses={202: "queued"})
 def run_now(export_id: int):  # noqa: ANN201
@@ -164,7 +161,7 @@ def run_now(export_id: int):  # noqa: ANN201
     return response
 
 
-@blueprint.route("/<int:export_id>/runs", methods=["GET"])
+@blueprint.route("/<id:export_id>/runs", methods=["GET"])
 @require(*MANAGERS)
 @operation("Run history of an export, newest first")
 def runs(export_id: int):  # noqa: ANN201
@@ -174,13 +171,13 @@ def runs(export_id: int):  # noqa: ANN201
 
 def _run(export_id: int, run_id: int) -> ExportRun:
     _load(export_id)
-    run = db().get(ExportRun, run_id) if run_id <= MAX_ID else None
+    run = db().get(ExportRun, run_id)
     if run is None or run.export_id != export_id:
         raise ApiError(404, f"run {run_id} of export {export_id} not found")
     return run
 
 
-@blueprint.route("/<int:export_id>/runs/<int:run_id>/replay", methods=["POST"])
+@blueprint.route("/<id:export_id>/runs/<id:run_id>/replay", methods=["POST"])
 @require(*MANAGERS)
 @operation("Queue a failed run again", responses={202: "queued"}, errors=(400, 401, 403, 404, 409, 429))
 def replay(export_id: int, run_id: int):  # noqa: ANN201
@@ -198,7 +195,7 @@ def replay(export_id: int, run_id: int):  # noqa: ANN201
     return response
 
 
-@blueprint.route("/<int:export_id>/runs/<int:run_id>/files/<name>", methods=["GET"])
+@blueprint.route("/<id:export_id>/runs/<id:run_id>/files/<name>", methods=["GET"])
 @require(*MANAGERS)
 @operation("Download one file of a past run")
 def download(export_id: int, run_id: int, name: str):  # noqa: ANN201

@@ -78,7 +78,7 @@ def _calendar_facility(facility_id: int) -> None:
         raise ApiError(404, "no such facility")
 
 
-@blueprint.route("/calendars/<int:facility_id>", methods=["GET"])
+@blueprint.route("/calendars/<id:facility_id>", methods=["GET"])
 @require(*VIEWERS)
 @operation("A facility's forecast calendar: public holidays, closed days, holiday closing")
 def show_calendar(facility_id: int):  # noqa: ANN201
@@ -86,7 +86,7 @@ def show_calendar(facility_id: int):  # noqa: ANN201
     return jsonify(forecast_store.calendar_json(db().get(FacilityCalendar, facility_id), facility_id))
 
 
-@blueprint.route("/calendars/<int:facility_id>", methods=["PUT"])
+@blueprint.route("/calendars/<id:facility_id>", methods=["PUT"])
 @require(*VIEWERS)
 @operation("Replace a facility's forecast calendar (used from the next forecast run)", body=CalendarSpec,
            errors=(400, 401, 403, 404, 429))

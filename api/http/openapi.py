@@ -18,6 +18,7 @@ from flask import Flask, g, request
 from pydantic import BaseModel, ValidationError
 
 from api.http.errors import ApiError
+from pipeline.models import MAX_ROW_ID
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -28,7 +29,7 @@ ERROR_SCHEMA = {
 STANDARD_ERRORS = (400, 401, 403, 404, 429)
 # Every authenticated request is checked against the request bounds (api/http/observability.py).
 BOUND_ERRORS = (413, 414, 431)
-_CONVERTERS = {"int": {"type": "integer", "minimum": 0}, "path": {"type": "string"},
+_CONVERTERS = {"id": {"type": "integer", "minimum": 1, "maximum": MAX_ROW_ID}, "path": {"type": "string"},
                "default": {"type": "string"}, "string": {"type": "string"}}
 _ARG = re.compile(r"<(?:(?P<conv>[a-z]+):)?(?P<name>\w+)>")
 

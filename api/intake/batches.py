@@ -91,7 +91,7 @@ def list_batches():  # noqa: ANN201
     return jsonify({"batches": [batch_summary(b) for b in db().scalars(query)]})
 
 
-@blueprint.route("/<int:batch_id>", methods=["GET"])
+@blueprint.route("/<id:batch_id>", methods=["GET"])
 @require()
 @operation("Batch status: every file, study and delivery; conflicts; what it waits for")
 def show(batch_id: int):  # noqa: ANN201
@@ -112,7 +112,7 @@ def show(batch_id: int):  # noqa: ANN201
     return jsonify(batch_report(session, batch, quiet_seconds=quiet))
 
 
-@blueprint.route("/<int:batch_id>/complete", methods=["POST"])
+@blueprint.route("/<id:batch_id>/complete", methods=["POST"])
 @require(*WRITERS)
 @operation("The client sent everything: forward when every file is processed")
 def complete(batch_id: int):  # noqa: ANN201
@@ -127,7 +127,7 @@ def complete(batch_id: int):  # noqa: ANN201
     return jsonify(batch_summary(batch))
 
 
-@blueprint.route("/<int:batch_id>/confirm", methods=["POST"])
+@blueprint.route("/<id:batch_id>/confirm", methods=["POST"])
 @require(*WRITERS)
 @operation("Release a held batch (opened from the upload screen): it is complete and goes out "
            "once its files are processed", errors=(*STANDARD_ERRORS, 409))

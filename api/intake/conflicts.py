@@ -44,7 +44,7 @@ def _batches_of(key: SopInstance) -> list[int]:
     return sorted({v.batch_id for v in versions.versions_of(db(), key.facility_id, key.sop_instance_uid)})
 
 
-@blueprint.route("/<int:batch_id>/conflicts", methods=["GET"])
+@blueprint.route("/<id:batch_id>/conflicts", methods=["GET"])
 @require()
 @operation("Versions of one SOPInstanceUID in this batch: every version, the chosen one, the rule")
 def list_conflicts(batch_id: int):  # noqa: ANN201
@@ -53,7 +53,7 @@ def list_conflicts(batch_id: int):  # noqa: ANN201
                     "conflicts": versions.conflicts_of_batch(db(), batch)})
 
 
-@blueprint.route("/<int:batch_id>/conflicts/<int:conflict_id>/choose", methods=["POST"])
+@blueprint.route("/<id:batch_id>/conflicts/<id:conflict_id>/choose", methods=["POST"])
 @require(*WRITERS)
 @operation("Choose the version that goes out; the others are superseded", body=ChooseVersion,
            errors=CONFLICT_ERRORS)
@@ -79,7 +79,7 @@ def choose(batch_id: int, conflict_id: int):  # noqa: ANN201
     return jsonify(versions.describe(session, key))
 
 
-@blueprint.route("/<int:batch_id>/conflicts/<int:conflict_id>/send", methods=["POST"])
+@blueprint.route("/<id:batch_id>/conflicts/<id:conflict_id>/send", methods=["POST"])
 @require(*WRITERS)
 @operation("Send the chosen version again to every destination it went to", errors=CONFLICT_ERRORS)
 def send(batch_id: int, conflict_id: int):  # noqa: ANN201
@@ -99,7 +99,7 @@ def send(batch_id: int, conflict_id: int):  # noqa: ANN201
     return jsonify(versions.describe(session, key))
 
 
-@blueprint.route("/<int:batch_id>/files/<upload_id>/release", methods=["POST"])
+@blueprint.route("/<id:batch_id>/files/<upload_id>/release", methods=["POST"])
 @require(*WRITERS)
 @operation("Check a quarantined file again (its bytes are kept); it goes out if it passes",
            errors=CONFLICT_ERRORS)

@@ -124,14 +124,14 @@ def create_restores():  # noqa: ANN201
     }), 202 if requests else 200
 
 
-@blueprint.route("/restores/<int:request_id>", methods=["GET"])
+@blueprint.route("/restores/<id:request_id>", methods=["GET"])
 @require(Role.ADMIN, Role.QA_MANAGER)
 @operation("One restore request: state and expected time")
 def get_restore(request_id: int):  # noqa: ANN201
     return jsonify(restore.describe(_visible(RestoreRequest, request_id, "restore request")))
 
 
-@blueprint.route("/instances/<int:instance_id>/file", methods=["GET"])
+@blueprint.route("/instances/<id:instance_id>/file", methods=["GET"])
 @require(Role.ADMIN, Role.QA_MANAGER)
 @operation("Download an instance's stored original; 202 with the restore when its bytes are cold",
            responses={200: "the Part-10 bytes", 202: "restoring"})

@@ -6,14 +6,12 @@ from __future__ import annotations
 from api.http.auth import current_user
 from api.http.context import db
 from api.http.errors import ApiError
-from pipeline.models import MAX_ROW_ID, RadiologyReport
+from pipeline.models import RadiologyReport
 from pipeline.reports.access import can_read_facility
-
-MAX_ID = MAX_ROW_ID  # a larger path id is simply not found
 
 
 def load_report(report_id: int) -> RadiologyReport:
-    report = db().get(RadiologyReport, report_id) if report_id <= MAX_ID else None
+    report = db().get(RadiologyReport, report_id)
     if report is None or not can_read_facility(db(), current_user(), report.facility_id):
         raise ApiError(404, f"report {report_id} not found")
     return report

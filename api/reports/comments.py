@@ -22,9 +22,9 @@ from api.http.auth import actor, current_user, require
 from api.http.context import db
 from api.http.errors import ApiError
 from api.http.openapi import operation
-from api.reports.access import MAX_ID, load_report
+from api.reports.access import load_report
 from pipeline.accounts import audit
-from pipeline.models import ReportComment, Role
+from pipeline.models import MAX_ROW_ID, ReportComment, Role
 from pipeline.reports import threads
 from workers import chains
 
@@ -32,7 +32,7 @@ from workers import chains
 class CommentBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(min_length=1, max_length=4000)
-    recipients: list[Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]] | None = Field(
+    recipients: list[Annotated[int, Field(strict=True, ge=1, le=MAX_ROW_ID)]] | None = Field(
         None, max_length=threads.MAX_RECIPIENTS)
 
 
@@ -64,7 +64,7 @@ def _errors(exc: Exception) -> ApiError:
     return ApiError(400, str(exc))
 
 
-@blueprint.route("/<int:report_id>/comments", methods=["GET"])
+@blueprint.route("/<id:report_id>/comments", methods=["GET"])
 @require(*PARTIES)
 @operation("A report's comment thread", query=ThreadQuery)
 def list_comments(report_id: int):  # noqa: ANN201
@@ -73,7 +73,7 @@ def list_comments(report_id: int):  # noqa: ANN201
     return jsonify({"report_id": report.id, "comments": [comment_json(c) for c in rows]})
 
 
-@blueprint.route("/<int:report_id>/comments", methods=["POST"])
+@blueprint.route("/<id:report_id>/comments", methods=["POST"])
 @require(*PARTIES)
 @operation("Add a comment to a report's thread", body=CommentBody, responses={201: "the comment"})
 def add_comment(report_id: int):  # noqa: ANN201
@@ -95,7 +95,7 @@ def add_comment(report_id: int):  # noqa: ANN201
     return jsonify(comment_json(posted.comment)), 201
 
 
-@blueprint.route("/<int:report_id>/comments/<key>/versions", methods=["POST"])
+@blueprint.route("/<id:report_id>/comments/<key>/versions", methods=["POST"])
 @require(*PARTIES)
 @operation("Correct a comment: a new version, the old one kept", body=CorrectionBody,
            responses={201: "the new version"})

@@ -21,9 +21,9 @@ from api.http.auth import actor, current_user, require
 from api.http.context import db
 from api.http.errors import ApiError
 from api.http.openapi import operation
-from api.reports.access import MAX_ID, load_report
+from api.reports.access import load_report
 from pipeline.accounts import audit
-from pipeline.models import ConsultRequest, Role
+from pipeline.models import MAX_ROW_ID, ConsultRequest, Role
 from pipeline.reports import consult_requests, consults, notifications
 from pipeline.reports import status as report_status
 from pipeline.reports.status_notices import take_made
@@ -38,7 +38,7 @@ PARTIES = (Role.CLINICIAN, Role.RADIOLOGIST, Role.CONSULTANT, Role.ADMIN)
 class ConsultBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: str = Field(min_length=1, max_length=4000)
-    consultant_id: int | None = Field(None, strict=True, ge=1, le=MAX_ID)
+    consultant_id: int | None = Field(None, strict=True, ge=1, le=MAX_ROW_ID)
     subspecialty: str | None = Field(None, min_length=1, max_length=64)
     due_at: datetime | None = None
 
@@ -66,7 +66,7 @@ def consult_json(consult: ConsultRequest, with_history: bool = False) -> dict:
     return out
 
 
-@blueprint.route("/<int:report_id>/consults", methods=["GET"])
+@blueprint.route("/<id:report_id>/consults", methods=["GET"])
 @require(*PARTIES)
 @operation("A report's consults and their state history")
 def list_consults(report_id: int):  # noqa: ANN201
@@ -75,7 +75,7 @@ def list_consults(report_id: int):  # noqa: ANN201
         consult_json(c, with_history=True) for c in consult_requests.for_report(db(), report.id)]})
 
 
-@blueprint.route("/<int:report_id>/consults", methods=["POST"])
+@blueprint.route("/<id:report_id>/consults", methods=["POST"])
 @require(*PARTIES)
 @operation("Request a consult: of a named consultant or a subspecialty pool", body=ConsultBody,
            responses={201: "the consult"})
@@ -105,15 +105,14 @@ def request_consult(report_id: int):  # noqa: ANN201
     return jsonify(consult_json(made.consult)), 201
 
 
-@blueprint.route("/<int:report_id>/consults/<int:consult_id>/<action>", methods=["POST"])
+@blueprint.route("/<id:report_id>/consults/<id:consult_id>/<action>", methods=["POST"])
 @require(*PARTIES)
 @operation("Move a consult: accept, decline, start, complete (with the addendum) or cancel",
            body=MoveBody, errors=(400, 401, 403, 404, 409, 429))
 def move_consult(report_id: int, consult_id: int, action: str):  # noqa: ANN201
     report = load_report(report_id)
     session = db()
-    consult = session.get(ConsultRequest, consult_id, with_for_update=True) \
-        if consult_id <= MAX_ID else None
+    consult = session.get(ConsultRequest, consult_id, with_for_update=True)
     if consult is None or consult.report_id != report.id:
         raise ApiError(404, f"consult {consult_id} not found")
     if action not in {a.value for a in consults.ConsultAction} - {"reoffer"}:

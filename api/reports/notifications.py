@@ -18,9 +18,8 @@ from api.http.auth import actor, current_user, require
 from api.http.context import db
 from api.http.errors import ApiError
 from api.http.openapi import operation
-from api.reports.access import MAX_ID
 from pipeline.accounts import audit
-from pipeline.models import Notification, Role
+from pipeline.models import MAX_ROW_ID, Notification, Role
 from pipeline.reports import notifications
 from pipeline.reports.notices import MailMode
 
@@ -34,7 +33,7 @@ class ListQuery(BaseModel):
 
 class ReadBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    ids: list[Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]] = Field(default_factory=list,
+    ids: list[Annotated[int, Field(strict=True, ge=1, le=MAX_ROW_ID)]] = Field(default_factory=list,
                                                                            max_length=1000)
     everything: bool = Field(False, alias="all")
 

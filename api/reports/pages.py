@@ -14,7 +14,7 @@ from api.http.errors import ApiError
 from api.reports import conversation
 from api.reports.reports import READERS
 from pipeline.accounts.scoping import readable_facility_ids
-from pipeline.models import MAX_ROW_ID, User
+from pipeline.models import User
 from pipeline.reports import listing
 
 blueprint = Blueprint("report_pages", __name__, template_folder="templates")
@@ -49,13 +49,13 @@ def index():  # noqa: ANN201
                  next_before=rows[-1]["id"] if len(rows) == 50 else None)
 
 
-@blueprint.route("/<int:report_id>", methods=["GET"])
+@blueprint.route("/<id:report_id>", methods=["GET"])
 def show(report_id: int):  # noqa: ANN201
     user = _viewer()
     if isinstance(user, Response):
         return user
     scope = readable_facility_ids(db(), user)
-    report = listing.report_detail(db(), report_id, scope) if report_id <= MAX_ROW_ID else None
+    report = listing.report_detail(db(), report_id, scope)
     if report is None:
         raise ApiError(404, f"report {report_id} not found")
     # The thread and consults below the report (api/reports/conversation.py).

@@ -40,20 +40,19 @@ from workers import chains
 blueprint = Blueprint("reports", __name__)
 READERS = (Role.CLINICIAN, Role.RADIOLOGIST, Role.CONSULTANT, Role.QA_MANAGER, Role.ADMIN)
 WRITERS = (Role.RADIOLOGIST, Role.ADMIN)
-MAX_ID = MAX_ROW_ID
 
 
 class ReportListQuery(BaseModel):
     limit: int = Field(50, ge=1, le=listing.MAX_LIMIT)
-    before: int | None = Field(None, ge=1, le=MAX_ID, description="reports with a smaller id (paging)")
+    before: int | None = Field(None, ge=1, le=MAX_ROW_ID, description="reports with a smaller id (paging)")
     status: Literal["registered", "preliminary", "final", "amended", "appended", "cancelled"] | None = None
-    study_id: int | None = Field(None, ge=1, le=MAX_ID)
-    facility_id: int | None = Field(None, ge=1, le=MAX_ID)
+    study_id: int | None = Field(None, ge=1, le=MAX_ROW_ID)
+    facility_id: int | None = Field(None, ge=1, le=MAX_ROW_ID)
     include_superseded: bool = False
 
 
 class ManualReport(BaseModel):
-    study_id: int = Field(ge=1, le=MAX_ID)
+    study_id: int = Field(ge=1, le=MAX_ROW_ID)
     text: str = Field(min_length=1, max_length=manual.MAX_TEXT_CHARS)
     status: Literal["registered", "preliminary", "final"] = "final"
 
@@ -68,7 +67,7 @@ def _scope() -> frozenset[int] | None:
 
 
 def _readable_report(report_id: int) -> RadiologyReport:
-    report = db().get(RadiologyReport, report_id) if report_id <= MAX_ID else None
+    report = db().get(RadiologyReport, report_id)
     if report is None:
         raise ApiError(404, f"report {report_id} not found")
     scope = _scope()
@@ -109,7 +108,7 @@ def _manual_input() -> tuple[int, str | None, bytes | None, str]:
         wanted = request.form.get("status", "final")
         if upload is None:
             raise ApiError(400, "multipart: a PDF in the 'file' field is required")
-        if not (raw_study.isascii() and raw_study.isdigit() and 0 < int(raw_study) <= MAX_ID):
+        if not (raw_study.isascii() and raw_study.isdigit() and 0 < int(raw_study) <= MAX_ROW_ID):
             raise ApiError(400, "study_id must be a study id")
         if wanted not in {s.value for s in manual.INITIAL_STATUSES}:
             raise ApiError(400, "status must be registered, preliminary or final")
@@ -157,12 +156,10 @@ def create():  # noqa: ANN201
     return response
 
 
-@blueprint.route("/<int:report_id>", methods=["GET"])
+@blueprint.route("/<id:report_id>", methods=["GET"])
 @require(*READERS)
 @operation("One report: text, study, uploader, counts and status history")
 def show(report_id: int):  # noqa: ANN201
-    if report_id > MAX_ID:
-        raise ApiError(404, f"report {report_id} not found")
     scope = _scope()
     body = listing.report_detail(db(), report_id, scope)
     if body is None:
@@ -171,7 +168,7 @@ def show(report_id: int):  # noqa: ANN201
     return jsonify(body)
 
 
-@blueprint.route("/<int:report_id>/status", methods=["POST"])
+@blueprint.route("/<id:report_id>/status", methods=["POST"])
 @require(*WRITERS)
 @operation("Move a report's status (FHIR DiagnosticReport); an illegal move answers 409", body=StatusMove,
            errors=(400, 401, 403, 404, 409, 429))
@@ -193,7 +190,7 @@ def move(report_id: int):  # noqa: ANN201
     return jsonify(listing.report_detail(db(), report.id, None))
 
 
-@blueprint.route("/<int:report_id>/original", methods=["GET"])
+@blueprint.route("/<id:report_id>/original", methods=["GET"])
 @require(*READERS)
 @operation("The original document as received (DICOM Part-10) or uploaded (PDF); audited")
 def original(report_id: int):  # noqa: ANN201

@@ -145,14 +145,14 @@ def _case(case_id: int):  # noqa: ANN202
         raise _fail(exc) from exc
 
 
-@blueprint.route("/cases/<int:case_id>", methods=["GET"])
+@blueprint.route("/cases/<id:case_id>", methods=["GET"])
 @require(*READERS)
 @operation("One teaching case (unknown=1 hides the diagnosis)", query=CaseArgs)
 def get_case(case_id: int):  # noqa: ANN201
     return jsonify(cases.describe(db(), current_user(), _case(case_id), unknown=g.query.unknown))
 
 
-@blueprint.route("/cases/<int:case_id>", methods=["PATCH"])
+@blueprint.route("/cases/<id:case_id>", methods=["PATCH"])
 @require(*READERS)
 @operation("Edit a case (author, publishers); answers with free-text warnings", body=FieldsBody)
 def edit_case(case_id: int):  # noqa: ANN201
@@ -181,14 +181,14 @@ def _transition(case_id: int, change, action: str):  # noqa: ANN001, ANN202
     return jsonify(cases.describe(session, current_user(), case))
 
 
-@blueprint.route("/cases/<int:case_id>/publish", methods=["POST"])
+@blueprint.route("/cases/<id:case_id>/publish", methods=["POST"])
 @require(*READERS)
 @operation("Publish a case (publishers)")
 def publish_case(case_id: int):  # noqa: ANN201
     return _transition(case_id, cases.publish, "teaching.case_published")
 
 
-@blueprint.route("/cases/<int:case_id>/withdraw", methods=["POST"])
+@blueprint.route("/cases/<id:case_id>/withdraw", methods=["POST"])
 @require(*READERS)
 @operation("Withdraw a case (publishers)")
 def withdraw_case(case_id: int):  # noqa: ANN201
@@ -210,7 +210,7 @@ def _stream(key: str, mimetype: str, filename: str) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-@blueprint.route("/cases/<int:case_id>/key-image", methods=["GET"])
+@blueprint.route("/cases/<id:case_id>/key-image", methods=["GET"])
 @require(*READERS)
 @operation("The case's key image (PNG, with the instance's window)")
 def key_image(case_id: int):  # noqa: ANN201
@@ -220,7 +220,7 @@ def key_image(case_id: int):  # noqa: ANN201
     return _stream(case.key_image_key, "image/png", f"case-{case.id}.png")
 
 
-@blueprint.route("/cases/<int:case_id>/download", methods=["GET"])
+@blueprint.route("/cases/<id:case_id>/download", methods=["GET"])
 @require(*READERS)
 @operation("The case as a zip of DICOM files with a rebuilt DICOMDIR")
 def download(case_id: int):  # noqa: ANN201
@@ -247,7 +247,7 @@ def _held(case_id: int, instance_id: int) -> TeachingInstance:
     return row
 
 
-@blueprint.route("/cases/<int:case_id>/instances/<int:instance_id>/confirm", methods=["POST"])
+@blueprint.route("/cases/<id:case_id>/instances/<id:instance_id>/confirm", methods=["POST"])
 @require(*READERS)
 @operation("Confirm a held instance's pixels carry no identifying text")
 def confirm_instance(case_id: int, instance_id: int):  # noqa: ANN201
@@ -262,7 +262,7 @@ def confirm_instance(case_id: int, instance_id: int):  # noqa: ANN201
     return jsonify({"id": row.id, "state": row.state})
 
 
-@blueprint.route("/cases/<int:case_id>/instances/<int:instance_id>/mask", methods=["POST"])
+@blueprint.route("/cases/<id:case_id>/instances/<id:instance_id>/mask", methods=["POST"])
 @require(*READERS)
 @operation("Black out regions [x, y, width, height] of a held instance (Clean Pixel Data)",
            body=MaskBody, responses={202: "masking"})
@@ -283,7 +283,7 @@ def mask_instance(case_id: int, instance_id: int):  # noqa: ANN201
     return jsonify({"id": row.id, "state": "masking"}), 202
 
 
-@blueprint.route("/cases/<int:case_id>/mapping", methods=["GET"])
+@blueprint.route("/cases/<id:case_id>/mapping", methods=["GET"])
 @require(Role.ADMIN)
 @operation("Governance: the source study and original -> de-identified identifiers (admins; audited)")
 def mapping(case_id: int):  # noqa: ANN201

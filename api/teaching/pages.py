@@ -53,7 +53,7 @@ def search():  # noqa: ANN201
     return render_template("teaching/search.html", user=user, result=result, query=query)
 
 
-@blueprint.route("/cases/<int:case_id>", methods=["GET"])
+@blueprint.route("/cases/<id:case_id>", methods=["GET"])
 def case(case_id: int):  # noqa: ANN201
     user = _reader()
     if isinstance(user, Response):
