@@ -16,6 +16,7 @@ folder is mostly such files.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -28,28 +29,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy import (
-    Connection,
-    Executable,
-    Result,
-    Table,
-    bindparam,
-    case,
-    cast,
-    delete,
-    exists,
-    func,
-    insert,
-    or_,
-    select,
-    union_all,
-    update,
-)
+from sqlalchemy import Connection, Executable, Result, case, delete, insert, or_, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
 from pipeline.intake.tus import Checksum, TusError, clean_filename, parse_checksum
-from pipeline.models import Batch, BatchState, OutboxEvent, Upload, UploadChunk, UploadState, utcnow
+from pipeline.models import Batch, BatchState, Upload, UploadChunk, UploadState, utcnow
 from pipeline.storage import ObjectStore
 
 READ_BLOCK = 64 * 1024
@@ -259,10 +244,10 @@ def insert_checked_upload(
     """A creation-with-upload in ONE statement on PostgreSQL, for ``connection`` in
     autocommit (so it is also the whole transaction: one round trip). It inserts ``upload``
     (made by :func:`upload_for`, its first chunk taken in by :func:`take_first_chunk`), its
-    chunk row when the body was not the whole file, and ``outbox_rows`` (its events), only
-    when, in the same statement: the batch exists, is of the upload's facility and is OPEN,
-    and the user has fewer than ``max_open_uploads`` uploads RECEIVING. The batch's activity
-    is stamped as :func:`touch_batch` does.
+    chunk row when the body was not the whole file, and ``outbox_rows`` (its events, in
+    order), only when, in the same statement: the batch exists, is of the upload's facility
+    and is OPEN, and the user has fewer than ``max_open_uploads`` uploads RECEIVING. The
+    batch's activity is stamped as :func:`touch_batch` does.
 
     Why the batch row is locked and how: a completion (an UPDATE of the batch) must not miss
     a file it did not wait for, so the row is held against it until the commit. A fresh
@@ -273,56 +258,77 @@ def insert_checked_upload(
     asks to write the row (two such statements would deadlock). A statement that lost the
     row to another writer in between (its stamp UPDATE found the stamp moved, or a share
     lock found the batch completed) inserts nothing and says ``raced``: asked again, it
-    sees the new row."""
+    sees the new row.
+
+    The statement is PREPAREd once per pooled connection and sent as EXECUTE with plain
+    values: building it as a SQLAlchemy construct on every request (its cache key, ~30 bind
+    parameters) cost more Python time than the rest of the request's database work."""
     now = now or utcnow()
-    batches, uploads = Batch.__table__, Upload.__table__
-    open_count = (select(func.count().label("n")).select_from(uploads)
-                  .where(uploads.c.user_id == upload.user_id,
-                         uploads.c.state == UploadState.RECEIVING.value)
-                  .cte("open_uploads"))
-    below_limit = select(open_count.c.n).scalar_subquery() < max_open_uploads
-    mine = (batches.c.id == upload.batch_id, batches.c.facility_id == upload.facility_id,
-            batches.c.state == BatchState.OPEN.value, below_limit)
-    shared = (select(batches.c.id).where(*mine, batches.c.last_activity_at >= now)
-              .with_for_update(read=True).cte("shared"))
-    stamped = (update(batches).where(*mine, batches.c.last_activity_at < now)
-               .values(last_activity_at=now + ACTIVITY_STAMP_AHEAD)
-               .returning(batches.c.id).cte("stamped"))
-    gate = union_all(select(shared.c.id), select(stamped.c.id)).cte("gate")
-    added = _insert_from(uploads, [_upload_values(upload)], gate, "added", uploads.c.id)
-    ctes = [open_count, shared, stamped, gate, added]
-    if staged is not None and not staged.whole:
-        chunk = _chunk_row(upload.id, staged)
-        ctes.append(_insert_from(UploadChunk.__table__, [{
-            "upload_id": chunk.upload_id, "offset": chunk.offset, "length": chunk.length,
-            "object_key": chunk.object_key, "sha256": chunk.sha256}], added, "chunk"))
-    if outbox_rows:
-        ctes.append(_insert_from(OutboxEvent.__table__, outbox_rows, added, "events"))
-    inserted = exists(select(added.c.id)).label("inserted")
-    row = connection.execute(
-        select(batches.c.facility_id, batches.c.state, open_count.c.n, inserted)
-        .select_from(open_count.outerjoin(batches, batches.c.id == upload.batch_id))
-        .add_cte(*ctes)
-    ).one()
-    seen_ok = (row.facility_id == upload.facility_id and row.state == BatchState.OPEN
-               and row.n < max_open_uploads)
-    return CheckedCreation(inserted=bool(row.inserted), batch_facility_id=row.facility_id,
-                           batch_state=row.state, open_uploads=row.n,
-                           raced=not row.inserted and seen_ok)
+    chunk = staged if staged is not None and not staged.whole else None
+    info = connection.connection.info
+    if not info.get(_CREATE_PREPARED):
+        connection.exec_driver_sql(_CREATE_PREPARE)
+        info[_CREATE_PREPARED] = True
+    row = connection.exec_driver_sql(_CREATE_EXECUTE, (
+        upload.id, upload.batch_id, upload.facility_id, upload.user_id, upload.filename,
+        upload.length, upload.offset, str(upload.state), upload.declared_checksum, upload.sha256,
+        upload.object_key, upload.created_at, upload.updated_at, upload.expires_at,
+        max_open_uploads, now, now + ACTIVITY_STAMP_AHEAD,
+        chunk.key if chunk else None, chunk.length if chunk else None,
+        chunk.sha256 if chunk else None,
+        json.dumps([{**r, "occurred_at": r["occurred_at"].isoformat()} for r in outbox_rows]),
+    )).one()
+    facility_id, state, open_uploads, inserted = row
+    seen_ok = (facility_id == upload.facility_id and state == BatchState.OPEN
+               and open_uploads < max_open_uploads)
+    return CheckedCreation(inserted=bool(inserted), batch_facility_id=facility_id,
+                           batch_state=state, open_uploads=open_uploads,
+                           raced=not inserted and seen_ok)
 
 
-def _insert_from(table: Table, rows: list[dict], gate, name: str, *returning):  # noqa: ANN001, ANN202
-    """``INSERT INTO table SELECT <rows> FROM gate`` as a CTE named ``name``: the rows go in
-    once for each row of ``gate`` (one, or none when its conditions did not hold). Each value
-    is cast to its column's type (a SELECT's bare parameter is text to PostgreSQL)."""
-    columns = list(rows[0])
-    selects = [select(*(cast(bindparam(None, row[c], type_=table.c[c].type), table.c[c].type).label(c)
-                        for c in columns)).select_from(gate) for row in rows]
-    source = selects[0] if len(selects) == 1 else union_all(*selects)
-    statement = insert(table).from_select(columns, source)
-    if returning:
-        statement = statement.returning(*returning)
-    return statement.cte(name)
+# insert_checked_upload's statement. $1-$14 the upload's columns, $15 the open-upload limit,
+# $16 now, $17 the stamp it writes when stale, $18-$20 the chunk row's key, length and sha256
+# (NULL: no chunk row), $21 the outbox rows as a JSON array (inserted in its order: the relay
+# gives positions in id order). Each CTE's INSERT reads the one before, so nothing goes in
+# unless the gate passed.
+CREATE_UPLOAD_SQL = """
+WITH open_uploads AS (
+  SELECT count(*) AS n FROM uploads WHERE user_id = $4 AND state = 'receiving'),
+shared AS (
+  SELECT b.id FROM batches b
+   WHERE b.id = $2 AND b.facility_id = $3 AND b.state = 'open'
+     AND (SELECT n FROM open_uploads) < $15 AND b.last_activity_at >= $16
+     FOR SHARE),
+stamped AS (
+  UPDATE batches b SET last_activity_at = $17
+   WHERE b.id = $2 AND b.facility_id = $3 AND b.state = 'open'
+     AND (SELECT n FROM open_uploads) < $15 AND b.last_activity_at < $16
+  RETURNING b.id),
+added AS (
+  INSERT INTO uploads (id, batch_id, facility_id, user_id, filename, length, "offset", state,
+                       declared_checksum, sha256, object_key, created_at, updated_at, expires_at,
+                       unfinished_attempts)
+  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0
+    FROM (SELECT id FROM shared UNION ALL SELECT id FROM stamped) AS gate
+  RETURNING id),
+chunk AS (
+  INSERT INTO upload_chunks (upload_id, "offset", length, object_key, sha256)
+  SELECT id, 0, $19, $18, $20 FROM added WHERE $18 IS NOT NULL),
+events AS (
+  INSERT INTO event_outbox (type, facility_id, data, occurred_at)
+  SELECT e.v ->> 'type', (e.v ->> 'facility_id')::integer, e.v -> 'data',
+         (e.v ->> 'occurred_at')::timestamptz
+    FROM added, json_array_elements($21) WITH ORDINALITY AS e(v, n)
+   ORDER BY e.n)
+SELECT b.facility_id, b.state, open_uploads.n, EXISTS (SELECT 1 FROM added)
+  FROM open_uploads LEFT JOIN batches b ON b.id = $2
+"""
+_CREATE_PREPARED = "relaypacs_create_upload"
+_CREATE_PREPARE = (
+    "PREPARE relaypacs_create_upload (varchar, integer, integer, integer, varchar, bigint, bigint,"
+    " varchar, varchar, varchar, varchar, timestamptz, timestamptz, timestamptz, integer,"
+    " timestamptz, timestamptz, varchar, bigint, varchar, json) AS " + CREATE_UPLOAD_SQL)
+_CREATE_EXECUTE = "EXECUTE relaypacs_create_upload (" + ", ".join(["%s"] * 21) + ")"
 
 
 def acquire_lease(session: Session, upload_id: str, seconds: int, now: datetime | None = None,
