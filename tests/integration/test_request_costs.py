@@ -12,12 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from config import load_settings
 from pipeline.accounts.users import create_user
-from pipeline.db.migrate import upgrade_database
 from pipeline.models import Batch, Upload, UploadState, utcnow
 from tests.integration.request_costs import RequestCosts
-from tests.integration.services import create_database, database_url, drop_database, ensure_postgres
+from tests.integration.services import app_on_new_database
 
 pytestmark = pytest.mark.integration
 
@@ -26,25 +24,8 @@ FILE = os.urandom(40_000)
 
 @pytest.fixture(scope="module")
 def app(redis_url, tmp_path_factory) -> Iterator:  # noqa: ANN001
-    from api import create_app
-
-    ensure_postgres()
-    name = create_database("relaypacs_costs_")
-    url = database_url(name)
-    upgrade_database(url)
-    var = tmp_path_factory.mktemp("costs")
-    settings = load_settings({
-        "RELAYPACS_DATABASE_URL": url, "RELAYPACS_REDIS_URL": redis_url,
-        "RELAYPACS_BROKER_URL": "memory://", "RELAYPACS_VAR_DIR": str(var),
-        "RELAYPACS_STORAGE_URL": f"file://{var / 'objects'}",
-    })
-    app = create_app(settings)
-    try:
+    with app_on_new_database("relaypacs_costs_", redis_url, tmp_path_factory.mktemp("costs")) as app:
         yield app
-    finally:
-        app.extensions["relaypacs"].session_factory.kw["bind"].dispose()
-        app.extensions["relaypacs.autocommit"].dispose()
-        drop_database(name)
 
 
 @pytest.fixture(scope="module")

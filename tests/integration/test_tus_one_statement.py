@@ -18,12 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
-from config import load_settings
 from pipeline.accounts.users import create_user, user_for_token
-from pipeline.db.migrate import upgrade_database
 from pipeline.intake import uploads as intake
 from pipeline.models import Batch, BatchState, OutboxEvent, Upload, UploadChunk, UploadState, utcnow
-from tests.integration.services import create_database, database_url, drop_database, ensure_postgres
+from tests.integration.services import app_on_new_database
 
 pytestmark = pytest.mark.integration
 
@@ -34,27 +32,11 @@ MAX_OPEN = 3
 
 @pytest.fixture(scope="module")
 def app(redis_url, tmp_path_factory) -> Iterator:  # noqa: ANN001
-    from api import create_app
-
-    ensure_postgres()
-    name = create_database("relaypacs_tus1_")
-    url = database_url(name)
-    upgrade_database(url)
     var = tmp_path_factory.mktemp("tus1")
-    settings = load_settings({
-        "RELAYPACS_DATABASE_URL": url, "RELAYPACS_REDIS_URL": redis_url,
-        "RELAYPACS_BROKER_URL": "memory://", "RELAYPACS_VAR_DIR": str(var),
-        "RELAYPACS_STORAGE_URL": f"file://{var / 'objects'}",
-        "RELAYPACS_MAX_OPEN_UPLOADS": str(MAX_OPEN),
-    })
-    app = create_app(settings)
-    app.config["objects"] = var / "objects"
-    try:
+    with app_on_new_database("relaypacs_tus1_", redis_url, var,
+                             RELAYPACS_MAX_OPEN_UPLOADS=str(MAX_OPEN)) as app:
+        app.config["objects"] = var / "objects"
         yield app
-    finally:
-        app.extensions["relaypacs"].session_factory.kw["bind"].dispose()
-        app.extensions["relaypacs.autocommit"].dispose()
-        drop_database(name)
 
 
 @pytest.fixture
