@@ -131,8 +131,7 @@ def insert_upload(session: Session, upload: Upload, *, also: Executable | None =
 
 
 def _upload_values(upload: Upload) -> dict[str, object]:
-    """A transient upload's column values, scalar defaults stated (a CTE'd INSERT and an
-    INSERT ... SELECT skip them)."""
+    """A transient upload's column values, scalar defaults stated (a CTE'd INSERT skips them)."""
     values = {}
     for key, column in _UPLOAD_COLUMNS.items():
         value = upload.__dict__.get(key)
