@@ -95,8 +95,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Reads outside a transaction (api.http.context.snapshot_db) borrow from their own pool.
     app.extensions["relaypacs.autocommit"] = make_autocommit_engine(engine)
     # Events a request wrote into its transaction go out right after its commit (the outbox).
-    outbox.relay_after_commit(app.extensions["relaypacs"].session_factory, outbox.process_relay(
-        engine, settings.redis_url, settings.events_amqp_url, settings.events_amqp_exchange).kick)
+    relay = outbox.process_relay(engine, settings.redis_url, settings.events_amqp_url,
+                                 settings.events_amqp_exchange)
+    outbox.relay_after_commit(app.extensions["relaypacs"].session_factory, relay.kick)
+    # For a request that commits outside a session (a one-statement creation on autocommit).
+    app.extensions["relaypacs.relay"] = relay
 
     @app.teardown_request
     def _close_session(_exc: BaseException | None) -> None:

@@ -21,12 +21,17 @@ def upload_created(session: Session, upload: Upload, first_chunk: bool = False) 
     """upload.initiated; with ``first_chunk`` (creation-with-upload, whose row is added with
     its chunk already in) the chunk's events follow it, and initiated says offset 0."""
     session.flush()  # the upload's id
+    outbox.record(session, created_events(upload, first_chunk))
+
+
+def created_events(upload: Upload, first_chunk: bool) -> list[events.Event]:
+    """:func:`upload_created`'s events, for a caller that writes them in its own statement
+    (pipeline.intake.uploads.insert_checked_upload)."""
     initiated = events.upload_event(events.UPLOAD_INITIATED, upload)
     if not first_chunk:
-        outbox.record(session, initiated)
-        return
+        return [initiated]
     initiated = dataclasses.replace(initiated, data={**initiated.data, "offset": 0})
-    outbox.record(session, [initiated, *_chunk_events(upload)])
+    return [initiated, *_chunk_events(upload)]
 
 
 def initiated_statement(session: Session, upload: Upload) -> Insert | None:

@@ -53,6 +53,14 @@ def autocommit_engine() -> Engine:
     return engine
 
 
+def kick_relay() -> None:
+    """Wake this process's event relay after a commit made outside a session (whose events
+    the session's after-commit hook would otherwise have announced): api/app.py."""
+    relay = current_app.extensions.get("relaypacs.relay")
+    if relay is not None:
+        relay.kick()
+
+
 def read_db() -> Session:
     """A session for analytics and listings: on a healthy read replica when
     RELAYPACS_DATABASE_REPLICA_URLS names any, else the request's primary session."""

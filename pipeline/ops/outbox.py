@@ -100,13 +100,19 @@ def record_statement(session: Session, batch: events.Event | Iterable[events.Eve
     """:func:`record`'s INSERT (None for no events) for a caller that sends it inside a
     statement of its own (a data-modifying CTE on PostgreSQL, pipeline/intake/uploads.py);
     the caller must execute it in ``session``'s transaction before it commits."""
-    items = [batch] if isinstance(batch, events.Event) else list(batch)
-    if not items:
+    values = rows(batch)
+    if not values:
         return None
     session.info[_WRITTEN] = True
-    return insert(OutboxEvent.__table__).values([
-        {"type": e.type, "facility_id": e.facility_id, "data": dict(e.data), "occurred_at": e.at}
-        for e in items])
+    return insert(OutboxEvent.__table__).values(values)
+
+
+def rows(batch: events.Event | Iterable[events.Event]) -> list[dict]:
+    """The outbox rows (column values) of events, for a caller that INSERTs them in its own
+    statement; one that commits outside a session wakes the relay itself afterwards."""
+    items = [batch] if isinstance(batch, events.Event) else list(batch)
+    return [{"type": e.type, "facility_id": e.facility_id, "data": dict(e.data), "occurred_at": e.at}
+            for e in items]
 
 
 def envelope(row: OutboxEvent) -> dict:

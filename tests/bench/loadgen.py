@@ -11,9 +11,13 @@ Two workloads:
          the per-request cost of an authenticated read (an empty batch), and of a realistic
          one (a batch of hundreds of files) beside it.
 ``tus``  N concurrent tus 1.0 clients, each uploading one file every ``--period`` seconds
-         (creation, then the whole file in one PATCH: the pace of a clinic's uploader with
-         think time between files), so N / period files/s are offered. Request latency: the
-         creation counts from the file's scheduled start, the PATCH from when it was sent.
+         (the pace of a clinic's uploader with think time between files), so N / period
+         files/s are offered. Two shapes of a file: by default creation, then the whole file
+         in one PATCH (two requests, as tuspy and tus-js-client send by default); with
+         ``--with-upload`` tus creation-with-upload, the file in the creating POST (one
+         request, as the gateway's own web page and CLI send a small file), accepted when
+         the 201 says ``Upload-Offset`` = its length. Request latency: the creation counts
+         from the file's scheduled start, the PATCH from when it was sent.
          The link is whatever lies between the generator and the server (loopback in the
          repository's benchmark); the generator does not shape it.
 
@@ -23,6 +27,8 @@ Each prints requests/s, P50/P95/P99 and errors (by status) as one JSON document.
         --rate 1000 --duration 20
     python -m tests.bench.loadgen --url https://gateway.example --token T tus --clients 200 \
         --period 1 --size 40000 --duration 30          # opens its own batch
+    python -m tests.bench.loadgen --url https://gateway.example --token T tus --with-upload \
+        --clients 200 --period 1 --size 40000 --duration 30
 
 Several ``--token`` options spread the clients over several users (each user has its own
 rate limits). The uploaded files are random bytes unless ``--file`` names a real one: on a
@@ -333,15 +339,19 @@ async def open_batch(url: str, token: str, label: str) -> int:
 
 
 async def run_tus(url: str, tokens: Sequence[str], batch_ids: Sequence[int], clients: int,
-                  period: float, duration: float, payload: bytes, warmup: float = 0.0) -> dict:
+                  period: float, duration: float, payload: bytes, warmup: float = 0.0,
+                  with_upload: bool = False) -> dict:
     """``clients`` tus clients, client c using ``tokens[c % len]`` and ``batch_ids[c % len]``;
     each starts a file every ``period`` seconds (spread evenly over the first period) until
     ``duration`` seconds have passed; a client that falls behind starts its next file as soon
-    as the last one is done, and the lateness counts in the creation's latency."""
+    as the last one is done, and the lateness counts in the creation's latency.
+    ``with_upload``: each file is one creation-with-upload POST instead of a creation and a
+    PATCH."""
     tally = Tally()
     files_done = Counter()
     loop = asyncio.get_running_loop()
     per_client = max(1, int(duration / period))
+    send = _send_with_upload if with_upload else _send_create_then_patch
     async with _session(tokens, clients * 2) as http:
 
         async def client(c: int) -> None:
@@ -351,47 +361,75 @@ async def run_tus(url: str, tokens: Sequence[str], batch_ids: Sequence[int], cli
             for k in range(per_client):
                 scheduled = first + k * period
                 await _sleep_until(loop, scheduled)
-                name = f"c{c}-f{k}.dcm"
                 headers = {**auth, "Upload-Length": str(len(payload)),
-                           "Upload-Metadata": _metadata(filename=name, batch_id=batch)}
+                           "Upload-Metadata": _metadata(filename=f"c{c}-f{k}.dcm", batch_id=batch)}
                 try:
-                    async with http.post(f"{url}/api/v1/files", headers=headers) as resp:
-                        await resp.read()
-                        location = resp.headers.get("Location", "")
-                        if resp.status != 201 or not location:
-                            tally.fail("POST", str(resp.status))
-                            continue
-                    tally.ok("create", loop.time() - scheduled)
-                    if location.startswith("/"):
-                        location = url + location
-                    sent = loop.time()
-                    async with http.patch(location, data=payload, headers={
-                            **auth, "Upload-Offset": "0",
-                            "Content-Type": "application/offset+octet-stream"}) as resp:
-                        await resp.read()
-                        if resp.status != 204 or resp.headers.get("Upload-Offset") != str(len(payload)):
-                            tally.fail("PATCH", str(resp.status))
-                            continue
-                    now = loop.time()
-                    tally.ok("patch", now - sent)
-                    tally.ok("file", now - scheduled)
-                    files_done[c] += 1
+                    if not await send(http, url, headers, payload, tally, loop, scheduled):
+                        continue
                 except (TimeoutError, aiohttp.ClientError) as exc:
                     tally.fail("file", type(exc).__name__)
+                    continue
+                tally.ok("file", loop.time() - scheduled)
+                files_done[c] += 1
 
         start = loop.time() + 0.2
         tally.started = start
         await asyncio.gather(*(client(c) for c in range(clients)))
         tally.finished = loop.time()
     files = tally.latencies.pop("file", [])
+    shape = ("creation-with-upload: one POST a file" if with_upload
+             else "creation + one PATCH a file")
     summary = tally.summary(
         workload=f"tus {clients} clients, one {len(payload)}-byte file each per {period:g} s",
+        shape=shape,
         link="as between generator and server (not shaped by the generator)",
         offered_files_per_s=round(clients / period, 1), duration_s=duration,
         files_offered=clients * per_client, files_accepted=sum(files_done.values()))
     summary["files_per_s"] = round(len(files) / summary["wall_seconds"], 1)
     summary["file"] = {"count": len(files), **_percentiles("", files)}
     return summary
+
+
+async def _send_create_then_patch(http: aiohttp.ClientSession, url: str, headers: dict,
+                                  payload: bytes, tally: Tally, loop: asyncio.AbstractEventLoop,
+                                  scheduled: float) -> bool:
+    """tus creation, then the whole file in one PATCH (tuspy's and tus-js-client's default)."""
+    async with http.post(f"{url}/api/v1/files", headers=headers) as resp:
+        await resp.read()
+        location = resp.headers.get("Location", "")
+        if resp.status != 201 or not location:
+            tally.fail("POST", str(resp.status))
+            return False
+    tally.ok("create", loop.time() - scheduled)
+    if location.startswith("/"):
+        location = url + location
+    sent = loop.time()
+    auth = {k: headers[k] for k in ("Authorization", "Tus-Resumable")}
+    async with http.patch(location, data=payload, headers={
+            **auth, "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream"}) as resp:
+        await resp.read()
+        if resp.status != 204 or resp.headers.get("Upload-Offset") != str(len(payload)):
+            tally.fail("PATCH", str(resp.status))
+            return False
+    tally.ok("patch", loop.time() - sent)
+    return True
+
+
+async def _send_with_upload(http: aiohttp.ClientSession, url: str, headers: dict,
+                            payload: bytes, tally: Tally, loop: asyncio.AbstractEventLoop,
+                            scheduled: float) -> bool:
+    """tus creation-with-upload: the whole file in the creating POST, accepted when the 201
+    says the server holds all of it (the web page's and the CLI's way for a small file)."""
+    async with http.post(f"{url}/api/v1/files", data=payload, headers={
+            **headers, "Content-Type": "application/offset+octet-stream"}) as resp:
+        await resp.read()
+        if (resp.status != 201 or not resp.headers.get("Location")
+                or resp.headers.get("Upload-Offset") != str(len(payload))):
+            tally.fail("POST+upload", str(resp.status))
+            return False
+    tally.ok("create+upload", loop.time() - scheduled)
+    return True
 
 
 # --------------------------------------------------------------------------- CLI
@@ -425,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     tus.add_argument("--size", type=int, default=40_000, help="file size in bytes")
     tus.add_argument("--file", help="upload this file's bytes instead of random ones")
     tus.add_argument("--duration", type=float, default=30.0)
+    tus.add_argument("--with-upload", action="store_true",
+                     help="one creation-with-upload POST a file instead of creation + PATCH")
     args = parser.parse_args(argv)
     url = args.url.rstrip("/")
 
@@ -434,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                  args.duration, args.connections, args.warmup)
         batches = args.batch or [await open_batch(url, t, "loadgen") for t in args.token]
         return await run_tus(url, args.token, batches, args.clients, args.period, args.duration,
-                             _payload(args.file, args.size))
+                             _payload(args.file, args.size), with_upload=args.with_upload)
 
     started = time.time()
     result = asyncio.run(go())

@@ -277,6 +277,32 @@ def database_url(dbname: str) -> str:
 # --------------------------------------------------------------------------- Redis
 
 
+@contextlib.contextmanager
+def app_on_new_database(prefix: str, redis_url: str, var: Path, **env: str):  # noqa: ANN201
+    """The Flask app in-process on a fresh, migrated PostgreSQL database, a folder store in
+    ``var`` and the in-memory broker (``env``: more RELAYPACS_* settings); dropped after."""
+    from api import create_app
+    from config import load_settings
+    from pipeline.db.migrate import upgrade_database
+
+    ensure_postgres()
+    name = create_database(prefix)
+    url = database_url(name)
+    upgrade_database(url)
+    settings = load_settings({
+        "RELAYPACS_DATABASE_URL": url, "RELAYPACS_REDIS_URL": redis_url,
+        "RELAYPACS_BROKER_URL": "memory://", "RELAYPACS_VAR_DIR": str(var),
+        "RELAYPACS_STORAGE_URL": f"file://{var / 'objects'}", **env,
+    })
+    app = create_app(settings)
+    try:
+        yield app
+    finally:
+        app.extensions["relaypacs"].session_factory.kw["bind"].dispose()
+        app.extensions["relaypacs.autocommit"].dispose()
+        drop_database(name)
+
+
 def ensure_redis(timeout: float = 30.0) -> None:
     """Redis up on 127.0.0.1:6379; start a throwaway one (no persistence) if it is down."""
     if port_open(REDIS_PORT):

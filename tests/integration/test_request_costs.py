@@ -12,12 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from config import load_settings
 from pipeline.accounts.users import create_user
-from pipeline.db.migrate import upgrade_database
 from pipeline.models import Batch, Upload, UploadState, utcnow
 from tests.integration.request_costs import RequestCosts
-from tests.integration.services import create_database, database_url, drop_database, ensure_postgres
+from tests.integration.services import app_on_new_database
 
 pytestmark = pytest.mark.integration
 
@@ -26,25 +24,8 @@ FILE = os.urandom(40_000)
 
 @pytest.fixture(scope="module")
 def app(redis_url, tmp_path_factory) -> Iterator:  # noqa: ANN001
-    from api import create_app
-
-    ensure_postgres()
-    name = create_database("relaypacs_costs_")
-    url = database_url(name)
-    upgrade_database(url)
-    var = tmp_path_factory.mktemp("costs")
-    settings = load_settings({
-        "RELAYPACS_DATABASE_URL": url, "RELAYPACS_REDIS_URL": redis_url,
-        "RELAYPACS_BROKER_URL": "memory://", "RELAYPACS_VAR_DIR": str(var),
-        "RELAYPACS_STORAGE_URL": f"file://{var / 'objects'}",
-    })
-    app = create_app(settings)
-    try:
+    with app_on_new_database("relaypacs_costs_", redis_url, tmp_path_factory.mktemp("costs")) as app:
         yield app
-    finally:
-        app.extensions["relaypacs"].session_factory.kw["bind"].dispose()
-        app.extensions["relaypacs.autocommit"].dispose()
-        drop_database(name)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +112,24 @@ def test_a_small_files_tus_creation_and_patch_stay_within_their_statements(app, 
     assert on_patch.round_trips <= ROUND_TRIPS_TUS_PATCH, dict(on_patch.counts)
 
 
+def test_a_small_files_creation_with_upload_is_one_statement(app, token):  # noqa: ANN001
+    """The web page's and the CLI's small file: one POST carrying the whole file."""
+    client = app.test_client()
+    auth = {"Authorization": f"Bearer {token}", "Tus-Resumable": "1.0.0"}
+    batch = _open_batch(client, auth)
+    headers = {**auth, "Upload-Length": str(len(FILE)), "Content-Type": "application/offset+octet-stream",
+               "Upload-Metadata": f"filename {_b64('a.dcm')},batch_id {_b64(str(batch))}"}
+    client.post("/api/v1/files", headers=headers, data=FILE)  # warm
+    response, costs = _measured(app, client, "POST", "/api/v1/files", headers=headers, data=FILE)
+    assert response.status_code == 201 and response.headers["Upload-Offset"] == str(len(FILE))
+    print(f"\ntus creation-with-upload: {dict(costs.counts)} {costs.statements}")
+    assert costs.sql <= SQL_TUS_CREATE_WITH_UPLOAD, costs.statements
+    assert costs.round_trips <= ROUND_TRIPS_TUS_CREATE_WITH_UPLOAD, dict(costs.counts)
+    with app.extensions["relaypacs"].session_factory() as session:
+        upload = session.get(Upload, response.headers["Location"].rsplit("/", 1)[1])
+        assert (upload.state, upload.offset, upload.batch_id) == (UploadState.ASSEMBLED, len(FILE), batch)
+
+
 # Measured ceilings (the starting commit's figures in brackets): a read of a batch whose
 # files have no instances yet (what clients poll while they upload), whatever its size, is one
 # prepared statement on an autocommit connection (pipeline.intake.batch_report.batch_status)
@@ -158,6 +157,13 @@ SQL_TUS_CREATE = 3
 ROUND_TRIPS_TUS_CREATE = 6
 SQL_TUS_PATCH = 3
 ROUND_TRIPS_TUS_PATCH = 9
+# A creation-with-upload (capacity4; 1e5956d: 5 statements, the batch's ORM load, the open
+# uploads' count, the batch's claim UPDATE, the upload's and the outbox's INSERTs, 8 round
+# trips with BEGIN and COMMIT): on PostgreSQL one statement on an autocommit connection (its
+# own transaction) checks the batch, the facility and the open-upload limit and adds the
+# upload, the activity stamp and the events; the rate limiter's one Redis command beside it.
+SQL_TUS_CREATE_WITH_UPLOAD = 1
+ROUND_TRIPS_TUS_CREATE_WITH_UPLOAD = 2
 
 
 def test_the_one_statement_batch_read_says_what_the_full_read_says(app, token):  # noqa: ANN001

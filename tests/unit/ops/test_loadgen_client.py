@@ -60,3 +60,66 @@ def test_answers_other_than_200_are_errors():
 
     result = asyncio.run(scenario())
     assert result["requests_ok"] == 0 and result["errors_by_kind"] == {"GET 503": 10}
+
+
+async def _tus_server(offset_answer: int | None = None):  # noqa: ANN202
+    """A minimal tus server: creation (with or without the body) and PATCH, recording each
+    request's method and body size; ``offset_answer`` overrides the Upload-Offset it says."""
+    from aiohttp import web
+
+    seen: list[tuple[str, int]] = []
+
+    async def create(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append(("POST", len(body)))
+        offset = len(body) if offset_answer is None else offset_answer
+        return web.Response(status=201, headers={"Location": f"/api/v1/files/u{len(seen)}",
+                                                 "Upload-Offset": str(offset)})
+
+    async def patch(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append(("PATCH", len(body)))
+        return web.Response(status=204, headers={"Upload-Offset": str(len(body))})
+
+    app = web.Application()
+    app.router.add_post("/api/v1/files", create)
+    app.router.add_patch("/api/v1/files/{upload}", patch)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the port it picked
+    return runner, f"http://127.0.0.1:{port}", seen
+
+
+def _tus(with_upload: bool, offset_answer: int | None = None) -> tuple[dict, list]:
+    async def scenario() -> tuple[dict, list]:
+        runner, url, seen = await _tus_server(offset_answer)
+        try:
+            result = await loadgen.run_tus(url, ["T"], [7], clients=4, period=0.2, duration=0.4,
+                                           payload=b"x" * 1000, with_upload=with_upload)
+        finally:
+            await runner.cleanup()
+        return result, seen
+
+    return asyncio.run(scenario())
+
+
+def test_tus_files_are_a_creation_and_a_patch_by_default():
+    result, seen = _tus(with_upload=False)
+    assert result["files_accepted"] == result["files_offered"] == 8 and result["errors"] == 0
+    assert sorted(seen) == [("PATCH", 1000)] * 8 + [("POST", 0)] * 8
+    assert result["requests_ok"] == 16 and result["shape"] == "creation + one PATCH a file"
+
+
+def test_tus_with_upload_sends_each_file_in_its_creating_post():
+    result, seen = _tus(with_upload=True)
+    assert seen == [("POST", 1000)] * 8
+    assert result["files_accepted"] == result["files_offered"] == 8 and result["errors"] == 0
+    assert result["requests_ok"] == 8 and result["file"]["count"] == 8
+    assert result["shape"] == "creation-with-upload: one POST a file"
+
+
+def test_a_creation_with_upload_that_kept_less_than_the_file_is_an_error():
+    result, _ = _tus(with_upload=True, offset_answer=0)
+    assert result["files_accepted"] == 0 and result["errors_by_kind"] == {"POST+upload 201": 8}

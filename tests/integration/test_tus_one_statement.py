@@ -1,0 +1,261 @@
+"""tus creation-with-upload on a real PostgreSQL, where it is one statement on an autocommit
+connection (api/intake/files.py, pipeline.intake.uploads.insert_checked_upload): it keeps
+every check of the general path (batch, facility, open batch, the open-upload limit) and its
+bookkeeping (the row in its final state, the chunk row, the batch's activity stamp, the
+events), a refusal leaves nothing behind, and the batch row is held against a completion
+without files waiting for each other."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+
+from pipeline.accounts.users import create_user, user_for_token
+from pipeline.intake import uploads as intake
+from pipeline.models import Batch, BatchState, OutboxEvent, Upload, UploadChunk, UploadState, utcnow
+from tests.integration.services import app_on_new_database
+
+pytestmark = pytest.mark.integration
+
+TUS = {"Tus-Resumable": "1.0.0"}
+OCTET = "application/offset+octet-stream"
+MAX_OPEN = 3
+
+
+@pytest.fixture(scope="module")
+def app(redis_url, tmp_path_factory) -> Iterator:  # noqa: ANN001
+    var = tmp_path_factory.mktemp("tus1")
+    with app_on_new_database("relaypacs_tus1_", redis_url, var,
+                             RELAYPACS_MAX_OPEN_UPLOADS=str(MAX_OPEN)) as app:
+        app.config["objects"] = var / "objects"
+        yield app
+
+
+@pytest.fixture
+def enqueued(monkeypatch) -> list:  # noqa: ANN001
+    from workers import chains
+
+    calls: list = []
+    monkeypatch.setattr(chains, "enqueue_upload_chain", lambda uid: calls.append(("upload", uid)))
+    monkeypatch.setattr(chains, "enqueue_parse", lambda uid: calls.append(("parse", uid)))
+    return calls
+
+
+def _user(app, facility: str) -> dict:  # noqa: ANN001
+    with app.extensions["relaypacs"].session_factory() as session:
+        _, token = create_user(session, f"u{time.time_ns()}@tus1.test", facility, "uploader")
+        session.commit()
+    return {"Authorization": f"Bearer {token}", **TUS}
+
+
+def _batch(client, auth: dict) -> int:  # noqa: ANN001
+    response = client.post("/api/v1/batches", json={"label": "tus1"}, headers=auth)
+    assert response.status_code == 201
+    return response.json["id"]
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _post(client, auth: dict, batch_id: int, data: bytes | None, length: int | None = None,  # noqa: ANN001
+          **extra: str):  # noqa: ANN202
+    headers = {**auth, "Upload-Length": str(len(data or b"") if length is None else length),
+               "Upload-Metadata": f"filename {_b64('a.dcm')},batch_id {_b64(str(batch_id))}", **extra}
+    if data is not None:
+        headers["Content-Type"] = OCTET
+    return client.post("/api/v1/files", data=data, headers=headers)
+
+
+def _counts(app, batch_id: int) -> tuple[int, int]:  # noqa: ANN001
+    """Uploads of the batch, and outbox rows about the batch."""
+    with app.extensions["relaypacs"].session_factory() as session:
+        uploads = session.scalar(select(func.count()).select_from(Upload).where(Upload.batch_id == batch_id))
+        events = [e for e in session.scalars(select(OutboxEvent)) if e.data.get("batch_id") == batch_id]
+    return uploads, len(events)
+
+
+def _stored(app) -> list[Path]:  # noqa: ANN001
+    root = Path(app.config["objects"])
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def test_a_whole_file_goes_in_assembled_with_its_events_and_stamp(app, enqueued):  # noqa: ANN001
+    client = app.test_client()
+    auth = _user(app, "Clinic One")
+    batch_id = _batch(client, auth)
+    with app.extensions["relaypacs"].session_factory() as session:
+        session.execute(update(Batch).where(Batch.id == batch_id)
+                        .values(last_activity_at=utcnow() - timedelta(minutes=5)))
+        session.commit()
+    data = b"DICM" * 5000
+    sha1 = base64.b64encode(hashlib.sha1(data).digest()).decode()
+    before = utcnow()
+    response = _post(client, auth, batch_id, data, **{"Upload-Checksum": f"sha1 {sha1}"})
+    assert response.status_code == 201, response.json
+    assert response.headers["Upload-Offset"] == str(len(data))
+    upload_id = response.headers["Location"].rsplit("/", 1)[1]
+    with app.extensions["relaypacs"].session_factory() as session:
+        upload = session.get(Upload, upload_id)
+        assert (upload.state, upload.offset, upload.length) == (UploadState.ASSEMBLED, len(data), len(data))
+        assert upload.sha256 == hashlib.sha256(data).hexdigest() and upload.lock_token is None
+        assert upload.object_key.endswith(f"upload-{upload_id}/original.dcm")
+        assert session.scalar(select(func.count()).select_from(UploadChunk)
+                              .where(UploadChunk.upload_id == upload_id)) == 0
+        batch = session.get(Batch, batch_id)
+        # The stale stamp was moved ahead (never behind the activity).
+        assert batch.last_activity_at >= before
+        events = [(e.type, e.data["offset"]) for e in session.scalars(
+            select(OutboxEvent).order_by(OutboxEvent.id)) if e.data.get("upload_id") == upload_id]
+    assert events == [("upload.initiated", 0), ("upload.chunk_received", len(data)),
+                      ("upload.completed", len(data))]
+    with app.extensions["relaypacs"].store.open(upload.object_key) as fh:
+        assert fh.read() == data
+    assert enqueued == [("parse", upload_id)]
+
+
+def test_a_partial_body_goes_in_receiving_with_its_chunk_and_the_rest_follows(app, enqueued):  # noqa: ANN001
+    client = app.test_client()
+    auth = _user(app, "Clinic Two")
+    batch_id = _batch(client, auth)
+    response = _post(client, auth, batch_id, b"hello", length=10)
+    assert response.status_code == 201 and response.headers["Upload-Offset"] == "5"
+    location = response.headers["Location"].replace("http://localhost", "")
+    upload_id = location.rsplit("/", 1)[1]
+    with app.extensions["relaypacs"].session_factory() as session:
+        upload = session.get(Upload, upload_id)
+        assert (upload.state, upload.offset) == (UploadState.RECEIVING, 5)
+        assert [(c.offset, c.length) for c in upload.chunks] == [(0, 5)]
+    assert enqueued == []
+    rest = client.patch(location, data=b"world", headers={**auth, "Upload-Offset": "5",
+                                                          "Content-Type": OCTET})
+    assert rest.status_code == 204 and rest.headers["Upload-Offset"] == "10"
+    assert enqueued == [("upload", upload_id)]
+
+
+def test_refusals_answer_as_before_and_leave_nothing_behind(app, enqueued):  # noqa: ANN001
+    client = app.test_client()
+    auth = _user(app, "Clinic Three")
+    other = _user(app, "Clinic Elsewhere")
+    batch_id = _batch(client, auth)
+    foreign = _batch(client, other)
+    stored = _stored(app)
+    assert _post(client, auth, 987654321, b"x" * 100).status_code == 404
+    assert _post(client, auth, foreign, b"x" * 100).status_code == 403
+    assert _counts(app, foreign) == (0, 0)
+    for _ in range(MAX_OPEN):  # plain creations stay RECEIVING: the user's open uploads
+        assert _post(client, auth, batch_id, None, length=10).status_code == 201
+    assert _counts(app, batch_id) == (MAX_OPEN, MAX_OPEN)
+    crowded = _post(client, auth, batch_id, b"x" * 100)
+    assert crowded.status_code == 429 and crowded.headers["Retry-After"] == "60"
+    assert _counts(app, batch_id) == (MAX_OPEN, MAX_OPEN)
+    second = _user(app, "Clinic Three")  # the limit is the user's: another one may send
+    assert _post(client, second, batch_id, b"x" * 100).status_code == 201
+    assert client.post(f"/api/v1/batches/{batch_id}/complete", headers=auth).status_code == 200
+    closed = _post(client, second, batch_id, b"x" * 100)
+    assert closed.status_code == 409 and "completed" in closed.json["error"]["message"]
+    assert _counts(app, batch_id) == (MAX_OPEN + 1, MAX_OPEN + 3)
+    # One body was accepted (the second user's); every refused one was deleted.
+    assert len(_stored(app)) == len(stored) + 1
+    assert len([c for c in enqueued if c[0] == "parse"]) == 1
+
+
+# ---------------------------------------------------------------- the batch row's lock
+
+
+def _pipeline_upload(app, facility: str) -> tuple[int, int, int]:  # noqa: ANN001
+    with app.extensions["relaypacs"].session_factory() as session:
+        _, token = create_user(session, f"p{time.time_ns()}@tus1.test", facility, "uploader")
+        user = user_for_token(session, token)
+        batch = Batch(facility_id=user.facility_id, user_id=user.id,
+                      last_activity_at=utcnow() - timedelta(minutes=5))
+        session.add(batch)
+        session.commit()
+        return batch.id, user.facility_id, user.id
+
+
+def _insert(connection, batch_id: int, facility_id: int, user_id: int) -> tuple:  # noqa: ANN001
+    upload = intake.upload_for(batch_id=batch_id, facility_id=facility_id, user_id=user_id,
+                               length=4, metadata={}, expiry=timedelta(hours=1))
+    staged = intake.StagedChunk(key=f"k-{upload.id}", offset=0, length=4, sha256="0" * 64, whole=True)
+    intake.take_first_chunk(upload, staged, upload.created_at)
+    found = intake.insert_checked_upload(connection, upload, staged, max_open_uploads=MAX_OPEN,
+                                         outbox_rows=[], now=upload.created_at)
+    return upload, found
+
+
+def _in_thread(work) -> tuple[threading.Thread, list]:  # noqa: ANN001
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(work())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            out.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_a_file_racing_a_stale_stamp_is_asked_again_not_deadlocked(app):  # noqa: ANN001
+    """Two files find the batch's stamp stale: the first rewrites it under the row lock
+    (its transaction held open here), the second waits for it, finds the stamp moved,
+    inserts nothing and says raced; asked again it goes in under a share lock."""
+    batch_id, facility_id, user_id = _pipeline_upload(app, "Clinic Race")
+    engine = app.extensions["relaypacs"].session_factory.kw["bind"]
+    autocommit = app.extensions["relaypacs.autocommit"]
+    with engine.connect() as first:
+        _, found = _insert(first, batch_id, facility_id, user_id)
+        assert found.inserted
+        thread, out = _in_thread(lambda: _second(autocommit, batch_id, facility_id, user_id))
+        thread.join(0.5)
+        assert thread.is_alive()  # waiting for the first file's row lock
+        first.commit()
+    thread.join(10)
+    (found, again), = out
+    assert not found.inserted and found.raced
+    assert again.inserted and not again.raced
+
+
+def _second(autocommit, batch_id: int, facility_id: int, user_id: int) -> tuple:  # noqa: ANN001
+    with autocommit.connect() as connection:
+        _, found = _insert(connection, batch_id, facility_id, user_id)
+        _, again = _insert(connection, batch_id, facility_id, user_id)
+    return found, again
+
+
+def test_a_completion_waits_for_files_going_in_and_files_do_not_wait_for_each_other(app):  # noqa: ANN001
+    batch_id, facility_id, user_id = _pipeline_upload(app, "Clinic Lock")
+    engine = app.extensions["relaypacs"].session_factory.kw["bind"]
+    autocommit = app.extensions["relaypacs.autocommit"]
+    with autocommit.connect() as connection:  # the stale stamp rewritten: fresh from now on
+        assert _insert(connection, batch_id, facility_id, user_id)[1].inserted
+    with engine.connect() as first:
+        assert _insert(first, batch_id, facility_id, user_id)[1].inserted  # share lock, held
+        with autocommit.connect() as other:  # another file does not wait
+            assert _insert(other, batch_id, facility_id, user_id)[1].inserted
+
+        def complete() -> None:
+            with engine.connect() as closing:
+                closing.execute(update(Batch).where(Batch.id == batch_id)
+                                .values(state=BatchState.COMPLETED.value))
+                closing.commit()
+
+        thread, out = _in_thread(complete)
+        thread.join(0.5)
+        assert thread.is_alive()  # the completion waits for the file still going in
+        first.commit()
+    thread.join(10)
+    assert out == [None]
+    with autocommit.connect() as connection:  # and after it, a file is refused
+        _, found = _insert(connection, batch_id, facility_id, user_id)
+    assert not found.inserted and found.batch_state == BatchState.COMPLETED and not found.raced
