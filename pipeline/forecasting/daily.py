@@ -23,8 +23,8 @@ Pure functions over plain values (dates, floats): no database, no flask, no cele
 - the intervals are conformal: the winner's backtest errors, normalised by each weekday's
   typical week-on-week change, give per week ahead the 80% / 95% quantiles (never narrower
   further ahead), scaled back by the latest history's weekday figures, widened in holiday
-  periods by the history's own holiday-period volatility (``holiday_period_factor``);
-  clipped at zero;
+  periods, and on the days forecast from a last week that was in one, by the history's own
+  holiday-period volatility (``holiday_period_factor``); clipped at zero;
 - closed days ahead (the facility's own, and public holidays only if the facility closes on
   them: the caller passes those as closed) are zero; a public holiday ahead gets the effect
   learnt from the past ones (``sarimax``: its regressor; the others: the median ratio of a
