@@ -339,7 +339,8 @@ def test_forecast_benchmark() -> None:
                           "the forecast unless a single candidate beats it by more than 2% of mean MASE over "
                           "a 3x28-day rolling-origin backtest; 80%/95% intervals from the empirical "
                           "quantiles of the chosen model's backtest errors by week ahead, widened in "
-                          "holiday periods by the history's own holiday-period volatility",
+                          "holiday periods (and after a week in one) by the history's own holiday-period "
+                          "volatility",
                   "autoarima": "statsforecast AutoARIMA(season_length=7, approximation=True), n_jobs=cores"},
     })
     document.update(results)
