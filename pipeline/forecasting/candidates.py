@@ -277,7 +277,7 @@ def after_holiday_period(near_history: np.ndarray, horizon: int) -> np.ndarray:
     last = np.asarray(near_history[-SEASON:], dtype=bool)
     if len(last) < SEASON:
         return np.zeros(horizon, dtype=bool)
-    return np.array([last[i % SEASON] for i in range(horizon)], dtype=bool)
+    return np.resize(last, horizon)  # day i ahead rests on last[i % SEASON]
 
 
 def holiday_period_factor(y: np.ndarray, near: np.ndarray, skip: np.ndarray) -> tuple[float, int]:
