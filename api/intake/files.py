@@ -142,7 +142,7 @@ def create() -> Response:
     session = db()
     batch = session.get(Batch, int(batch_ref))
     if batch is None:
-        raise ApiError(404, f"batch {batch_ref} not found")
+        raise _no_such_batch(batch_ref)
     check_facility(batch.facility_id)
     photo = _photo_request(metadata, batch)
     if photo is not None and length > photos.MAX_PHOTO_BYTES:
@@ -151,8 +151,7 @@ def create() -> Response:
     open_uploads = session.scalar(select(func.count()).select_from(Upload).where(
         Upload.user_id == current_user().id, Upload.state == UploadState.RECEIVING))
     if open_uploads >= settings.max_open_uploads:
-        raise ApiError(429, f"{open_uploads} uploads are open; finish or terminate some first",
-                       retry_after=60)
+        raise _too_many_open(open_uploads)
     expiry = timedelta(seconds=settings.upload_expiry_seconds)
     upload = intake.new_upload(
         batch=batch, user_id=current_user().id, length=length, metadata=metadata,
@@ -279,15 +278,22 @@ def _refuse_unless_inserted(found: intake.CheckedCreation, batch_id: int) -> Non
     if found.inserted:
         return
     if found.batch_facility_id is None:
-        raise ApiError(404, f"batch {batch_id} not found")
-    if found.batch_facility_id != current_user().facility_id:
-        raise ApiError(403, "this belongs to another facility")
+        raise _no_such_batch(batch_id)
+    check_facility(found.batch_facility_id)
     if found.open_uploads >= resources().settings.max_open_uploads:
-        raise ApiError(429, f"{found.open_uploads} uploads are open; finish or terminate some first",
-                       retry_after=60)
+        raise _too_many_open(found.open_uploads)
     if found.batch_state != BatchState.OPEN:
-        raise TusError(409, f"batch {batch_id} is {found.batch_state}; open a new batch")
-    raise TusError(409, f"batch {batch_id} was closed while this file was sent; open a new batch")
+        raise intake.batch_not_open(batch_id, found.batch_state)
+    raise intake.batch_closed_meanwhile(batch_id)
+
+
+def _no_such_batch(batch_ref: int | str) -> ApiError:
+    return ApiError(404, f"batch {batch_ref} not found")
+
+
+def _too_many_open(open_uploads: int) -> ApiError:
+    return ApiError(429, f"{open_uploads} uploads are open; finish or terminate some first",
+                    retry_after=60)
 
 
 def _enqueue_if_complete(upload: Upload) -> None:

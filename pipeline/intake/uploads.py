@@ -74,9 +74,18 @@ def new_upload(
     if length > max_bytes:
         raise TusError(413, f"Upload-Length {length} exceeds the limit of {max_bytes} bytes")
     if batch.state != BatchState.OPEN:
-        raise TusError(409, f"batch {batch.id} is {batch.state}; open a new batch")
+        raise batch_not_open(batch.id, batch.state)
     return upload_for(batch_id=batch.id, facility_id=batch.facility_id, user_id=user_id,
                       length=length, metadata=metadata, expiry=expiry, now=now)
+
+
+def batch_not_open(batch_id: int, state: str) -> TusError:
+    return TusError(409, f"batch {batch_id} is {state}; open a new batch")
+
+
+def batch_closed_meanwhile(batch_id: int) -> TusError:
+    """The batch was completed while the creating request's body streamed."""
+    return TusError(409, f"batch {batch_id} was closed while this file was sent; open a new batch")
 
 
 def upload_for(*, batch_id: int, facility_id: int, user_id: int, length: int,
@@ -197,8 +206,7 @@ def record_new_upload(
         .execution_options(synchronize_session=False)
     )
     if claimed.rowcount != 1:
-        raise TusError(409, f"batch {upload.batch_id} was closed while this file was sent; "
-                            "open a new batch")
+        raise batch_closed_meanwhile(upload.batch_id)
     take_first_chunk(upload, staged, now)
     session.add(upload)
     if staged is not None and not staged.whole:
