@@ -573,12 +573,12 @@ def _spool_body(
 
 def record_chunk(
     session: Session, upload_id: str, lease: str, staged: StagedChunk, *, expiry: timedelta,
-    batch_id: int | None = None, now: datetime | None = None,
+    batch_id: int, now: datetime | None = None,
 ) -> Upload:
     """Advance the offset for a staged chunk and give the lease back, in one UPDATE; 409 if
     the lease was lost meanwhile. Activity pushes the expiry forward: only idle uploads
     expire. The last chunk makes the upload RECEIVED (ASSEMBLED when it was the whole file).
-    The batch's activity is stamped too: in the same statement when ``batch_id`` is given."""
+    The batch's activity (``batch_id``, the upload's) is stamped in the same statement."""
     now = now or utcnow()
     end = Upload.offset + staged.length
     values: dict = {
@@ -597,13 +597,11 @@ def record_chunk(
                Upload.state == UploadState.RECEIVING)  # not terminated or expired meanwhile
         .values(**values)
         .returning(Upload),
-        _touch(batch_id, now) if batch_id is not None else None,
+        _touch(batch_id, now),
         execution_options={"synchronize_session": False, "populate_existing": True},
     ).scalars().one_or_none()
     if upload is None:
         raise TusError(409, "upload changed while this chunk was written; HEAD and resume")
-    if batch_id is None:
-        touch_batch(session, upload.batch_id, now)
     if not staged.whole:
         session.add(_chunk_row(upload_id, staged))
         session.flush()

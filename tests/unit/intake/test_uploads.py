@@ -44,20 +44,23 @@ def test_record_needs_the_lease_and_the_offset(session, upload):
     lease = intake.acquire_lease(session, upload.id, 60)
     staged = intake.StagedChunk(key="k", offset=0, length=4, sha256="0" * 64)
     with pytest.raises(TusError) as err:
-        intake.record_chunk(session, upload.id, "not-mine", staged, expiry=timedelta(hours=1))
+        intake.record_chunk(session, upload.id, "not-mine", staged, expiry=timedelta(hours=1),
+                            batch_id=upload.batch_id)
     assert err.value.status == 409
-    moved = intake.record_chunk(session, upload.id, lease, staged, expiry=timedelta(hours=1))
+    moved = intake.record_chunk(session, upload.id, lease, staged, expiry=timedelta(hours=1),
+                                batch_id=upload.batch_id)
     assert moved.offset == 4
     stale = intake.StagedChunk(key="k2", offset=0, length=4, sha256="0" * 64)
     with pytest.raises(TusError):
-        intake.record_chunk(session, upload.id, lease, stale, expiry=timedelta(hours=1))
+        intake.record_chunk(session, upload.id, lease, stale, expiry=timedelta(hours=1),
+                            batch_id=upload.batch_id)
 
 
 def test_idle_uploads_expire_and_return_their_chunks(session, upload):
     lease = intake.acquire_lease(session, upload.id, 60)
     intake.record_chunk(session, upload.id, lease,
                         intake.StagedChunk(key="a/b", offset=0, length=4, sha256="0" * 64),
-                        expiry=timedelta(hours=1))
+                        expiry=timedelta(hours=1), batch_id=upload.batch_id)
     session.commit()
     assert intake.expire_abandoned(session).upload_ids == []
     expired = intake.expire_abandoned(session, now=utcnow() + timedelta(hours=2))
