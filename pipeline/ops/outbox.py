@@ -87,19 +87,25 @@ _WRITTEN = "relaypacs.outbox_written"
 
 def record(session: Session, batch: events.Event | Iterable[events.Event]) -> None:
     """Add events to the caller's transaction: they exist exactly when the change commits."""
-    statement = record_statement(session, batch)
-    if statement is not None:
-        # One Core INSERT in the caller's transaction, sent now (after whatever the session
-        # has flushed before): the rows are never read back as objects, so the ORM's unit
-        # of work (identity map, flush planning, primary keys fetched back) was pure cost.
-        # A rollback of the caller's transaction takes them back as before.
-        session.execute(statement)
+    values = rows(batch)
+    if not values:
+        return
+    session.info[_WRITTEN] = True
+    # One Core INSERT in the caller's transaction, sent now (after whatever the session has
+    # flushed before): the rows are never read back as objects, so the ORM's unit of work
+    # (identity map, flush planning, primary keys fetched back) was pure cost. The statement
+    # is built once (the module's); a rollback of the caller's transaction takes them back.
+    session.execute(_INSERT, values if len(values) > 1 else values[0])
+
+
+_INSERT = insert(OutboxEvent.__table__)
 
 
 def record_statement(session: Session, batch: events.Event | Iterable[events.Event]) -> Insert | None:
-    """:func:`record`'s INSERT (None for no events) for a caller that sends it inside a
-    statement of its own (a data-modifying CTE on PostgreSQL, pipeline/intake/uploads.py);
-    the caller must execute it in ``session``'s transaction before it commits."""
+    """:func:`record`'s rows as an INSERT construct (None for no events) for a caller that
+    sends it inside a statement of its own (a data-modifying CTE on PostgreSQL,
+    pipeline/intake/uploads.py); the caller must execute it in ``session``'s transaction
+    before it commits."""
     values = rows(batch)
     if not values:
         return None
