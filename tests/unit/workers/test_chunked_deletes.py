@@ -8,19 +8,13 @@ from datetime import timedelta
 import pytest
 
 from pipeline.accounts.users import create_user
-from pipeline.db.migrate import upgrade_database
 from pipeline.models import UserSession, utcnow
 from workers import accounts, runtime
 
 
 @pytest.fixture
-def worker_runtime(settings):
-    upgrade_database(settings.database_url)
-    runtime.configure(settings)
-    try:
-        yield settings
-    finally:
-        runtime.configure(None)
+def worker_runtime(settings, configure_runtime):
+    return configure_runtime(settings)
 
 
 def test_chunks_until_a_short_one_or_the_limit(worker_runtime):

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from pipeline.db.migrate import upgrade_database
 from pipeline.delivery import senders
 from pipeline.models import DeliverySender
 from tests.storage_seed import facility_user, seed_study
@@ -15,14 +14,8 @@ from workers import runtime, sender_heartbeats
 
 
 @pytest.fixture
-def worker_runtime(settings):
-    custom = settings.with_overrides(claim_stale_seconds=1)  # beats every 0.2 s
-    upgrade_database(custom.database_url)
-    runtime.configure(custom)
-    try:
-        yield custom
-    finally:
-        runtime.configure(None)
+def worker_runtime(settings, configure_runtime):
+    return configure_runtime(settings.with_overrides(claim_stale_seconds=1))  # beats every 0.2 s
 
 
 def test_a_held_claim_beats_until_the_run_ends(worker_runtime):
