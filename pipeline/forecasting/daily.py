@@ -817,7 +817,8 @@ def forecast_series(
                     day_rules=rules, intervals=intervals, alternatives=alternatives,
                     detail={"origins": origins, "actuals": actuals, "fold_preds": fold_preds,
                             "mase_scales": mase_scales, "fold_shut": fold_shut, "fold_scale": fold_scale,
-                            "final_scale": final_scale, "scores": scores, "specs": specs},
+                            "final_scale": final_scale, "scores": scores, "specs": specs,
+                            "widen": widen, "widths": widths},
                     **record)
 
 
