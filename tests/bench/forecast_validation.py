@@ -17,7 +17,10 @@ cores). The sets, fixed in advance (README, issue 20):
   cut as births: 120;
 - ``births_december`` (not in the default): every births state with its history ending on
   December 3 of 1985, 1986 and 1987 (two years before it), December 4-31 ahead: 153 windows
-  with a year-end and two past ones in the history.
+  with a year-end and two past ones in the history;
+- ``births_december_1y`` (not in the default): the same Decembers with the history from
+  January 1 of the same year (337 days): the flights holdout's shape (one year, no year-end
+  seen before), on another panel: 153.
 
 Each window's result keeps the forecast's ``detail`` (the backtest's arrays), every
 candidate's final points, the intervals and the actual days, so that choice and interval
@@ -74,12 +77,12 @@ def windows(python: Path, sets: list[str]) -> list[dict]:
     if "synthetic" in sets:
         synthetic = bench.synthetic_panel(seed=777)[:60]
         out += [_window(s, s["train"] - 28 * k, "synthetic") for k in (1, 2) for s in synthetic]
-    if "births_december" in sets:
-        out += births_december(python)
+    if "births_december" in sets or "births_december_1y" in sets:
+        out += births_december(python, [s for s in sets if s.startswith("births_december")])
     return out
 
 
-def births_december(python: Path) -> list[dict]:
+def births_december(python: Path, tags: list[str]) -> list[dict]:
     import holidays
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,15 +92,17 @@ def births_december(python: Path) -> list[dict]:
     first = date.fromisoformat(days[0])
     us = holidays.country_holidays("US", years=range(1969, 1990))
     out = []
-    for year in (1985, 1986, 1987):
+    for tag, year in ((tag, year) for tag in tags for year in (1985, 1986, 1987)):
         origin = (date(year, 12, 4) - first).days
-        lo = origin - bench.TRAIN
+        # Two years before December 4, or (``_1y``) the year's own January 1 on: the
+        # flights holdout's shape, a December with no year-end in the history.
+        lo = origin - bench.TRAIN if tag == "births_december" else (date(year, 1, 1) - first).days
         start = first + timedelta(days=lo)
-        hol = [d for d in us if start <= d < start + timedelta(days=bench.TRAIN + HORIZON)]
+        hol = [d for d in us if start <= d < date(year, 12, 4) + timedelta(days=HORIZON)]
         for column, state in enumerate(states):
             y = np.nan_to_num(values[lo:origin + HORIZON, column])
-            out.append({"id": f"{state}-{year}", "set": "births_december", "start": start, "y": y,
-                        "origin": bench.TRAIN, "closed": [], "holidays": hol})
+            out.append({"id": f"{state}-{year}", "set": tag, "start": start, "y": y,
+                        "origin": origin - lo, "closed": [], "holidays": hol})
     return out
 
 

@@ -272,3 +272,65 @@ def test_holiday_period_factor_needs_one_standard_error_not_two():
     factor, seen = cands.holiday_period_factor(_holiday_weeks(n, holidays, upset=0.1, seed=5), near, skip)
     assert cands.HOLIDAY_MIN_SE == 1.0
     assert 1.1 < factor < 1.5 and seen > cands.HOLIDAY_MIN_DAYS
+
+
+def test_same_holiday_is_the_same_date_or_the_same_weekday_of_the_same_week():
+    assert fc.same_holiday(date(1986, 12, 25), date(1987, 12, 25))  # Christmas, Thursday then Friday
+    assert fc.same_holiday(date(1986, 11, 27), date(1987, 11, 26))  # Thanksgiving, 4th Thursday
+    assert fc.same_holiday(date(2012, 5, 28), date(2013, 5, 27))  # Memorial Day, 4th Monday
+    assert not fc.same_holiday(date(1986, 12, 25), date(1987, 1, 1))  # Christmas, New Year
+    assert not fc.same_holiday(date(1986, 11, 11), date(1987, 11, 26))  # Veterans Day, Thanksgiving
+
+
+def _two_years_with_holidays() -> tuple[np.ndarray, list[date], date]:
+    """Two years and a bit of a weekly profile: a holiday on March 10 cuts the day to 30% each
+    year, six first-Monday holidays barely move it (90%); the third March 10 is the day after
+    the history."""
+    ahead = date(2027, 3, 10)  # a Wednesday
+    n = (ahead - START).days
+    y = weekly(n)
+    own = [date(2025, 3, 10), date(2026, 3, 10)]
+    others = [date(2025, 5, 5), date(2025, 8, 4), date(2025, 10, 6), date(2026, 5, 4), date(2026, 8, 3),
+              date(2026, 10, 5)]
+    for day in own:
+        y[(day - START).days] *= 0.3
+    for day in others:
+        y[(day - START).days] *= 0.9
+    return y, [*own, *others, ahead], ahead
+
+
+def _rule_factor(rule: str) -> float:
+    return float(rule.split("; ")[0].split("(x")[1].rstrip(")"))
+
+
+def test_a_holiday_seen_before_gets_its_own_effect_not_the_pooled_one():
+    y, holidays, ahead = _two_years_with_holidays()
+    result = fc.forecast_series(y, START, horizon=7, folds=2, holidays=holidays,
+                                candidates=("seasonal_naive", "weekday_mean_4w", "theta"))
+    first = result.points()[0]
+    assert first["rule"].startswith("public holiday: its own effect learnt from 2 past occurrences (x"), first
+    assert _rule_factor(first["rule"]) == pytest.approx(0.3, abs=0.03)
+    assert first["mean"] == pytest.approx(0.3 * PROFILE[ahead.weekday()], rel=0.25), first
+    assert result.intervals["holidays_ahead_not_in_history"] == []
+    # Without its past occurrences it is a holiday the history never saw: the pooled rule (the
+    # other holidays' 0.9), and the record lists it.
+    result = fc.forecast_series(y, START, horizon=7, folds=2, holidays=[d for d in holidays if d.month != 3],
+                                candidates=("seasonal_naive", "weekday_mean_4w", "theta"))
+    assert "rule" not in result.points()[0]  # not a holiday at all now
+    holidays_without_own_past = [d for d in holidays if d.month != 3 or d == ahead]
+    result = fc.forecast_series(y, START, horizon=7, folds=2, holidays=holidays_without_own_past,
+                                candidates=("seasonal_naive", "weekday_mean_4w", "theta"))
+    first = result.points()[0]
+    assert first["rule"].startswith("public holiday: effect learnt from 6 past ones (x"), first
+    assert _rule_factor(first["rule"]) == pytest.approx(0.9, abs=0.05)
+    assert result.intervals["holidays_ahead_not_in_history"] == [ahead.isoformat()]
+
+
+def test_own_holiday_factor_is_the_median_ratio_of_the_same_holidays_past_days():
+    y, holidays, ahead = _two_years_with_holidays()
+    days = [START + timedelta(days=i) for i in range(len(y) + 1)]
+    idx = sorted((d - START).days for d in holidays if d < ahead)
+    clean = cands.clean_history(y, np.isin(np.arange(len(y)), idx))
+    factor, seen = fc.own_holiday_factor(y, clean, days, idx, len(y))
+    assert seen == 2 and factor == pytest.approx(0.3, abs=0.02)
+    assert fc.own_holiday_factor(y, clean, days, [i for i in idx if days[i].month != 3], len(y)) == (None, 0)
