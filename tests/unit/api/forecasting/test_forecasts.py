@@ -192,6 +192,9 @@ def test_calendar_entered_through_the_api_decides_holiday_closing(client, sessio
                                           candidates=("seasonal_naive", "weekday_mean_4w"), folds=2)
         session.commit()
         assert row.points[2]["rule"] == "closed: facility calendar" and row.points[2]["mean"] == 0.0
+        # A holiday ahead that the history never saw is named in the record (unless closed).
+        unseen = row.backtest["intervals"]["holidays_ahead_not_in_history"]
+        assert unseen == ([] if closes else [juneteenth.isoformat()])
         return row.points[(juneteenth - TODAY).days]
 
     # Not closing: the holiday's effect comes from the history's holidays (this one has three
