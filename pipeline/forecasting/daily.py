@@ -27,9 +27,11 @@ Pure functions over plain values (dates, floats): no database, no flask, no cele
   holiday-period volatility (``holiday_period_factor``); clipped at zero;
 - closed days ahead (the facility's own, and public holidays only if the facility closes on
   them: the caller passes those as closed) are zero; a public holiday ahead gets the effect
-  learnt from the past ones (``sarimax``: its regressor; the others: the median ratio of a
-  past holiday to the week before), and is neutral when the history has none; each day's
-  rule is in the record (``day_rules``, the points' ``rule``).
+  learnt from the past ones (``sarimax``: its regressor; the others: the median ratio of the
+  same holiday's past occurrences to the week before when the history has the same holiday,
+  ``own_holiday_factor``, else of every past holiday), and is neutral when the history has
+  none; each day's rule is in the record (``day_rules``, the points' ``rule``), and the
+  holidays ahead never seen before are listed (``intervals.holidays_ahead_not_in_history``).
 """
 
 from __future__ import annotations
