@@ -44,10 +44,13 @@ def engine() -> Engine:
 @cache
 def session_factory() -> sessionmaker[Session]:
     factory = make_session_factory(engine())
-    # Events a task wrote into its transaction go out right after its commit.
+    # Events a task wrote into its transaction go out right after its commit (and with them
+    # whatever they start; chains imports this module, so it is imported here).
+    from workers import chains
+
     cfg = settings()
     outbox.relay_after_commit(factory, outbox.process_relay(
-        engine(), cfg.redis_url, cfg.events_amqp_url, cfg.events_amqp_exchange).kick)
+        engine(), cfg.redis_url, cfg.events_amqp_url, cfg.events_amqp_exchange, chains.after_events).kick)
     return factory
 
 

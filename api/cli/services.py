@@ -95,10 +95,11 @@ def events_relay(once: bool) -> None:
     RELAYPACS_EVENTS_RELAY_POLL_SECONDS for what a process that died after its commit left."""
     from pipeline.db.engine import make_engine
     from pipeline.ops import outbox
+    from workers import chains
 
     settings = load_settings()
     relay = outbox.Relay(make_engine(settings.database_url), outbox.sinks_for(
-        settings.redis_url, settings.events_amqp_url, settings.events_amqp_exchange))
+        settings.redis_url, settings.events_amqp_url, settings.events_amqp_exchange, chains.after_events))
     if once:
         click.echo(f"{relay.drain()} events published")
         return
