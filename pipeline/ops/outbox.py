@@ -65,7 +65,7 @@ BATCH = 500
 # A process's relay runs at most once in this interval while kicks keep coming (RelayThread):
 # at 400 events/s a run carried one or two events and cost the API more CPU and PostgreSQL
 # time than the request that wrote them; gathered, an event waits at most this much longer.
-GATHER_SECONDS = 0.05
+GATHER_SECONDS = 0.2
 # At least a week of events stays replayable (the issue asks a week; a day's margin).
 RETENTION_DAYS = 8
 
