@@ -52,6 +52,11 @@ def start_uploads(upload_ids: list[str]) -> None:
     _task("intake.start_uploads", list(upload_ids)).apply_async()
 
 
+# The workers' own relays (workers.runtime, which this module imports) hand their batches here
+# too: a worker's relay may send the API's committed rows.
+runtime.use_follow_up(after_events)
+
+
 def enqueue_forwarding(pairs: Iterable[tuple[int, int]]) -> int:
     """One pacs task per (study, destination)."""
     count = 0
