@@ -430,11 +430,14 @@ class RelayThread:
     same process sees the event as soon as the commit returns."""
 
     def __init__(self, relay: Relay, *, busy_retry_seconds: float = 0.02, inline: bool = False,
-                 gather_seconds: float = GATHER_SECONDS) -> None:
+                 gather_seconds: float = GATHER_SECONDS, failure_retry_seconds: float = 0.5,
+                 max_failure_retry_seconds: float = 5.0) -> None:
         self.relay = relay
         self.inline = inline
         self.busy_retry = busy_retry_seconds
         self.gather = gather_seconds
+        self.failure_retry = failure_retry_seconds
+        self.max_failure_retry = max_failure_retry_seconds
         self._wake = threading.Event()
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -470,12 +473,13 @@ class RelayThread:
                 try:
                     sent = self.relay.run_once()
                     failures = 0
-                except Exception as exc:  # noqa: BLE001 - the rows stay; the next kick or the sweeper sends them
+                except Exception as exc:  # noqa: BLE001 - the rows stay; this loop sends them when it can
+                    # Tried again until a run goes through, backing off to every few seconds: a
+                    # committed row may be the only start of an upload's chain (FollowUp), and
+                    # after a database or broker outage no further commit may come to kick.
                     failures += 1
                     log.warning("event relay failed (%s); the events stay in the outbox", type(exc).__name__)
-                    if failures > 3:
-                        break
-                    time.sleep(0.5 * failures)
+                    time.sleep(min(self.failure_retry * failures, self.max_failure_retry))
                     continue
                 if sent is None:  # another relay is at work and may have read before our commit
                     time.sleep(self.busy_retry)
