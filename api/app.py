@@ -41,6 +41,7 @@ from pipeline.ops import outbox
 from pipeline.ops.telemetry import Telemetry
 from pipeline.storage import ObjectStore, open_store
 from pipeline.storage.byte_cache import ByteCache, CachedStore
+from workers import chains
 
 
 class MethodOverride:
@@ -96,7 +97,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["relaypacs.autocommit"] = make_autocommit_engine(engine)
     # Events a request wrote into its transaction go out right after its commit (the outbox).
     relay = outbox.process_relay(engine, settings.redis_url, settings.events_amqp_url,
-                                 settings.events_amqp_exchange)
+                                 settings.events_amqp_exchange, chains.after_events)
     outbox.relay_after_commit(app.extensions["relaypacs"].session_factory, relay.kick)
     # For a request that commits outside a session (a one-statement creation on autocommit).
     app.extensions["relaypacs.relay"] = relay

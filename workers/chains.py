@@ -10,12 +10,14 @@ storage job here, in its own process, to print what the run did (the ``run_*_her
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from celery import chain
 from sqlalchemy import select
 
 from pipeline.models import Batch, BatchState
+from pipeline.ops import events
+from pipeline.ops.outbox import Outgoing
 from workers import runtime
 from workers.app import app, load_tasks
 
@@ -32,6 +34,27 @@ def enqueue_upload_chain(upload_id: str) -> None:
 def enqueue_parse(upload_id: str) -> None:
     """An upload already stored whole (DIMSE intake) starts its chain at parse_and_group."""
     _task("dicom.parse_and_group", upload_id).apply_async()
+
+
+def after_events(batch: Sequence[Outgoing]) -> None:
+    """Every event relay's follow-up (pipeline.ops.outbox.FollowUp): the uploads whose
+    ``upload.completed`` went out in this batch start their chains, through one task message
+    for the batch (``intake.start_uploads``) instead of one publish per upload on the
+    request that completed it."""
+    upload_ids = [item.data["upload_id"] for item in batch
+                  if item.type == events.UPLOAD_COMPLETED and item.data.get("upload_id")]
+    if upload_ids:
+        start_uploads(upload_ids)
+
+
+def start_uploads(upload_ids: list[str]) -> None:
+    """One task that starts each upload's chain at its step (workers.intake.start_uploads)."""
+    _task("intake.start_uploads", list(upload_ids)).apply_async()
+
+
+# The workers' own relays (workers.runtime, which this module imports) hand their batches here
+# too: a worker's relay may send the API's committed rows.
+runtime.use_follow_up(after_events)
 
 
 def enqueue_forwarding(pairs: Iterable[tuple[int, int]]) -> int:

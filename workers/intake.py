@@ -39,6 +39,24 @@ def assemble_upload(upload_id: str) -> None:
         chains.enqueue_dispatch_if_completed([attempt.batch_id])
 
 
+# Retried like the steps it starts: a database or broker away for a while must not drop
+# the only message that starts these files' chains (the re-drive would find them 10 min later).
+@app.task(name="intake.start_uploads", max_retries=10, autoretry_for=(OSError, *runtime.DATABASE_AWAY),
+          retry_backoff=True, retry_backoff_max=60, retry_jitter=True)
+def start_uploads(upload_ids: list[str]) -> int:
+    """Start the chain of each complete upload the event relay saw (workers.chains.after_events):
+    a whole file at parsing, a file of chunks at assembly. Sent again after a crash or a retry,
+    it starts them again, which the idempotent tasks make harmless (as the re-drive's re-sends)."""
+    with runtime.session_scope() as session:
+        steps = intake.next_steps(session, upload_ids)
+    for step, upload_id in steps:
+        if step == intake.PARSE:
+            chains.enqueue_parse(upload_id)
+        else:
+            chains.enqueue_upload_chain(upload_id)
+    return len(steps)
+
+
 @app.task(name="intake.expire_abandoned_uploads")
 def expire_abandoned_uploads() -> int:
     with runtime.session_scope() as session:

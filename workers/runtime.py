@@ -24,6 +24,9 @@ from pipeline.storage import ObjectStore, open_store
 from pipeline.storage.byte_cache import ByteCache, CachedStore
 
 _override: Settings | None = None
+# What this process's event relay hands each batch to (workers.chains.after_events, which
+# imports this module, registers itself: see use_follow_up).
+_follow_up: Callable[[list[outbox.Outgoing]], None] | None = None
 
 # The database went away under a task (a restart, a failover, a dropped connection): the
 # task runs again with backoff instead of failing, which would drop its message and leave
@@ -44,10 +47,13 @@ def engine() -> Engine:
 @cache
 def session_factory() -> sessionmaker[Session]:
     factory = make_session_factory(engine())
-    # Events a task wrote into its transaction go out right after its commit.
+    # Events a task wrote into its transaction go out right after its commit, and with them
+    # the work they start (any process's relay may send any committed row).
+    if _follow_up is None:
+        raise RuntimeError("no relay follow-up: import workers.chains (it registers after_events)")
     cfg = settings()
     outbox.relay_after_commit(factory, outbox.process_relay(
-        engine(), cfg.redis_url, cfg.events_amqp_url, cfg.events_amqp_exchange).kick)
+        engine(), cfg.redis_url, cfg.events_amqp_url, cfg.events_amqp_exchange, _follow_up).kick)
     return factory
 
 
@@ -121,6 +127,12 @@ def reset() -> None:
         engine().dispose(close=False)
     for cached in (settings, engine, session_factory, store, secret_box, telemetry):
         cached.cache_clear()
+
+
+def use_follow_up(follow_up: Callable[[list[outbox.Outgoing]], None]) -> None:
+    """The relay follow-up of this process's sessions (registered by workers.chains)."""
+    global _follow_up
+    _follow_up = follow_up
 
 
 def configure(custom: Settings | None) -> None:

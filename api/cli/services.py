@@ -24,7 +24,8 @@ from config.settings import QUEUES
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn processes")
 @click.option("--threads", default=8, show_default=True, type=int, help="threads per process")
 def api(host: str, port: int, workers: int, threads: int) -> None:
-    """Serve the intake API (gunicorn, threaded workers: slow uploads do not block others)."""
+    """Serve the intake API (gunicorn, threaded workers: slow uploads do not block others;
+    gthread with a lighter request hand-over, api/http/server.py)."""
     gunicorn = shutil.which("gunicorn") or str(Path(sys.executable).with_name("gunicorn"))
     if not Path(gunicorn).exists():
         from api import create_app
@@ -34,7 +35,8 @@ def api(host: str, port: int, workers: int, threads: int) -> None:
         return
     os.execv(gunicorn, [  # noqa: S606 - replace this process with gunicorn
         gunicorn, "--bind", f"{host}:{port}", "--workers", str(workers),
-        "--worker-class", "gthread", "--threads", str(threads), "--timeout", "300",
+        "--worker-class", "api.http.server.RequestThreadWorker", "--threads", str(threads),
+        "--timeout", "300",
         "--graceful-timeout", "30", "--keep-alive", "5",
         # Above the app's own JSON 414/431 bounds (api/http/observability.py), so a client normally
         # gets those; these only stop what would never reach the app.
@@ -95,10 +97,11 @@ def events_relay(once: bool) -> None:
     RELAYPACS_EVENTS_RELAY_POLL_SECONDS for what a process that died after its commit left."""
     from pipeline.db.engine import make_engine
     from pipeline.ops import outbox
+    from workers import chains
 
     settings = load_settings()
     relay = outbox.Relay(make_engine(settings.database_url), outbox.sinks_for(
-        settings.redis_url, settings.events_amqp_url, settings.events_amqp_exchange))
+        settings.redis_url, settings.events_amqp_url, settings.events_amqp_exchange, chains.after_events))
     if once:
         click.echo(f"{relay.drain()} events published")
         return

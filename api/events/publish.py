@@ -26,30 +26,36 @@ def upload_created(session: Session, upload: Upload, first_chunk: bool = False) 
 
 def created_events(upload: Upload, first_chunk: bool) -> list[events.Event]:
     """:func:`upload_created`'s events, for a caller that writes them in its own statement
-    (pipeline.intake.uploads.insert_checked_upload)."""
+    (pipeline.intake.uploads.insert_checked_upload). An upload complete as it is created (an
+    empty file) is also completed: that event starts its chain (workers.chains.after_events)."""
     initiated = events.upload_event(events.UPLOAD_INITIATED, upload)
     if not first_chunk:
-        return [initiated]
+        return [initiated, *_completed(upload)]
     initiated = dataclasses.replace(initiated, data={**initiated.data, "offset": 0})
     return [initiated, *_chunk_events(upload)]
 
 
 def initiated_statement(session: Session, upload: Upload) -> Insert | None:
-    """upload.initiated as an outbox INSERT the caller sends with the upload's own INSERT in
-    one statement (pipeline.intake.uploads.insert_upload), in the same transaction."""
-    return outbox.record_statement(session, events.upload_event(events.UPLOAD_INITIATED, upload))
+    """upload.initiated (and upload.completed for an empty file) as an outbox INSERT the
+    caller sends with the upload's own INSERT in one statement
+    (pipeline.intake.uploads.insert_upload), in the same transaction."""
+    return outbox.record_statement(session, created_events(upload, first_chunk=False))
 
 
 def _chunk_events(upload: Upload) -> list[events.Event]:
-    out = [events.upload_event(events.UPLOAD_CHUNK_RECEIVED, upload)]
+    return [events.upload_event(events.UPLOAD_CHUNK_RECEIVED, upload), *_completed(upload)]
+
+
+def _completed(upload: Upload) -> list[events.Event]:
     # A whole file in one body is recorded ASSEMBLED at once (pipeline/intake/uploads.py).
     if upload.state in (UploadState.RECEIVED, UploadState.ASSEMBLED):
-        out.append(events.upload_event(events.UPLOAD_COMPLETED, upload))
-    return out
+        return [events.upload_event(events.UPLOAD_COMPLETED, upload)]
+    return []
 
 
 def chunk_recorded(session: Session, upload: Upload) -> None:
-    """upload.chunk_received, and upload.completed when that chunk was the last."""
+    """upload.chunk_received, and upload.completed when that chunk was the last (its chain
+    starts from that committed event: workers.chains.after_events)."""
     outbox.record(session, _chunk_events(upload))
 
 

@@ -1,6 +1,8 @@
 """tus 1.0.0 at /api/v1/files: creation, creation-with-upload, checksum, termination,
 expiration. The request only validates, streams the body to staging and moves the
-offset; assembly and parsing happen in workers.
+offset; assembly and parsing happen in workers, started by the upload.completed event the
+request commits with the upload (the outbox relay hands it to workers.chains.after_events),
+not by a publish on the request.
 """
 
 from __future__ import annotations
@@ -163,11 +165,10 @@ def create() -> Response:
         upload = _create_with_chunk(upload, checksum)
         return Response(status=201, headers=_headers(upload, Location=_location(upload)))
     # One statement on PostgreSQL: the row, the batch's activity and upload.initiated in the
-    # outbox (committed with the row). An empty file goes in RECEIVED.
+    # outbox (committed with the row). An empty file goes in RECEIVED, and its
+    # upload.completed starts its chain.
     intake.insert_upload(session, upload, also=initiated_statement(session, upload))
     session.commit()
-    if upload.state == UploadState.RECEIVED:
-        chains.enqueue_upload_chain(upload.id)
     return Response(status=201, headers=_headers(upload, Location=_location(upload)))
 
 
@@ -214,7 +215,6 @@ def _create_with_chunk(upload: Upload, checksum) -> Upload:  # noqa: ANN001
         if staged is not None:
             store.delete(staged.key)
         raise
-    _enqueue_if_complete(upload)
     return upload
 
 
@@ -268,8 +268,7 @@ def _create_with_body_in_one_statement(batch_id: int, length: int, metadata: dic
         if staged is not None:
             store.delete(staged.key)
         raise
-    kick_relay()  # its events were committed outside the request's session
-    _enqueue_if_complete(upload)
+    kick_relay()  # its events (and with upload.completed its chain) were committed outside the session
     return upload
 
 
@@ -294,15 +293,6 @@ def _no_such_batch(batch_ref: int | str) -> ApiError:
 def _too_many_open(open_uploads: int) -> ApiError:
     return ApiError(429, f"{open_uploads} uploads are open; finish or terminate some first",
                     retry_after=60)
-
-
-def _enqueue_if_complete(upload: Upload) -> None:
-    """After the commit that made the state visible: a whole file stored as its original
-    goes straight to parsing, a file of several chunks to assembly first."""
-    if upload.state == UploadState.ASSEMBLED:
-        chains.enqueue_parse(upload.id)
-    elif upload.state == UploadState.RECEIVED:
-        chains.enqueue_upload_chain(upload.id)
 
 
 @blueprint.route("/<upload_id>", methods=["HEAD"])
@@ -391,7 +381,8 @@ def _write_chunk(upload: Upload, offset: int, checksum, lease: str) -> Upload:  
                 session, upload_id, lease, staged,
                 expiry=timedelta(seconds=settings.upload_expiry_seconds), batch_id=upload.batch_id,
             )
-            chunk_recorded(session, upload)  # committed with the offset (the outbox)
+            # Committed with the offset (the outbox); upload.completed starts the chain.
+            chunk_recorded(session, upload)
             session.commit()
         except Exception:
             session.rollback()
@@ -402,7 +393,6 @@ def _write_chunk(upload: Upload, offset: int, checksum, lease: str) -> Upload:  
         intake.release_lease(session, upload_id, lease)
         session.commit()
         raise
-    _enqueue_if_complete(upload)
     return upload
 
 

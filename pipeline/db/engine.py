@@ -40,14 +40,15 @@ def make_engine(database_url: str) -> Engine:
     return engine
 
 
-def make_autocommit_engine(engine: Engine) -> Engine:
+def make_autocommit_engine(engine: Engine, *, pool_size: int = 10, max_overflow: int = 20) -> Engine:
     """A second engine, with its own pool, whose connections stay in autocommit: reads that
     need no transaction (the polled batch status) pay neither BEGIN/ROLLBACK nor, as an
     ``execution_options(isolation_level=...)`` view of the main pool would, the SET that
     puts a borrowed connection back to the default isolation when it is returned."""
     if engine.dialect.name != "postgresql":
         return engine.execution_options(isolation_level="AUTOCOMMIT")
-    reads = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=10, max_overflow=20)
+    reads = create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_size=pool_size,
+                          max_overflow=max_overflow)
     _ping_when_idle(reads)
     return reads
 

@@ -23,7 +23,7 @@ import secrets
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -606,6 +606,21 @@ def record_chunk(
         session.add(_chunk_row(upload_id, staged))
         session.flush()
     return upload
+
+
+# The step a complete upload starts at: a whole file stored as its original goes straight
+# to parsing, a file of several chunks to assembly first (then parsing).
+PARSE = "parse"
+ASSEMBLE = "assemble"
+
+
+def next_steps(session: Session, upload_ids: Sequence[str]) -> list[tuple[str, str]]:
+    """(step, upload id) for each of ``upload_ids`` still waiting to start its chain, in the
+    given order, read in one statement; an upload already further along (or gone) has none."""
+    states = dict(session.execute(select(Upload.id, Upload.state)
+                                  .where(Upload.id.in_(list(upload_ids)))).all())
+    steps = {UploadState.ASSEMBLED: PARSE, UploadState.RECEIVED: ASSEMBLE}
+    return [(steps[states[uid]], uid) for uid in dict.fromkeys(upload_ids) if states.get(uid) in steps]
 
 
 def terminate(session: Session, upload: Upload) -> list[str]:

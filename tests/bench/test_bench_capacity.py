@@ -19,7 +19,8 @@ refused: RELAYPACS_RATE_LIMITS=upload=1000000,read=1000000.
 BENCH_CAPACITY_TREES: comma list of source trees to measure back to back in the same run, e.g.
 a checkout of the starting commit (``git archive 92957ce | tar -x -C /tmp/relaypacs-base``)
 then this one; default: this tree only. BENCH_CAPACITY_SERVERS: comma list of gunicorn
-models as KIND:WORKERSxTHREADS (default gthread:2x8).
+models as KIND:WORKERSxTHREADS (default api.http.server.RequestThreadWorker:2x8, as `relaypacs api`;
+KIND is a gunicorn worker class, e.g. gthread).
 
     flock /tmp/relaypacs-bench.lock env BENCH_CAPACITY_TREES=/tmp/relaypacs-base,. \\
         .venv/bin/python -m pytest -q -s -m bench tests/bench/test_bench_capacity.py
@@ -62,7 +63,7 @@ TUS_CLIENTS = int(os.environ.get("BENCH_CAPACITY_TUS_CLIENTS", "200"))
 FILE_BYTES = 40_000
 TREES = [Path(t).resolve() if t != "." else REPO
          for t in os.environ.get("BENCH_CAPACITY_TREES", ".").split(",") if t]
-SERVERS = os.environ.get("BENCH_CAPACITY_SERVERS", "gthread:2x8").split(",")
+SERVERS = os.environ.get("BENCH_CAPACITY_SERVERS", "api.http.server.RequestThreadWorker:2x8").split(",")
 # Or an explicit list of TREE@SERVER runs (e.g. the starting commit once, this tree in several
 # worker models): BENCH_CAPACITY_RUNS=/tmp/relaypacs-base@gthread:2x8,.@gthread:2x8,.@sync:4
 RUNS = [(Path(t).resolve() if t != "." else REPO, server)

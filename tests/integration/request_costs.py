@@ -1,7 +1,9 @@
 """What one API request costs in round trips: SQL statements, transaction statements (BEGIN,
-COMMIT, ROLLBACK), connection pings, and Redis commands, counted with SQLAlchemy's event
-listeners and a wrapper around redis-py's command sending (instrumentation only: every
-statement still goes to the real PostgreSQL and Redis)."""
+COMMIT, ROLLBACK), connection pings, Redis commands and Celery task messages, counted with
+SQLAlchemy's event listeners, a wrapper around redis-py's command sending and Celery's
+before_task_publish signal (instrumentation only: every statement still goes to the real
+PostgreSQL and Redis; a task message goes to the broker, in-memory in the tests' process,
+a round trip to Redis or RabbitMQ in production)."""
 
 from __future__ import annotations
 
@@ -69,6 +71,22 @@ class RequestCosts:
             redis.connection.AbstractConnection.send_packed_command = original_send
 
     @contextlib.contextmanager
+    def _tasks_counted(self) -> Iterator[None]:
+        from celery.signals import before_task_publish
+
+        measured_thread = threading.get_ident()
+
+        def published(**_: object) -> None:
+            if threading.get_ident() == measured_thread:
+                self._add("task")
+
+        before_task_publish.connect(published, weak=False)
+        try:
+            yield
+        finally:
+            before_task_publish.disconnect(published)
+
+    @contextlib.contextmanager
     def active(self) -> Iterator[RequestCosts]:
         measured_thread = threading.get_ident()
 
@@ -117,7 +135,7 @@ class RequestCosts:
                 pings[engine.dialect] = engine.dialect.do_ping
                 engine.dialect.do_ping = counted_ping(engine.dialect.do_ping)
         try:
-            with self._redis_counted():
+            with self._redis_counted(), self._tasks_counted():
                 yield self
         finally:
             for engine in self.engines:

@@ -80,9 +80,13 @@ def _record(engine, marker: str, count: int, facility: int = 1, at=None) -> None
         session.commit()
 
 
+def _no_follow_up(batch) -> None:  # noqa: ANN001 - these tests' events start no work
+    return None
+
+
 def _relay(engine, redis_url: str, exchange_name: str | None = None) -> outbox.Relay:  # noqa: ANN001
     return outbox.Relay(engine, outbox.sinks_for(redis_url, AMQP_URL if exchange_name else None,
-                                                 exchange_name or ""))
+                                                 exchange_name or "", _no_follow_up))
 
 
 def _stream_ids(redis_url: str, marker: str) -> list[str]:
@@ -117,6 +121,46 @@ def test_rollback_emits_nothing_and_a_late_commit_gets_a_later_id(engine, redis_
     assert ids == [outbox.format_id(by_name[f"{marker}fast0"]), outbox.format_id(by_name[f"{marker}slow"])]
 
 
+def test_a_relay_run_is_four_statements_whatever_it_carries(engine, redis_url):  # noqa: ANN001
+    """On PostgreSQL a run is: take the lock, position and read the batch (one statement),
+    publish (the sinks' floor and one Redis pipeline), mark the batch sent, let the lock go,
+    on one autocommit connection: no BEGIN or COMMIT (was 5 statements, 4 BEGIN/COMMIT
+    pairs and two connections a run)."""
+    from tests.integration.request_costs import RequestCosts
+
+    marker = f"cost-{uuid.uuid4().hex[:6]}-"
+    relay = _relay(engine, redis_url)
+    relay.drain()  # whatever other tests left, and the relay's connection made
+    _record(engine, marker, 50)
+    costs = RequestCosts(relay._autocommit(), engine)
+    with costs.active():
+        assert relay.run_once() == 50
+    assert costs.sql == 4, costs.statements
+    assert dict(costs.counts) == {"sql": 4, "redis": 2}
+    assert len(_stream_ids(redis_url, marker)) == 50
+    assert relay.run_once() == 0
+
+
+def test_a_redis_that_lost_the_script_still_gets_every_event(engine, tmp_path):  # noqa: ANN001
+    """The stream's Lua goes by EVALSHA in one pipeline; a Redis restarted since (no script)
+    answers NOSCRIPT, and the batch goes again after the script is loaded."""
+    from tests.integration.services import free_port, start_private_redis
+
+    port = free_port()
+    server = start_private_redis(port, dict(os.environ), tmp_path / "redis.log")
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        relay = _relay(engine, url)
+        relay.drain()  # whatever other tests left
+        marker = f"noscript-{uuid.uuid4().hex[:6]}-"
+        _record(engine, marker, 3)
+        redis.Redis.from_url(url).script_flush()
+        assert relay.run_once() == 3
+        assert len(_stream_ids(url, marker)) == 3
+    finally:
+        server.stop()
+
+
 def _killed_relay(database_url: str, redis_url: str, exchange_name: str) -> None:
     """Publish to Redis and RabbitMQ, then die by SIGKILL before marking anything sent."""
 
@@ -128,7 +172,7 @@ def _killed_relay(database_url: str, redis_url: str, exchange_name: str) -> None
             os.kill(os.getpid(), signal.SIGKILL)
 
     engine = make_engine(database_url)
-    sinks = [*outbox.sinks_for(redis_url, AMQP_URL, exchange_name), Kill()]
+    sinks = [*outbox.sinks_for(redis_url, AMQP_URL, exchange_name, _no_follow_up), Kill()]
     outbox.Relay(engine, sinks).run_once()
 
 

@@ -110,6 +110,7 @@ def test_a_small_files_tus_creation_and_patch_stay_within_their_statements(app, 
     assert on_create.round_trips <= ROUND_TRIPS_TUS_CREATE, dict(on_create.counts)
     assert on_patch.sql <= SQL_TUS_PATCH, on_patch.statements
     assert on_patch.round_trips <= ROUND_TRIPS_TUS_PATCH, dict(on_patch.counts)
+    assert on_patch.counts["task"] == 0  # the chain starts from upload.completed (the relay)
 
 
 def test_a_small_files_creation_with_upload_is_one_statement(app, token):  # noqa: ANN001
@@ -125,6 +126,7 @@ def test_a_small_files_creation_with_upload_is_one_statement(app, token):  # noq
     print(f"\ntus creation-with-upload: {dict(costs.counts)} {costs.statements}")
     assert costs.sql <= SQL_TUS_CREATE_WITH_UPLOAD, costs.statements
     assert costs.round_trips <= ROUND_TRIPS_TUS_CREATE_WITH_UPLOAD, dict(costs.counts)
+    assert costs.counts["task"] == 0  # the parse starts from upload.completed (the relay)
     with app.extensions["relaypacs"].session_factory() as session:
         upload = session.get(Upload, response.headers["Location"].rsplit("/", 1)[1])
         assert (upload.state, upload.offset, upload.batch_id) == (UploadState.ASSEMBLED, len(FILE), batch)
@@ -164,6 +166,12 @@ ROUND_TRIPS_TUS_PATCH = 9
 # upload, the activity stamp and the events; the rate limiter's one Redis command beside it.
 SQL_TUS_CREATE_WITH_UPLOAD = 1
 ROUND_TRIPS_TUS_CREATE_WITH_UPLOAD = 2
+# Task messages are counted too (capacity5): the request that completed a file published its
+# chain's first task to the broker after its commit, one more round trip than the figures
+# above said (the tests' broker is in-memory, so it went uncounted): creation-with-upload 3,
+# the completing PATCH 10. Now the chain starts from the committed upload.completed event,
+# which the relay hands to workers.chains.after_events (one intake.start_uploads message per
+# relayed batch, not per file), so the request publishes nothing: 2 and 9.
 
 
 def test_the_one_statement_batch_read_says_what_the_full_read_says(app, token):  # noqa: ANN001

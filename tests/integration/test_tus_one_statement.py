@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from pipeline.accounts.users import create_user, user_for_token
 from pipeline.intake import uploads as intake
 from pipeline.models import Batch, BatchState, OutboxEvent, Upload, UploadChunk, UploadState, utcnow
-from tests.integration.services import app_on_new_database
+from tests.integration.services import app_on_new_database, poll_for
 
 pytestmark = pytest.mark.integration
 
@@ -40,13 +40,56 @@ def app(redis_url, tmp_path_factory) -> Iterator:  # noqa: ANN001
 
 
 @pytest.fixture
-def enqueued(monkeypatch) -> list:  # noqa: ANN001
+def enqueued(monkeypatch, app) -> list:  # noqa: ANN001
+    """The chains started, as intake.start_uploads would start them, for the uploads whose
+    upload.completed the app's relay thread sent (read them through :func:`_started`)."""
     from workers import chains
 
     calls: list = []
-    monkeypatch.setattr(chains, "enqueue_upload_chain", lambda uid: calls.append(("upload", uid)))
-    monkeypatch.setattr(chains, "enqueue_parse", lambda uid: calls.append(("parse", uid)))
+
+    def start_uploads(upload_ids: list[str]) -> None:
+        with app.extensions["relaypacs"].session_factory() as session:
+            steps = intake.next_steps(session, upload_ids)
+        calls.extend(("parse" if step == intake.PARSE else "upload", uid) for step, uid in steps)
+
+    monkeypatch.setattr(chains, "start_uploads", start_uploads)
     return calls
+
+
+def _started(app, enqueued: list) -> list:  # noqa: ANN001
+    """``enqueued`` once the relay thread has sent every committed event (and so has handed
+    each batch to chains.after_events)."""
+    def relayed() -> bool:
+        with app.extensions["relaypacs"].session_factory() as session:
+            return not session.scalar(select(func.count()).select_from(OutboxEvent)
+                                      .where(OutboxEvent.published_at.is_(None)))
+
+    poll_for(relayed, "the relay to send every event", timeout=10, interval=0.05)
+    return enqueued
+
+
+def test_a_files_chain_starts_from_its_committed_event_after_the_api_died(app, enqueued, monkeypatch,  # noqa: ANN001
+                                                                          redis_url):
+    """The upload and its upload.completed commit in one statement; the API process dies
+    before its relay runs (here: its relay sends nothing). No task was published by the
+    request, and the next relay of any process (another worker's, ``relaypacs events-relay``)
+    starts the chain from the committed row: nothing is lost between commit and publish."""
+    from pipeline.ops import outbox
+    from workers import chains
+
+    dead = app.extensions["relaypacs.relay"].relay
+    monkeypatch.setattr(dead, "run_once", lambda: 0)
+    client = app.test_client()
+    auth = _user(app, "Clinic Crash")
+    batch_id = _batch(client, auth)
+    response = _post(client, auth, batch_id, b"DICM" * 100)
+    assert response.status_code == 201
+    upload_id = response.headers["Location"].rsplit("/", 1)[1]
+    assert enqueued == []
+    engine = app.extensions["relaypacs"].session_factory.kw["bind"]
+    other = outbox.Relay(engine, outbox.sinks_for(redis_url, None, "", chains.after_events))
+    assert other.drain() >= 3  # upload.initiated, chunk_received, completed (and any left before)
+    assert enqueued == [("parse", upload_id)]
 
 
 def _user(app, facility: str) -> dict:  # noqa: ANN001
@@ -119,7 +162,7 @@ def test_a_whole_file_goes_in_assembled_with_its_events_and_stamp(app, enqueued)
                       ("upload.completed", len(data))]
     with app.extensions["relaypacs"].store.open(upload.object_key) as fh:
         assert fh.read() == data
-    assert enqueued == [("parse", upload_id)]
+    assert _started(app, enqueued) == [("parse", upload_id)]
 
 
 def test_a_partial_body_goes_in_receiving_with_its_chunk_and_the_rest_follows(app, enqueued):  # noqa: ANN001
@@ -134,11 +177,11 @@ def test_a_partial_body_goes_in_receiving_with_its_chunk_and_the_rest_follows(ap
         upload = session.get(Upload, upload_id)
         assert (upload.state, upload.offset) == (UploadState.RECEIVING, 5)
         assert [(c.offset, c.length) for c in upload.chunks] == [(0, 5)]
-    assert enqueued == []
+    assert _started(app, enqueued) == []
     rest = client.patch(location, data=b"world", headers={**auth, "Upload-Offset": "5",
                                                           "Content-Type": OCTET})
     assert rest.status_code == 204 and rest.headers["Upload-Offset"] == "10"
-    assert enqueued == [("upload", upload_id)]
+    assert _started(app, enqueued) == [("upload", upload_id)]
 
 
 def test_refusals_answer_as_before_and_leave_nothing_behind(app, enqueued):  # noqa: ANN001
@@ -165,7 +208,7 @@ def test_refusals_answer_as_before_and_leave_nothing_behind(app, enqueued):  # n
     assert _counts(app, batch_id) == (MAX_OPEN + 1, MAX_OPEN + 3)
     # One body was accepted (the second user's); every refused one was deleted.
     assert len(_stored(app)) == len(stored) + 1
-    assert len([c for c in enqueued if c[0] == "parse"]) == 1
+    assert len([c for c in _started(app, enqueued) if c[0] == "parse"]) == 1
 
 
 # ---------------------------------------------------------------- the batch row's lock

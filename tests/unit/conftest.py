@@ -40,11 +40,20 @@ def client(app):
 
 
 @pytest.fixture
-def enqueued(monkeypatch):
-    """Record what the API enqueues instead of publishing it."""
+def enqueued(monkeypatch, app):
+    """Record what the API enqueues instead of publishing it. An upload's chain is started by
+    its committed upload.completed event (the relay, inline here, calls chains.after_events):
+    recorded as the step intake.start_uploads would enqueue for it."""
     calls: list[tuple[str, object]] = []
+    from pipeline.intake import uploads
     from workers import chains
 
+    def start_uploads(upload_ids: list[str]) -> None:
+        with app.extensions["relaypacs"].session_factory() as session:
+            steps = uploads.next_steps(session, upload_ids)
+        calls.extend(("parse" if step == uploads.PARSE else "upload", uid) for step, uid in steps)
+
+    monkeypatch.setattr(chains, "start_uploads", start_uploads)
     monkeypatch.setattr(chains, "enqueue_upload_chain", lambda uid: calls.append(("upload", uid)))
     monkeypatch.setattr(chains, "enqueue_parse", lambda uid: calls.append(("parse", uid)))
     monkeypatch.setattr(chains, "enqueue_batch_dispatch", lambda bid: calls.append(("batch", bid)))

@@ -109,6 +109,38 @@ def test_a_crash_between_publish_and_mark_sends_again_with_the_same_id(engine):
     assert relay.drain() == 0  # marked now
 
 
+def test_the_relay_thread_keeps_trying_after_failures_without_another_kick(engine):
+    """The database (or broker) is away for several runs after the last commit: the thread
+    keeps trying, backing off, and sends once it can, although no further commit kicks it
+    (a committed upload.completed may be the only start of that file's chain)."""
+    import threading
+    import time
+
+    from sqlalchemy.orm import Session
+
+    sink = Recorder()
+    relay = outbox.Relay(engine, [sink])
+    with Session(engine) as session:
+        outbox.record(session, [_event(upload=str(n)) for n in range(3)])
+        session.commit()
+    real_run_once, failures = relay.run_once, []
+
+    def away_for_a_while():  # noqa: ANN202
+        if len(failures) < 6:
+            failures.append(1)
+            raise ConnectionError("database away")
+        return real_run_once()
+
+    relay.run_once = away_for_a_while  # type: ignore[method-assign]
+    thread = outbox.RelayThread(relay, failure_retry_seconds=0.005, max_failure_retry_seconds=0.02)
+    thread.kick()  # the last commit's kick; none after it
+    deadline = time.monotonic() + 10
+    while len(sink.sent) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(failures) == 6 and len(sink.sent) == 3
+    assert any(t.name == "event-relay" for t in threading.enumerate())
+
+
 def test_envelope_is_cloudevents_with_the_old_flat_fields(engine):
     from sqlalchemy.orm import Session
 

@@ -6,7 +6,12 @@ import pytest
 
 from config import Settings
 from pipeline.db.migrate import upgrade_database
-from workers import runtime
+from workers import chains, runtime
+
+# A worker process imports its task modules, and with them workers.chains, which registers
+# the event relay's follow-up (runtime.session_factory refuses to run without one); the
+# tasks under test here need it too.
+assert chains.after_events
 
 
 @pytest.fixture
