@@ -12,6 +12,7 @@ import dataclasses
 from sqlalchemy import Insert
 from sqlalchemy.orm import Session
 
+from config.logging import request_id
 from pipeline.models import ExportDefinition, ExportRun, Notification, ReportComment, Upload, UploadState
 from pipeline.ops import events, outbox
 from pipeline.reports import notifications
@@ -48,9 +49,15 @@ def _chunk_events(upload: Upload) -> list[events.Event]:
 
 def _completed(upload: Upload) -> list[events.Event]:
     # A whole file in one body is recorded ASSEMBLED at once (pipeline/intake/uploads.py).
-    if upload.state in (UploadState.RECEIVED, UploadState.ASSEMBLED):
-        return [events.upload_event(events.UPLOAD_COMPLETED, upload)]
-    return []
+    if upload.state not in (UploadState.RECEIVED, UploadState.ASSEMBLED):
+        return []
+    completed = events.upload_event(events.UPLOAD_COMPLETED, upload)
+    # The chain starts from this event in whichever process relays it: the id of the request
+    # that completed the file rides on it so the tasks it causes log that id (config.logging).
+    current = request_id.get()
+    if current:
+        completed = dataclasses.replace(completed, data={**completed.data, "request_id": current})
+    return [completed]
 
 
 def chunk_recorded(session: Session, upload: Upload) -> None:

@@ -56,7 +56,10 @@ STREAM_MAXLEN = 100_000
 ALLOWED_FIELDS = frozenset({"upload_id", "batch_id", "study_id", "destination_id", "user_id",
                             "offset", "length", "delivered", "failed", "deferred", "report_id",
                             "export_id", "run_id", "notification_id", "status", "from", "to",
-                            "kind", "recipients", "comment_id", "consult_id", "version"})
+                            "kind", "recipients", "comment_id", "consult_id", "version",
+                            # upload.completed: the request that completed the file, so the
+                            # chain its relay starts logs that id (api.events.publish).
+                            "request_id"})
 # What an export.notification is about (``kind``): things a QA manager or admin acts on.
 NOTIFY_EXPORT_SENT = "export_sent"  # a scheduled export was mailed to its recipients
 NOTIFY_EXPORT_FAILED = "export_failed"  # an export run failed for good (replayable)

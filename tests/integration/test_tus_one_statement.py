@@ -47,7 +47,7 @@ def enqueued(monkeypatch, app) -> list:  # noqa: ANN001
 
     calls: list = []
 
-    def start_uploads(upload_ids: list[str]) -> None:
+    def start_uploads(upload_ids: list[str], request_ids: dict[str, str] | None = None) -> None:
         with app.extensions["relaypacs"].session_factory() as session:
             steps = intake.next_steps(session, upload_ids)
         calls.extend(("parse" if step == intake.PARSE else "upload", uid) for step, uid in steps)
