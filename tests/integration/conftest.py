@@ -32,6 +32,7 @@ from tests.integration.services import (
     ensure_postgres,
     ensure_redis,
     run_cli,
+    stop_together,
 )
 
 LOG_TAIL_LINES = 40
@@ -54,8 +55,7 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session", autouse=True)
 def _stop_leftover_processes() -> Iterator[None]:
     yield
-    for process in list(RUNNING):
-        process.stop(grace=10)
+    stop_together(list(RUNNING), grace=10)
 
 
 @pytest.fixture(scope="session")

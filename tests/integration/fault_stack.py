@@ -42,6 +42,7 @@ from tests.integration.services import (
     port_open,
     run_cli,
     start_private_redis,
+    stop_together,
     wait_until,
 )
 
@@ -287,10 +288,16 @@ class FaultStack:
             self.vhost.create()
         if migrate:
             run_cli(["db", "upgrade"], self.env)
-        self.api = ApiServer(self.env, self.workdir / "api.log").start()
-        self.beat = Beat(self.env, self.workdir / "beat.log").start()
-        self.intake = self.worker("intake,dicom")
-        self.pacs = self.worker("pacs")
+        # Launched side by side, then waited for: their start-ups (imports, broker connection,
+        # mingle) overlap instead of adding up.
+        self.api = ApiServer(self.env, self.workdir / "api.log").start(wait=False)
+        self.beat = Beat(self.env, self.workdir / "beat.log").start(wait=False)
+        self.intake = self.worker("intake,dicom", wait=False)
+        self.pacs = self.worker("pacs", wait=False)
+        self.api.until_ready()
+        self.beat.until_ready()
+        for worker in (self.intake, self.pacs):
+            worker.wait_ready(worker.is_ready, 90)
         return self
 
     def restart_pacs(self, wait: bool = True) -> Worker:
@@ -301,10 +308,9 @@ class FaultStack:
         return self.pacs
 
     def stop(self) -> None:
-        for process in [*self.workers, self.beat, self.api, self.redis]:
-            if process is not None:
-                with contextlib.suppress(Exception):
-                    process.stop(grace=10)
+        # The broker last: workers shutting down warm still talk to it.
+        stop_together([*self.workers, self.beat, self.api], grace=10)
+        stop_together([self.redis], grace=10)
         if self.vhost:
             self.vhost.delete()
 

@@ -142,6 +142,7 @@ class ServiceProcess:
         self.log_path = Path(log_path)
         self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
+        self._terminated = False
 
     @property
     def pid(self) -> int | None:
@@ -166,6 +167,7 @@ class ServiceProcess:
                 # Its own process group: a kill reaches Celery's pool children too.
                 start_new_session=True,
             )
+        self._terminated = False
         RUNNING.append(self)
         return self
 
@@ -191,12 +193,19 @@ class ServiceProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
+    def terminate(self) -> None:
+        """SIGTERM once, without waiting: ``stop`` then waits. Several processes told first
+        shut down side by side (``stop_together``)."""
+        if self.proc is not None and self.proc.poll() is None and not self._terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self, grace: float = 10.0) -> int | None:
         """SIGTERM (warm shutdown for Celery), then SIGKILL to the group after ``grace`` s."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:
@@ -228,6 +237,18 @@ class ServiceProcess:
 
 # Everything started and not yet stopped, for log tails on failure and cleanup.
 RUNNING: list[ServiceProcess] = []
+
+
+def stop_together(processes: Iterable[ServiceProcess | None], grace: float = 10.0) -> None:
+    """Stop several processes at once: each is told (SIGTERM) before any is waited for, so
+    their warm shutdowns overlap instead of adding up; each still gets ``grace`` s."""
+    alive = [p for p in processes if p is not None]
+    for process in alive:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    for process in alive:
+        with contextlib.suppress(Exception):
+            process.stop(grace=grace)
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -739,8 +760,7 @@ class WorkerFleet:
         worker.stop(grace)
 
     def stop_all(self) -> None:
-        for worker in self.workers:
-            worker.stop(grace=10)
+        stop_together(self.workers, grace=10)
 
 
 class ApiServer(ServiceProcess):
@@ -756,8 +776,15 @@ class ApiServer(ServiceProcess):
             log_path,
         )
 
-    def start(self, timeout: float = 60.0) -> ApiServer:  # type: ignore[override]
+    def start(self, timeout: float = 60.0, wait: bool = True) -> ApiServer:  # type: ignore[override]
+        """Launch; ``wait=False`` returns at once (call ``until_ready``), so a stack can start
+        its processes side by side instead of one after another."""
         super().start()
+        if wait:
+            self.until_ready(timeout)
+        return self
+
+    def until_ready(self, timeout: float = 60.0) -> ApiServer:
         self.wait_ready(lambda: requests.get(f"{self.url}/healthz", timeout=2).status_code == 200, timeout)
         return self
 
@@ -768,8 +795,13 @@ class Beat(ServiceProcess):
     def __init__(self, env: Mapping[str, str], log_path: Path):
         super().__init__("beat", relaypacs_argv("beat"), env, log_path, cwd=log_path.parent)
 
-    def start(self, timeout: float = 60.0) -> Beat:  # type: ignore[override]
+    def start(self, timeout: float = 60.0, wait: bool = True) -> Beat:  # type: ignore[override]
         super().start()
+        if wait:
+            self.until_ready(timeout)
+        return self
+
+    def until_ready(self, timeout: float = 60.0) -> Beat:
         self.wait_ready(lambda: "beat: Starting..." in tail(self.log_path, 200), timeout)
         return self
 

@@ -31,6 +31,7 @@ from tests.integration.services import (
     port_open,
     run_cli,
     start_private_redis,
+    stop_together,
 )
 from tests.sample_data import pacs_refused_files, synthetic_study
 
@@ -84,10 +85,9 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        for process in [*self.workers, getattr(self, "beat", None), getattr(self, "api", None),
-                        self.redis]:
-            if process is not None:
-                process.stop(grace=10)
+        # The broker last: workers shutting down warm still talk to it.
+        stop_together([*self.workers, getattr(self, "beat", None), getattr(self, "api", None)], grace=10)
+        stop_together([self.redis], grace=10)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 
 from tests.integration.gateway_client import Gateway
-from tests.integration.services import ApiServer, Worker, WorkerFleet
+from tests.integration.services import ApiServer, Worker, WorkerFleet, stop_together
 from tests.sample_data import synthetic_study
 
 pytestmark = pytest.mark.integration
@@ -48,8 +48,7 @@ def debug_stack(gateway_env, worker_fleet, it_dir) -> Iterator[ApiServer]:
         worker.wait_ready(worker.is_ready, 60)
         yield api
     finally:
-        api.stop(grace=10)
-        worker.stop(grace=10)
+        stop_together([api, worker], grace=10)
         worker_fleet.default()
 
 

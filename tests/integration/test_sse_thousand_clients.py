@@ -47,7 +47,7 @@ def test_thousand_concurrent_streams(events_server, make_user, redis_url, gatewa
         bus.publish(events.Event(events.UPLOAD_COMPLETED, facility, {"upload_id": f"load-{own}-{n}"}))
 
     result = asyncio.run(hold_and_fan_out(LOOPBACK, events_server.port, events_server.rss_kib, admin, local,
-                                          publish, clients=CLIENTS))
+                                          publish, clients=CLIENTS, facility_ids=set(ids.values())))
     print("\nSSE load:", json.dumps(result))
     assert result["clients"] == CLIENTS
     assert result["admin_events"] == [10]

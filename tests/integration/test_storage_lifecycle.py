@@ -253,7 +253,10 @@ def test_multipart_copy_above_the_copy_limit(s3):
 
 def test_killed_run_resumes_without_double_moves(db, primary, s3, storage_fleet, celery_client):
     facility_id, user_id = new_facility(db, "Resume Clinic")
-    count = 1000
+    # Two and a half chunks (TieringOptions.chunk is 200): the kill lands with the first
+    # recorded, the second announced and in flight, and a third never announced, so the next
+    # run both checks announced copies and makes fresh ones.
+    count = 500
     with db() as session:
         for _ in range(count // 250):
             seed_study(session, primary, facility_id=facility_id, user_id=user_id, created_at=T0,
