@@ -787,9 +787,9 @@ def forecast_series(
     # Holidays ahead the history has never seen (no earlier occurrence of the same one): their
     # behaviour is a guess (the pooled effect, or neutral), and the intervals are the
     # ordinary weeks' (with the holiday-period widening): the record says so.
-    unseen = [days[i].isoformat() for i in holiday_idx
-              if n <= i < n + horizon and not shut[i]
-              and own_holiday_factor(y, clean, days, past_holidays, i)[1] == 0]
+    own_ahead = {i: own_holiday_factor(y, clean, days, past_holidays, i)
+                 for i in holiday_idx if n <= i < n + horizon}
+    unseen = [days[i].isoformat() for i, (_, seen) in own_ahead.items() if not shut[i] and seen == 0]
     sarimax_learnt = "holiday" in names
     rules: list[str | None] = []
     for i in range(horizon):
@@ -797,7 +797,7 @@ def forecast_series(
         if shut[n + i]:
             rules.append("closed: facility calendar")
         elif day in holidays and day.weekday() < 5:
-            own, seen = own_holiday_factor(y, clean, days, past_holidays, n + i)
+            own, seen = own_ahead[n + i]
             if winner == "sarimax":
                 rules.append("public holiday: effect learnt (regressor)" if sarimax_learnt
                              else "public holiday: none in the history, neutral")
