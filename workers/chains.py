@@ -41,17 +41,17 @@ def after_events(batch: Sequence[Outgoing]) -> None:
     ``upload.completed`` went out in this batch start their chains, through one task message
     for the batch (``intake.start_uploads``) instead of one publish per upload on the
     request that completed it."""
-    completed = [item.data for item in batch
-                 if item.type == events.UPLOAD_COMPLETED and item.data.get("upload_id")]
+    completed = {item.data["upload_id"]: item.data.get("request_id") for item in batch
+                 if item.type == events.UPLOAD_COMPLETED and item.data.get("upload_id")}
     if completed:
-        start_uploads([data["upload_id"] for data in completed],
-                      {data["upload_id"]: data["request_id"] for data in completed if data.get("request_id")})
+        start_uploads(completed)
 
 
-def start_uploads(upload_ids: list[str], request_ids: dict[str, str] | None = None) -> None:
+def start_uploads(uploads: dict[str, str | None]) -> None:
     """One task that starts each upload's chain at its step (workers.intake.start_uploads);
-    ``request_ids``: the request that completed each upload, carried onto its chain's tasks."""
-    _task("intake.start_uploads", list(upload_ids), dict(request_ids or {})).apply_async()
+    ``uploads``: upload id -> the id of the request that completed it (or None), carried onto
+    its chain's tasks; in the order the uploads completed."""
+    _task("intake.start_uploads", dict(uploads)).apply_async()
 
 
 # The workers' own relays (workers.runtime, which this module imports) hand their batches here

@@ -44,16 +44,16 @@ def assemble_upload(upload_id: str) -> None:
 # the only message that starts these files' chains (the re-drive would find them 10 min later).
 @app.task(name="intake.start_uploads", max_retries=10, autoretry_for=(OSError, *runtime.DATABASE_AWAY),
           retry_backoff=True, retry_backoff_max=60, retry_jitter=True)
-def start_uploads(upload_ids: list[str], request_ids: dict[str, str] | None = None) -> int:
+def start_uploads(uploads: dict[str, str | None]) -> int:
     """Start the chain of each complete upload the event relay saw (workers.chains.after_events):
     a whole file at parsing, a file of chunks at assembly. Sent again after a crash or a retry,
     it starts them again, which the idempotent tasks make harmless (as the re-drive's re-sends)."""
     with runtime.session_scope() as session:
-        steps = intake.next_steps(session, upload_ids)
+        steps = intake.next_steps(session, list(uploads))
     for step, upload_id in steps:
         # Each chain carries the id of the request that completed its upload (the publish
         # signal reads it: workers.app), not this task's own.
-        token = request_id.set((request_ids or {}).get(upload_id) or request_id.get())
+        token = request_id.set(uploads.get(upload_id) or request_id.get())
         try:
             if step == intake.PARSE:
                 chains.enqueue_parse(upload_id)

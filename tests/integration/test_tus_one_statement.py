@@ -47,7 +47,8 @@ def enqueued(monkeypatch, app) -> list:  # noqa: ANN001
 
     calls: list = []
 
-    def start_uploads(upload_ids: list[str], request_ids: dict[str, str] | None = None) -> None:
+    def start_uploads(completed: dict[str, str | None]) -> None:
+        upload_ids = list(completed)
         with app.extensions["relaypacs"].session_factory() as session:
             steps = intake.next_steps(session, upload_ids)
         calls.extend(("parse" if step == intake.PARSE else "upload", uid) for step, uid in steps)

@@ -48,7 +48,8 @@ def enqueued(monkeypatch, app):
     from pipeline.intake import uploads
     from workers import chains
 
-    def start_uploads(upload_ids: list[str], request_ids: dict[str, str] | None = None) -> None:
+    def start_uploads(completed: dict[str, str | None]) -> None:
+        upload_ids = list(completed)
         with app.extensions["relaypacs"].session_factory() as session:
             steps = uploads.next_steps(session, upload_ids)
         calls.extend(("parse" if step == uploads.PARSE else "upload", uid) for step, uid in steps)

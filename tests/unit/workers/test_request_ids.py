@@ -29,13 +29,13 @@ def test_upload_completed_carries_the_request_that_completed_it():
 
 def test_the_relays_follow_up_hands_each_uploads_request_id_to_its_start(monkeypatch):
     seen: dict = {}
-    monkeypatch.setattr(chains, "start_uploads", lambda ids, rids=None: seen.update(ids=ids, rids=rids))
+    monkeypatch.setattr(chains, "start_uploads", lambda uploads: seen.update(uploads))
     chains.after_events([
         Outgoing("1", events.UPLOAD_COMPLETED, 3, "{}", {"upload_id": "u1", "request_id": "r1"}),
         Outgoing("2", events.UPLOAD_INITIATED, 3, "{}", {"upload_id": "u3", "request_id": "r3"}),
         Outgoing("3", events.UPLOAD_COMPLETED, 3, "{}", {"upload_id": "u2"}),
     ])
-    assert seen == {"ids": ["u1", "u2"], "rids": {"u1": "r1"}}
+    assert list(seen.items()) == [("u1", "r1"), ("u2", None)]
 
 
 def test_each_chain_is_enqueued_under_its_own_requests_id(monkeypatch):
@@ -50,7 +50,7 @@ def test_each_chain_is_enqueued_under_its_own_requests_id(monkeypatch):
                         lambda uid: enqueued.append(("upload", uid, request_id.get())))
     token = request_id.set("the-start-task")
     try:
-        intake.start_uploads.run(["u1", "u2", "u3"], {"u1": "r1", "u2": "r2"})
+        intake.start_uploads.run({"u1": "r1", "u2": "r2", "u3": None})
         assert request_id.get() == "the-start-task"
     finally:
         request_id.reset(token)
