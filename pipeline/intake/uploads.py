@@ -755,8 +755,11 @@ def record_small_chunk(
         staged.whole, facility_id, now, now + expiry, upload_prefix_day(staged.key), request_id,
         now + ACTIVITY_STAMP_AHEAD))
     recorded, exists, facility, state, offset, length, locked, created_at, whole = row
+    # In UTC, as the ORM gives it (pipeline.models.base.UTCDateTime): the date of an upload's
+    # folder is its UTC creation date, whatever the connection's time zone.
     return SmallChunk(recorded=recorded, exists=exists, facility_id=facility, state=state,
-                      offset=offset, length=length, locked=bool(locked), created_at=created_at,
+                      offset=offset, length=length, locked=bool(locked),
+                      created_at=created_at.astimezone(UTC) if created_at else None,
                       whole=bool(whole))
 
 
