@@ -2,7 +2,9 @@
 expiration. The request only validates, streams the body to staging and moves the
 offset; assembly and parsing happen in workers, started by the upload.completed event the
 request commits with the upload (the outbox relay hands it to workers.chains.after_events),
-not by a publish on the request.
+not by a publish on the request. On PostgreSQL a creation (plain or with its body) and the
+PATCH of a small body are each one statement on an autocommit connection; a large or
+streaming body's PATCH writes under the upload's lease.
 """
 
 from __future__ import annotations

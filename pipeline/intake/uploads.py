@@ -5,6 +5,8 @@ Why a lease row and not a database lock held for the whole request: a chunk over
 link can take minutes, and holding a transaction (and a pooled connection) open that long
 would starve the pool. The lease is a conditional UPDATE, so it works across processes on
 PostgreSQL and on the embedded SQLite alike, and a crashed holder simply lets it expire.
+A small body (SMALL_PATCH_BYTES) needs no lease: it is stored first and recorded by one
+statement that moves the offset only if nobody else did (:func:`record_small_chunk`).
 
 A body that turns out to be the whole file (offset 0, Upload-Length bytes, the declared
 whole-file checksum matching) is stored straight under the upload's ``original.dcm`` key
