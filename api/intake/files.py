@@ -2,13 +2,18 @@
 expiration. The request only validates, streams the body to staging and moves the
 offset; assembly and parsing happen in workers, started by the upload.completed event the
 request commits with the upload (the outbox relay hands it to workers.chains.after_events),
-not by a publish on the request.
+not by a publish on the request. On PostgreSQL a creation (plain or with its body) and the
+PATCH of a small body are each one statement on an autocommit connection; a large or
+streaming body's PATCH writes under the upload's lease.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import io
+import secrets
+from datetime import datetime, timedelta
 from email.utils import format_datetime
+from typing import BinaryIO
 
 from flask import Blueprint, Response, request, url_for
 from sqlalchemy import func, select
@@ -19,6 +24,7 @@ from api.http.auth import check_facility, current_user, require
 from api.http.context import autocommit_engine, db, kick_relay, resources
 from api.http.errors import ApiError
 from api.http.openapi import STANDARD_ERRORS, operation
+from config.logging import request_id
 from pipeline.dicom.attributes import MetadataError
 from pipeline.dicom.headers import UID_PATTERN
 from pipeline.dicom.photos import photo_request
@@ -71,9 +77,13 @@ def _tus_headers(response: Response) -> Response:
 
 
 def _headers(upload: Upload, **extra: str) -> dict[str, str]:
+    return _offset_headers(upload.offset, upload.expires_at, **extra)
+
+
+def _offset_headers(offset: int, expires_at: datetime, **extra: str) -> dict[str, str]:
     return {
-        "Upload-Offset": str(upload.offset),
-        "Upload-Expires": format_datetime(upload.expires_at, usegmt=True),
+        "Upload-Offset": str(offset),
+        "Upload-Expires": format_datetime(expires_at, usegmt=True),
         "Cache-Control": "no-store",
         **extra,
     }
@@ -85,12 +95,26 @@ def _load(upload_id: str) -> Upload:
     upload = db().get(Upload, upload_id)
     if upload is None:
         raise ApiError(404, "no such upload")
-    check_facility(upload.facility_id)
-    if upload.state == UploadState.TERMINATED:
-        raise ApiError(404, "upload was terminated")
-    if upload.state == UploadState.EXPIRED:
-        raise ApiError(410, "upload expired; start it again")
+    _check_reachable(upload.facility_id, upload.state)
     return upload
+
+
+def _check_reachable(facility_id: int, state: str) -> None:
+    check_facility(facility_id)
+    if state == UploadState.TERMINATED:
+        raise ApiError(404, "upload was terminated")
+    if state == UploadState.EXPIRED:
+        raise ApiError(410, "upload expired; start it again")
+
+
+def _check_offset(requested: int, state: str, offset: int, length: int) -> None:
+    """A PATCH at ``requested`` of an upload at ``offset``: 409 when it is complete or
+    elsewhere (with the server's offset, so the client can resume)."""
+    if state != UploadState.RECEIVING and offset == length:
+        raise ApiError(409, "upload is already complete", upload_offset=offset)
+    if requested != offset:
+        raise ApiError(409, f"Upload-Offset {requested} does not match the server's {offset}",
+                       upload_offset=offset)
 
 
 @blueprint.route("", methods=["OPTIONS"])
@@ -136,10 +160,12 @@ def create() -> Response:
     if not is_ascii_number(batch_ref) or len(batch_ref) > 18:
         raise ApiError(400, "Upload-Metadata must carry batch_id (open one with POST /api/v1/batches)")
     has_body = request.content_length or request.headers.get("Transfer-Encoding")
-    if has_body and request.content_type == OFFSET_CONTENT_TYPE and _in_one_statement(metadata):
-        # A clinic's small file (the web page and the CLI send it this way): one statement.
+    with_body = bool(has_body) and request.content_type == OFFSET_CONTENT_TYPE
+    if _in_one_statement(metadata):
+        # A plain creation, or a clinic's small file in its creating POST (the web page and
+        # the CLI send it this way): one statement.
         checksum = parse_checksum(request.headers.get("Upload-Checksum"))
-        upload = _create_with_body_in_one_statement(int(batch_ref), length, metadata, checksum)
+        upload = _create_in_one_statement(int(batch_ref), length, metadata, checksum, with_body)
         return Response(status=201, headers=_headers(upload, Location=_location(upload)))
     session = db()
     batch = session.get(Batch, int(batch_ref))
@@ -160,13 +186,14 @@ def create() -> Response:
         max_bytes=settings.max_upload_bytes, expiry=expiry,
     )
     upload.photo = photo
-    if has_body and request.content_type == OFFSET_CONTENT_TYPE:
+    if with_body:
         # creation-with-upload: the first chunk (for most files, all of it) rides on the POST.
         upload = _create_with_chunk(upload, checksum)
         return Response(status=201, headers=_headers(upload, Location=_location(upload)))
     # One statement on PostgreSQL: the row, the batch's activity and upload.initiated in the
     # outbox (committed with the row). An empty file goes in RECEIVED, and its
-    # upload.completed starts its chain.
+    # upload.completed starts its chain: its state is set before its events are made.
+    intake.take_first_chunk(upload, None, upload.created_at)
     intake.insert_upload(session, upload, also=initiated_statement(session, upload))
     session.commit()
     return Response(status=201, headers=_headers(upload, Location=_location(upload)))
@@ -219,12 +246,16 @@ def _create_with_chunk(upload: Upload, checksum) -> Upload:  # noqa: ANN001
 
 
 def _in_one_statement(metadata: dict[str, str]) -> bool:
-    """Whether a creation-with-upload goes in by :func:`_create_with_body_in_one_statement`:
-    on PostgreSQL, an ordinary file (a photo's request is checked against the facility's
-    studies first), from a user who may write to their own facility only (an admin's or a
+    """Whether a creation goes in by :func:`_create_in_one_statement`: an ordinary file (a
+    photo's request is checked against the facility's studies first) from a
+    :func:`_one_statement_user`."""
+    return metadata.get("kind", "") in ("", "dicom") and _one_statement_user()
+
+
+def _one_statement_user() -> bool:
+    """Whether this request's writes may go as one statement on an autocommit connection:
+    on PostgreSQL, for a user who may write to their own facility only (an admin's or a
     reader's facilities are not known without a query; they take the general path)."""
-    if metadata.get("kind", "") not in ("", "dicom"):
-        return False
     user = current_user()
     return (autocommit_engine().dialect.name == "postgresql" and not user.is_admin
             and not user.has_role(*READER_ROLES))
@@ -235,15 +266,16 @@ def _in_one_statement(metadata: dict[str, str]) -> bool:
 CREATE_ATTEMPTS = 3
 
 
-def _create_with_body_in_one_statement(batch_id: int, length: int, metadata: dict[str, str],
-                                       checksum) -> Upload:  # noqa: ANN001
-    """Creation-with-upload as one round trip to PostgreSQL: the body is stored first, then
-    one statement on an autocommit connection (its own transaction) checks the batch (it
-    exists, it is the user's facility's, it is open), the user's open uploads against the
-    limit, and adds the upload in its final state, its chunk row, the batch's activity stamp
-    and its events in the outbox (pipeline.intake.uploads.insert_checked_upload). A refused
-    request answers as the general path does (404, 403, 429, 409; 460 and 413 from the body
-    come first here) and leaves neither a row nor the stored body behind."""
+def _create_in_one_statement(batch_id: int, length: int, metadata: dict[str, str],
+                             checksum, with_body: bool) -> Upload:  # noqa: ANN001
+    """A creation as one round trip to PostgreSQL: the body of a creation-with-upload is
+    stored first, then one statement on an autocommit connection (its own transaction)
+    checks the batch (it exists, it is the user's facility's, it is open), the user's open
+    uploads against the limit, and adds the upload in its final state (a plain creation's
+    RECEIVING at offset 0, or RECEIVED when empty), its chunk row, the batch's activity
+    stamp and its events in the outbox (pipeline.intake.uploads.insert_checked_upload). A
+    refused request answers as the general path does (404, 403, 429, 409; 460 and 413 from
+    the body come first here) and leaves neither a row nor the stored body behind."""
     settings = resources().settings
     store = resources().store
     user = current_user()
@@ -251,8 +283,10 @@ def _create_with_body_in_one_statement(batch_id: int, length: int, metadata: dic
     upload = intake.upload_for(batch_id=batch_id, facility_id=user.facility_id, user_id=user.id,
                                length=length, metadata=metadata,
                                expiry=timedelta(seconds=settings.upload_expiry_seconds), now=now)
-    staged = intake.stage_chunk(store, upload, BodyStream(request.stream), offset=0,
-                                checksum=checksum, spool_dir=settings.var_dir / "spool")
+    staged = None
+    if with_body:
+        staged = intake.stage_chunk(store, upload, BodyStream(request.stream), offset=0,
+                                    checksum=checksum, spool_dir=settings.var_dir / "spool")
     try:
         intake.take_first_chunk(upload, staged, now)
         rows = outbox.rows(created_events(upload, first_chunk=staged is not None))
@@ -316,6 +350,14 @@ def patch(upload_id: str) -> Response:
         raise TusError(415, f"Content-Type must be {OFFSET_CONTENT_TYPE}")
     offset = parse_non_negative(request.headers.get("Upload-Offset"), "Upload-Offset")
     checksum = parse_checksum(request.headers.get("Upload-Checksum"))
+    if _small_body() and upload_id.isalnum() and len(upload_id) <= 32 and _one_statement_user():
+        return _patch_in_one_statement(upload_id, offset, checksum)
+    return _patch_with_lease(upload_id, offset, checksum, BodyStream(request.stream))
+
+
+def _patch_with_lease(upload_id: str, offset: int, checksum, body: BinaryIO) -> Response:  # noqa: ANN001
+    """A PATCH under the upload's lease, taken and committed before the body streams and
+    renewed while it does: a large or streaming body, an admin's or a reader's, SQLite's."""
     session = db()
     user = current_user()
     # The usual PATCH (right upload, right facility, right offset, nobody else writing) takes
@@ -331,14 +373,83 @@ def patch(upload_id: str) -> Response:
     else:
         session.rollback()
         upload = _load(upload_id)
-        if upload.state != UploadState.RECEIVING and upload.offset == upload.length:
-            raise ApiError(409, "upload is already complete", upload_offset=upload.offset)
-        if offset != upload.offset:
-            raise ApiError(409, f"Upload-Offset {offset} does not match the server's {upload.offset}",
-                           upload_offset=upload.offset)
+        _check_offset(offset, upload.state, upload.offset, upload.length)
         lease = _take_lease(upload.id, offset)
-    upload = _write_chunk(upload, offset, checksum, lease)
+    upload = _write_chunk(upload, offset, checksum, lease, body)
     return Response(status=204, headers=_headers(upload))
+
+
+def _small_body() -> bool:
+    """A body of a known length up to intake.SMALL_PATCH_BYTES (its reason there)."""
+    length = request.content_length
+    return (length is not None and 0 < length <= intake.SMALL_PATCH_BYTES
+            and not request.headers.get("Transfer-Encoding"))
+
+
+# A stored body under a key its upload does not take (created another day; at offset 0 not
+# the whole file after all) is stored again and the statement asked again; so is one whose
+# upload another writer changed between the statement's snapshot and its row lock.
+PATCH_ATTEMPTS = 3
+
+
+def _patch_in_one_statement(upload_id: str, offset: int, checksum) -> Response:  # noqa: ANN001
+    """A small PATCH without a lease: the body is read and stored first (as a
+    creation-with-upload's), then one statement on an autocommit connection checks the
+    upload and records the chunk with its bookkeeping and events
+    (pipeline.intake.uploads.record_small_chunk). A refused request answers as the lease
+    path does (404, 403, 410, 409 with the server's offset, 423, 413; 400 and 460 from the
+    body come first here) and leaves neither a change nor the stored body behind. Of two
+    PATCHes at one offset, one moves it and the other answers 409."""
+    settings = resources().settings
+    store = resources().store
+    now = utcnow()
+    body = intake.read_small_body(BodyStream(request.stream), request.content_length, checksum)
+    if not body.data:  # nothing arrived: the lease path says where the upload stands
+        return _patch_with_lease(upload_id, offset, checksum, io.BytesIO())
+
+    def stored(created_at: datetime, whole: bool) -> intake.StagedChunk:
+        return intake.store_small_body(store, upload_id, body, offset=offset, created_at=created_at,
+                                       whole=whole, lease=secrets.token_hex(8),
+                                       spool_dir=settings.var_dir / "spool")
+
+    # Stored where a small file's one PATCH belongs (at offset 0, its original): the statement
+    # says whether the upload takes it there.
+    staged = stored(now, whole=offset == 0 and not body.interrupted)
+    expiry = timedelta(seconds=settings.upload_expiry_seconds)
+    try:
+        with autocommit_engine().connect() as connection:
+            for _ in range(PATCH_ATTEMPTS):
+                found = intake.record_small_chunk(
+                    connection, upload_id, staged, body.whole_checksums,
+                    facility_id=current_user().facility_id, expiry=expiry,
+                    request_id=request_id.get() or None, now=now)
+                if found.recorded:
+                    break
+                _refuse_patch(found, offset, len(body.data))
+                if not found.stored_right(staged):
+                    wrong, staged = staged, stored(found.created_at, staged.whole and found.whole)
+                    store.delete(wrong.key)
+            else:
+                raise TusError(409, "upload changed while this chunk was written; HEAD and resume")
+    except BaseException:
+        store.delete(staged.key)
+        raise
+    kick_relay()  # its events (and with upload.completed its chain) were committed outside the session
+    return Response(status=204, headers=_offset_headers(found.offset, now + expiry))
+
+
+def _refuse_patch(found: intake.SmallChunk, offset: int, length: int) -> None:
+    """The lease path's answers, in its order, for what the one statement saw."""
+    if not found.exists:
+        raise ApiError(404, "no such upload")
+    _check_reachable(found.facility_id, found.state)
+    _check_offset(offset, found.state, found.offset, found.length)
+    if found.state != UploadState.RECEIVING:
+        raise TusError(409, "upload is no longer receiving chunks; HEAD and resume")
+    if found.locked:
+        raise TusError(423, "another request is writing to this upload; retry shortly")
+    if offset + length > found.length:
+        raise TusError(413, f"chunk goes past Upload-Length ({found.length} bytes)")
 
 
 def _take_lease(upload_id: str, offset: int) -> str:
@@ -353,7 +464,7 @@ def _take_lease(upload_id: str, offset: int) -> str:
     return lease
 
 
-def _write_chunk(upload: Upload, offset: int, checksum, lease: str) -> Upload:  # noqa: ANN001
+def _write_chunk(upload: Upload, offset: int, checksum, lease: str, body: BinaryIO) -> Upload:  # noqa: ANN001
     settings = resources().settings
     store = resources().store
     session = db()
@@ -368,7 +479,7 @@ def _write_chunk(upload: Upload, offset: int, checksum, lease: str) -> Upload:  
 
     try:
         staged = intake.stage_chunk(
-            store, upload, BodyStream(request.stream), offset=offset, checksum=checksum,
+            store, upload, body, offset=offset, checksum=checksum,
             spool_dir=settings.var_dir / "spool", renew=renew, lease=lease,
         )
         if staged is None:

@@ -5,6 +5,8 @@ Why a lease row and not a database lock held for the whole request: a chunk over
 link can take minutes, and holding a transaction (and a pooled connection) open that long
 would starve the pool. The lease is a conditional UPDATE, so it works across processes on
 PostgreSQL and on the embedded SQLite alike, and a crashed holder simply lets it expire.
+A small body (SMALL_PATCH_BYTES) needs no lease: it is stored first and recorded by one
+statement that moves the offset only if nobody else did (:func:`record_small_chunk`).
 
 A body that turns out to be the whole file (offset 0, Upload-Length bytes, the declared
 whole-file checksum matching) is stored straight under the upload's ``original.dcm`` key
@@ -15,7 +17,9 @@ folder is mostly such files.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import logging
 import os
@@ -25,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,7 +38,15 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session
 
 from pipeline.intake.tus import Checksum, TusError, clean_filename, parse_checksum
-from pipeline.models import Batch, BatchState, Upload, UploadChunk, UploadState, utcnow
+from pipeline.models import (
+    UPLOAD_EVENT_FIELDS,
+    Batch,
+    BatchState,
+    Upload,
+    UploadChunk,
+    UploadState,
+    utcnow,
+)
 from pipeline.storage import ObjectStore
 
 READ_BLOCK = 64 * 1024
@@ -50,13 +62,21 @@ def chunk_key(upload: Upload, offset: int, lease: str | None = None) -> str:
     """A staged body's key; with the writer's ``lease`` in it, two requests that ever write
     the same offset (one whose lease ran out mid-PUT) never share a key, so the loser's
     clean-up can only delete its own object."""
-    suffix = f"-{lease}" if lease else ""
-    return f"{upload_prefix(upload.id, upload.created_at)}/chunks/{offset:015d}{suffix}"
+    return _chunk_key(upload_prefix(upload.id, upload.created_at), offset, lease)
 
 
 def original_key(upload: Upload, lease: str | None = None) -> str:
+    return _original_key(upload_prefix(upload.id, upload.created_at), lease)
+
+
+def _chunk_key(prefix: str, offset: int, lease: str | None) -> str:
     suffix = f"-{lease}" if lease else ""
-    return f"{upload_prefix(upload.id, upload.created_at)}/original{suffix}.dcm"
+    return f"{prefix}/chunks/{offset:015d}{suffix}"
+
+
+def _original_key(prefix: str, lease: str | None) -> str:
+    suffix = f"-{lease}" if lease else ""
+    return f"{prefix}/original{suffix}.dcm"
 
 
 def new_upload(
@@ -272,11 +292,7 @@ def insert_checked_upload(
     parameters) cost more Python time than the rest of the request's database work."""
     now = now or utcnow()
     chunk = staged if staged is not None and not staged.whole else None
-    info = connection.connection.info
-    if not info.get(_CREATE_PREPARED):
-        connection.exec_driver_sql(_CREATE_PREPARE)
-        info[_CREATE_PREPARED] = True
-    row = connection.exec_driver_sql(_CREATE_EXECUTE, (
+    row = _CREATE.execute(connection, (
         upload.id, upload.batch_id, upload.facility_id, upload.user_id, upload.filename,
         upload.length, upload.offset, str(upload.state), upload.declared_checksum, upload.sha256,
         upload.object_key, upload.created_at, upload.updated_at, upload.expires_at,
@@ -284,7 +300,7 @@ def insert_checked_upload(
         chunk.key if chunk else None, chunk.length if chunk else None,
         chunk.sha256 if chunk else None,
         json.dumps([{**r, "occurred_at": r["occurred_at"].isoformat()} for r in outbox_rows]),
-    )).one()
+    ))
     facility_id, state, open_uploads, inserted = row
     seen_ok = (facility_id == upload.facility_id and state == BatchState.OPEN
                and open_uploads < max_open_uploads)
@@ -330,12 +346,33 @@ events AS (
 SELECT b.facility_id, b.state, open_uploads.n, EXISTS (SELECT 1 FROM added)
   FROM open_uploads LEFT JOIN batches b ON b.id = $2
 """
-_CREATE_PREPARED = "relaypacs_create_upload"
-_CREATE_PREPARE = (
-    "PREPARE relaypacs_create_upload (varchar, integer, integer, integer, varchar, bigint, bigint,"
-    " varchar, varchar, varchar, varchar, timestamptz, timestamptz, timestamptz, integer,"
-    " timestamptz, timestamptz, varchar, bigint, varchar, json) AS " + CREATE_UPLOAD_SQL)
-_CREATE_EXECUTE = "EXECUTE relaypacs_create_upload (" + ", ".join(["%s"] * 21) + ")"
+
+
+@dataclass(frozen=True)
+class PreparedStatement:
+    """A statement PREPAREd once per pooled PostgreSQL connection (remembered in the DBAPI
+    connection's ``info``) and sent as EXECUTE with plain values, one round trip: building
+    it as a SQLAlchemy construct on every request (its cache key, its bind parameters) cost
+    more Python time than the rest of the request's database work. Needs a session-level
+    connection to PostgreSQL (no PgBouncer in transaction mode in front)."""
+
+    name: str
+    types: tuple[str, ...]
+    sql: str
+
+    def execute(self, connection: Connection, params: Sequence[object]) -> tuple:
+        info = connection.connection.info
+        if not info.get(self.name):
+            connection.exec_driver_sql(f"PREPARE {self.name} ({', '.join(self.types)}) AS {self.sql}")
+            info[self.name] = True
+        placeholders = ", ".join(["%s"] * len(self.types))
+        return connection.exec_driver_sql(f"EXECUTE {self.name} ({placeholders})", tuple(params)).one()
+
+
+_CREATE = PreparedStatement("relaypacs_create_upload", (
+    "varchar", "integer", "integer", "integer", "varchar", "bigint", "bigint", "varchar", "varchar",
+    "varchar", "varchar", "timestamptz", "timestamptz", "timestamptz", "integer", "timestamptz",
+    "timestamptz", "varchar", "bigint", "varchar", "json"), CREATE_UPLOAD_SQL)
 
 
 def acquire_lease(session: Session, upload_id: str, seconds: int, now: datetime | None = None,
@@ -606,6 +643,189 @@ def record_chunk(
         session.add(_chunk_row(upload_id, staged))
         session.flush()
     return upload
+
+
+# A PATCH body up to this size goes in without a lease (api/intake/files.py): read into
+# memory and stored first, then recorded by one statement (:func:`record_small_chunk`). The
+# lease exists for a body that streams for a long time (renewed every RENEW_EVERY_SECONDS
+# while it arrives, so a second writer is refused with 423 instead of both streaming); a
+# body of 1 MiB (a CT or MR image, the bulk of a clinic's folder) arrives in about a second
+# at 10 Mbit/s, never a renewal's worth. At most one such body per request thread is in
+# memory (8 threads a worker: 8 MiB). Without the lease two writers at one offset both
+# store their body and the statement lets exactly one of them move the offset; the other
+# deletes its object and answers 409, as the lease path's loser does.
+SMALL_PATCH_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SmallBody:
+    """A small PATCH body, read whole (:func:`read_small_body`): its bytes and hashes."""
+
+    data: bytes
+    sha256: str
+    # The whole-file checksums (Upload-Metadata ``checksum``) this body matches, as an
+    # upload records them ("sha256 <base64>", "sha1 <base64>"): the statement compares them
+    # with the upload's declared one to know whether the body is the whole file.
+    whole_checksums: tuple[str, ...]
+    # The client went away before Content-Length bytes: what arrived is kept (the client
+    # resumes from there) and is never the whole file.
+    interrupted: bool
+
+
+def read_small_body(stream: BinaryIO, length: int, checksum: Checksum | None) -> SmallBody:
+    """Read a body of at most ``length`` bytes (its Content-Length) and check the PATCH's
+    ``checksum``, as :func:`stage_chunk` does: 400 for a body cut off under a checksum, 460
+    for a mismatch."""
+    sha256, sha1 = hashlib.sha256(), hashlib.sha1()
+    tus_hash = checksum.new_hasher() if checksum else None
+    buffer = io.BytesIO()
+    _, interrupted, _ = _spool_body(stream, buffer, [h for h in (sha256, sha1, tus_hash) if h],
+                                    limit=length, upload_length=length, renew=None,
+                                    clock=time.monotonic)
+    if interrupted is not None and checksum is not None:
+        raise TusError(400, "body interrupted before its checksum could be verified")
+    if tus_hash is not None and tus_hash.digest() != checksum.digest:
+        raise TusError(460, f"{checksum.algorithm} checksum mismatch; chunk discarded")
+    whole = tuple(f"{name} {base64.b64encode(h.digest()).decode()}" for name, h in
+                  (("sha256", sha256), ("sha1", sha1)))
+    return SmallBody(buffer.getvalue(), sha256.hexdigest(), whole, interrupted is not None)
+
+
+def store_small_body(store: ObjectStore, upload_id: str, body: SmallBody, *, offset: int,
+                     created_at: datetime, whole: bool, lease: str, spool_dir: Path) -> StagedChunk:
+    """Store ``body`` under the key it has if ``whole`` (the upload's original) or not (its
+    chunk at ``offset``), in the folder of an upload created at ``created_at``; ``lease`` (a
+    fresh token: this writer's) in the key keeps two writers' objects apart."""
+    prefix = upload_prefix(upload_id, created_at)
+    key = _original_key(prefix, lease) if whole else _chunk_key(prefix, offset, lease)
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=spool_dir, prefix="chunk-")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as spool:
+            spool.write(body.data)
+        store.put_file(key, tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return StagedChunk(key=key, offset=offset, length=len(body.data), sha256=body.sha256, whole=whole)
+
+
+@dataclass(frozen=True)
+class SmallChunk:
+    """What :func:`record_small_chunk` did, or what its statement saw of the upload when it
+    did nothing (the caller answers as the lease path would: 404, 403, 410, 409, 423, 413)."""
+
+    recorded: bool
+    exists: bool
+    facility_id: int | None = None
+    state: str | None = None
+    offset: int | None = None  # after the chunk when recorded, else the server's
+    length: int | None = None
+    locked: bool = False  # another request holds a live lease
+    created_at: datetime | None = None
+    # The body is the whole file (offset 0, the upload's length, its declared checksum):
+    # it belongs under the upload's original key, a partial body under its chunk key.
+    whole: bool = False
+
+    def stored_right(self, staged: StagedChunk) -> bool:
+        """Whether ``staged`` is under a key this upload takes: in its creation day's folder,
+        and as its original only when it is the whole file (a body stored as a chunk is
+        taken as a chunk: assembly makes the original). If not, the caller stores it again
+        where it belongs and asks again."""
+        return (self.created_at is not None and (self.whole or not staged.whole)
+                and upload_prefix_day(staged.key) == _day(self.created_at))
+
+
+def record_small_chunk(
+    connection: Connection, upload_id: str, staged: StagedChunk, whole_checksums: Sequence[str], *,
+    facility_id: int, expiry: timedelta, request_id: str | None, now: datetime | None = None,
+) -> SmallChunk:
+    """A small PATCH (its body already stored as ``staged``) in ONE statement on PostgreSQL,
+    for ``connection`` in autocommit (one round trip, its own transaction). Only when the
+    upload is ``facility_id``'s, RECEIVING at ``staged.offset``, held by no live lease, the
+    body fits in its length and ``staged``'s key is the one it wants (:meth:`SmallChunk.stored_right`),
+    it moves the offset and pushes the expiry (as :func:`record_chunk`), completes the upload
+    when the offset reaches its length (ASSEMBLED with ``staged`` as its original for a
+    whole file, else RECEIVED), adds the chunk row of a partial body, stamps the batch's
+    activity (:func:`touch_batch`) and inserts upload.chunk_received and, on completion,
+    upload.completed carrying ``request_id`` in the outbox. Two such statements at one
+    offset: the second waits for the first's row lock, then finds the offset moved and does
+    nothing."""
+    now = now or utcnow()
+    row = _PATCH.execute(connection, (
+        upload_id, staged.offset, staged.length, staged.key, staged.sha256, list(whole_checksums),
+        staged.whole, facility_id, now, now + expiry, upload_prefix_day(staged.key), request_id,
+        now + ACTIVITY_STAMP_AHEAD))
+    recorded, exists, facility, state, offset, length, locked, created_at, whole = row
+    # In UTC, as the ORM gives it (pipeline.models.base.UTCDateTime): the date of an upload's
+    # folder is its UTC creation date, whatever the connection's time zone.
+    return SmallChunk(recorded=recorded, exists=exists, facility_id=facility, state=state,
+                      offset=offset, length=length, locked=bool(locked),
+                      created_at=created_at.astimezone(UTC) if created_at else None,
+                      whole=bool(whole))
+
+
+def upload_prefix_day(key: str) -> datetime:
+    """The UTC day (its midnight) of the creation-date folder of an upload's ``key``."""
+    year, month, day = key.split("/", 3)[:3]
+    return datetime(int(year), int(month), int(day), tzinfo=UTC)
+
+
+def _day(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _upload_event_data(row: str) -> str:
+    """An upload event's data (pipeline.ops.events.upload_event) built in SQL from ``row``."""
+    fields = ", ".join(f"'{field}', {row}.\"{column}\"" for field, column in
+                       ((f, _UPLOAD_COLUMNS[a]) for f, a in UPLOAD_EVENT_FIELDS.items()))
+    return f"jsonb_build_object({fields})"
+
+
+# record_small_chunk's statement. $1 the upload's id, $2 the offset, $3 the body's length,
+# $4 its key, $5 its sha256, $6 the whole-file checksums it matches, $7 whether it is stored
+# as the whole file, $8 the caller's facility, $9 now, $10 the new expiry, $11 the day of the
+# key's folder, $12 the request id for upload.completed, $13 the batch's stamp. The UPDATE's
+# conditions are re-checked on the newest row once a concurrent writer's lock is released,
+# so of two statements at one offset only one moves it. The final SELECT reads the statement's
+# snapshot of the upload (before any change): what the caller reports when nothing moved.
+_WHOLE = ("($2 = 0 AND u.length = $3 AND (coalesce(u.declared_checksum, '') = ''"
+          " OR u.declared_checksum = ANY ($6)))")
+PATCH_UPLOAD_SQL = f"""
+WITH moved AS (
+  UPDATE uploads u
+     SET "offset" = u."offset" + $3, updated_at = $9, expires_at = $10,
+         lock_token = NULL, lock_expires_at = NULL,
+         state = CASE WHEN $7 THEN 'assembled' WHEN u."offset" + $3 = u.length THEN 'received'
+                      ELSE u.state END,
+         object_key = CASE WHEN $7 THEN $4 ELSE u.object_key END,
+         sha256 = CASE WHEN $7 THEN $5 ELSE u.sha256 END
+   WHERE u.id = $1 AND u.facility_id = $8 AND u.state = 'receiving' AND u."offset" = $2
+     AND (u.lock_token IS NULL OR u.lock_expires_at < $9) AND u."offset" + $3 <= u.length
+     AND u.created_at >= $11 AND u.created_at < $11 + interval '1 day' AND (NOT $7 OR {_WHOLE})
+  RETURNING u.*),
+chunk AS (
+  INSERT INTO upload_chunks (upload_id, "offset", length, object_key, sha256)
+  SELECT id, $2, $3, $4, $5 FROM moved WHERE NOT $7),
+stamped AS (
+  UPDATE batches b SET last_activity_at = $13
+   WHERE b.id = (SELECT batch_id FROM moved) AND b.last_activity_at < $9),
+events AS (
+  INSERT INTO event_outbox (type, facility_id, data, occurred_at)
+  SELECT e.type, m.facility_id,
+         ({_upload_event_data("m")} || CASE WHEN e.n = 2 AND $12 IS NOT NULL
+           THEN jsonb_build_object('request_id', $12) ELSE '{{}}'::jsonb END)::json, $9
+    FROM moved m, (VALUES (1, 'upload.chunk_received'), (2, 'upload.completed')) AS e(n, type)
+   WHERE e.n = 1 OR m.state <> 'receiving'
+   ORDER BY e.n)
+SELECT EXISTS (SELECT 1 FROM moved), u.id IS NOT NULL, u.facility_id, u.state,
+       coalesce((SELECT "offset" FROM moved), u."offset"), u.length,
+       u.lock_token IS NOT NULL AND u.lock_expires_at >= $9, u.created_at, coalesce({_WHOLE}, false)
+  FROM (SELECT 1) AS one LEFT JOIN uploads u ON u.id = $1
+"""  # noqa: S608 - made of this module's constants; every value is a $n parameter
+_PATCH = PreparedStatement("relaypacs_patch_upload", (
+    "varchar", "bigint", "bigint", "varchar", "varchar", "varchar[]", "boolean", "integer",
+    "timestamptz", "timestamptz", "timestamptz", "text", "timestamptz"), PATCH_UPLOAD_SQL)
 
 
 # The step a complete upload starts at: a whole file stored as its original goes straight

@@ -64,6 +64,7 @@ from pipeline.models.exports import ExportRunState as ExportRunState
 from pipeline.models.forecasting import FacilityCalendar as FacilityCalendar
 from pipeline.models.forecasting import UploadForecast as UploadForecast
 from pipeline.models.intake import TERMINAL_UPLOAD_STATES as TERMINAL_UPLOAD_STATES
+from pipeline.models.intake import UPLOAD_EVENT_FIELDS as UPLOAD_EVENT_FIELDS
 from pipeline.models.intake import Batch as Batch
 from pipeline.models.intake import BatchState as BatchState
 from pipeline.models.intake import ScpCaller as ScpCaller

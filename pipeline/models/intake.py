@@ -40,6 +40,18 @@ class UploadState(enum.StrEnum):
     EXPIRED = "expired"
 
 
+# The data of an upload's events (upload.initiated, chunk_received, completed): each field
+# and the Upload attribute (= column) it is read from. pipeline.ops.events.upload_event
+# reads it from a row; the one-statement PATCH builds the same data in SQL
+# (pipeline.intake.uploads.record_small_chunk).
+UPLOAD_EVENT_FIELDS = {
+    "upload_id": "id",
+    "batch_id": "batch_id",
+    "user_id": "user_id",
+    "offset": "offset",
+    "length": "length",
+}
+
 TERMINAL_UPLOAD_STATES = frozenset(
     {UploadState.PARSED, UploadState.QUARANTINED, UploadState.TERMINATED, UploadState.EXPIRED}
 )

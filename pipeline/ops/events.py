@@ -24,7 +24,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Protocol
 
-from pipeline.models import utcnow
+from pipeline.models import UPLOAD_EVENT_FIELDS, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,8 @@ class Event:
 
 def upload_event(kind: str, upload: object) -> Event:
     """upload.initiated / chunk_received / completed for an Upload row."""
-    return Event(kind, upload.facility_id, {  # type: ignore[attr-defined]
-        "upload_id": upload.id, "batch_id": upload.batch_id,  # type: ignore[attr-defined]
-        "user_id": upload.user_id,  # type: ignore[attr-defined]
-        "offset": upload.offset, "length": upload.length,  # type: ignore[attr-defined]
-    })
+    return Event(kind, upload.facility_id,  # type: ignore[attr-defined]
+                 {field: getattr(upload, attr) for field, attr in UPLOAD_EVENT_FIELDS.items()})
 
 
 def study_forwarded(facility_id: int, study_id: int, destination_id: int, *, delivered: int,

@@ -1,6 +1,6 @@
 """The per-upload lease and tus expiration, on the SQLite schema."""
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 
@@ -107,3 +107,67 @@ def test_the_batch_activity_stamp_never_falls_behind_the_last_activity(session, 
         intake.touch_batch(session, upload.batch_id, moment)
         assert stamp() == expected.replace(tzinfo=None)
         assert moment.replace(tzinfo=None) <= stamp() <= (moment + ahead).replace(tzinfo=None)
+
+
+def test_a_small_body_is_read_whole_and_checked_like_a_streamed_one():
+    import base64
+    import hashlib
+    import io
+
+    from pipeline.intake.tus import parse_checksum
+
+    data = b"DICM" * 1000
+    body = intake.read_small_body(io.BytesIO(data), len(data), None)
+    assert (body.data, body.sha256, body.interrupted) == (data, hashlib.sha256(data).hexdigest(), False)
+    # The forms the statement compares with an upload's declared whole-file checksum are the
+    # ones upload_for records from Upload-Metadata (checksum "sha1 ..." or sha256 "...").
+    for metadata in ({"checksum": f"sha1 {base64.b64encode(hashlib.sha1(data).digest()).decode()}"},
+                     {"sha256": base64.b64encode(hashlib.sha256(data).digest()).decode()}):
+        declared = intake.upload_for(batch_id=1, facility_id=1, user_id=1, length=len(data),
+                                     metadata=metadata, expiry=timedelta(hours=1)).declared_checksum
+        assert declared in body.whole_checksums
+    good = parse_checksum(f"sha1 {base64.b64encode(hashlib.sha1(data).digest()).decode()}")
+    assert intake.read_small_body(io.BytesIO(data), len(data), good).data == data
+    bad = parse_checksum(f"sha1 {base64.b64encode(hashlib.sha1(b'x').digest()).decode()}")
+    with pytest.raises(TusError) as mismatch:
+        intake.read_small_body(io.BytesIO(data), len(data), bad)
+    assert mismatch.value.status == 460
+
+    class CutOff(io.BytesIO):
+        def read(self, size: int = -1) -> bytes:
+            if self.tell() >= 100:
+                raise OSError("client went away")
+            return super().read(min(size, 100))
+
+    cut = intake.read_small_body(CutOff(data), len(data), None)
+    assert (cut.data, cut.interrupted) == (data[:100], True)  # kept: the client resumes
+    with pytest.raises(TusError) as unverifiable:
+        intake.read_small_body(CutOff(data), len(data), good)
+    assert unverifiable.value.status == 400
+
+
+def test_a_small_body_is_stored_where_its_upload_keeps_it(tmp_path):
+    import io
+    from datetime import datetime
+
+    from pipeline.storage.folder import FolderStore
+
+    store = FolderStore(tmp_path / "objects")
+    body = intake.read_small_body(io.BytesIO(b"hello"), 5, None)
+    day = datetime(2026, 12, 6, 23, 59, tzinfo=UTC)
+    whole = intake.store_small_body(store, "u1", body, offset=0, created_at=day, whole=True,
+                                    lease="ab12", spool_dir=tmp_path / "spool")
+    chunk = intake.store_small_body(store, "u1", body, offset=5, created_at=day, whole=False,
+                                    lease="cd34", spool_dir=tmp_path / "spool")
+    assert whole.key == "2026/12/06/upload-u1/original-ab12.dcm" and whole.whole
+    assert chunk.key == "2026/12/06/upload-u1/chunks/000000000000005-cd34" and not chunk.whole
+    with store.open(whole.key) as fh:
+        assert fh.read() == b"hello"
+    assert intake.upload_prefix_day(chunk.key) == datetime(2026, 12, 6, tzinfo=UTC)
+    # An upload created that day takes the chunk, and the original only when it is whole;
+    # created the day after (in another zone, the same instant counts) it takes neither.
+    seen = intake.SmallChunk(recorded=False, exists=True, created_at=day, whole=False)
+    assert seen.stored_right(chunk) and not seen.stored_right(whole)
+    assert intake.SmallChunk(recorded=False, exists=True, created_at=day, whole=True).stored_right(whole)
+    later = intake.SmallChunk(recorded=False, exists=True, created_at=day + timedelta(minutes=2), whole=True)
+    assert not later.stored_right(whole) and not later.stored_right(chunk)

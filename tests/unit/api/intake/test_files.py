@@ -286,3 +286,20 @@ def test_a_batch_closed_while_the_body_streamed_refuses_the_file(session, make_t
     assert err.value.status == 409
     session.rollback()
     assert session.get(Upload, upload.id) is None
+
+
+def test_an_empty_files_plain_creation_is_complete_and_starts_its_chain(client, uploader, enqueued, session):
+    # An empty file is complete as it is created: RECEIVED, with upload.completed beside
+    # upload.initiated (the event starts its chain). The general path (SQLite here, admins
+    # and readers on PostgreSQL) wrote the events before it knew the file was complete.
+    from pipeline.models import OutboxEvent, Upload, UploadState
+
+    auth, batch_id = uploader
+    response = create(client, auth, batch_id, 0)
+    assert response.status_code == 201 and response.headers["Upload-Offset"] == "0"
+    upload_id = response.headers["Location"].rsplit("/", 1)[1]
+    assert session.get(Upload, upload_id).state == UploadState.RECEIVED
+    types = [e.type for e in session.query(OutboxEvent).order_by(OutboxEvent.id)
+             if e.data.get("upload_id") == upload_id]
+    assert types == ["upload.initiated", "upload.completed"]
+    assert enqueued == [("upload", upload_id)]
