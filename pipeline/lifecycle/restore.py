@@ -311,7 +311,13 @@ def process(session: Session, store: TieredStore, *, replay: Replay, now: dateti
         return list(session.scalars(select(RestoreRequest).where(RestoreRequest.state == state)
                                     .order_by(RestoreRequest.id).limit(limit)))
 
-    _start(session, store, open_in(RestoreState.REQUESTED), now, days, result)
+    requested = open_in(RestoreState.REQUESTED)
+    # ``now`` is read before the caller takes the job's lock and before the read above, so a
+    # request recorded in between (a forward parking its delivery meanwhile) is started by
+    # this pass too. A pass cannot act before the requests it acts on were made: S3 counts a
+    # restore's hours from the call, which comes after the request, and ready/done follow it.
+    now = max([now, *(request.requested_at for request in requested)])
+    _start(session, store, requested, now, days, result)
     checkpoint()
     _poll(session, store, open_in(RestoreState.RESTORING), now, result)
     checkpoint()

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 from celery import Celery
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from pipeline.accounts.users import get_or_create_facility
 from pipeline.lifecycle import bundles
@@ -394,6 +394,46 @@ def test_cold_instances_are_restored_and_forwarded_again(
         rehydrated = session.scalar(select(func.count()).where(StoredObject.facility_id == facility_id,
                                                                StoredObject.state == ObjectState.REHYDRATED))
     assert states == {"done"} and rehydrated == 2
+
+
+def test_a_request_made_while_a_restore_pass_starts_is_expected_its_full_hours(
+        db, primary, make_user, api_server, storage_worker, celery_client):
+    """A pass reads its clock, then takes the job's lock and reads the open requests: one
+    recorded in between is started by it, and S3's hours count from after the request. The
+    pass is held at that point (its first write to storage_runs waits on our table lock)
+    while the request is made, which a loaded machine otherwise does now and then."""
+    _, facility_id, user_id, (qa,) = users_of(db, make_user, "Restore Race Clinic", "qa_manager")
+    with db() as session:
+        seeded = seed_study(session, primary, facility_id=facility_id, user_id=user_id, created_at=T0,
+                            sizes=[40 * KIB])
+        session.commit()
+    run_job(celery_client, db, "lifecycle", "storage.run_lifecycle", now=at(400), facility_ids=[facility_id])
+
+    def pass_waiting(session) -> bool:
+        return bool(session.scalar(text(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'storage_runs'::regclass "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")))
+
+    with db() as holder, db() as watcher:
+        holder.execute(text("LOCK TABLE storage_runs IN SHARE MODE"))
+        celery_client.send_task("storage.process_restores", queue="storage")
+        wait_until(lambda: pass_waiting(watcher), "a restore pass held after reading its clock", 30, 0.05)
+        answer = requests.post(f"{api_server.url}/api/v1/storage/restores",
+                               json={"study_id": seeded.study_id, "purpose": "read"},
+                               headers={"Authorization": f"Bearer {qa}"}, timeout=10)
+        assert answer.status_code == 202, answer.text
+        holder.rollback()  # the held pass goes on and finds the request
+
+    def started() -> list[RestoreRequest]:
+        with db() as session:
+            rows = session.scalars(select(RestoreRequest)
+                                   .where(RestoreRequest.facility_id == facility_id)).all()
+        return rows if rows and all(r.state != "requested" for r in rows) else []
+
+    wait_until(lambda: bool(started()), "the request started", 30, 0.2)
+    for request in started():
+        assert timedelta(hours=12) <= request.expected_ready_at - request.requested_at < timedelta(
+            hours=12, minutes=1), (request.requested_at, request.expected_ready_at)
 
 
 def test_restore_api_reports_restoring_with_an_expected_time(
