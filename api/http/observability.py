@@ -71,7 +71,7 @@ def register(app: Flask) -> None:
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        user = g.get("user")
+        user = g.get("caller")
         # The route pattern, not the path: ids vary, patterns aggregate.
         route = request.url_rule.rule if request.url_rule else "unmatched"
         seconds = time.perf_counter() - g.get("started", time.perf_counter())
