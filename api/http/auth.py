@@ -64,11 +64,6 @@ def _memory() -> _AuthMemory:
     return memory
 
 
-def user_for_token(session, token: str) -> User | None:  # noqa: ANN001
-    """The token's user through the app's token cache (the API and the dashboard)."""
-    return _memory().tokens.user(session, token)
-
-
 def _record_token_use() -> None:
     memory = _memory()
     user = g.caller
