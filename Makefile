@@ -57,9 +57,12 @@ bench:
 # database. The load generator is tests/bench/loadgen.py (asyncio + aiohttp, already installed):
 # no Debian package needed. Timed, so under the machine's bench lock.
 CAPACITY_BASE ?= 92957ce
-CAPACITY_BASE_DIR := /tmp/relaypacs-capacity-base
-# Each tree under the worker class its own `relaypacs api` runs: the base commits gthread, this
-# tree gthread with a lighter request hand-over (api/http/server.py), 2 workers x 8 threads.
+# One per checkout: two worktrees benchmarking at once must not unpack into each other's.
+CAPACITY_BASE_DIR := /tmp/relaypacs-capacity-base-$(notdir $(CURDIR))
+# Each tree under the worker class its own `relaypacs api` runs: the commits before the fifth
+# round gthread (the default here), since then api.http.server.RequestThreadWorker (pass
+# CAPACITY_BASE_SERVER=api.http.server.RequestThreadWorker:2x8 for those), 2 workers x 8 threads.
+CAPACITY_BASE_SERVER ?= gthread:2x8
 CAPACITY_SERVER ?= api.http.server.RequestThreadWorker:2x8
 # The starting commit's server (gthread until the fifth round's worker class is in it).
 CAPACITY_BASE_SERVER ?= gthread:2x8

@@ -38,6 +38,7 @@ from api.http.errors import ApiError
 from api.http.openapi import operation
 from config import Settings
 from pipeline.accounts import audit, password_reset, passwords, sessions
+from pipeline.accounts.users import Caller
 from pipeline.exports import mail
 from pipeline.models import User
 
@@ -68,7 +69,8 @@ def _no_store(response: Response) -> Response:
 
 
 def _audit(user: User | None, action: str, detail: dict | None = None) -> None:
-    g.user = user  # the trail and the access log name who it was, when known
+    # The trail and the access log name who it was, when known.
+    g.caller = Caller.of(user) if user is not None else None
     session = db()
     audit.record(session, actor(), action, target=f"user:{user.id}" if user else None, detail=detail)
     session.commit()

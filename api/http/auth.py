@@ -25,9 +25,9 @@ from api.http.context import db, resources
 from api.http.errors import ApiError
 from api.http.observability import check_request_bounds
 from pipeline.accounts import audit
-from pipeline.accounts.scoping import may_read
+from pipeline.accounts.scoping import may_read, needs_assignments
 from pipeline.accounts.sessions import SessionPolicy, find_session
-from pipeline.accounts.users import TokenCache
+from pipeline.accounts.users import Caller, TokenCache
 from pipeline.models import Role, User, UserSession, utcnow
 
 F = TypeVar("F", bound=Callable)
@@ -64,14 +64,9 @@ def _memory() -> _AuthMemory:
     return memory
 
 
-def user_for_token(session, token: str) -> User | None:  # noqa: ANN001
-    """The token's user through the app's token cache (the API and the dashboard)."""
-    return _memory().tokens.user(session, token)
-
-
 def _record_token_use() -> None:
     memory = _memory()
-    user = g.user
+    user = g.caller
     now = utcnow()
     due = memory.token_use_due.get(user.id)
     if due is not None and now < due:
@@ -85,7 +80,21 @@ def _record_token_use() -> None:
         memory.token_use_due[user.id] = next_due
 
 
+def caller() -> Caller:
+    """Who the request is (id, facility, roles): what authorisation and scoping read. No
+    ORM work: a token's caller comes from the token cache as it is."""
+    return g.caller
+
+
 def current_user() -> User:
+    """The caller as a ``User`` in the request's session, for routes that need the ORM
+    object (relationships, pipeline functions that take a ``User``): attached on first use,
+    without a query when the token cache has it."""
+    if "user" not in g:
+        user = _memory().tokens.user(db(), g.bearer)
+        if user is None:  # revoked between authentication and now (the cache entry expired)
+            raise ApiError(401, "invalid or revoked token")
+        g.user = user
     return g.user
 
 
@@ -114,6 +123,7 @@ def signed_in_user() -> User | None:
     if web_session() is None:
         return None
     g.user = g.session_user
+    g.caller = Caller.of(g.user)
     return g.user
 
 
@@ -157,7 +167,7 @@ def from_another_site() -> bool:
     return origin == "null" or urlparse(origin).netloc.lower() != request.host.lower()
 
 
-def authenticate() -> User:
+def authenticate() -> Caller:
     """The caller: bearer token if the request has an Authorization header, else the
     session cookie; 401 with neither, or when the one sent no longer works."""
     header = request.headers.get("Authorization", "")
@@ -165,19 +175,20 @@ def authenticate() -> User:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(401, "missing bearer token", hint="Authorization: Bearer TOKEN")
-        user = user_for_token(db(), token.strip())
-        if user is None:
+        token = token.strip()
+        found = _memory().tokens.caller(token, db)
+        if found is None:
             raise ApiError(401, "invalid or revoked token")
-        g.user = user
+        g.caller = found
+        g.bearer = token
         g.auth = "token"
-        return user
+        return found
     if request.cookies.get(SESSION_COOKIE):
-        user = signed_in_user()
-        if user is None:
+        if signed_in_user() is None:
             raise ApiError(401, "session ended: sign in again", hint="/login")
         g.auth = "session"
         check_csrf()
-        return user
+        return g.caller
     raise ApiError(401, "missing bearer token",
                    hint="Authorization: Bearer TOKEN, or sign in at /login")
 
@@ -206,7 +217,7 @@ def require(*roles: Role) -> Callable[[F], F]:
 
 def actor() -> audit.Actor:
     """The current user as the audit trail names them."""
-    user = g.get("user")
+    user = g.get("caller")
     return audit.Actor(
         user_id=user.id if user else None,
         facility_id=user.facility_id if user else None,
@@ -218,5 +229,7 @@ def actor() -> audit.Actor:
 def check_facility(facility_id: int) -> None:
     """403 unless the current user may read the facility: their own, a reader's assigned
     ones, every one for admins (pipeline.accounts.scoping)."""
-    if not may_read(db(), current_user(), facility_id):
+    user = caller()
+    # Only a reader's assigned facilities take a query (and so a session).
+    if not may_read(db() if needs_assignments(user) else None, user, facility_id):
         raise ApiError(403, "this belongs to another facility")

@@ -7,7 +7,7 @@ import re
 import time
 import uuid
 
-from flask import Flask, Response, g, request
+from flask import Flask, Request, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.http.context import resources
@@ -22,15 +22,30 @@ MAX_JSON_BYTES = 1024 * 1024
 MAX_URL_BYTES = 4096
 MAX_HEADER_BYTES = 16 * 1024
 _VALID_ID = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+_CONTENT = ("CONTENT_TYPE", "CONTENT_LENGTH")
+_CONTENT_FROM_CLIENT = frozenset({"HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"})  # werkzeug skips them
+
+
+def url_and_header_bytes(request: Request) -> tuple[int, int]:
+    """The request's path and query, and its header lines, in bytes: werkzeug's
+    ``full_path`` and ``headers`` counted straight from the WSGI environ."""
+    environ = request.environ
+    url_bytes = len(request.path.encode("utf-8", "surrogateescape")) + 1 + len(request.query_string)
+    # As werkzeug names them: HTTP_X_Y is "X-Y" (5 characters shorter), CONTENT_TYPE and
+    # CONTENT_LENGTH keep their length; each line counts ": " and CRLF.
+    header_bytes = sum(len(k) - 1 + len(v) for k, v in environ.items()
+                       if k[:5] == "HTTP_" and k not in _CONTENT_FROM_CLIENT)
+    header_bytes += sum(len(k) + 4 + len(environ[k]) for k in _CONTENT if environ.get(k))
+    return url_bytes, header_bytes
 
 
 def check_request_bounds() -> None:
     """Bounds every authenticated request must keep (checked after authentication, so a
-    caller without a token learns nothing but 401)."""
-    url_bytes = len(request.full_path.encode("utf-8", "surrogateescape"))
+    caller without a token learns nothing but 401). Read from the WSGI environ as it is:
+    werkzeug's header view and query-string parsing cost a small read more than the checks."""
+    url_bytes, header_bytes = url_and_header_bytes(request)
     if url_bytes > MAX_URL_BYTES:
         raise ApiError(414, f"URL of {url_bytes} bytes is over {MAX_URL_BYTES}")
-    header_bytes = sum(len(k) + len(v) + 4 for k, v in request.headers.items())
     if header_bytes > MAX_HEADER_BYTES:
         raise ApiError(431, f"headers of {header_bytes} bytes are over {MAX_HEADER_BYTES}")
     if request.mimetype == "application/json":
@@ -41,7 +56,10 @@ def check_request_bounds() -> None:
         # short), so read one byte more than allowed and refuse when it is there.
         request.max_content_length = MAX_JSON_BYTES + 1
     # PostgreSQL text cannot hold NUL: refuse it at the door rather than fail in a query.
-    if "\x00" in request.path or any("\x00" in v for v in request.args.values()):
+    # A query string decodes to a NUL only from "%00" (parsed only then).
+    query = request.query_string
+    if "\x00" in request.path or ((b"%00" in query or b"\x00" in query)
+                                   and any("\x00" in v for v in request.args.values())):
         raise ApiError(400, "NUL characters are not allowed in the URL")
     if request.mimetype == "application/json":
         try:
@@ -71,7 +89,7 @@ def register(app: Flask) -> None:
     @app.after_request
     def _finish(response: Response) -> Response:
         response.headers["X-Request-ID"] = g.get("request_id", "")
-        user = g.get("user")
+        user = g.get("caller")
         # The route pattern, not the path: ids vary, patterns aggregate.
         route = request.url_rule.rule if request.url_rule else "unmatched"
         seconds = time.perf_counter() - g.get("started", time.perf_counter())

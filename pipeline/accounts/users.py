@@ -13,7 +13,9 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import inspect, select
 from sqlalchemy.orm import Session, make_transient_to_detached
@@ -151,17 +153,54 @@ def user_for_token(session: Session, token: str, *, fresh: bool = False) -> User
     return user
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who an authenticated request is, as authorisation needs it: an immutable snapshot
+    of a user's id, facility and roles (with ``User``'s role checks, so the facility
+    scoping rule takes either). Built once per token lookup and shared by every request
+    with that token, where a ``User`` would have to be merged into each request's session."""
+
+    id: int
+    facility_id: int
+    role: str
+    roles: frozenset[str]
+
+    @classmethod
+    def of(cls, user: User) -> Caller:
+        return cls(user.id, user.facility_id, user.role, user.role_set())
+
+    def role_set(self) -> frozenset[str]:
+        return self.roles
+
+    def has_role(self, *roles: str) -> bool:
+        return not self.roles.isdisjoint(str(r) for r in roles)
+
+    @property
+    def is_admin(self) -> bool:
+        return Role.ADMIN.value in self.roles
+
+
+class _Entry(NamedTuple):
+    at: float
+    caller: Caller
+    row: User  # a detached copy of the user's columns, for the routes that need the ORM user
+    disabled: bool
+    expires_at: datetime | None
+
+
 class TokenCache:
     """Per-process memory of recent token lookups, so an authenticated request does not
     pay a database round trip for its token on every call.
 
-    Keyed by the token's sha256 (the token itself is never kept). An entry is a detached
-    copy of the user's columns, good for ``ttl_seconds``; a hit is attached to the
-    request's session with ``merge(load=False)`` (no query), so callers get a normal
-    ``User``. Revocation and rotation are honoured within ``ttl_seconds`` on every process
-    (the entry is then looked up again and the database says no); expiry is checked on
-    every hit. Unknown tokens are not cached, so a new user's token works at once.
-    ``revoke`` and ``rotate_token`` drop the user's entries in this process at once.
+    Keyed by the token's sha256 (the token itself is never kept). An entry is good for
+    ``ttl_seconds`` and holds the user twice: a :class:`Caller` (``caller``: what
+    authorisation reads, no ORM work at all on a hit) and a detached copy of the user's
+    columns (``user``: attached to the request's session with ``merge(load=False)``, no
+    query, for a route that needs a ``User``). Revocation and rotation are honoured within
+    ``ttl_seconds`` on every process (the entry is then looked up again and the database
+    says no); disabling and expiry are checked on every hit. Unknown tokens are not cached,
+    so a new user's token works at once. ``revoke`` and ``rotate_token`` drop the user's
+    entries in this process at once.
     """
 
     def __init__(self, ttl_seconds: float = 5.0, max_entries: int = 10_000,
@@ -169,24 +208,44 @@ class TokenCache:
         self.ttl_seconds = ttl_seconds
         self.max_entries = max_entries
         self.clock = clock
-        self._entries: dict[str, tuple[float, User]] = {}
+        self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         _CACHES.add(self)
 
+    def caller(self, token: str, session: Callable[[], Session]) -> Caller | None:
+        """The token's caller, or None. ``session`` gives the session to look the token up
+        in, called only when this process has no fresh entry for it."""
+        if self.ttl_seconds <= 0:
+            user = user_for_token(session(), token)
+            return Caller.of(user) if user is not None else None
+        found = self._lookup(token, session)
+        return None if found is None else found[0].caller
+
     def user(self, session: Session, token: str) -> User | None:
-        if self.ttl_seconds <= 0 or not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+        """The token's user in ``session`` (a hit is merged without a query), or None."""
+        if self.ttl_seconds <= 0:
             return user_for_token(session, token)
+        found = self._lookup(token, lambda: session)
+        if found is None:
+            return None
+        entry, loaded = found
+        return loaded if loaded is not None else session.merge(entry.row, load=False)
+
+    def _lookup(self, token: str, session: Callable[[], Session]) -> tuple[_Entry, User | None] | None:
+        """(the token's entry, the user just loaded into ``session`` on a miss, else None),
+        or None when the token does not work."""
+        if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
+            return None
         digest = hash_token(token)
         now = self.clock()
         entry = self._entries.get(digest)
-        if entry is not None and now - entry[0] < self.ttl_seconds:
-            cached = entry[1]
-            if cached.disabled_at is not None:
+        if entry is not None and now - entry.at < self.ttl_seconds:
+            if entry.disabled:
                 return None
-            if cached.token_expires_at is not None and cached.token_expires_at <= utcnow():
+            if entry.expires_at is not None and entry.expires_at <= utcnow():
                 return None
-            return session.merge(cached, load=False)
-        user = user_for_token(session, token, fresh=True)
+            return entry, None
+        user = user_for_token(session(), token, fresh=True)
         if user is None:
             with self._lock:
                 self._entries.pop(digest, None)
@@ -194,15 +253,17 @@ class TokenCache:
         columns = {attr.key: getattr(user, attr.key) for attr in inspect(User).column_attrs}
         detached = User(**columns)
         make_transient_to_detached(detached)
+        entry = _Entry(now, Caller.of(user), detached, user.disabled_at is not None,
+                       user.token_expires_at)
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
-            self._entries[digest] = (now, detached)
-        return user
+            self._entries[digest] = entry
+        return entry, user
 
     def forget_user(self, user_id: int) -> None:
         with self._lock:
-            for digest in [d for d, (_, u) in self._entries.items() if u.id == user_id]:
+            for digest in [d for d, entry in self._entries.items() if entry.caller.id == user_id]:
                 del self._entries[digest]
 
 

@@ -272,13 +272,18 @@ def _from_micros(value: int) -> datetime:
     return _EPOCH + timedelta(microseconds=value)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return value.astimezone(UTC) if value is not None else None
+def _maybe_micros(value: int | None) -> datetime | None:
+    return _from_micros(value) if value is not None else None
 
 
 BATCH_STATUS_SQL = """
-SELECT b.id, b.label, b.state, b.facility_id, b.template, b.created_at, b.completed_at,
-       b.forwarding_started_at, b.held, b.confirmed_at, b.last_activity_at,
+SELECT json_build_array(
+       b.id, b.label, b.state, b.facility_id, b.template,
+       (extract(epoch from b.created_at) * 1000000)::bigint,
+       (extract(epoch from b.completed_at) * 1000000)::bigint,
+       (extract(epoch from b.forwarding_started_at) * 1000000)::bigint, b.held,
+       (extract(epoch from b.confirmed_at) * 1000000)::bigint,
+       (extract(epoch from b.last_activity_at) * 1000000)::bigint,
        (SELECT json_agg(json_build_array(u.id, u.filename, u.state, u."offset", u.length,
                                          u.quarantine_reason, u.quarantine_detail,
                                          u.sop_instance_uid,
@@ -296,11 +301,14 @@ SELECT b.id, b.label, b.state, b.facility_id, b.template, b.created_at, b.comple
        OR EXISTS (SELECT 1 FROM uploads u JOIN instances i
                     ON i.facility_id = b.facility_id AND i.sop_instance_uid = u.sop_instance_uid
                    AND i.version_state = $4
-                   WHERE u.batch_id = b.id AND u.sop_instance_uid IS NOT NULL)
+                   WHERE u.batch_id = b.id AND u.sop_instance_uid IS NOT NULL))
   FROM batches b WHERE b.id = $1
 """
 # Prepared once per connection (the pool keeps it): planning this statement cost PostgreSQL
 # more than running it (measured 0.71 ms a read unprepared, 0.20 ms prepared, empty batch).
+# One JSON value, not fifteen columns: SQLAlchemy builds a result's column metadata anew for
+# every textual statement, ~35 us of the API's CPU a read for fifteen columns (timestamps as
+# epoch microseconds, as the nested rows already were).
 _PREPARED = "relaypacs_batch_status"
 _PREPARE = "PREPARE relaypacs_batch_status (integer, text, text, text) AS " + BATCH_STATUS_SQL
 
@@ -320,10 +328,10 @@ def batch_status(connection: Connection, batch_id: int) -> BatchStatus | None:
     if row is None:
         return None
     (id_, label, state, facility_id, template, created_at, completed_at, forwarding_started_at,
-     held, confirmed_at, last_activity_at, uploads, changes, pending, has_instances) = row
-    batch = BatchRow(id_, label, state, facility_id, template, _utc(created_at),
-                     _utc(completed_at), _utc(forwarding_started_at), bool(held),
-                     _utc(confirmed_at), _utc(last_activity_at))
+     held, confirmed_at, last_activity_at, uploads, changes, pending, has_instances) = row[0]
+    batch = BatchRow(id_, label, state, facility_id, template, _from_micros(created_at),
+                     _maybe_micros(completed_at), _maybe_micros(forwarding_started_at), bool(held),
+                     _maybe_micros(confirmed_at), _from_micros(last_activity_at))
     return BatchStatus(
         batch=batch,
         uploads=[UploadRow(*u[:8], _from_micros(u[8])) for u in uploads or ()],

@@ -10,7 +10,8 @@ Workloads, each against a freshly started server and a fresh database:
               offered for BENCH_CAPACITY_SECONDS (default 20), in two shapes, each on a batch
               of its own: creation + one PATCH a file (two requests, tuspy's default), and
               creation-with-upload (one POST a file, as the web page and the CLI send a
-              small file). BENCH_CAPACITY_TUS_SHAPES=patch,with-upload (the default) or one.
+              small file). BENCH_CAPACITY_TUS_SHAPES=patch,with-upload (the default), one,
+              or empty (the GET workloads only).
 
 No Celery worker runs: the API's cost alone (the enqueued tasks wait in Redis).
 Rate limits stay on (every request is counted in Redis), raised so one bench user is not
@@ -70,7 +71,8 @@ RUNS = [(Path(t).resolve() if t != "." else REPO, server)
         for t, _, server in (run.partition("@") for run in
                              os.environ.get("BENCH_CAPACITY_RUNS", "").split(",") if run)] or [
     (tree, server) for server in SERVERS for tree in TREES]
-TUS_SHAPES = os.environ.get("BENCH_CAPACITY_TUS_SHAPES", "patch,with-upload").split(",")
+# Empty: the GET workloads only.
+TUS_SHAPES = [s for s in os.environ.get("BENCH_CAPACITY_TUS_SHAPES", "patch,with-upload").split(",") if s]
 RESULTS = Path(__file__).parent / "results" / "capacity.json"
 
 

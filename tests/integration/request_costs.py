@@ -3,7 +3,8 @@ COMMIT, ROLLBACK), connection pings, Redis commands and Celery task messages, co
 SQLAlchemy's event listeners, a wrapper around redis-py's command sending and Celery's
 before_task_publish signal (instrumentation only: every statement still goes to the real
 PostgreSQL and Redis; a task message goes to the broker, in-memory in the tests' process,
-a round trip to Redis or RabbitMQ in production)."""
+a round trip to Redis or RabbitMQ in production). Apart from the round trips, the ORM
+objects the request attached to a session (SQLAlchemy's session events)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session
 
 
 class RequestCosts:
@@ -27,6 +29,10 @@ class RequestCosts:
         self.engines = [engine, *more]
         self.counts: Counter = Counter()
         self.statements: list[str] = []
+        # ORM objects the measuring thread attached to a session (added, merged or loaded):
+        # not round trips, but Python work per request (a cached user merged into the
+        # request's session was a tenth of a small read's worker time).
+        self.orm_objects = 0
         self._lock = threading.Lock()
 
     def _add(self, kind: str, n: int = 1) -> None:
@@ -44,6 +50,7 @@ class RequestCosts:
     def reset(self) -> None:
         self.counts.clear()
         self.statements.clear()
+        self.orm_objects = 0
 
     @contextlib.contextmanager
     def redis_only(self) -> Iterator[RequestCosts]:
@@ -125,6 +132,14 @@ class RequestCosts:
                 return original(dbapi_connection)
             return ping
 
+        def on_attach(*_: object) -> None:
+            if threading.get_ident() == measured_thread:
+                with self._lock:
+                    self.orm_objects += 1
+
+        orm_listeners = [("after_attach", on_attach), ("loaded_as_persistent", on_attach)]
+        for name, fn in orm_listeners:
+            event.listen(Session, name, fn)
         listeners = [("before_cursor_execute", on_execute), ("begin", on_begin),
                      ("commit", on_commit), ("rollback", on_rollback)]
         pings = {}
@@ -143,3 +158,5 @@ class RequestCosts:
                     event.remove(engine, name, fn)
             for dialect, original in pings.items():
                 dialect.do_ping = original
+            for name, fn in orm_listeners:
+                event.remove(Session, name, fn)

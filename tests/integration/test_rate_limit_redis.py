@@ -29,3 +29,34 @@ def test_one_redis_command_per_check_and_the_limit_holds(redis_url):  # noqa: AN
     keys = client.keys("relaypacs:rate:addr:203.0.113.9:login:*")
     assert keys and 0 < client.ttl(keys[0]) <= WINDOW_SECONDS * 2
     client.delete(*keys)
+
+
+def test_counting_survives_a_flushed_script_and_a_dropped_connection(redis_url):  # noqa: ANN001
+    """Each request thread counts on a Redis connection of its own with the script's SHA:
+    after SCRIPT FLUSH (as after a Redis restart) the script is loaded again, after the
+    server closed the connection a new one is opened, and no count is lost or skipped;
+    threads count into the same key."""
+    import threading
+
+    limiter = RateLimiter({"login": 1000}, redis_url)
+    client = redis.Redis.from_url(redis_url)
+    counts = [limiter._count("relaypacs:rate:test:flush") for _ in range(3)]  # noqa: SLF001
+    client.script_flush()
+    counts.append(limiter._count("relaypacs:rate:test:flush"))  # noqa: SLF001
+    # The server drops the limiter's connections (only this session's database's clients:
+    # the Redis server is shared).
+    own = client.client_id()
+    db = client.connection_pool.connection_kwargs.get("db", 0)
+    for other in client.client_list():
+        if int(other["db"]) == db and int(other["id"]) != own:
+            client.client_kill_filter(_id=other["id"])
+    counts.append(limiter._count("relaypacs:rate:test:flush"))  # noqa: SLF001
+    assert counts == [1, 2, 3, 4, 5]
+    others = [threading.Thread(target=limiter._count, args=("relaypacs:rate:test:flush",))  # noqa: SLF001
+              for _ in range(4)]
+    for thread in others:
+        thread.start()
+    for thread in others:
+        thread.join(10)
+    assert int(client.get("relaypacs:rate:test:flush")) == 9
+    client.delete("relaypacs:rate:test:flush")

@@ -89,6 +89,9 @@ def test_an_authenticated_batch_read_costs_the_same_with_20_or_200_files(app, to
     for costs in measured.values():
         assert costs.sql <= SQL_GET_BATCH, costs.statements
         assert costs.round_trips <= ROUND_TRIPS_GET_BATCH, dict(costs.counts)
+        # Authorised from the token cache's snapshot of the user: no ORM User merged into
+        # a session for a read that never needs one.
+        assert costs.orm_objects == 0, costs.orm_objects
 
 
 def test_a_small_files_tus_creation_and_patch_stay_within_their_statements(app, token):  # noqa: ANN001

@@ -75,3 +75,40 @@ def test_revoke_and_rotate_in_process_and_expiry_apply_at_once(session):
     # The cached copy still holds the old expiry; a real expiry in the past is refused on a hit.
     cache2 = accounts.TokenCache(ttl_seconds=300, clock=Clock())
     assert cache2.user(session, short) is None
+
+
+def test_a_callers_hit_asks_for_no_session_and_honours_revocation_like_the_user(session):
+    user, token = accounts.create_user(session, "caller@a.test", "Clinic A", ["uploader", "qa_manager"])
+    session.commit()
+    clock = Clock()
+    cache = accounts.TokenCache(ttl_seconds=5, clock=clock)
+    asked = []
+
+    def sessions():  # noqa: ANN202
+        asked.append(1)
+        return session
+
+    first = cache.caller(token, sessions)
+    assert first == accounts.Caller(user.id, user.facility_id, "qa_manager",
+                                    frozenset({"uploader", "qa_manager"}))
+    assert first.has_role("uploader") and not first.is_admin and len(asked) == 1
+    seen = _statements(session)
+    assert cache.caller(token, sessions) is first and len(asked) == 1 and seen == []
+    # The same entry gives the ORM user to a route that needs one, without a query.
+    orm_user = cache.user(session, token)
+    assert orm_user.id == user.id and orm_user in session and seen == []
+    # Revoked by another process: the cached answer holds inside the TTL, not after it.
+    session.execute(update(User).where(User.id == user.id).values(revoked_at=utcnow()))
+    session.commit()
+    clock.now += 4.9
+    assert cache.caller(token, sessions) is first
+    clock.now += 0.2
+    assert cache.caller(token, sessions) is None and len(asked) == 2
+    # Revoked in this process: at once, whatever the TTL.
+    _, other = accounts.create_user(session, "caller2@a.test", "Clinic A", "uploader")
+    session.commit()
+    long_cache = accounts.TokenCache(ttl_seconds=300, clock=Clock())
+    assert long_cache.caller(other, sessions) is not None
+    accounts.disable_user(session, "caller2@a.test")
+    session.commit()
+    assert long_cache.caller(other, sessions) is None

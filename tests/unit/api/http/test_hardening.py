@@ -176,3 +176,22 @@ def test_chunked_json_body_under_the_bound_still_works(client, make_token):
         environ_overrides={"wsgi.input_terminated": True},
     )
     assert response.status_code == 201, response.data
+
+
+@pytest.mark.parametrize(("path", "headers", "body"), [
+    ("/api/v1/batches/12", {"Authorization": "Bearer rp_x"}, None),
+    ("/api/v1/batches?label=caf%C3%A9&limit=5&x=%00", {"X-Padding": "b" * 300, "Accept": "*/*"}, None),
+    ("/api/v1/files/ab%2Fc", {"Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"},
+     b"x" * 10),
+    ("/r\u00e9sum\u00e9", {"Content-Type": "application/json"}, b"{}"),
+])
+def test_the_bounds_count_what_werkzeugs_views_of_the_request_say(app, path, headers, body):
+    """Counted from the environ as werkzeug's ``full_path`` and ``headers`` count them."""
+    from api.http.observability import url_and_header_bytes
+
+    with app.test_request_context(path, headers=headers, data=body):
+        from flask import request
+
+        expected = (len(request.full_path.encode("utf-8", "surrogateescape")),
+                    sum(len(k) + len(v) + 4 for k, v in request.headers.items()))
+        assert url_and_header_bytes(request) == expected
