@@ -64,8 +64,6 @@ CAPACITY_BASE_DIR := /tmp/relaypacs-capacity-base-$(notdir $(CURDIR))
 # CAPACITY_BASE_SERVER=api.http.server.RequestThreadWorker:2x8 for those), 2 workers x 8 threads.
 CAPACITY_BASE_SERVER ?= gthread:2x8
 CAPACITY_SERVER ?= api.http.server.RequestThreadWorker:2x8
-# The starting commit's server (gthread until the fifth round's worker class is in it).
-CAPACITY_BASE_SERVER ?= gthread:2x8
 bench-capacity:
 	rm -rf $(CAPACITY_BASE_DIR) && mkdir -p $(CAPACITY_BASE_DIR)
 	git archive $(CAPACITY_BASE) | tar -x -C $(CAPACITY_BASE_DIR)
