@@ -516,10 +516,7 @@ def stage_chunk(
                 stream, spool, hashers, limit=remaining, upload_length=upload.length,
                 renew=renew, clock=clock,
             )
-        if interrupted is not None and checksum is not None:
-            raise TusError(400, "body interrupted before its checksum could be verified")
-        if tus_hash is not None and tus_hash.digest() != checksum.digest:
-            raise TusError(460, f"{checksum.algorithm} checksum mismatch; chunk discarded")
+        _check_body_checksum(checksum, tus_hash, interrupted=interrupted is not None)
         if received == 0:
             return None
         whole = may_be_whole and interrupted is None and received == upload.length
@@ -534,6 +531,17 @@ def stage_chunk(
                            whole=whole)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _check_body_checksum(checksum: Checksum | None, hasher, *, interrupted: bool) -> None:  # noqa: ANN001
+    """A PATCH body against its ``Upload-Checksum`` (``hasher``: that algorithm's, fed the
+    body): 400 when the body was cut off (what arrived cannot be checked), 460 on a mismatch."""
+    if checksum is None:
+        return
+    if interrupted:
+        raise TusError(400, "body interrupted before its checksum could be verified")
+    if hasher.digest() != checksum.digest:
+        raise TusError(460, f"{checksum.algorithm} checksum mismatch; chunk discarded")
 
 
 def _while_renewing(renew: Callable[[], None] | None, work: Callable[[], None], *,
@@ -682,10 +690,7 @@ def read_small_body(stream: BinaryIO, length: int, checksum: Checksum | None) ->
     _, interrupted, _ = _spool_body(stream, buffer, [h for h in (sha256, sha1, tus_hash) if h],
                                     limit=length, upload_length=length, renew=None,
                                     clock=time.monotonic)
-    if interrupted is not None and checksum is not None:
-        raise TusError(400, "body interrupted before its checksum could be verified")
-    if tus_hash is not None and tus_hash.digest() != checksum.digest:
-        raise TusError(460, f"{checksum.algorithm} checksum mismatch; chunk discarded")
+    _check_body_checksum(checksum, tus_hash, interrupted=interrupted is not None)
     whole = tuple(f"{name} {base64.b64encode(h.digest()).decode()}" for name, h in
                   (("sha256", sha256), ("sha1", sha1)))
     return SmallBody(buffer.getvalue(), sha256.hexdigest(), whole, interrupted is not None)
