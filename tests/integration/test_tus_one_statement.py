@@ -24,6 +24,7 @@ from pipeline.accounts.users import create_user, user_for_token
 from pipeline.intake import uploads as intake
 from pipeline.models import Batch, BatchState, OutboxEvent, Upload, UploadChunk, UploadState, utcnow
 from tests.integration.services import app_on_new_database, poll_for
+from tests.started_chains import record_started_uploads
 
 pytestmark = pytest.mark.integration
 
@@ -45,17 +46,8 @@ def app(redis_url, tmp_path_factory) -> Iterator:  # noqa: ANN001
 def enqueued(monkeypatch, app) -> list:  # noqa: ANN001
     """The chains started, as intake.start_uploads would start them, for the uploads whose
     upload.completed the app's relay thread sent (read them through :func:`_started`)."""
-    from workers import chains
-
     calls: list = []
-
-    def start_uploads(completed: dict[str, str | None]) -> None:
-        upload_ids = list(completed)
-        with app.extensions["relaypacs"].session_factory() as session:
-            steps = intake.next_steps(session, upload_ids)
-        calls.extend(("parse" if step == intake.PARSE else "upload", uid) for step, uid in steps)
-
-    monkeypatch.setattr(chains, "start_uploads", start_uploads)
+    record_started_uploads(monkeypatch, app, calls)
     return calls
 
 

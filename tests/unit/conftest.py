@@ -45,16 +45,10 @@ def enqueued(monkeypatch, app):
     its committed upload.completed event (the relay, inline here, calls chains.after_events):
     recorded as the step intake.start_uploads would enqueue for it."""
     calls: list[tuple[str, object]] = []
-    from pipeline.intake import uploads
+    from tests.started_chains import record_started_uploads
     from workers import chains
 
-    def start_uploads(completed: dict[str, str | None]) -> None:
-        upload_ids = list(completed)
-        with app.extensions["relaypacs"].session_factory() as session:
-            steps = uploads.next_steps(session, upload_ids)
-        calls.extend(("parse" if step == uploads.PARSE else "upload", uid) for step, uid in steps)
-
-    monkeypatch.setattr(chains, "start_uploads", start_uploads)
+    record_started_uploads(monkeypatch, app, calls)
     monkeypatch.setattr(chains, "enqueue_upload_chain", lambda uid: calls.append(("upload", uid)))
     monkeypatch.setattr(chains, "enqueue_parse", lambda uid: calls.append(("parse", uid)))
     monkeypatch.setattr(chains, "enqueue_batch_dispatch", lambda bid: calls.append(("batch", bid)))
