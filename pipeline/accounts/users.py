@@ -14,7 +14,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import NamedTuple
 
 from sqlalchemy import inspect, select
@@ -183,9 +183,9 @@ class Caller:
 class _Entry(NamedTuple):
     at: float
     caller: Caller
-    row: User  # a detached copy of the user's columns, for the routes that need the ORM user
-    disabled: bool
-    expires_at: datetime | None
+    # A detached copy of the user's columns: for the routes that need the ORM user, and what
+    # every hit checks (disabled, token expiry).
+    row: User
 
 
 class TokenCache:
@@ -240,9 +240,10 @@ class TokenCache:
         now = self.clock()
         entry = self._entries.get(digest)
         if entry is not None and now - entry.at < self.ttl_seconds:
-            if entry.disabled:
+            if entry.row.disabled_at is not None:
                 return None
-            if entry.expires_at is not None and entry.expires_at <= utcnow():
+            expires_at = entry.row.token_expires_at
+            if expires_at is not None and expires_at <= utcnow():
                 return None
             return entry, None
         user = user_for_token(session(), token, fresh=True)
@@ -253,8 +254,7 @@ class TokenCache:
         columns = {attr.key: getattr(user, attr.key) for attr in inspect(User).column_attrs}
         detached = User(**columns)
         make_transient_to_detached(detached)
-        entry = _Entry(now, Caller.of(user), detached, user.disabled_at is not None,
-                       user.token_expires_at)
+        entry = _Entry(now, Caller.of(user), detached)
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
