@@ -19,19 +19,26 @@ Pure functions over plain values (dates, floats): no database, no flask, no cele
   same holdouts (MASE, MAE, MAPE); ``combination`` is the mean of the four best; it is the
   forecast unless a single candidate's mean MASE is more than ``SINGLE_MARGIN`` below its own
   (combinations are hard to beat, and three folds rank close candidates by chance), and the
-  record keeps the ranking and the reason;
+  record keeps the ranking and the reason; with a holiday season ahead (Christmas Eve to New
+  Year's Eve: ``holiday_season``) the forecast is ``median_all``, the median of every single
+  candidate, as the folds' ordinary weeks do not rank them for it;
 - the intervals are conformal: the winner's backtest errors, normalised by each weekday's
   typical week-on-week change, give per week ahead the 80% / 95% quantiles (never narrower
   further ahead), scaled back by the latest history's weekday figures, widened in holiday
   periods, and on the days forecast from a last week that was in one, by the history's own
-  holiday-period volatility (``holiday_period_factor``); clipped at zero;
+  holiday-period volatility (``holiday_period_factor``), and on the days of a kind the history
+  never showed (a holiday or a holiday season with no earlier occurrence) to at least the
+  range of the past holidays' effects; clipped at zero;
 - closed days ahead (the facility's own, and public holidays only if the facility closes on
   them: the caller passes those as closed) are zero; a public holiday ahead gets the effect
   learnt from the past ones (``sarimax``: its regressor; the others: the median ratio of the
   same holiday's past occurrences to the week before when the history has the same holiday,
   ``own_holiday_factor``, else of every past holiday), and is neutral when the history has
-  none; each day's rule is in the record (``day_rules``, the points' ``rule``), and the
-  holidays ahead never seen before are listed (``intervals.holidays_ahead_not_in_history``).
+  none; a holiday season's working days likewise (the same date's past effect, else the past
+  seasons' pooled one, else neutral); each day's rule is in the record (``day_rules``, the
+  points' ``rule``), and the holidays and season days ahead never seen before are listed
+  (``intervals.holidays_ahead_not_in_history``, ``holiday_season_ahead_not_in_history``). The
+  calendar passed in must reach past the horizon (``CALENDAR_REACH_DAYS``).
 """
 
 from __future__ import annotations
@@ -115,6 +122,23 @@ def closure_flags(days: Sequence[date], closed: Iterable[date]) -> np.ndarray:
 # Days strictly between two holidays at most this far apart (Christmas to New Year), and the
 # eve of the first, are a "holiday season": volume dips there although they are working days.
 SEASON_GAP_DAYS = 8
+# How far past the forecast's last day its calendar must reach: the New Year that makes the
+# days before it a holiday season, the holiday whose period begins inside the horizon.
+CALENDAR_REACH_DAYS = SEASON_GAP_DAYS + HOLIDAY_REACH_DAYS
+
+
+def holiday_season(holidays: Iterable[date]) -> set[date]:
+    """The days strictly between two public holidays at most ``SEASON_GAP_DAYS`` apart and the
+    eve of the first (Christmas Eve to New Year's Eve), every day of the week: the holidays
+    themselves are in it only when they are also such a day. The calendar must reach past the
+    forecast's last day (a season ending in a New Year after the horizon is still a season)."""
+    season: set[date] = set()
+    ordered = sorted(set(holidays))
+    for first, second in zip(ordered, ordered[1:], strict=False):
+        gap = (second - first).days
+        if 1 < gap <= SEASON_GAP_DAYS:
+            season.update(first + timedelta(days=k) for k in range(-1, gap))
+    return season
 
 
 def calendar_regressors(days: Sequence[date], closed: Iterable[date],
@@ -130,12 +154,7 @@ def calendar_regressors(days: Sequence[date], closed: Iterable[date],
       first (Christmas Eve to New Year's Eve where both are holidays).
     """
     closed_set, holiday_set = set(closed), set(holidays)
-    season: set[date] = set()
-    ordered = sorted(holiday_set)
-    for first, second in zip(ordered, ordered[1:], strict=False):
-        gap = (second - first).days
-        if 1 < gap <= SEASON_GAP_DAYS:
-            season.update(first + timedelta(days=k) for k in range(-1, gap))
+    season = holiday_season(holiday_set)
     one_day = timedelta(days=1)
 
     def bridge(day: date) -> bool:
@@ -454,6 +473,7 @@ CANDIDATES: dict[str, str] = {
     "auto_arima": "seasonal ARIMA (p,1,q)(0,1,1)7, order chosen by AIC",
     "sarimax": "regression with ARIMA errors: weekday, calendar and yearly regressors",
     "combination": "the mean of the four best other candidates in the backtest",
+    "median_all": "the median of every other single candidate: the forecast when a holiday season is ahead",
 }
 # The combination: the mean, day by day, of the best four in the backtest. The forecast
 # unless a single candidate beats it there by more than 2% of its mean MASE. Chosen on the
@@ -462,6 +482,10 @@ CANDIDATES: dict[str, str] = {
 # 0.763 / 0.714 / 0.934 for the lowest backtest MASE with the median of three (the rule before).
 COMBINE_TOP = 4
 SINGLE_MARGIN = 0.02
+# A holiday season's effect is learnt from at least this many of its past working days.
+SEASON_MIN_DAYS = 3
+# The past holidays' effects bound a never-seen day's interval only from this many of them.
+UNSEEN_MIN_HOLIDAYS = 3
 # The univariate candidates see the last year only (fit and forecast): their memory is short
 # (differences, smoothing, four weeks), and the fits and filters cost in proportion to the
 # length: the worker's budget is 200 series in 90 s on 2 cores.
@@ -491,6 +515,33 @@ def holiday_factor(y: np.ndarray, clean: np.ndarray, holiday_idx: Sequence[int])
         if not loo < neutral:
             return None, len(pairs)
     return float(np.clip(np.median(ratios), 0.0, 2.0)), len(pairs)
+
+
+def holiday_ratios(y: np.ndarray, clean: np.ndarray, holiday_idx: Sequence[int]) -> np.ndarray:
+    """Each past weekday holiday's volume over the same weekday a week before (cleaned)."""
+    return np.array([y[i] / clean[i] for i in holiday_idx if clean[i] > 0], dtype=float)
+
+
+def season_factor(y: np.ndarray, clean: np.ndarray, season_idx: Sequence[int]) -> tuple[float | None, int]:
+    """(factor, days seen): the median ratio of the past holiday seasons' working days to the
+    same weekday a week before (cleaned), within [0, 2]; None without ``SEASON_MIN_DAYS`` of them
+    (no season in the history: neutral)."""
+    ratios = holiday_ratios(y, clean, season_idx)
+    if len(ratios) < SEASON_MIN_DAYS:
+        return None, len(ratios)
+    return float(np.clip(np.median(ratios), 0.0, 2.0)), len(ratios)
+
+
+def own_season_factor(y: np.ndarray, clean: np.ndarray, days: Sequence[date], past_idx: Sequence[int],
+                      index: int) -> tuple[float | None, int]:
+    """(factor, occurrences): the median ratio of the same date's past season days (December 24
+    of the years before) to the same weekday a week before (cleaned), within [0, 2]; None when
+    the history has none (then the pooled ``season_factor``)."""
+    day = days[index]
+    same = [i for i in past_idx if (days[i].month, days[i].day) == (day.month, day.day) and clean[i] > 0]
+    if not same:
+        return None, 0
+    return float(np.clip(np.median([y[i] / clean[i] for i in same]), 0.0, 2.0)), len(same)
 
 
 def same_holiday(a: date, b: date) -> bool:
@@ -632,21 +683,39 @@ def forecast_series(
 
     # The univariate candidates see the history with closures and holidays replaced by an
     # ordinary week; holidays are put back through their learnt factor.
-    special = _special_days(days[:n], closed, holidays)
+    # The working days of a holiday season (Christmas Eve to New Year's Eve) likewise: their
+    # effect is learnt from the past seasons' days, and is neutral without one.
+    season = {day for day in holiday_season(holidays) if day.weekday() < 5} - holidays - closed
+    special = _special_days(days[:n], closed, holidays | season)
+    near = near_holiday(days, holidays)
+    holiday_day = np.array([day in holidays for day in days[:n]], dtype=bool)
+    holiday_widen, holiday_days_seen = holiday_period_factor(y, near[:n], shut[:n] | holiday_day)
     clean = clean_history(y, special)
     holiday_idx = [i for i, day in enumerate(days) if day in holidays and day.weekday() < 5]
+    season_idx = [i for i, day in enumerate(days) if day in season]
 
-    def holiday_adjust(point: np.ndarray, origin: int) -> np.ndarray:
+    def day_factors(origin: int, length: int) -> np.ndarray:
+        """Per day from ``origin``, the factor the univariate candidates' points take."""
         past = [i for i in holiday_idx if i < origin]
         pooled, _ = holiday_factor(y, clean, past)
-        point = point.copy()
+        seasonal, _ = season_factor(y, clean, [i for i in season_idx if i < origin])
+        out = np.ones(length)
         for i in holiday_idx:
-            if origin <= i < origin + len(point):
+            if origin <= i < origin + length:
                 own, _ = own_holiday_factor(y, clean, days, past, i)
                 factor = own if own is not None else pooled
                 if factor is not None:
-                    point[i - origin] *= factor
-        return point
+                    out[i - origin] = factor
+        if seasonal is not None:
+            past_season = [i for i in season_idx if i < origin]
+            for i in season_idx:
+                if origin <= i < origin + length:
+                    own, _ = own_season_factor(y, clean, days, past_season, i)
+                    out[i - origin] = own if own is not None else seasonal
+        return out
+
+    def holiday_adjust(point: np.ndarray, origin: int) -> np.ndarray:
+        return point * day_factors(origin, len(point))
 
     record: dict = dict(train_start=days[latest.start], train_end=days[n - 1], regressors=regressors)
     pointers: dict[str, Callable[[int, slice], np.ndarray]] = {}
@@ -727,6 +796,19 @@ def forecast_series(
             scores["combination"] = _score(actuals, fold_preds["combination"], mase_scales, folds, horizon)
             specs["combination"] = {"of": members, "how": "mean per day"}
 
+    # A holiday season ahead (Christmas Eve to New Year's Eve): the backtest's folds are
+    # ordinary weeks, and which candidate did best on them says little of a season whose
+    # working days move as no ordinary week does (last week's timetable least of all). The
+    # forecast is then the median, day by day, of every single candidate: the robust
+    # combination, chosen on the December validation windows (README, issue 20).
+    season_ahead = [days[i] for i in season_idx if n <= i < n + horizon and not shut[i]]
+    singles = [name for name in scores if name != "combination"]
+    if season_ahead and "median_all" in wanted and len(singles) >= 3:
+        fold_preds["median_all"] = [np.median([fold_preds[m][k] for m in singles], axis=0)
+                                    for k in range(folds)]
+        scores["median_all"] = _score(actuals, fold_preds["median_all"], mase_scales, folds, horizon)
+        specs["median_all"] = {"of": singles, "how": "median per day", "because": "holiday season ahead"}
+
     def rank_key(name: str) -> tuple[float, int]:
         s = scores[name]
         return (s.mase if s.mase is not None else s.mae, list(CANDIDATES).index(name))
@@ -736,7 +818,7 @@ def forecast_series(
     # members' anyway; the benchmark scores each one alone).
     alternatives: dict[str, np.ndarray] = {}
     for name in ranking:
-        if name == "combination":
+        if name in ("combination", "median_all"):
             continue
         try:
             alternatives[name] = np.where(shut[n:], 0.0, pointers[name](n, latest))
@@ -746,12 +828,18 @@ def forecast_series(
         members = specs["combination"]["of"]
         if all(m in alternatives for m in members):
             alternatives["combination"] = np.mean([alternatives[m] for m in members], axis=0)
+    if "median_all" in scores:
+        members = specs["median_all"]["of"]
+        if all(m in alternatives for m in members):
+            alternatives["median_all"] = np.median([alternatives[m] for m in members], axis=0)
     ranking = [name for name in ranking if name in alternatives]
     # The combination unless the best single candidate beats it by more than the margin.
-    single = next(name for name in ranking if name != "combination")
+    single = next(name for name in ranking if name not in ("combination", "median_all"))
     combined = "combination" in ranking
     by_margin = not combined or rank_key(single)[0] < rank_key("combination")[0] * (1 - SINGLE_MARGIN)
     winner = single if by_margin else "combination"
+    if "median_all" in ranking:
+        winner = "median_all"
 
     # Conformal intervals from the winner's backtest errors, normalised per weekday.
     error_matrix = np.array([a - p for a, p in zip(actuals, fold_preds[winner], strict=True)])
@@ -770,26 +858,48 @@ def forecast_series(
     # validation windows whose origin is six days after a holiday (README; with the factor's
     # 2-SE test of then): 80% coverage 77.2% -> 80.5%, the ordinary days after the holiday
     # week 74.3% -> 77.9%.
-    near = near_holiday(days, holidays)
-    holiday_day = np.array([day in holidays for day in days[:n]], dtype=bool)
-    holiday_widen, holiday_days_seen = holiday_period_factor(y, near[:n], shut[:n] | holiday_day)
     after_period = after_holiday_period(near[:n], horizon) & ~shut[n:]
     in_period = near[n:] & ~shut[n:]
     widen = np.where(in_period | after_period, holiday_widen, 1.0)
     half80, half95 = widths[0.8] * final_scale * widen, widths[0.95] * final_scale * widen
-    clip = np.maximum
-    prediction = _zero_closed(Prediction(clip(mean, 0), clip(mean - half80, 0), clip(mean + half80, 0),
-                                         clip(mean - half95, 0), clip(mean + half95, 0)), shut[n:])
+    bounds = {"lo80": mean - half80, "hi80": mean + half80, "lo95": mean - half95, "hi95": mean + half95}
 
     # What applied to each day ahead, for the record.
     past_holidays = [i for i in holiday_idx if i < n]
     factor, learnt_from = holiday_factor(y, clean, past_holidays)
-    # Holidays ahead the history has never seen (no earlier occurrence of the same one): their
-    # behaviour is a guess (the pooled effect, or neutral), and the intervals are the
-    # ordinary weeks' (with the holiday-period widening): the record says so.
+    past_season = [i for i in season_idx if i < n]
+    seasonal, season_learnt_from = season_factor(y, clean, past_season)
     own_ahead = {i: own_holiday_factor(y, clean, days, past_holidays, i)
                  for i in holiday_idx if n <= i < n + horizon}
     unseen = [days[i].isoformat() for i, (_, seen) in own_ahead.items() if not shut[i] and seen == 0]
+    # Days ahead of a kind the history has never shown (a public holiday with no earlier
+    # occurrence, a holiday season with no earlier one): their effect may be any a holiday has
+    # had here, or none, so their intervals reach at least the range of the past holidays'
+    # effects around the point without one (the ordinary weeks' errors say nothing of it).
+    never_seen = np.zeros(horizon, dtype=bool)
+    for i, (_, seen) in own_ahead.items():
+        never_seen[i - n] = seen == 0
+    if seasonal is None:
+        for i in season_idx:
+            if n <= i < n + horizon:
+                never_seen[i - n] = True
+    never_seen &= ~shut[n:]
+    ratios = holiday_ratios(y, clean, past_holidays)
+    effect_range: dict[str, list[float]] = {}
+    if never_seen.any() and len(ratios) >= UNSEEN_MIN_HOLIDAYS:
+        applied = day_factors(n, horizon) if winner != "sarimax" else np.ones(horizon)
+        neutral_point = np.where(applied > 0, mean / np.where(applied > 0, applied, 1.0), mean)
+        effects = np.append(ratios, 1.0)  # "no effect" is one of the possibilities
+        for level in ("80", "95"):
+            tail = (1 - int(level) / 100) / 2
+            low, high = (float(v) for v in np.quantile(effects, [tail, 1 - tail]))
+            effect_range[level] = [round(low, 3), round(high, 3)]
+            lo, hi = f"lo{level}", f"hi{level}"
+            bounds[lo] = np.where(never_seen, np.minimum(bounds[lo], neutral_point * low), bounds[lo])
+            bounds[hi] = np.where(never_seen, np.maximum(bounds[hi], neutral_point * high), bounds[hi])
+    clip = np.maximum
+    prediction = _zero_closed(Prediction(clip(mean, 0), *(clip(bounds[k], 0) for k in ("lo80", "hi80", "lo95",
+                                                                                         "hi95"))), shut[n:])
     sarimax_learnt = "holiday" in names
     rules: list[str | None] = []
     for i in range(horizon):
@@ -813,8 +923,21 @@ def forecast_series(
                 rules.append("public holiday: none in the history, neutral")
         elif day in holidays:
             rules.append("public holiday on a weekend: weekly cycle")
+        elif day in season:
+            if winner == "sarimax":
+                rules.append("holiday season: effect learnt (regressor)" if "holiday_season" in names
+                             else "holiday season: none in the history, neutral")
+            elif seasonal is not None:
+                rules.append(f"holiday season: effect learnt from {season_learnt_from} past season days "
+                             f"(x{seasonal:.2f})")
+            else:
+                rules.append("holiday season: none in the history, neutral")
         else:
             rules.append(None)
+        if never_seen[i] and effect_range:
+            low, high = effect_range["80"]
+            note = f"never seen before: interval spans the past holidays' effects (x{low:.2f}-x{high:.2f})"
+            rules[i] = f"{rules[i]}; {note}" if rules[i] else note
         if widen[i] > 1:
             note = (f"holiday period: interval widened x{holiday_widen:.2f}" if in_period[i] else
                     f"after a holiday period (forecast from a week in one): interval widened "
@@ -827,7 +950,12 @@ def forecast_series(
     naive = scores["seasonal_naive"]
     win = scores[winner]
     margin = f"{SINGLE_MARGIN:.0%}"
-    if winner == "combination":
+    if winner == "median_all":
+        reason = (f"median of every candidate ({', '.join(specs['median_all']['of'])}): a holiday season is "
+                  f"ahead ({season_ahead[0].isoformat()} to {season_ahead[-1].isoformat()}), and the "
+                  f"{folds} backtest folds' ordinary weeks do not rank the candidates for it (their best: "
+                  f"{ranking[0]} {_round(scores[ranking[0]].mase)}; seasonal naive {_round(naive.mase)})")
+    elif winner == "combination":
         reason = (f"combination (mean of {', '.join(specs['combination']['of'])}): no single candidate beat "
                   f"it by more than {margin} in mean MASE over {folds} backtest folds ({_round(win.mase)}; "
                   f"best single {single} {_round(scores[single].mase)}; seasonal naive {_round(naive.mase)})")
@@ -853,7 +981,11 @@ def forecast_series(
                                      "history_days_seen": holiday_days_seen,
                                      "days_ahead_widened": int((widen > 1).sum()),
                                      "days_ahead_after_a_period": int(((widen > 1) & ~in_period).sum())},
-                 "holidays_ahead_not_in_history": unseen}
+                 "holidays_ahead_not_in_history": unseen,
+                 "holiday_season_ahead_not_in_history": sorted(days[i].isoformat() for i in season_idx
+                                                               if n <= i < n + horizon and seasonal is None),
+                 "never_seen_days": {"days_ahead": int(never_seen.sum()),
+                                     "past_holidays": len(ratios), "effect_range": effect_range}}
     order = specs[winner].get("order") if winner in specs else None
     return Forecast(winner, start, prediction, order=order,
                     aic=best.aic if winner == "sarimax" and best else None, backtest=backtest,

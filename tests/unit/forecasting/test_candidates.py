@@ -71,13 +71,14 @@ def test_conformal_widths_cover_new_errors_at_their_level():
 def test_every_candidate_is_compared_and_the_best_one_wins():
     result = fc.forecast_series(weekly(224), START, horizon=14, folds=2)
     compared = result.backtest["compared"]
-    assert {c["model"] for c in compared} == set(fc.CANDIDATES)
+    # median_all competes only with a holiday season ahead (none here).
+    assert {c["model"] for c in compared} == set(fc.CANDIDATES) - {"median_all"}
     assert [c["rank"] for c in compared] == list(range(1, len(compared) + 1))
     mases = [c["mase"] for c in compared]
     assert mases == sorted(mases)
     assert result.model == result.backtest["chosen"]
     assert result.model in result.reason
-    assert set(result.alternatives) == set(fc.CANDIDATES)
+    assert set(result.alternatives) == set(fc.CANDIDATES) - {"median_all"}
     combination = next(c for c in compared if c["model"] == "combination")
     assert len(combination["spec"]["of"]) == fc.COMBINE_TOP
     assert result.intervals["method"].startswith("conformal")
@@ -334,3 +335,94 @@ def test_own_holiday_factor_is_the_median_ratio_of_the_same_holidays_past_days()
     factor, seen = fc.own_holiday_factor(y, clean, days, idx, len(y))
     assert seen == 2 and factor == pytest.approx(0.3, abs=0.02)
     assert fc.own_holiday_factor(y, clean, days, [i for i in idx if days[i].month != 3], len(y)) == (None, 0)
+
+
+# --------------------------------------------------------------------------- holiday seasons
+# (session 12: the December validation windows of Chicago's 'L' stations, README issue 20)
+
+
+def _year_end(years: int, *, dip: float = 0.6) -> tuple[np.ndarray, list[date], int]:
+    """A weekly profile from START to December 4 of the last year (the history), with the
+    working days between Christmas and New Year cut to ``dip`` in each past year; Christmas
+    and New Year themselves to 30%. Returns (history, the public holidays, history length)."""
+    last = START.year + years - 1
+    n = (date(last, 12, 4) - START).days
+    y = weekly(n + 28)
+    holidays = []
+    for year in range(START.year - 1, last + 2):
+        holidays += [date(year, 12, 25), date(year + 1, 1, 1)]
+    season = fc.holiday_season(holidays)
+    for i in range(n + 28):
+        day = START + timedelta(days=i)
+        if day in holidays:
+            y[i] *= 0.3
+        elif day in season and day.weekday() < 5:
+            y[i] *= dip
+    return y[:n], sorted(set(holidays)), n
+
+
+def test_holiday_season_is_christmas_eve_to_new_years_eve_whatever_the_weekday():
+    season = fc.holiday_season([date(2026, 12, 25), date(2027, 1, 1), date(2027, 5, 31)])
+    assert min(season) == date(2026, 12, 24) and max(season) == date(2026, 12, 31)
+    assert date(2026, 12, 26) in season and date(2026, 12, 27) in season  # a weekend too
+    # A season needs both ends in the calendar: the store's reaches past the horizon for that.
+    assert fc.holiday_season([date(2026, 12, 25)]) == set()
+    assert fc.CALENDAR_REACH_DAYS >= fc.SEASON_GAP_DAYS
+
+
+def test_a_holiday_season_seen_before_is_learnt_for_its_working_days():
+    y, holidays, n = _year_end(2)
+    result = fc.forecast_series(y, START, horizon=28, folds=2, holidays=holidays,
+                                candidates=("seasonal_naive", "weekday_mean_4w", "theta"))
+    points = {p["day"]: p for p in result.points()}
+    dec29 = points["2026-12-29"]  # a Tuesday inside the season
+    assert dec29["rule"].startswith("holiday season: effect learnt from"), dec29
+    ordinary = PROFILE[date(2026, 12, 29).weekday()]
+    assert dec29["mean"] == pytest.approx(0.6 * ordinary, rel=0.2), dec29
+    assert result.intervals["holiday_season_ahead_not_in_history"] == []
+    # Its own date's effect (December 29 of the year before) comes before the pooled one.
+    days = [START + timedelta(days=i) for i in range(n + 28)]
+    season = [i for i, day in enumerate(days) if day in fc.holiday_season(holidays) and day.weekday() < 5
+              and day not in holidays]
+    clean = cands.clean_history(y, np.isin(np.arange(n), [i for i in season if i < n]))
+    past = [i for i in season if i < n]
+    own, seen = fc.own_season_factor(y, clean, days, past, days.index(date(2026, 12, 29)))
+    assert seen == 1 and own == pytest.approx(0.6, abs=0.1)
+
+
+def test_a_season_never_seen_is_neutral_with_intervals_that_span_the_holidays_effects():
+    y, holidays, n = _year_end(1)  # the first year-end is ahead: none in the history
+    others = [START + timedelta(days=d) for d in (14, 49, 84, 119, 154, 189, 224, 259)]  # Mondays
+    effects = [0.3, 0.5, 0.7, 0.9, 1.0, 0.4, 0.8, 0.6]
+    for day, effect in zip(others, effects, strict=True):
+        y[(day - START).days] *= effect
+    result = fc.forecast_series(y, START, horizon=28, folds=2, holidays=[*holidays, *others],
+                                candidates=("seasonal_naive", "weekday_mean_4w", "theta"))
+    points = {p["day"]: p for p in result.points()}
+    dec29, dec9 = points["2025-12-29"], points["2025-12-09"]
+    assert dec29["rule"].startswith("holiday season: none in the history, neutral"), dec29
+    assert "never seen before: interval spans the past holidays' effects" in dec29["rule"]
+    ordinary = PROFILE[date(2025, 12, 29).weekday()]
+    assert dec29["mean"] == pytest.approx(ordinary, rel=0.15)
+    # The 80% interval reaches down to about the past holidays' 10th percentile of effects
+    # (0.3-0.4 here), far below what the ordinary weeks' errors give an ordinary Tuesday.
+    assert dec29["lo80"] < 0.5 * dec29["mean"] < dec9["lo80"], (dec29, dec9)
+    never = result.intervals["never_seen_days"]
+    assert never["past_holidays"] == len(others) and never["effect_range"]["80"][0] < 0.45
+    assert "2025-12-29" in result.intervals["holiday_season_ahead_not_in_history"]
+    assert "2025-12-25" in result.intervals["holidays_ahead_not_in_history"]
+
+
+def test_with_a_season_ahead_the_forecast_is_the_median_of_every_candidate():
+    y, holidays, n = _year_end(2)
+    result = fc.forecast_series(y, START, horizon=28, folds=2, holidays=holidays,
+                                candidates=("seasonal_naive", "weekday_mean_4w", "theta", "median_all"))
+    assert result.model == "median_all", result.reason
+    assert "a holiday season is ahead (2026-12-24 to 2026-12-31)" in result.reason
+    members = [result.alternatives[m] for m in ("seasonal_naive", "weekday_mean_4w", "theta")]
+    assert np.allclose(result.prediction.mean, np.maximum(np.median(members, axis=0), 0))
+    assert "median_all" in {c["model"] for c in result.backtest["compared"]}
+    # Without a season in the horizon the backtest's choice stands as before.
+    early = fc.forecast_series(y[:-70], START, horizon=28, folds=2, holidays=holidays,
+                               candidates=("seasonal_naive", "weekday_mean_4w", "theta", "median_all"))
+    assert early.model != "median_all"

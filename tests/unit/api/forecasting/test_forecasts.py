@@ -217,3 +217,25 @@ def test_calendar_entered_through_the_api_decides_holiday_closing(client, sessio
     bad_day = client.put(url, json={"closed_days": ["not a day"]}, headers=auth(world["qa_a"]))
     assert bad_day.status_code == 400
     assert client.get("/api/v1/forecasts/calendars/999999", headers=auth(world["admin"])).status_code == 404
+
+
+def test_the_calendar_reaches_past_the_horizon_so_a_season_ending_after_it_counts(session, make_token):
+    make_token("Forecast C", "qa_manager")
+    fid = facility_id(session, "Forecast C")
+    session.add(FacilityCalendar(facility_id=fid, country="US"))
+    today = date(2026, 12, 4)
+    rng = np.random.default_rng(3)
+    for back in range(140, 0, -1):
+        day = today - timedelta(days=back)
+        session.add(DailyFacilityStats(day=datetime(day.year, day.month, day.day, tzinfo=UTC),
+                                       facility_id=fid, uploads=int(100 + rng.normal(0, 4)), bytes=0))
+    session.commit()
+    # The last day forecast is December 28: New Year 2027 lies after it, and still makes
+    # Christmas Eve to December 31 a holiday season.
+    row = forecast_store.run_forecast(session, fid, "uploads", horizon=25, today=today,
+                                      candidates=("seasonal_naive", "weekday_mean_4w"), folds=2)
+    by_day = {p["day"]: p for p in row.points}
+    assert by_day["2026-12-24"]["rule"].startswith("holiday season: none in the history, neutral")
+    assert by_day["2026-12-28"]["rule"].startswith("holiday season")
+    assert "rule" not in by_day["2026-12-15"]
+    assert row.backtest["intervals"]["holiday_season_ahead_not_in_history"][0] == "2026-12-24"
