@@ -219,8 +219,9 @@ def test_calendar_entered_through_the_api_decides_holiday_closing(client, sessio
     assert client.get("/api/v1/forecasts/calendars/999999", headers=auth(world["admin"])).status_code == 404
 
 
-def test_the_calendar_reaches_past_the_horizon_so_a_season_ending_after_it_counts(session, make_token):
-    make_token("Forecast C", "qa_manager")
+def test_the_calendar_reaches_past_the_horizon_so_a_season_ending_after_it_counts(client, session, make_token,
+                                                                                  sign_in):
+    token = make_token("Forecast C", "qa_manager")
     fid = facility_id(session, "Forecast C")
     session.add(FacilityCalendar(facility_id=fid, country="US"))
     today = date(2026, 12, 4)
@@ -239,3 +240,9 @@ def test_the_calendar_reaches_past_the_horizon_so_a_season_ending_after_it_count
     assert by_day["2026-12-28"]["rule"].startswith("holiday season")
     assert "rule" not in by_day["2026-12-15"]
     assert row.backtest["intervals"]["holiday_season_ahead_not_in_history"][0] == "2026-12-24"
+    session.commit()
+    # The facility's page names the season days the history never saw.
+    assert sign_in(client, token).status_code == 302
+    html = client.get(f"/dashboard/facilities/{fid}").get_data(as_text=True)
+    note = html.split('id="forecast-unseen-holidays">')[1].split("</p>")[0]
+    assert "holiday season 2026-12-24, 2026-12-28" in note and "public holidays 2026-12-25" in note
