@@ -482,6 +482,8 @@ CANDIDATES: dict[str, str] = {
 # 0.763 / 0.714 / 0.934 for the lowest backtest MASE with the median of three (the rule before).
 COMBINE_TOP = 4
 SINGLE_MARGIN = 0.02
+# The candidates made of others, day by day: how each joins its members' points.
+COMBINED: dict[str, Callable[..., np.ndarray]] = {"combination": np.mean, "median_all": np.median}
 # A holiday season's effect is learnt from at least this many of its past working days.
 SEASON_MIN_DAYS = 3
 # The past holidays' effects bound a never-seen day's interval only from this many of them.
@@ -518,18 +520,25 @@ def holiday_factor(y: np.ndarray, clean: np.ndarray, holiday_idx: Sequence[int])
 
 
 def holiday_ratios(y: np.ndarray, clean: np.ndarray, holiday_idx: Sequence[int]) -> np.ndarray:
-    """Each past weekday holiday's volume over the same weekday a week before (cleaned)."""
+    """Each past special day's volume over the same weekday a week before (cleaned)."""
     return np.array([y[i] / clean[i] for i in holiday_idx if clean[i] > 0], dtype=float)
+
+
+def median_effect(y: np.ndarray, clean: np.ndarray, idx: Sequence[int], *,
+                  at_least: int = 1) -> tuple[float | None, int]:
+    """(factor, days seen): the median of ``holiday_ratios`` over ``idx``, within [0, 2]; None
+    with fewer than ``at_least`` of them."""
+    ratios = holiday_ratios(y, clean, idx)
+    if len(ratios) < max(at_least, 1):
+        return None, len(ratios)
+    return float(np.clip(np.median(ratios), 0.0, 2.0)), len(ratios)
 
 
 def season_factor(y: np.ndarray, clean: np.ndarray, season_idx: Sequence[int]) -> tuple[float | None, int]:
     """(factor, days seen): the median ratio of the past holiday seasons' working days to the
     same weekday a week before (cleaned), within [0, 2]; None without ``SEASON_MIN_DAYS`` of them
     (no season in the history: neutral)."""
-    ratios = holiday_ratios(y, clean, season_idx)
-    if len(ratios) < SEASON_MIN_DAYS:
-        return None, len(ratios)
-    return float(np.clip(np.median(ratios), 0.0, 2.0)), len(ratios)
+    return median_effect(y, clean, season_idx, at_least=SEASON_MIN_DAYS)
 
 
 def own_season_factor(y: np.ndarray, clean: np.ndarray, days: Sequence[date], past_idx: Sequence[int],
@@ -538,10 +547,8 @@ def own_season_factor(y: np.ndarray, clean: np.ndarray, days: Sequence[date], pa
     of the years before) to the same weekday a week before (cleaned), within [0, 2]; None when
     the history has none (then the pooled ``season_factor``)."""
     day = days[index]
-    same = [i for i in past_idx if (days[i].month, days[i].day) == (day.month, day.day) and clean[i] > 0]
-    if not same:
-        return None, 0
-    return float(np.clip(np.median([y[i] / clean[i] for i in same]), 0.0, 2.0)), len(same)
+    same_date = [i for i in past_idx if (days[i].month, days[i].day) == (day.month, day.day)]
+    return median_effect(y, clean, same_date)
 
 
 def same_holiday(a: date, b: date) -> bool:
@@ -566,10 +573,7 @@ def own_holiday_factor(y: np.ndarray, clean: np.ndarray, days: Sequence[date], p
     from two occurrences on 0.791; one occurrence plus a column of its own in ``sarimax`` 0.788
     (so ``sarimax`` keeps the one holiday regressor). Flights and synthetic unchanged (no
     holiday twice in a year of history; closures, not holidays)."""
-    same = [i for i in past_idx if same_holiday(days[i], days[index]) and clean[i] > 0]
-    if not same:
-        return None, 0
-    return float(np.clip(np.median([y[i] / clean[i] for i in same]), 0.0, 2.0)), len(same)
+    return median_effect(y, clean, [i for i in past_idx if same_holiday(days[i], days[index])])
 
 
 def _weekday_scales(clean: np.ndarray, horizon: int) -> np.ndarray:
@@ -786,28 +790,29 @@ def forecast_series(
                 errors.append(f"{name}: backtest failed: {exc}")
                 del fold_preds[name]
     scores = {name: _score(actuals, preds, mase_scales, folds, horizon) for name, preds in fold_preds.items()}
+
+    def add_combined(name: str, members: list[str], **spec: str) -> None:
+        fold_preds[name] = [COMBINED[name]([fold_preds[m][k] for m in members], axis=0) for k in range(folds)]
+        scores[name] = _score(actuals, fold_preds[name], mase_scales, folds, horizon)
+        specs[name] = {"of": members, **spec}
+
     if "combination" in wanted:
         ranked = sorted((s.mase if s.mase is not None else s.mae, list(CANDIDATES).index(name), name)
                         for name, s in scores.items())
         members = [name for _, _, name in ranked[:COMBINE_TOP]]
         if len(members) >= 2:
-            fold_preds["combination"] = [np.mean([fold_preds[m][k] for m in members], axis=0)
-                                         for k in range(folds)]
-            scores["combination"] = _score(actuals, fold_preds["combination"], mase_scales, folds, horizon)
-            specs["combination"] = {"of": members, "how": "mean per day"}
+            add_combined("combination", members, how="mean per day")
 
     # A holiday season ahead (Christmas Eve to New Year's Eve): the backtest's folds are
     # ordinary weeks, and which candidate did best on them says little of a season whose
     # working days move as no ordinary week does (last week's timetable least of all). The
     # forecast is then the median, day by day, of every single candidate: the robust
     # combination, chosen on the December validation windows (README, issue 20).
-    season_ahead = [days[i] for i in season_idx if n <= i < n + horizon and not shut[i]]
-    singles = [name for name in scores if name != "combination"]
+    season_ahead_idx = [i for i in season_idx if n <= i < n + horizon]
+    season_ahead = [days[i] for i in season_ahead_idx if not shut[i]]
+    singles = [name for name in scores if name not in COMBINED]
     if season_ahead and "median_all" in wanted and len(singles) >= 3:
-        fold_preds["median_all"] = [np.median([fold_preds[m][k] for m in singles], axis=0)
-                                    for k in range(folds)]
-        scores["median_all"] = _score(actuals, fold_preds["median_all"], mase_scales, folds, horizon)
-        specs["median_all"] = {"of": singles, "how": "median per day", "because": "holiday season ahead"}
+        add_combined("median_all", singles, how="median per day", because="holiday season ahead")
 
     def rank_key(name: str) -> tuple[float, int]:
         s = scores[name]
@@ -818,23 +823,19 @@ def forecast_series(
     # members' anyway; the benchmark scores each one alone).
     alternatives: dict[str, np.ndarray] = {}
     for name in ranking:
-        if name in ("combination", "median_all"):
+        if name in COMBINED:
             continue
         try:
             alternatives[name] = np.where(shut[n:], 0.0, pointers[name](n, latest))
         except (FitFailed, CandidateFailed, np.linalg.LinAlgError) as exc:
             errors.append(f"{name}: final forecast failed: {exc}")
-    if "combination" in scores:
-        members = specs["combination"]["of"]
-        if all(m in alternatives for m in members):
-            alternatives["combination"] = np.mean([alternatives[m] for m in members], axis=0)
-    if "median_all" in scores:
-        members = specs["median_all"]["of"]
-        if all(m in alternatives for m in members):
-            alternatives["median_all"] = np.median([alternatives[m] for m in members], axis=0)
+    for name, join in COMBINED.items():
+        members = specs[name]["of"] if name in scores else []
+        if members and all(m in alternatives for m in members):
+            alternatives[name] = join([alternatives[m] for m in members], axis=0)
     ranking = [name for name in ranking if name in alternatives]
     # The combination unless the best single candidate beats it by more than the margin.
-    single = next(name for name in ranking if name not in ("combination", "median_all"))
+    single = next(name for name in ranking if name not in COMBINED)
     combined = "combination" in ranking
     by_margin = not combined or rank_key(single)[0] < rank_key("combination")[0] * (1 - SINGLE_MARGIN)
     winner = single if by_margin else "combination"
@@ -880,15 +881,14 @@ def forecast_series(
     for i, (_, seen) in own_ahead.items():
         never_seen[i - n] = seen == 0
     if seasonal is None:
-        for i in season_idx:
-            if n <= i < n + horizon:
-                never_seen[i - n] = True
+        for i in season_ahead_idx:
+            never_seen[i - n] = True
     never_seen &= ~shut[n:]
     ratios = holiday_ratios(y, clean, past_holidays)
     effect_range: dict[str, list[float]] = {}
     if never_seen.any() and len(ratios) >= UNSEEN_MIN_HOLIDAYS:
         applied = day_factors(n, horizon) if winner != "sarimax" else np.ones(horizon)
-        neutral_point = np.where(applied > 0, mean / np.where(applied > 0, applied, 1.0), mean)
+        neutral_point = mean / np.where(applied > 0, applied, 1.0)
         effects = np.append(ratios, 1.0)  # "no effect" is one of the possibilities
         for level in ("80", "95"):
             tail = (1 - int(level) / 100) / 2
@@ -982,8 +982,8 @@ def forecast_series(
                                      "days_ahead_widened": int((widen > 1).sum()),
                                      "days_ahead_after_a_period": int(((widen > 1) & ~in_period).sum())},
                  "holidays_ahead_not_in_history": unseen,
-                 "holiday_season_ahead_not_in_history": sorted(days[i].isoformat() for i in season_idx
-                                                               if n <= i < n + horizon and seasonal is None),
+                 "holiday_season_ahead_not_in_history": [days[i].isoformat() for i in season_ahead_idx
+                                                         if seasonal is None],
                  "never_seen_days": {"days_ahead": int(never_seen.sum()),
                                      "past_holidays": len(ratios), "effect_range": effect_range}}
     order = specs[winner].get("order") if winner in specs else None
