@@ -98,11 +98,6 @@ def windows(python: Path, sets: list[str]) -> list[dict]:
     return out
 
 
-def thanksgiving(year: int) -> date:
-    first = date(year, 11, 1)
-    return first + timedelta(days=(3 - first.weekday()) % 7 + 21)
-
-
 def _reference_matrix(python: Path, name: str, columns: str) -> tuple[date, list[str], np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         bench._reference(python, name, f"{tmp}/{name}.npz")
@@ -135,11 +130,12 @@ def chicago_december(python: Path, tags: list[str]) -> list[dict]:
 
     first, stations, values = _reference_matrix(python, "chicago", "stations")
     us = holidays.country_holidays("US", years=range(2000, 2017))
+    thanksgiving = {day.year: day for day in us.get_named("Thanksgiving")}
     out = []
     for tag in tags:
         one_year = tag == "chicago_december_1y"
         years = range(2001, 2016) if one_year else range(2003, 2016)
-        origins = {year: thanksgiving(year) + timedelta(days=6) for year in years}
+        origins = {year: thanksgiving[year] + timedelta(days=6) for year in years}
         out += _decembers(tag, first, stations, values, origins, us, one_year=one_year)
     return out
 
