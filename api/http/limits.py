@@ -19,6 +19,9 @@ import threading
 import time
 
 from flask import request
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.http.errors import ApiError
 
@@ -71,10 +74,6 @@ class RateLimiter:
             return self._local[key]
 
     def _count_in_redis(self, key: str) -> int:
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import NoScriptError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
         mine = self._connections
         connection = getattr(mine, "connection", None)
         if connection is None or mine.pid != os.getpid():  # a forked child opens its own
