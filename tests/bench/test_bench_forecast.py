@@ -112,9 +112,9 @@ def real_panel(python: Path) -> list[dict]:
             # The calendar reaches past the horizon as the forecast store's does (a December
             # holdout's Christmas-to-New-Year season ends in the year after it).
             reach = start + timedelta(days=TRAIN + HORIZON + CALENDAR_REACH_DAYS)
-            closed = [d for d in us if start <= d < reach]
+            public = [d for d in us if start <= d < reach]
             panel.append({"id": f"{state}-{end}", "start": start, "y": np.nan_to_num(y), "closed": [],
-                          "holidays": closed, "train": TRAIN})
+                          "holidays": public, "train": TRAIN})
     return panel[:SERIES]
 
 
