@@ -426,3 +426,52 @@ def test_with_a_season_ahead_the_forecast_is_the_median_of_every_candidate():
     early = fc.forecast_series(y[:-70], START, horizon=28, folds=2, holidays=holidays,
                                candidates=("seasonal_naive", "weekday_mean_4w", "theta", "median_all"))
     assert early.model != "median_all"
+
+
+def test_intervals_rest_on_more_folds_than_the_choice():
+    # Noisy early on, quiet in the last three folds: the choice is made on the latest folds,
+    # the intervals also on three earlier ones (three folds' 21 errors a week are too few for
+    # a 95% quantile).
+    n = 56 + 28 * 8
+    y = weekly(n, noise=2.0)
+    y[n - 28 * 6:n - 28 * 3] += np.random.default_rng(5).normal(0, 25, 28 * 3)
+    result = fc.forecast_series(y, START, horizon=28, folds=3, candidates=("seasonal_naive", "theta"))
+    assert result.backtest["model"]["folds"] == 3  # the choice: the scoring folds
+    assert result.detail["calibration_origins"] == [n - 28 * k for k in range(fc.CALIBRATION_FOLDS, 0, -1)]
+    assert result.intervals["folds"] == fc.CALIBRATION_FOLDS
+    assert result.intervals["errors"] == 28 * fc.CALIBRATION_FOLDS
+    # The noisy earlier folds widen what the quiet latest ones alone would give.
+    quiet = fc.forecast_series(y[n - 161:], START, horizon=28, folds=3,  # room for three folds only
+                               candidates=("seasonal_naive", "theta"))
+    assert quiet.intervals["folds"] == 3
+    width = result.prediction.hi80 - result.prediction.lo80
+    assert np.median(width) > 2 * np.median(quiet.prediction.hi80 - quiet.prediction.lo80)
+
+
+def test_a_short_history_calibrates_on_the_folds_it_has():
+    n = 56 + 28 * 4
+    result = fc.forecast_series(weekly(n), START, horizon=28, folds=3, candidates=("seasonal_naive", "theta"))
+    assert result.intervals["folds"] == 4 and len(result.detail["calibration_origins"]) == 4
+
+
+def test_unseen_effect_range_covers_a_new_holiday_at_its_level():
+    # Ten past effects (log-normal): the range must hold the next one 80% / 95% of the time.
+    # The empirical 10-90% quantiles of ten values hold it about two times in three only.
+    rng = np.random.default_rng(8)
+    inside = {0.8: 0, 0.95: 0}
+    empirical = 0
+    trials = 4000
+    for _ in range(trials):
+        effects = np.exp(rng.normal(-0.3, 0.3, 10))
+        new = float(np.exp(rng.normal(-0.3, 0.3)))
+        for level in inside:
+            low, high = fc.unseen_effect_range(effects, level)
+            inside[level] += low <= new <= high
+        q10, q90 = np.quantile(effects, [0.1, 0.9])
+        empirical += q10 <= new <= q90
+    assert 0.77 < inside[0.8] / trials < 0.84, inside
+    assert 0.93 < inside[0.95] / trials < 0.97, inside
+    assert empirical / trials < 0.72
+    # Never narrower than the empirical quantiles; an all-but-shut holiday stays finite.
+    low, high = fc.unseen_effect_range(np.array([0.0, 0.5, 1.0, 1.0]), 0.8)
+    assert 0 < low <= np.quantile([0.0, 0.5, 1.0, 1.0], 0.1) and high >= 1.0
