@@ -475,3 +475,46 @@ def test_unseen_effect_range_covers_a_new_holiday_at_its_level():
     # Never narrower than the empirical quantiles; an all-but-shut holiday stays finite.
     low, high = fc.unseen_effect_range(np.array([0.0, 0.5, 1.0, 1.0]), 0.8)
     assert 0 < low <= np.quantile([0.0, 0.5, 1.0, 1.0], 0.1) and high >= 1.0
+
+
+def _before_christmas(first: float, second: float) -> tuple[np.ndarray, list[date], int]:
+    """Three years to December 4 (two past Christmases), with December 22 and 23 at ``first``
+    of their week in the first past year and ``second`` in the second (and ahead, ``second``)."""
+    y, holidays, n = _year_end(3)
+    full = np.concatenate([y, weekly(n + 28)[n:]])
+    for i in range(n + 28):
+        day = START + timedelta(days=i)
+        if (day.month, day.day) in ((12, 22), (12, 23)):
+            full[i] *= first if day.year == START.year + 1 else second
+    return full, holidays, n
+
+
+def test_the_days_before_a_holiday_seen_before_take_its_past_occurrences_effect():
+    full, holidays, n = _before_christmas(0.5, 0.5)
+    days = [START + timedelta(days=i) for i in range(n + 28)]
+    special = np.array([day in holidays or (day in fc.holiday_season(holidays) and day.weekday() < 5)
+                        for day in days])
+    clean = cands.clean_history(full[:n], special[:n])
+    holiday_idx = [i for i, day in enumerate(days) if day in holidays]
+    profile = fc.holiday_period_profile(full[:n], clean, days, holiday_idx, special, n, 28)
+    ahead = {days[i]: factor for i, factor in profile.items()}
+    assert ahead[date(2027, 12, 22)] == pytest.approx(0.5, abs=0.1)
+    assert ahead[date(2027, 12, 23)] == pytest.approx(0.5, abs=0.1)
+    assert ahead.get(date(2027, 12, 21), 1.0) == pytest.approx(1.0, abs=0.1)
+    assert not any(special[i] for i in profile)  # Christmas and the season days keep their own rules
+    result = fc.forecast_series(full[:n], START, horizon=28, folds=2, holidays=holidays,
+                                candidates=("seasonal_naive", "weekday_mean_4w", "theta"))
+    points = {p["day"]: p for p in result.points()}
+    dec22 = points["2027-12-22"]
+    assert dec22["rule"].startswith("near a public holiday: the same day of its past occurrences learnt"), dec22
+    assert dec22["mean"] == pytest.approx(0.5 * PROFILE[date(2027, 12, 22).weekday()], rel=0.25), dec22
+
+
+def test_a_holiday_period_that_moved_differently_each_year_gets_no_profile():
+    full, holidays, n = _before_christmas(0.5, 1.5)
+    days = [START + timedelta(days=i) for i in range(n + 28)]
+    special = np.array([day in holidays or (day in fc.holiday_season(holidays) and day.weekday() < 5)
+                        for day in days])
+    clean = cands.clean_history(full[:n], special[:n])
+    holiday_idx = [i for i, day in enumerate(days) if day in holidays]
+    assert fc.holiday_period_profile(full[:n], clean, days, holiday_idx, special, n, 28) == {}
