@@ -34,13 +34,14 @@ Pure functions over plain values (dates, floats): no database, no flask, no cele
   them: the caller passes those as closed) are zero; a public holiday ahead gets the effect
   learnt from the past ones (``sarimax``: its regressor; the others: the median ratio of the
   same holiday's past occurrences to the week before when the history has the same holiday,
-  ``own_holiday_factor``, else of every past holiday), and is neutral when the history has
-  none; the days around a holiday seen before take its past occurrences' same days' effect
-  where that holds for the facility (``holiday_period_profile``); a holiday season's working
-  days take the same date's past effect, else the past seasons' pooled one, else neutral; each day's rule is in the record (``day_rules``, the
-  points' ``rule``), and the holidays and season days ahead never seen before are listed
-  (``intervals.holidays_ahead_not_in_history``, ``holiday_season_ahead_not_in_history``). The
-  calendar passed in must reach past the horizon (``CALENDAR_REACH_DAYS``).
+  ``own_holiday_factor``, else of every past holiday), and is neutral when the history has none;
+  the days around a holiday seen before take its past occurrences' same days' effect where that
+  holds for the facility (``holiday_period_profile``); a holiday season's working days take the
+  same date's past effect, else the past seasons' pooled one, else neutral; each day's rule is
+  in the record (``day_rules``, the points' ``rule``), and the holidays and season days ahead
+  never seen before are listed (``intervals.holidays_ahead_not_in_history``,
+  ``holiday_season_ahead_not_in_history``). The calendar passed in must reach past the horizon
+  (``CALENDAR_REACH_DAYS``).
 """
 
 from __future__ import annotations
@@ -552,12 +553,13 @@ def unseen_effect_range(effects: np.ndarray, level: float) -> tuple[float, float
     """(low, high): where the effect of a day of a kind never seen before (a holiday, a holiday
     season) may fall, from the past holidays' effects (ratios to the week before, "no effect"
     among them) at ``level``: their empirical quantiles, widened to a Student t prediction
-    interval for one more draw of their logarithms (the next holiday is not one of the few
-    seen: Christmas moves a facility more than any holiday before it often enough; with ten
-    past effects the empirical 10-90% range misses a new one more than one time in five).
-    Chosen on the validation windows (README, issue 20; the holdouts unread): the holidays never
-    seen before, 80% / 95% coverage flights 71% / 90% -> 74% / 93%, births Decembers (1 y)
-    60% / 85% -> 69% / 92%, Chicago Decembers (1 y) 31% / 72% -> 34% / 85%."""
+    interval for one more draw of their logarithms (the next holiday is not one of the few seen:
+    Christmas moves a facility more than any holiday before it often enough; with ten past
+    effects the empirical 10-90% range misses a new one more than one time in four). Chosen on
+    the validation windows (README, issue 20; the holdouts unread), with ``CALIBRATION_FOLDS``
+    in place: the holidays never seen before, 80% / 95% coverage flights 71% / 90% -> 74% / 93%,
+    births Decembers (1 y) 60% / 85% -> 69% / 92%, Chicago Decembers (1 y) 31% / 72% -> 34% /
+    85%."""
     from scipy import stats as scipy_stats
 
     effects = np.asarray(effects, dtype=float)
