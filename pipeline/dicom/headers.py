@@ -105,21 +105,24 @@ def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str | None:
     return str(value)[:limit]
 
 
-def check_complete(fp: BinaryIO, size: int) -> None:
-    """Raise ``Quarantine('truncated', …)`` when an element runs past the end of the file."""
+def check_complete(fp: BinaryIO, size: int) -> bool | None:
+    """Raise ``Quarantine('truncated', …)`` when an element runs past the end of the file;
+    else whether the data set holds pixel data (None: not known here, a deflated body)."""
     fp.seek(0)
     read_preamble(fp, False)
     meta = _read_file_meta_info(fp)
     ts = pydicom.uid.UID(str(meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)))
     if ts == DeflatedExplicitVRLittleEndian or not ts.is_transfer_syntax:
-        return  # a deflated body is checked once inflated (read_header)
-    _check_elements(fp, size, ts.is_implicit_VR, ts.is_little_endian)
+        return None  # a deflated body is checked once inflated (read_header)
+    return _check_elements(fp, size, ts.is_implicit_VR, ts.is_little_endian)
 
 
-def _check_elements(fp: BinaryIO, size: int, implicit: bool, little: bool) -> None:
+def _check_elements(fp: BinaryIO, size: int, implicit: bool, little: bool) -> bool:
     """Walk the top-level elements from ``fp``'s position: each must end inside the file, and
-    the last one at its end (pydicom stops quietly at a partial element header)."""
+    the last one at its end (pydicom stops quietly at a partial element header). Returns
+    whether one of them was pixel data."""
     end = fp.tell()
+    pixels = False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -130,6 +133,7 @@ def _check_elements(fp: BinaryIO, size: int, implicit: bool, little: bool) -> No
                     and element.value_tell + element.length > size
                 ):
                     raise Quarantine("truncated", f"element {element.tag} runs past end of file")
+                pixels = pixels or element.tag in _PIXEL_DATA_TAGS
                 end = fp.tell()
     except Quarantine:
         raise
@@ -137,6 +141,21 @@ def _check_elements(fp: BinaryIO, size: int, implicit: bool, little: bool) -> No
         raise Quarantine("truncated", f"file ends inside an element ({type(exc).__name__})") from exc
     if end < size:
         raise Quarantine("truncated", f"file ends inside an element header ({size - end} bytes left)")
+    return pixels
+
+
+def _check_image_has_pixels(ds: pydicom.Dataset, pixels: bool | None) -> None:
+    """An image whose file holds no pixel data was cut between two elements: every element
+    ends inside the file, yet Pixel Data is required of every image. An image: an "... Image
+    Storage" SOP class, or Rows and Columns (MR spectroscopy, whose data is Spectroscopy Data,
+    apart). Seen: a CT cut 3,072 bytes in, just after an element, read as a whole header."""
+    if pixels is not False:
+        return
+    sop_class = pydicom.uid.UID(str(ds.get("SOPClassUID", "")))
+    image = "Image Storage" in sop_class.name or ("Rows" in ds and "Columns" in ds)
+    if image and "SpectroscopyData" not in ds:
+        raise Quarantine("truncated", f"an image ({sop_class.name or 'Rows, Columns'}) with no pixel "
+                                      "data: the file ends between two elements before it")
 
 
 def inflate(source: BinaryIO, target: BinaryIO, limits: ParseLimits = DEFAULT_LIMITS) -> int:
@@ -174,17 +193,18 @@ def _stop_at_pixels(tag: int, _vr: str | None, _length: int) -> bool:
     return tag in _PIXEL_DATA_TAGS
 
 
-def _read_deflated(fp: BinaryIO, limits: ParseLimits) -> pydicom.Dataset:
+def _read_deflated(fp: BinaryIO, limits: ParseLimits) -> tuple[pydicom.Dataset, bool]:
     """The data set of a Deflated Explicit VR Little Endian file, inflated within ``limits``
-    into a spool file (never whole in memory), its elements checked like any other file's."""
+    into a spool file (never whole in memory), its elements checked like any other file's;
+    and whether it holds pixel data."""
     with tempfile.SpooledTemporaryFile(max_size=_INFLATED_IN_MEMORY) as body:
         size = inflate(fp, body, limits)
         body.seek(0)
-        _check_elements(body, size, False, True)
+        pixels = _check_elements(body, size, False, True)
         body.seek(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return read_dataset(body, False, True, stop_when=_stop_at_pixels)
+            return read_dataset(body, False, True, stop_when=_stop_at_pixels), pixels
 
 
 def read_header(fp: BinaryIO, size: int, limits: ParseLimits = DEFAULT_LIMITS) -> InstanceHeader:
@@ -216,7 +236,7 @@ def _read_header(fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceHeader
     meta = _read_file_meta_info(fp)
     ts = meta.get("TransferSyntaxUID")
     if ts is not None and pydicom.uid.UID(str(ts)) == DeflatedExplicitVRLittleEndian:
-        ds = _read_deflated(fp, limits)
+        ds, pixels = _read_deflated(fp, limits)
     else:
         fp.seek(0)
         try:
@@ -225,8 +245,8 @@ def _read_header(fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceHeader
                 ds = pydicom.dcmread(fp, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError, OSError) as exc:
             raise Quarantine("unreadable", f"header cannot be parsed ({type(exc).__name__})") from exc
-        check_complete(fp, size)
-    return InstanceHeader(
+        pixels = check_complete(fp, size)
+    header = InstanceHeader(
         sop_instance_uid=_uid(ds, "SOPInstanceUID"),
         sop_class_uid=_uid(ds, "SOPClassUID"),
         study_instance_uid=_uid(ds, "StudyInstanceUID"),
@@ -238,3 +258,5 @@ def _read_header(fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceHeader
         study_description=_text(ds, "StudyDescription", 200),
         accession_number=_text(ds, "AccessionNumber", 16),
     )
+    _check_image_has_pixels(ds, pixels)  # after the UIDs: their reasons are the more telling
+    return header

@@ -127,3 +127,26 @@ def test_uid_with_a_wrong_vr_is_invalid():
     with pytest.raises(Quarantine) as q:
         header_of(CORPUS["wrong_vr_uid_as_us"])
     assert (q.value.reason, q.value.detail) == ("invalid_uid", "SOPInstanceUID has VR US, not UI")
+
+
+def test_an_image_cut_between_two_elements_is_quarantined():
+    # Every top-level element boundary of a real CT before its pixel data: the file ends
+    # cleanly, yet an image with no Pixel Data is a cut file (the broken corpus, whose UIDs
+    # are random, landed on one such boundary at 3,072 bytes about one time in thirty).
+    data = (SAMPLES / "CT_small.dcm").read_bytes()
+    fp = io.BytesIO(data)
+    pydicom.filereader.read_preamble(fp, False)
+    pydicom.filereader._read_file_meta_info(fp)
+    boundaries = []
+    for element in pydicom.filereader.data_element_generator(fp, False, True, defer_size=4096):
+        if element.tag == 0x7FE00010:
+            break
+        if element.tag > 0x0020000E:  # past the last UID: only the missing pixel data is wrong
+            boundaries.append(fp.tell())
+    assert len(boundaries) > 20
+    for cut in boundaries:
+        with pytest.raises(Quarantine) as q:
+            header_of(data[:cut])
+        assert q.value.reason == "truncated" and "no pixel data" in q.value.detail, cut
+    # A complete image still reads.
+    assert header_of(data).sop_instance_uid
