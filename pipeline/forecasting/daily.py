@@ -52,6 +52,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from functools import cache
 
 # Many small state-space fits: BLAS threads only oversubscribe the cores the fan-out already
 # uses (measured: 5x slower with default threads under load). Only effective if numpy is
@@ -793,14 +794,22 @@ def forecast_series(
     all_holiday_idx = [i for i, day in enumerate(days) if day in holidays]
     special_all = _special_days(days, closed, holidays | season)
 
+    # Once per origin: every univariate candidate's point at an origin takes the same factors
+    # (and the record reads the final ones again), and the profile's leave-one-out test walks
+    # every past holiday's period.
+    @cache
+    def period_profile(origin: int, length: int) -> dict[int, float]:
+        return holiday_period_profile(y, clean, days, all_holiday_idx, special_all, origin, length)
+
+    @cache
     def day_factors(origin: int, length: int) -> np.ndarray:
-        """Per day from ``origin``, the factor the univariate candidates' points take."""
+        """Per day from ``origin``, the factor the univariate candidates' points take (shared
+        between callers: read-only)."""
         past = [i for i in holiday_idx if i < origin]
         pooled, _ = holiday_factor(y, clean, past)
         seasonal, _ = season_factor(y, clean, [i for i in season_idx if i < origin])
         out = np.ones(length)
-        for i, factor in holiday_period_profile(y, clean, days, all_holiday_idx, special_all, origin,
-                                                length).items():
+        for i, factor in period_profile(origin, length).items():
             out[i - origin] = factor
         for i in holiday_idx:
             if origin <= i < origin + length:
@@ -814,6 +823,7 @@ def forecast_series(
                 if origin <= i < origin + length:
                     own, _ = own_season_factor(y, clean, days, past_season, i)
                     out[i - origin] = own if own is not None else seasonal
+        out.setflags(write=False)
         return out
 
     def holiday_adjust(point: np.ndarray, origin: int) -> np.ndarray:
@@ -981,7 +991,7 @@ def forecast_series(
     bounds = {"lo80": mean - half80, "hi80": mean + half80, "lo95": mean - half95, "hi95": mean + half95}
 
     # What applied to each day ahead, for the record.
-    profile = holiday_period_profile(y, clean, days, all_holiday_idx, special_all, n, horizon)
+    profile = period_profile(n, horizon)
     past_holidays = [i for i in holiday_idx if i < n]
     factor, learnt_from = holiday_factor(y, clean, past_holidays)
     past_season = [i for i in season_idx if i < n]
