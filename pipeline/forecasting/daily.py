@@ -952,25 +952,23 @@ def forecast_series(
 
     # Conformal intervals from the winner's backtest errors, normalised per weekday, over
     # ``CALIBRATION_FOLDS`` folds when the history has them: the scoring folds and earlier ones.
-    cal_origins, cal_actuals = list(origins), list(actuals)
-    cal_preds, cal_shut = list(fold_preds[winner]), list(fold_shut)
     cal_count = min(CALIBRATION_FOLDS, (n - MIN_HISTORY_DAYS) // horizon)
+    earlier = [n - horizon * k for k in range(cal_count, folds, -1)]
     members = specs[winner]["of"] if winner in COMBINED else [winner]
     try:
-        for origin in (n - horizon * k for k in range(folds + 1, cal_count + 1)):
-            window = slice(max(0, origin - max_history), origin)
-            ahead_shut = shut[origin:origin + horizon]
-            points = [np.where(ahead_shut, 0.0, pointers[m](origin, window)) for m in members]
-            cal_origins.insert(0, origin)
-            cal_actuals.insert(0, y[origin:origin + horizon])
-            cal_preds.insert(0, COMBINED[winner](points, axis=0) if winner in COMBINED else points[0])
-            cal_shut.insert(0, ahead_shut)
+        earlier_preds = []
+        for origin in earlier:
+            window, ahead = slice(max(0, origin - max_history), origin), slice(origin, origin + horizon)
+            points = [np.where(shut[ahead], 0.0, pointers[m](origin, window)) for m in members]
+            earlier_preds.append(COMBINED[winner](points, axis=0) if winner in COMBINED else points[0])
     except (FitFailed, CandidateFailed, np.linalg.LinAlgError) as exc:
         errors.append(f"{winner}: calibration fold failed, the scoring folds' errors only: {exc}")
-        del cal_origins[:-folds], cal_actuals[:-folds], cal_preds[:-folds], cal_shut[:-folds]
-    error_matrix = np.array([a - p for a, p in zip(cal_actuals, cal_preds, strict=True)])
+        earlier, earlier_preds = [], []
+    cal_origins = earlier + origins
+    cal_preds = earlier_preds + fold_preds[winner]
+    error_matrix = np.array([y[o:o + horizon] - p for o, p in zip(cal_origins, cal_preds, strict=True)])
     fold_scale = np.array([_weekday_scales(clean[max(0, o - max_history):o], horizon) for o in cal_origins])
-    usable = ~np.array(cal_shut)
+    usable = ~np.array([shut[o:o + horizon] for o in cal_origins])
     widths = conformal_widths(error_matrix / fold_scale, usable, horizon)
     final_scale = _weekday_scales(clean[latest], horizon)
     mean = alternatives[winner]
