@@ -21,7 +21,7 @@ from pipeline.models import utcnow
 from pipeline.ops import events
 from pipeline.reports import new_addendum_uid
 from tests.integration.gateway_client import Gateway
-from tests.integration.services import poll_for
+from tests.integration.services import poll_for, wait_until
 from tests.report_samples import basic_text_sr, encapsulated_pdf, series_uid_of
 from tests.sample_data import synthetic_study
 
@@ -121,18 +121,27 @@ def test_sr_amending_sr_and_pdf_from_orthanc(
     # Nothing was taken for a report twice, and the gateway's addendum never.
     everything = _study_reports(api_server.url, clinician, study_uid, include_superseded="true")
     assert sorted(r["sop_instance_uid"] for r in everything) == sorted([first_uid, second_uid, pdf_uid])
-    stream = redis.Redis.from_url(redis_url).xrange(events.STREAM_KEY)
     ids = {r["id"] for r in everything}
-    published = [json.loads(f[b"e"]) for _, f in stream]
-    moves = [
-        (e["report_id"], e["from"], e["to"])
-        for e in published
-        if e["type"] == events.REPORT_STATUS_CHANGED and e.get("report_id") in ids
-    ]
-    # The sender is told of each final or amended report, on the stream too (the poll's outbox).
-    told = {e["report_id"] for e in published
-            if e["type"] == events.NOTIFICATION_CREATED and e.get("kind") == "report_status"
-            and e.get("report_id") in ids}
+    stream = redis.Redis.from_url(redis_url)
+
+    def on_stream() -> tuple[list, set]:
+        published = [json.loads(f[b"e"]) for _, f in stream.xrange(events.STREAM_KEY)]
+        moves = [
+            (e["report_id"], e["from"], e["to"])
+            for e in published
+            if e["type"] == events.REPORT_STATUS_CHANGED and e.get("report_id") in ids
+        ]
+        # The sender is told of each final or amended report, on the stream too (the poll's outbox).
+        told = {e["report_id"] for e in published
+                if e["type"] == events.NOTIFICATION_CREATED and e.get("kind") == "report_status"
+                and e.get("report_id") in ids}
+        return moves, told
+
+    # The outbox relay publishes just after the commit the API already shows, so the last
+    # events may arrive a moment after the reports do: wait for them, then check them exactly.
+    wait_until(lambda: len(on_stream()[0]) >= 4 and on_stream()[1] == ids,
+               "report events on the stream", timeout=15)
+    moves, told = on_stream()
     assert told == ids, (told, ids)
     assert sorted(moves, key=str) == sorted(
         [
