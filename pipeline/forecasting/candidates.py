@@ -164,7 +164,12 @@ def fit_ets(y: np.ndarray) -> Candidate:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            result = _ets(y).fit()
+            # No brute-force grid for the optimiser's starting values (statsmodels' default):
+            # a fit took 0.19-0.21 s with it and 0.02 s without (30 births series, three
+            # repetitions), and on 86 series of the three panels the optimum was the same (sums
+            # of squares within 0.04%, same median MASE). On the 1392 validation windows the
+            # median MASE moved by at most 0.001 and 5 windows chose another model (README).
+            result = _ets(y).fit(use_brute=False)
         except (np.linalg.LinAlgError, ValueError) as exc:
             raise CandidateFailed(f"{type(exc).__name__}: {exc}") from exc
     params = {name: float(result.params[name]) for name in ETS_PARAMS}

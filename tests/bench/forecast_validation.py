@@ -182,6 +182,22 @@ def autoarima(python: Path, todo: list[dict], results: list[dict], workers: int)
             results[k]["autoarima"] = np.maximum(points[f"{k}"], 0)
 
 
+# The issue's target band for a panel's 80% coverage.
+BAND = (0.75, 0.85)
+
+
+def origin_coverage(rows: list[dict]) -> dict[date, float]:
+    """80% coverage of each origin's panel (every series forecast from the same day, as the
+    benchmark's holdout is one origin): how far one panel's figure strays from the average
+    when every window shares that origin's weather, schedules and calendar."""
+    by_origin: dict[date, list[dict]] = {}
+    for r in rows:
+        by_origin.setdefault(r["start"] + timedelta(days=len(r["train"])), []).append(r)
+    return {day: float(np.mean(np.concatenate([
+        (r["actual"] >= r["lo80"]) & (r["actual"] <= r["hi80"]) for r in group])))
+        for day, group in sorted(by_origin.items())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -213,6 +229,13 @@ def main() -> None:
         cpu = np.mean([r["cpu"] for r in rows])
         print(f"{tag}: {len(rows)} windows, median MASE {np.nanmedian(ours):.3f}{auto}, "
               f"80% coverage {cover:.1%}, CPU {cpu:.2f} s a window", file=sys.stderr)
+        by_origin = origin_coverage(rows)
+        if len(by_origin) > 1:
+            shares = np.array(list(by_origin.values()))
+            outside = int(np.sum((shares < BAND[0]) | (shares > BAND[1])))
+            print(f"    one origin's panel: 80% coverage {shares.min():.1%} to {shares.max():.1%} "
+                  f"(sd {np.std(shares, ddof=1):.1%}), {outside} of {len(shares)} origins outside "
+                  f"{BAND[0]:.0%}-{BAND[1]:.0%}", file=sys.stderr)
     print(f"{len(results)} windows in {wall:.0f} s, load {os.getloadavg()}", file=sys.stderr)
 
 
