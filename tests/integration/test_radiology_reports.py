@@ -139,8 +139,11 @@ def test_sr_amending_sr_and_pdf_from_orthanc(
 
     # The outbox relay publishes just after the commit the API already shows, so the last
     # events may arrive a moment after the reports do: wait for them, then check them exactly.
-    wait_until(lambda: len(on_stream()[0]) >= 4 and on_stream()[1] == ids,
-               "report events on the stream", timeout=15)
+    def all_there() -> bool:
+        moves, told = on_stream()
+        return len(moves) >= 4 and told == ids
+
+    wait_until(all_there, "report events on the stream", timeout=15)
     moves, told = on_stream()
     assert told == ids, (told, ids)
     assert sorted(moves, key=str) == sorted(
