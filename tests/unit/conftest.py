@@ -8,6 +8,16 @@ import pytest
 
 from config import load_settings
 
+# The middle of a fixed one-minute rate-limit window (api/http/limits.py).
+MID_WINDOW = 1_800_000_030.0
+
+
+def hold_in_one_window(limiter) -> None:  # noqa: ANN001 - api.http.limits.RateLimiter
+    """Count every request of the test in one rate-limit window: on the real clock, requests
+    a moment apart straddle a minute boundary about once in a hundred runs, and the count
+    starts again (CI saw [401, 401, 401] for [401, 401, 429])."""
+    limiter.clock = lambda: MID_WINDOW
+
 
 @pytest.fixture
 def settings(tmp_path):

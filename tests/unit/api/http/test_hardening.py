@@ -10,6 +10,7 @@ from sqlalchemy.exc import DatabaseError
 from pipeline.accounts import audit
 from pipeline.accounts import users as accounts
 from pipeline.models import AuditEvent
+from tests.unit.conftest import hold_in_one_window
 
 
 def auth(token: str) -> dict:
@@ -57,6 +58,7 @@ def test_actions_are_audited_and_only_admins_read_them(client, make_token):
 
 def test_rate_limit_answers_429_with_retry_after(app, client, make_token):
     app.extensions["relaypacs"].limiter.limits["write"] = 3
+    hold_in_one_window(app.extensions["relaypacs"].limiter)
     headers = auth(make_token("Clinic A"))
     codes = [client.post("/api/v1/batches", json={}, headers=headers).status_code for _ in range(5)]
     assert codes == [201, 201, 201, 429, 429]
@@ -107,6 +109,7 @@ def test_every_authenticated_operation_documents_the_bound_errors(app):
 
 def test_sign_ins_are_audited_and_throttled_per_address(app, client, make_token, sign_in):
     app.extensions["relaypacs"].limiter.limits["login"] = 3
+    hold_in_one_window(app.extensions["relaypacs"].limiter)
     admin_token = make_token("Clinic A", "admin")
     assert sign_in(client, admin_token).status_code == 302
     assert client.post("/login", data={"email": "nobody@x.test", "password": "p" * 12}).status_code == 401
