@@ -5,7 +5,8 @@ PYTHON := $(VENV)/bin/python
 # same pins. pyproject.toml keeps the ranges for installs into an environment of your own.
 RUNTIME_LOCK := requirements/runtime.txt
 TEST_LOCK := requirements/test.txt
-UV_VERSION := 0.13.9
+# Installs go through requirements/install.sh (uv, with its pinned version; why there).
+INSTALL := requirements/install.sh
 
 .PHONY: demo test lock bench bench-forecast-deps bench-forecast bench-teaching-deps bench-teaching bench-capacity lint
 
@@ -25,8 +26,7 @@ $(VENV)/bin/pip:
 
 # The runtime lock only (no test extra), then the project itself without resolving again.
 $(VENV)/bin/relaypacs: pyproject.toml $(RUNTIME_LOCK) | $(VENV)/bin/pip
-	$(PYTHON) -m pip install -q -r $(RUNTIME_LOCK)
-	$(PYTHON) -m pip install -q --no-deps -e .
+	$(INSTALL) $(VENV) $(RUNTIME_LOCK)
 	touch $@
 
 demo: $(VENV)/bin/relaypacs
@@ -36,17 +36,18 @@ demo: $(VENV)/bin/relaypacs
 # UPGRADE=1` moves every pin to the newest version allowed. The test lock is constrained by
 # the runtime one, so the two never disagree.
 lock: | $(VENV)/bin/pip
-	$(VENV)/bin/uv --version 2>/dev/null | grep -qx "uv $(UV_VERSION)" \
-	  || $(PYTHON) -m pip install -q "uv==$(UV_VERSION)"
+	$(INSTALL) $(VENV)
 	$(VENV)/bin/uv pip compile -q pyproject.toml --python $(PYTHON) $(if $(UPGRADE),--upgrade) \
 	  --custom-compile-command "make lock" -o $(RUNTIME_LOCK)
 	$(VENV)/bin/uv pip compile -q pyproject.toml --extra test -c $(RUNTIME_LOCK) --python $(PYTHON) \
 	  $(if $(UPGRADE),--upgrade) --custom-compile-command "make lock" -o $(TEST_LOCK)
 
-# pytest exits 5 when it collected no test at all: that is a failure here, not a pass.
+# pytest exits 5 when it collected no test at all: that is a failure here, not a pass. Two
+# xdist workers: one runs the integration tests in order, the other the unit tests beside it
+# (tests/conftest.py groups them by folder).
 test:
 	bash .ci/setup.sh
-	$(PYTHON) -m pytest -q -m "not bench" --durations=15; rc=$$?; \
+	$(PYTHON) -m pytest -q -m "not bench" -n 2 --dist loadgroup --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench:

@@ -106,9 +106,8 @@ fi
 # Reinstall only when pyproject.toml or the lock changed since the last install.
 stamp=".venv/.relaypacs-installed-$(cat pyproject.toml requirements/test.txt | sha256sum | cut -c1-16)"
 if [ ! -e "$stamp" ] || [ ! -x .venv/bin/relaypacs ]; then
-  log "pip install -r requirements/test.txt && pip install --no-deps -e ."
-  .venv/bin/python -m pip install -q -r requirements/test.txt
-  .venv/bin/python -m pip install -q --no-deps -e .
+  log "requirements/install.sh .venv requirements/test.txt (the lock, then the project)"
+  requirements/install.sh .venv requirements/test.txt
   rm -f .venv/.relaypacs-installed-*
   touch "$stamp"
 fi

@@ -4,9 +4,21 @@ imports workers.app) and are inspected, not run."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from config import load_settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _yield_the_cpu_to_integration_tests(request: pytest.FixtureRequest) -> None:
+    """Under ``make test`` (xdist, one group per folder: tests/conftest.py) this worker runs
+    only unit tests, beside the worker whose integration tests time real servers: it runs at
+    a lower CPU priority, so it fills the idle core without slowing those servers down."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and request.config.getoption("dist", None) == "loadgroup":
+        os.nice(10)
+
 
 # The middle of a fixed one-minute rate-limit window (api/http/limits.py).
 MID_WINDOW = 1_800_000_030.0
