@@ -47,7 +47,7 @@ lock: | $(VENV)/bin/pip
 # (tests/conftest.py groups them by folder).
 test:
 	bash .ci/setup.sh
-	$(PYTHON) -m pytest -q -m "not bench" -n 2 --dist loadgroup --durations=15; rc=$$?; \
+	$(PYTHON) -m pytest -q -m "not bench" -n 2 --by-folder --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench:

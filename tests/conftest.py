@@ -1,5 +1,5 @@
 """Defaults for the pytest process itself, set before any test module is imported, and the
-split of the tests between pytest-xdist's workers.
+split of the tests between pytest-xdist's workers (``--by-folder``).
 
 ``workers.app`` configures its Celery app from the environment when first imported, and
 bench or integration modules may import it before ``tests/unit`` is collected. Without
@@ -19,14 +19,24 @@ os.environ.setdefault("RELAYPACS_BROKER_URL", "memory://")
 os.environ.setdefault("RELAYPACS_VAR_DIR", tempfile.mkdtemp(prefix="relaypacs-tests-"))
 
 
-# First, before xdist's own hook reads the groups into the test ids.
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``make test``: ``-n 2 --dist loadgroup``) each top folder of tests/
-    is one group, so one worker runs every integration test in order on the session's shared
-    servers and the other runs the unit tests beside it. Without xdist nothing changes."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        folder = item.nodeid.split("/")[1] if item.nodeid.startswith("tests/") else "tests"
-        item.add_marker(pytest.mark.xdist_group(folder))
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--by-folder", action="store_true",
+                     help="with pytest-xdist (-n 2): one worker per top folder of tests/ (make test)")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown when it is not installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - xdist's types
+    """``make test`` runs ``-n 2 --by-folder``: each top folder of tests/ is one unit of work,
+    so one worker runs every integration test in order on the session's shared servers and
+    the other runs the unit tests beside it. (xdist's own ``--dist loadgroup`` would do this
+    from marks, but on pytest 9.2 it silently stops grouping: pytest-xdist issue 1386.)"""
+    if not config.getoption("by_folder"):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFolder(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            parts = nodeid.split("/")
+            return parts[1] if parts[0] == "tests" and len(parts) > 2 else nodeid
+
+    return ByFolder(config, log)

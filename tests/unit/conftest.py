@@ -13,10 +13,10 @@ from config import load_settings
 
 @pytest.fixture(scope="session", autouse=True)
 def _yield_the_cpu_to_integration_tests(request: pytest.FixtureRequest) -> None:
-    """Under ``make test`` (xdist, one group per folder: tests/conftest.py) this worker runs
+    """Under ``make test`` (xdist, one worker per folder: tests/conftest.py) this worker runs
     only unit tests, beside the worker whose integration tests time real servers: it runs at
     a lower CPU priority, so it fills the idle core without slowing those servers down."""
-    if os.environ.get("PYTEST_XDIST_WORKER") and request.config.getoption("dist", None) == "loadgroup":
+    if os.environ.get("PYTEST_XDIST_WORKER") and request.config.getoption("by_folder"):
         os.nice(10)
 
 
