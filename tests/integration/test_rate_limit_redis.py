@@ -10,6 +10,7 @@ import redis
 from api.http.errors import ApiError
 from api.http.limits import WINDOW_SECONDS, RateLimiter
 from tests.integration.request_costs import RequestCosts
+from tests.rate_limits import in_one_window
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.integration
 def test_one_redis_command_per_check_and_the_limit_holds(redis_url):  # noqa: ANN001
     # The clock held in one window: on the real one the four checks could straddle a minute
     # boundary and the fourth would start a fresh count.
-    limiter = RateLimiter({"login": 3}, redis_url, clock=lambda: 1_800_000_030.0)
+    limiter = RateLimiter({"login": 3}, redis_url, clock=in_one_window)
     limiter.check_login("203.0.113.9")  # the script is loaded once per process
     costs = RequestCosts(None)  # type: ignore[arg-type] - Redis only
     with costs.redis_only():

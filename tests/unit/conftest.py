@@ -20,17 +20,6 @@ def _yield_the_cpu_to_integration_tests(request: pytest.FixtureRequest) -> None:
         os.nice(10)
 
 
-# The middle of a fixed one-minute rate-limit window (api/http/limits.py).
-MID_WINDOW = 1_800_000_030.0
-
-
-def hold_in_one_window(limiter) -> None:  # noqa: ANN001 - api.http.limits.RateLimiter
-    """Count every request of the test in one rate-limit window: on the real clock, requests
-    a moment apart straddle a minute boundary about once in a hundred runs, and the count
-    starts again (CI saw [401, 401, 401] for [401, 401, 429])."""
-    limiter.clock = lambda: MID_WINDOW
-
-
 @pytest.fixture
 def settings(tmp_path):
     return load_settings({

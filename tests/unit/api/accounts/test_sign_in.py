@@ -13,7 +13,8 @@ from sqlalchemy import select
 from pipeline.accounts import passwords
 from pipeline.accounts.users import disable_user
 from pipeline.models import User, UserSession, utcnow
-from tests.unit.conftest import TEST_PASSWORD, hold_in_one_window
+from tests.rate_limits import hold_in_one_window
+from tests.unit.conftest import TEST_PASSWORD
 
 
 def bearer(token: str) -> dict:

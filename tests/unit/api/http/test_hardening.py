@@ -10,7 +10,7 @@ from sqlalchemy.exc import DatabaseError
 from pipeline.accounts import audit
 from pipeline.accounts import users as accounts
 from pipeline.models import AuditEvent
-from tests.unit.conftest import hold_in_one_window
+from tests.rate_limits import hold_in_one_window
 
 
 def auth(token: str) -> dict:
